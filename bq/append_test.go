@@ -1,0 +1,472 @@
+package bq
+
+import (
+	"errors"
+	"math"
+	"math/big"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/bigquery"
+	"cloud.google.com/go/civil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestAppendAllTypesRoundTrip(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("types")
+	if err := tbl.EnsureSchema(t.Context(), typicalSchema()); err != nil {
+		t.Fatal(err)
+	}
+	full := typicalRow()
+	sparse := map[string]any{"id": 7, "created": int64(0), "weight": math.NaN(), "price": nil, "lines": []any{}}
+	res, err := tbl.Append(t.Context(), []map[string]any{full, sparse})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-res.Done():
+	default:
+		t.Error("Done() not closed after Wait returned")
+	}
+
+	rows := readTable(t, s, "types")
+	if len(rows) != 2 {
+		t.Fatalf("read %d rows, want 2", len(rows))
+	}
+	slices.SortFunc(rows, func(a, b map[string]bigquery.Value) int { return int(b["id"].(int64) - a["id"].(int64)) })
+	got := rows[0]
+	rat := func(s string) *big.Rat { r, _ := new(big.Rat).SetString(s); return r }
+	checks := map[string]func(bigquery.Value) bool{
+		"id":    func(v bigquery.Value) bool { return v == int64(42) },
+		"name":  func(v bigquery.Value) bool { return v == "Ünïcode wärehouse" },
+		"price": func(v bigquery.Value) bool { r, ok := v.(*big.Rat); return ok && r.Cmp(rat("-123.45")) == 0 },
+		"big": func(v bigquery.Value) bool {
+			r, ok := v.(*big.Rat)
+			return ok && r.Cmp(rat("12345678901234567890.123456789012345678")) == 0
+		},
+		"weight": func(v bigquery.Value) bool { return v == 2.5 },
+		"active": func(v bigquery.Value) bool { return v == true },
+		"created": func(v bigquery.Value) bool {
+			ts, ok := v.(time.Time)
+			return ok && ts.Equal(time.UnixMicro(1_700_000_000_123_456))
+		},
+		"day": func(v bigquery.Value) bool { return v == civil.DateOf(time.Unix(19700*86400, 0).UTC()) },
+		"at":  func(v bigquery.Value) bool { return v == civil.Time{Hour: 15, Minute: 4, Second: 5} },
+		"local": func(v bigquery.Value) bool {
+			return v == civil.DateTime{Date: civil.Date{Year: 2006, Month: 1, Day: 2}, Time: civil.Time{Hour: 15, Minute: 4, Second: 5}}
+		},
+		"payload": func(v bigquery.Value) bool { b, ok := v.([]byte); return ok && string(b) == "\x00\x01\x02\xff" },
+		"tags": func(v bigquery.Value) bool {
+			l, ok := v.([]bigquery.Value)
+			return ok && len(l) == 2 && l[0] == "a" && l[1] == "b"
+		},
+		// A map loader gives records as maps too.
+		"address": func(v bigquery.Value) bool {
+			m, ok := v.(map[string]bigquery.Value)
+			return ok && len(m) == 2 && m["street"] == "Main St" && m["zip"] == int64(1234)
+		},
+		"lines": func(v bigquery.Value) bool {
+			l, ok := v.([]bigquery.Value)
+			if !ok || len(l) != 2 {
+				return false
+			}
+			a, _ := l[0].(map[string]bigquery.Value)
+			b, _ := l[1].(map[string]bigquery.Value)
+			return len(a) == 2 && a["sku"] == "X-1" && a["qty"] == int64(3) && len(b) == 2 && b["sku"] == "Y-2" && b["qty"] == nil
+		},
+	}
+	for name, ok := range checks {
+		if !ok(got[name]) {
+			t.Errorf("full row: %s = %#v", name, got[name])
+		}
+	}
+
+	sp := rows[1]
+	if sp["id"] != int64(7) || sp["name"] != nil || sp["price"] != nil || sp["address"] != nil {
+		t.Errorf("sparse row: %v", sp)
+	}
+	if f, ok := sp["weight"].(float64); !ok || !math.IsNaN(f) {
+		t.Errorf("sparse row: weight = %#v, want NaN", sp["weight"])
+	}
+	if ts, ok := sp["created"].(time.Time); !ok || !ts.Equal(time.Unix(0, 0)) {
+		t.Errorf("sparse row: created = %#v, want the epoch", sp["created"])
+	}
+}
+
+func TestAppendPicksUpNewSchema(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("growing")
+	v1 := bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED"), col("name", bigquery.StringFieldType, "")}
+	if err := tbl.EnsureSchema(t.Context(), v1); err != nil {
+		t.Fatal(err)
+	}
+	res, err := tbl.Append(t.Context(), []map[string]any{{"id": 1, "name": "a"}, {"id": 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+
+	v2 := append(bigquery.Schema{}, v1...)
+	v2 = append(v2, col("note", bigquery.StringFieldType, ""), col("meta", bigquery.RecordFieldType, "", col("k", bigquery.StringFieldType, "")),
+		col("odd-name ü", bigquery.StringFieldType, "")) // not a proto identifier: sent via the column_name annotation
+	if err := tbl.EnsureSchema(t.Context(), v2); err != nil {
+		t.Fatal(err)
+	}
+	res, err = tbl.Append(t.Context(), []map[string]any{
+		{"id": 3, "note": "new column"},
+		{"id": 4, "name": "d", "meta": map[string]any{"k": "v"}, "odd-name ü": "odd"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+
+	byID := map[int64]map[string]bigquery.Value{}
+	for _, r := range readTable(t, s, "growing") {
+		byID[r["id"].(int64)] = r
+	}
+	if len(byID) != 4 || s.RowCount(testProject, testDataset, "growing") != 4 {
+		t.Fatalf("rows = %v, want ids 1-4 once each", byID)
+	}
+	if byID[3]["note"] != "new column" {
+		t.Errorf("row 3 note = %#v: the write path dropped the new column", byID[3]["note"])
+	}
+	if m, _ := byID[4]["meta"].(map[string]bigquery.Value); len(m) != 1 || m["k"] != "v" {
+		t.Errorf("row 4 meta = %#v", byID[4]["meta"])
+	}
+	if byID[4]["odd-name ü"] != "odd" {
+		t.Errorf("row 4 odd-name ü = %#v", byID[4]["odd-name ü"])
+	}
+	if byID[1]["name"] != "a" || byID[1]["note"] != nil {
+		t.Errorf("row 1 = %v", byID[1])
+	}
+}
+
+func TestAppendDuringSchemaDelay(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("lagging")
+	v1 := bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}
+	if err := tbl.EnsureSchema(t.Context(), v1); err != nil {
+		t.Fatal(err)
+	}
+	if _, causes := appendUntilWritten(t, tbl, []map[string]any{{"id": 0}}, 10*time.Second); len(causes) != 0 {
+		t.Fatalf("append before any delay was retried: %v", causes)
+	}
+
+	const delay = 1500 * time.Millisecond
+	s.SetSchemaDelay(delay)
+	start := time.Now()
+	if err := tbl.EnsureSchema(t.Context(), append(bigquery.Schema{}, v1[0], col("note", bigquery.StringFieldType, ""))); err != nil {
+		t.Fatal(err)
+	}
+	rows := []map[string]any{{"id": 1, "note": "x"}, {"id": 2, "note": "y"}, {"id": 3}}
+	retried, causes := appendUntilWritten(t, tbl, rows, 20*time.Second)
+	if retried == 0 {
+		t.Fatal("rows with the new column were accepted before the write path could see it")
+	}
+	if took := time.Since(start); took < delay {
+		t.Errorf("rows written after %v, before the %v delay ended", took, delay)
+	}
+	t.Logf("retried %d times; first cause: %v", retried, causes[0])
+
+	// A table created while the write path lags: its stream is NOT_FOUND
+	// for a while, which must come back as Retry too.
+	fresh := c.Table("fresh")
+	if err := fresh.EnsureSchema(t.Context(), v1); err != nil {
+		t.Fatal(err)
+	}
+	retried, causes = appendUntilWritten(t, fresh, []map[string]any{{"id": 1}, {"id": 2}}, 20*time.Second)
+	if retried == 0 {
+		t.Fatal("rows of a new table were accepted before the write path could see it")
+	}
+	t.Logf("new table: retried %d times; first cause: %v", retried, causes[0])
+
+	if n := s.RowCount(testProject, testDataset, "lagging"); n != 4 {
+		t.Errorf("lagging has %d rows, want 4 (each once)", n)
+	}
+	if n := s.RowCount(testProject, testDataset, "fresh"); n != 2 {
+		t.Errorf("fresh has %d rows, want 2", n)
+	}
+	notes := map[int64]bigquery.Value{}
+	for _, r := range readTable(t, s, "lagging") {
+		notes[r["id"].(int64)] = r["note"]
+	}
+	if notes[1] != "x" || notes[2] != "y" || notes[3] != nil {
+		t.Errorf("notes = %v", notes)
+	}
+}
+
+func TestAppendRejectsOnlyBadRows(t *testing.T) {
+	s := newFake(t)
+	// A parameterized NUMERIC made outside bqsink: its range is enforced by
+	// BigQuery, which names the row in row_errors.
+	schema := bigquery.Schema{
+		col("id", bigquery.IntegerFieldType, "REQUIRED"),
+		{Name: "amount", Type: bigquery.NumericFieldType, Precision: 5, Scale: 2},
+	}
+	if err := restClient(t, s).Dataset(testDataset).Table("money").Create(t.Context(), &bigquery.TableMetadata{Schema: schema}); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t, s)
+	tbl := c.Table("money")
+	rows := []map[string]any{
+		{"id": 0, "amount": "1.50"},
+		{"id": 1, "amount": "-999.99"},
+		{"id": 2, "amount": "123456.7"}, // fits NUMERIC, not NUMERIC(5,2): BigQuery rejects it
+		{"id": 3},
+		{"id": 4, "amount": 1.5}, // a float: rejected before sending
+	}
+	res, err := tbl.Append(t.Context(), rows) // no EnsureSchema: reads the schema itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := appendErr(t, wait(t, res))
+	if len(ae.Rejected) != 2 || ae.Rejected[2] == nil || ae.Rejected[4] == nil {
+		t.Fatalf("Rejected = %v, want rows 2 and 4", ae.Rejected)
+	}
+	if !strings.Contains(ae.Rejected[4].Error(), `"amount"`) {
+		t.Errorf("local rejection %q does not name the column", ae.Rejected[4])
+	}
+	t.Logf("BigQuery's rejection: %v", ae.Rejected[2])
+	if !slices.Equal(ae.Retry, []int{0, 1, 3}) {
+		t.Fatalf("Retry = %v, want [0 1 3]: the failed request's other rows", ae.Retry)
+	}
+	if n := s.RowCount(testProject, testDataset, "money"); n != 0 {
+		t.Fatalf("%d rows written by a request BigQuery refused", n)
+	}
+
+	var retry []map[string]any
+	for _, i := range ae.Retry {
+		retry = append(retry, rows[i])
+	}
+	res, err = tbl.Append(t.Context(), retry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for _, r := range readTable(t, s, "money") {
+		ids = append(ids, r["id"].(int64))
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []int64{0, 1, 3}) {
+		t.Errorf("ids written = %v, want [0 1 3] once each", ids)
+	}
+}
+
+func TestAppendSplitsLargeBatches(t *testing.T) {
+	s := newFake(t)
+	const limit = 16 << 10
+	c := newTestClient(t, s, func(c *Config) { c.MaxRequestBytes = limit })
+	tbl := c.Table("big")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED"), col("blob", bigquery.StringFieldType, "")}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	rows := make([]map[string]any, n)
+	for i := range rows {
+		rows[i] = map[string]any{"id": i, "blob": strings.Repeat("x", 500)}
+	}
+	rows[17]["blob"] = strings.Repeat("y", limit) // cannot fit any request
+
+	// Fail the first request (in its response; the connection stays up):
+	// only its rows come back for retry, which shows the batch was split and
+	// that the other requests stand on their own.
+	s.FailAppends(1, codes.ResourceExhausted)
+	res, err := tbl.Append(t.Context(), rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := appendErr(t, wait(t, res))
+	if len(ae.Rejected) != 1 || !strings.Contains(fmtErr(ae.Rejected[17]), "max_request_bytes") {
+		t.Fatalf("Rejected = %v, want only row 17 for its size", ae.Rejected)
+	}
+	if len(ae.Retry) == 0 || len(ae.Retry) > limit/500 || ae.Retry[0] != 0 {
+		t.Fatalf("Retry = %v, want the rows of the first request only", ae.Retry)
+	}
+	if got, want := s.RowCount(testProject, testDataset, "big"), n-1-len(ae.Retry); got != want {
+		t.Fatalf("%d rows written, want %d", got, want)
+	}
+	var retry []map[string]any
+	for _, i := range ae.Retry {
+		retry = append(retry, rows[i])
+	}
+	appendUntilWritten(t, tbl, retry, 20*time.Second)
+
+	seen := map[int64]int{}
+	for _, r := range readTable(t, s, "big") {
+		seen[r["id"].(int64)]++
+	}
+	for i := range int64(n) {
+		if want := map[bool]int{true: 0, false: 1}[i == 17]; seen[i] != want {
+			t.Errorf("row %d written %d times, want %d", i, seen[i], want)
+		}
+	}
+}
+
+func fmtErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func TestAppendQuotaExhaustedIsRetry(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("quota")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	rows := []map[string]any{{"id": 1}, {"id": 2}, {"id": 3}}
+	s.FailAppends(1, codes.ResourceExhausted)
+	res, err := tbl.Append(t.Context(), rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := appendErr(t, wait(t, res))
+	if len(ae.Rejected) != 0 || !slices.Equal(ae.Retry, []int{0, 1, 2}) {
+		t.Fatalf("Rejected %v Retry %v, want all rows to retry", ae.Rejected, ae.Retry)
+	}
+	if status.Code(ae.Err) != codes.ResourceExhausted {
+		t.Errorf("cause = %v, want RESOURCE_EXHAUSTED", ae.Err)
+	}
+	if n := s.RowCount(testProject, testDataset, "quota"); n != 0 {
+		t.Fatalf("%d rows written by a failed request", n)
+	}
+	res, err = tbl.Append(t.Context(), rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.RowCount(testProject, testDataset, "quota"); n != 3 {
+		t.Errorf("%d rows, want 3", n)
+	}
+}
+
+func TestAppendAfterClose(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("closing")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := tbl.Append(t.Context(), []map[string]any{{"id": 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := tbl.Append(t.Context(), []map[string]any{{"id": 2}}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Append after Close: %v, want ErrClosed", err)
+	}
+	if n := s.RowCount(testProject, testDataset, "closing"); n != 1 {
+		t.Errorf("%d rows, want 1", n)
+	}
+}
+
+func TestAppendEmpty(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("empty")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := tbl.Append(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, res); err != nil {
+		t.Fatalf("empty append: %v", err)
+	}
+	// Only bad rows: nothing is sent, the Result is done at once.
+	res, err = tbl.Append(t.Context(), []map[string]any{{"id": "x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := appendErr(t, wait(t, res))
+	if len(ae.Rejected) != 1 || len(ae.Retry) != 0 || ae.Err != ae.Rejected[0] {
+		t.Errorf("got %+v, want row 0 rejected and it as the cause", ae)
+	}
+}
+
+func TestAppendConnectionLossIsRetry(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("flaky")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	rows := []map[string]any{{"id": 1}, {"id": 2}}
+	// UNAVAILABLE ends the AppendRows stream, like a lost backend.
+	s.FailAppends(1, codes.Unavailable)
+	res, err := tbl.Append(t.Context(), rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := appendErr(t, wait(t, res))
+	if len(ae.Rejected) != 0 || !slices.Equal(ae.Retry, []int{0, 1}) || status.Code(ae.Err) != codes.Unavailable {
+		t.Fatalf("got %+v, want both rows to retry with UNAVAILABLE", ae)
+	}
+	// The next append reconnects.
+	appendUntilWritten(t, tbl, rows, 20*time.Second)
+	if n := s.RowCount(testProject, testDataset, "flaky"); n != 2 {
+		t.Errorf("%d rows, want 2", n)
+	}
+}
+
+func TestCloseEndsPendingResults(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("slow")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	s.SetAppendLatency(time.Minute)
+	res, err := tbl.Append(t.Context(), []map[string]any{{"id": 1}, {"id": 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-res.Done():
+		t.Fatal("result done before the server answered")
+	default:
+	}
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	ae := appendErr(t, wait(t, res))
+	if !slices.Equal(ae.Retry, []int{0, 1}) || len(ae.Rejected) != 0 {
+		t.Errorf("got %+v, want both rows to retry", ae)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("Close and the pending result took %v", took)
+	}
+	s.SetAppendLatency(0)
+}

@@ -1,0 +1,116 @@
+package bq
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+)
+
+// defaultMaxRequestBytes is the default cap on one AppendRows request: 9 MiB
+// leaves room under BigQuery's 10 MB limit for the descriptor and framing.
+const defaultMaxRequestBytes = 9 << 20
+
+// maxRequestBytesLimit is BigQuery's AppendRows request size limit.
+const maxRequestBytesLimit = 10_000_000
+
+// Config configures a Client. Main composes it under the `bigquery:` key.
+// Zero values mean defaults, except the two bools: start from DefaultConfig.
+type Config struct {
+	// Project is the Google Cloud project holding the dataset. Required.
+	Project string `yaml:"project"`
+	// Dataset is the dataset for table names without a dot. Required. It must
+	// exist: bq never creates datasets.
+	Dataset string `yaml:"dataset"`
+	// Location is the BigQuery location (e.g. "EU") given to the REST client;
+	// empty lets BigQuery use the dataset's.
+	Location string `yaml:"location"`
+	// Endpoint overrides the REST endpoint (test server, emulator), e.g.
+	// "http://127.0.0.1:9050". Setting it turns authentication off for REST.
+	Endpoint string `yaml:"endpoint"`
+	// GRPCEndpoint overrides the Storage Write API host:port. The connection
+	// is then plaintext and unauthenticated.
+	GRPCEndpoint string `yaml:"grpc_endpoint"`
+	// CredentialsFile is a JSON credentials file (service account, authorized
+	// user, impersonated service account or external account). Empty means
+	// Application Default Credentials. Ignored by the clients whose endpoint
+	// is overridden.
+	CredentialsFile string `yaml:"credentials_file"`
+	// AutoCreateTables lets EnsureSchema create a missing table (default
+	// true). When false a missing table is an error wrapping ErrTableNotFound.
+	AutoCreateTables bool `yaml:"auto_create_tables"`
+	// AutoUpdateSchema lets EnsureSchema add columns and relax REQUIRED ones
+	// (default true). When false a needed change is an error wrapping
+	// ErrIncompatible.
+	AutoUpdateSchema bool `yaml:"auto_update_schema"`
+	// MaxRequestBytes caps one AppendRows request (default 9 MiB, at most
+	// 10000000). Bigger appends are split, never rejected; only a single row
+	// that cannot fit is rejected.
+	MaxRequestBytes int `yaml:"max_request_bytes"`
+}
+
+// DefaultConfig returns the defaults: tables created and evolved
+// automatically, requests capped at 9 MiB. Project and Dataset stay empty.
+func DefaultConfig() Config {
+	return Config{
+		AutoCreateTables: true,
+		AutoUpdateSchema: true,
+		MaxRequestBytes:  defaultMaxRequestBytes,
+	}
+}
+
+// Validate returns nil, or one error per bad key joined with errors.Join;
+// each message starts with the yaml key, e.g. "project: required".
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf(key+": "+format, args...))
+	}
+	if c.Project == "" {
+		bad("project", "required")
+	}
+	switch {
+	case c.Dataset == "":
+		bad("dataset", "required")
+	case !validDatasetID(c.Dataset):
+		bad("dataset", "%q must be 1-1024 letters, digits or underscores", c.Dataset)
+	}
+	if c.Endpoint != "" {
+		u, err := url.Parse(c.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("endpoint", "%q is not an http(s) URL", c.Endpoint)
+		}
+	}
+	if c.GRPCEndpoint != "" {
+		if _, port, err := net.SplitHostPort(c.GRPCEndpoint); err != nil || port == "" {
+			bad("grpc_endpoint", "%q is not host:port", c.GRPCEndpoint)
+		}
+	}
+	if c.MaxRequestBytes < 0 || c.MaxRequestBytes > maxRequestBytesLimit {
+		bad("max_request_bytes", "%d is outside 0 (default %d) to %d", c.MaxRequestBytes, defaultMaxRequestBytes, maxRequestBytesLimit)
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) maxRequestBytes() int {
+	if c.MaxRequestBytes == 0 {
+		return defaultMaxRequestBytes
+	}
+	return c.MaxRequestBytes
+}
+
+func validDatasetID(s string) bool {
+	if len(s) > 1024 {
+		return false
+	}
+	for _, r := range s {
+		if !isIdentRune(r) {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isIdentRune(r rune) bool {
+	return r == '_' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9')
+}

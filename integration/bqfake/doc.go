@@ -1,0 +1,104 @@
+// Package bqfake is an in-process BigQuery test server. It speaks BigQuery's
+// real protocols on loopback sockets, so code under test uses the unmodified
+// Go clients exactly as against BigQuery:
+//
+//	srv, err := bqfake.New(bqfake.Dataset("proj", "ds"))
+//	defer srv.Close()
+//	bqc, err := bigquery.NewClient(ctx, "proj",
+//		option.WithEndpoint(srv.RESTEndpoint()), option.WithoutAuthentication())
+//	mwc, err := managedwriter.NewClient(ctx, "proj",
+//		option.WithEndpoint(srv.GRPCEndpoint()), option.WithoutAuthentication(),
+//		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+//
+// # REST
+//
+// datasets.insert/get/delete, tables.insert/get/list/patch/delete and
+// tabledata.list (paged with pageToken/maxResults, f/v cells, TIMESTAMP as
+// int64 µs when formatOptions.useInt64Timestamp is set, which the Go client
+// always does). Errors use Google's JSON error format (the Go client returns
+// *googleapi.Error): 404 notFound, 409 duplicate, 400 invalid, 412
+// conditionNotMet when If-Match does not carry the table's current etag.
+// Every tables.insert/patch changes the etag; appending rows does not.
+// Schema patches follow BigQuery: columns may be added (NULLABLE or REPEATED,
+// nested RECORD fields too) and REQUIRED relaxed to NULLABLE; dropping,
+// renaming, retyping, tightening a mode or adding a REQUIRED column is
+// refused with 400 and a message naming the column. Column types beyond the
+// project's contract: GEOGRAPHY and JSON (as strings); others are refused.
+//
+// # Storage Write API
+//
+// CreateWriteStream (COMMITTED, PENDING, BUFFERED), GetWriteStream,
+// AppendRows, FinalizeWriteStream, BatchCommitWriteStreams and FlushRows.
+// Every table has the default stream "projects/P/datasets/D/tables/T/streams/_default",
+// which commits on append and takes no offsets. Explicit streams honour
+// offsets: ALREADY_EXISTS for an offset already written, OUT_OF_RANGE past the
+// end, both as a response error with a StorageError detail.
+//
+// One AppendRows connection carries requests in order, answered in order.
+// The first request for a stream on a connection must name write_stream and
+// carry proto_rows.writer_schema; later ones may omit both (inheriting them,
+// per stream) or send a new writer_schema, which applies from that request.
+// Rows are decoded from the DescriptorProto (as adapt.NormalizeDescriptor
+// makes it) and checked against the table schema as the write path sees it
+// (see Server.SetSchemaDelay). Proto types accepted per column are BigQuery's
+// documented conversions: the project's contract encoding (NUMERIC,
+// BIGNUMERIC, TIME, DATETIME as strings; DATE int32; TIMESTAMP int64 µs) and
+// alternatives such as packed bytes for NUMERIC, packed int64 for TIME and
+// DATETIME, google.protobuf wrapper types and google.protobuf.Timestamp.
+// Column names match case-insensitively; adapt's column_name annotation is
+// honoured.
+//
+// Errors of the whole request arrive in the response (AppendResult.GetResult
+// returns them; the connection stays open):
+//   - descriptor fields without a column: INVALID_ARGUMENT "Input schema has
+//     more fields than BigQuery schema, extra fields: 'a,rec.b'" with a
+//     StorageError SCHEMA_MISMATCH_EXTRA_FIELDS detail;
+//   - a descriptor field whose proto type or repetition does not fit its
+//     column: INVALID_ARGUMENT "The proto field mismatched with BigQuery field
+//     at ..." (BigQuery rejects the schema, not single rows);
+//   - unknown table or stream, or a table not yet visible: NOT_FOUND.
+//
+// Row errors: a row missing a REQUIRED value, or with an invalid or out of
+// range value (bad decimal, NUMERIC overflow after rounding to the column's
+// scale, bad DATE/TIME/DATETIME, invalid UTF-8, ...), makes the response
+// carry INVALID_ARGUMENT plus row_errors (index, FIELDS_ERROR, a message
+// starting "Field <column path>:"). As in BigQuery, no row of such a request
+// is written.
+//
+// updated_schema: once the schema the write path sees differs from the one
+// it saw when the stream was first used on the connection (or since the last
+// writer_schema on it), every response carries the new schema
+// (AppendResult.UpdatedSchema). Sending a new writer_schema, or reconnecting,
+// makes the current schema the baseline again.
+//
+// # Fault injection on the wire
+//
+// FailAppends(n, code) consumes one count per AppendRows request received:
+//   - UNAVAILABLE, INTERNAL, ABORTED, DEADLINE_EXCEEDED, CANCELLED and
+//     UNKNOWN end the AppendRows stream with that status, like a lost
+//     backend. The request and every request pipelined behind it on the
+//     connection are not written. The Go client fails all of them with that
+//     code, then opens a new connection on the next append; with
+//     EnableWriteRetries it resends them (UNAVAILABLE, INTERNAL, ABORTED,
+//     DEADLINE_EXCEEDED, CANCELLED are retryable; UNKNOWN is not).
+//   - every other code is answered in that request's response and the
+//     connection stays open. RESOURCE_EXHAUSTED carries BigQuery's message
+//     "Exceeds 'AppendRows throughput' quota...", which the Go client retries
+//     when EnableWriteRetries is set; FAILED_PRECONDITION is retried too;
+//     INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED etc. are not.
+//
+// FailREST(n, status) answers the next n REST calls with that HTTP status and
+// a JSON error whose reason matches it (503/502/504 backendError, 500
+// internalError, 429 rateLimitExceeded, 403 accessDenied, 404 notFound, 409
+// duplicate, 412 conditionNotMet, other 4xx invalid). The Go bigquery client
+// silently retries 5xx and rateLimitExceeded with a backoff starting at about
+// one second, so only other codes (or n larger than its patience) surface.
+//
+// SetAppendLatency(d) holds every AppendRows response until d after its
+// request arrived; SetSchemaDelay(d) delays schema visibility on the write
+// path.
+//
+// Not modelled: SQL queries and jobs, tabledata.insertAll, the Storage Read
+// API, Arrow rows, missing-value interpretations and default values,
+// partitioning semantics, quotas other than the 10 MB request limit.
+package bqfake

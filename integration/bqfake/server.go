@@ -1,0 +1,318 @@
+package bqfake
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
+	"go.uber.org/zap"
+	bq "google.golang.org/api/bigquery/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+)
+
+// maxRequestBytes is BigQuery's limit for one AppendRows request; the gRPC
+// server accepts more so that the fake, not the transport, rejects it with
+// BigQuery's error.
+const maxRequestBytes = 10 << 20
+
+// Opt configures a Server built by New.
+type Opt func(*config)
+
+type config struct {
+	restAddr string
+	grpcAddr string
+	logger   *zap.Logger
+	datasets []datasetKey
+}
+
+// RESTAddr sets the listen address of the REST (HTTP/JSON) API (default
+// "127.0.0.1:0", a random free port). New fails if it cannot listen there.
+func RESTAddr(addr string) Opt { return func(c *config) { c.restAddr = addr } }
+
+// GRPCAddr sets the listen address of the Storage Write gRPC API (default
+// "127.0.0.1:0", a random free port). New fails if it cannot listen there.
+func GRPCAddr(addr string) Opt { return func(c *config) { c.grpcAddr = addr } }
+
+// Logger sets the logger that records every request at debug level (default:
+// nil, which means zap.NewNop()).
+func Logger(l *zap.Logger) Opt { return func(c *config) { c.logger = l } }
+
+// Dataset pre-creates a dataset, as if datasets.insert had been called before
+// New returned. Repeating a dataset is harmless.
+func Dataset(project, dataset string) Opt {
+	return func(c *config) { c.datasets = append(c.datasets, datasetKey{project, dataset}) }
+}
+
+// Server is an in-process BigQuery stand-in that serves BigQuery's REST API
+// and the Storage Write gRPC API (BigQueryWrite) on loopback sockets, so that
+// the real Go clients talk to it exactly as to BigQuery. All state lives in
+// memory and is lost on Close.
+//
+// All methods are safe for concurrent use.
+type Server struct {
+	log *zap.Logger
+
+	restLn   net.Listener
+	grpcLn   net.Listener
+	httpSrv  *http.Server
+	grpcSrv  *grpc.Server
+	serveWG  sync.WaitGroup // Serve goroutines and AppendRows readers
+	restWG   sync.WaitGroup // in-flight REST handlers
+	closeOne sync.Once
+
+	mu       sync.Mutex
+	datasets map[datasetKey]*dataset
+	tables   map[tableKey]*table
+	streams  map[string]*writeStream // explicit streams by name
+	nextID   int64                   // streams and etags
+	faults   faults
+	closed   bool // REST handlers started after this refuse to run
+}
+
+type faults struct {
+	appendsLeft   int
+	appendCode    codes.Code
+	restLeft      int
+	restStatus    int
+	appendLatency time.Duration
+	schemaDelay   time.Duration
+}
+
+type datasetKey struct{ project, dataset string }
+
+type tableKey struct{ project, dataset, table string }
+
+func (k tableKey) datasetKey() datasetKey { return datasetKey{k.project, k.dataset} }
+
+// legacyID is the "project:dataset.table" form BigQuery uses in messages.
+func (k tableKey) legacyID() string { return k.project + ":" + k.dataset + "." + k.table }
+
+// parent is the Storage Write API resource name of the table.
+func (k tableKey) parent() string {
+	return fmt.Sprintf("projects/%s/datasets/%s/tables/%s", k.project, k.dataset, k.table)
+}
+
+type dataset struct {
+	key      datasetKey
+	res      *bq.Dataset // as inserted; computed fields are filled when rendered
+	etag     string
+	created  time.Time
+	modified time.Time
+}
+
+// table is one table's state. res, and every schema it points to, is never
+// mutated after it is stored: changes store a new copy, so callers may read a
+// snapshot outside the lock.
+type table struct {
+	key      tableKey
+	res      *bq.Table
+	etag     string
+	created  time.Time
+	modified time.Time
+	// views is what the write path sees, oldest first; see writeView.
+	views   []schemaView
+	version int64 // version of the newest schema
+	rows    []map[string]any
+}
+
+// schemaView is a schema version together with the moment the write path
+// starts seeing it.
+type schemaView struct {
+	version   int64
+	visibleAt time.Time
+	schema    *bq.TableSchema
+}
+
+// writeView returns the newest schema the write path can see at now; false
+// means the table does not exist yet for the write path.
+func (t *table) writeView(now time.Time) (schemaView, bool) {
+	for i := len(t.views) - 1; i >= 0; i-- {
+		if !t.views[i].visibleAt.After(now) {
+			return t.views[i], true
+		}
+	}
+	return schemaView{}, false
+}
+
+// New starts the REST and gRPC listeners and serves until Close. It fails only
+// if a listener cannot be opened; nothing else is contacted.
+func New(opts ...Opt) (*Server, error) {
+	cfg := config{restAddr: "127.0.0.1:0", grpcAddr: "127.0.0.1:0"}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.logger == nil {
+		cfg.logger = zap.NewNop()
+	}
+	s := &Server{
+		log:      cfg.logger,
+		datasets: make(map[datasetKey]*dataset),
+		tables:   make(map[tableKey]*table),
+		streams:  make(map[string]*writeStream),
+	}
+	now := time.Now()
+	for _, k := range cfg.datasets {
+		if _, ok := s.datasets[k]; !ok {
+			s.datasets[k] = &dataset{key: k, res: &bq.Dataset{Location: "US"}, etag: s.newEtagLocked(), created: now, modified: now}
+		}
+	}
+
+	var err error
+	if s.restLn, err = net.Listen("tcp", cfg.restAddr); err != nil {
+		return nil, fmt.Errorf("listen rest %s: %w", cfg.restAddr, err)
+	}
+	if s.grpcLn, err = net.Listen("tcp", cfg.grpcAddr); err != nil {
+		_ = s.restLn.Close()
+		return nil, fmt.Errorf("listen grpc %s: %w", cfg.grpcAddr, err)
+	}
+
+	s.httpSrv = &http.Server{Handler: s.restHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.grpcSrv = grpc.NewServer(
+		grpc.MaxRecvMsgSize(4*maxRequestBytes),
+		grpc.WaitForHandlers(true),
+	)
+	storagepb.RegisterBigQueryWriteServer(s.grpcSrv, &writeService{s: s})
+
+	s.serveWG.Add(2)
+	go func() {
+		defer s.serveWG.Done()
+		if err := s.httpSrv.Serve(s.restLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("rest server stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer s.serveWG.Done()
+		if err := s.grpcSrv.Serve(s.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("grpc server stopped", zap.Error(err))
+		}
+	}()
+	return s, nil
+}
+
+// RESTEndpoint returns the REST base URL, e.g. "http://127.0.0.1:PORT", for
+// option.WithEndpoint on bigquery.NewClient (with option.WithoutAuthentication).
+func (s *Server) RESTEndpoint() string { return "http://" + s.restLn.Addr().String() }
+
+// GRPCEndpoint returns "127.0.0.1:PORT" of the plaintext gRPC server, for
+// option.WithEndpoint on managedwriter.NewClient together with
+// option.WithoutAuthentication and insecure transport credentials.
+func (s *Server) GRPCEndpoint() string { return s.grpcLn.Addr().String() }
+
+// Close stops both servers, ends open AppendRows streams (clients see
+// UNAVAILABLE or a connection error) and waits for every goroutine the Server
+// started. Calling it again does nothing.
+func (s *Server) Close() {
+	s.closeOne.Do(func() {
+		s.grpcSrv.Stop()
+		_ = s.httpSrv.Close()
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.serveWG.Wait()
+		s.restWG.Wait()
+	})
+}
+
+// FailAppends makes the next n AppendRows requests (counted across all
+// connections, in arrival order) fail with code instead of being processed;
+// their rows are not written. See the package doc for how each code appears
+// on the wire. n <= 0 cancels pending failures.
+func (s *Server) FailAppends(n int, code codes.Code) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.appendsLeft = max(n, 0)
+	s.faults.appendCode = code
+}
+
+// FailREST makes the next n REST calls answer with the HTTP status (and a
+// BigQuery JSON error body) instead of being processed. n <= 0 cancels
+// pending failures.
+func (s *Server) FailREST(n int, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.restLeft = max(n, 0)
+	s.faults.restStatus = status
+}
+
+// SetAppendLatency delays the processing and response of every AppendRows
+// request until d after the server received it. Requests pipelined on one
+// connection wait concurrently, as with BigQuery, so n in-flight requests take
+// about d, not n*d. Zero (the default) disables the delay.
+func (s *Server) SetAppendLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.appendLatency = max(d, 0)
+}
+
+// SetSchemaDelay models BigQuery's metadata propagation lag: a table created
+// or a schema patched after this call becomes visible to the Storage Write
+// API only d later. Until then, the write path sees the previous schema (or
+// NOT_FOUND for a new table); REST sees every change immediately. Zero (the
+// default) makes changes visible at once.
+func (s *Server) SetSchemaDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.schemaDelay = max(d, 0)
+}
+
+// RowCount returns the number of committed (readable) rows of the table, or 0
+// if it does not exist.
+func (s *Server) RowCount(project, dataset, table string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.tables[tableKey{project, dataset, table}]; ok {
+		return len(t.rows)
+	}
+	return 0
+}
+
+// Rows returns a deep copy of the committed rows of the table in commit order,
+// or nil if it does not exist. Values follow the project's row value contract
+// (e.g. NUMERIC as a normalized decimal string, DATE as int32 days, TIMESTAMP
+// as int64 microseconds); absent keys are NULL. It is meant for debugging:
+// tests should read back through the real client where they can.
+func (s *Server) Rows(project, dataset, table string) []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tables[tableKey{project, dataset, table}]
+	if !ok {
+		return nil
+	}
+	out := make([]map[string]any, len(t.rows))
+	for i, r := range t.rows {
+		out[i] = copyValue(r).(map[string]any)
+	}
+	return out
+}
+
+func copyValue(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(v))
+		for k, e := range v {
+			m[k] = copyValue(e)
+		}
+		return m
+	case []any:
+		l := make([]any, len(v))
+		for i, e := range v {
+			l[i] = copyValue(e)
+		}
+		return l
+	case []byte:
+		return append([]byte(nil), v...)
+	default:
+		return v
+	}
+}
+
+// newEtagLocked returns a fresh opaque etag; s.mu must be held.
+func (s *Server) newEtagLocked() string {
+	s.nextID++
+	return fmt.Sprintf("bqfake-%d-%d", time.Now().UnixNano(), s.nextID)
+}

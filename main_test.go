@@ -1,0 +1,147 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// The committed config.yaml is what a user starts from and what the demo's
+// -serve stack answers to: it must load and pass -check as it is.
+func TestCommittedConfigLoads(t *testing.T) {
+	cfg, err := loadConfig("config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.TableFor("sms_physical_stock_updated_topic"); got != "sms_physical_stock_updates" {
+		t.Errorf("table for the seed topic = %q", got)
+	}
+	if cfg.BigQuery.Endpoint != "http://localhost:9050" || cfg.BigQuery.GRPCEndpoint != "localhost:9060" {
+		t.Errorf("config.yaml must point at the demo stack, got %q %q", cfg.BigQuery.Endpoint, cfg.BigQuery.GRPCEndpoint)
+	}
+	if code := run([]string{"-config", "config.yaml", "-check"}); code != 0 {
+		t.Errorf("-check on config.yaml exited %d", code)
+	}
+}
+
+func TestMinimalConfigGetsDefaults(t *testing.T) {
+	p := writeConfig(t, `
+kafka: {brokers: [k:9092], group_id: g, topics: [orders.v1]}
+schema_registry: {url: "http://sr:8081"}
+bigquery: {project: p, dataset: d}
+`)
+	cfg, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.BigQuery.AutoCreateTables || !cfg.BigQuery.AutoUpdateSchema {
+		t.Error("auto_create_tables and auto_update_schema default to true")
+	}
+	if cfg.HTTP.Listen != ":8080" || cfg.Log.Level != "info" {
+		t.Errorf("http/log defaults: %q %q", cfg.HTTP.Listen, cfg.Log.Level)
+	}
+	if got := cfg.TableFor("orders.v1"); got != "orders_v1" {
+		t.Errorf("default table = %q, want orders_v1", got)
+	}
+}
+
+// -check must list every problem, each under its full key, so a user fixes
+// the file in one go.
+func TestCheckListsEveryProblemByKey(t *testing.T) {
+	p := writeConfig(t, `
+kafka:
+  brokers: []
+  topics: ["^orders(", "a.b", "a_b"]
+  start_offset: middle
+  session_timeout: -1s
+schema_registry: {url: "ftp://sr"}
+bigquery: {dataset: "bad-name!"}
+batch: {max_records: -5}
+http: {listen: "nope"}
+log: {level: loud}
+`)
+	_, err := loadConfig(p)
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, key := range []string{
+		"kafka.brokers", "kafka.group_id", "kafka.topics[0]", "a.b, a_b", "kafka.start_offset",
+		"kafka.session_timeout", "schema_registry.url", "bigquery.project", "bigquery.dataset",
+		"batch.max_records", "http.listen", "log.level",
+	} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("error does not name %s:\n%v", key, err)
+		}
+	}
+	if code := run([]string{"-config", p, "-check"}); code != 1 {
+		t.Errorf("-check exited %d, want 1", code)
+	}
+}
+
+func TestUnknownKeyRejected(t *testing.T) {
+	p := writeConfig(t, `
+kafka: {brokers: [k:9092], group_id: g, topics: [t], batch_size: 10}
+schema_registry: {url: "http://sr"}
+bigquery: {project: p, dataset: d}
+`)
+	_, err := loadConfig(p)
+	if err == nil || !strings.Contains(err.Error(), "batch_size") {
+		t.Fatalf("want an error naming batch_size, got %v", err)
+	}
+}
+
+func TestEnvExpansion(t *testing.T) {
+	t.Setenv("BQSINK_TEST_BROKER", "kafka-1:9092")
+	t.Setenv("BQSINK_TEST_EMPTY", "")
+	p := writeConfig(t, `
+kafka: {brokers: ["${BQSINK_TEST_BROKER}"], group_id: "${BQSINK_TEST_GROUP:-sinkers}", topics: [t], commit_interval: "${BQSINK_TEST_EMPTY:-3s}"}
+schema_registry: {url: "http://sr", password: "${BQSINK_TEST_EMPTY}"}
+bigquery: {project: p, dataset: d}
+`)
+	cfg, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Kafka.Brokers[0] != "kafka-1:9092" || cfg.Kafka.GroupID != "sinkers" || cfg.Kafka.CommitInterval != 3*time.Second {
+		t.Errorf("expanded wrong: %+v", cfg.Kafka)
+	}
+
+	// A reference in a comment is documentation, not a value.
+	p = writeConfig(t, `
+# set ${BQSINK_TEST_IN_COMMENT} to ...
+kafka: {brokers: ["${BQSINK_TEST_UNSET_A}"], group_id: "${BQSINK_TEST_UNSET_B}"} # or ${BQSINK_TEST_IN_COMMENT}
+`)
+	_, err = loadConfig(p)
+	if err == nil || !strings.HasSuffix(err.Error(), ": BQSINK_TEST_UNSET_A, BQSINK_TEST_UNSET_B") {
+		t.Fatalf("want exactly the two unset variables named, got %v", err)
+	}
+}
+
+func TestSummaryRedactsSecrets(t *testing.T) {
+	var c config
+	c.SchemaRegistry.URL = "https://user:hunter2@sr.example.com"
+	c.SchemaRegistry.Username = "user"
+	c.SchemaRegistry.Password = "s3cret-pw"
+	b, err := json.Marshal(c.summary()) // what zap.Any writes
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(b)
+	for _, secret := range []string{"hunter2", "s3cret-pw"} {
+		if strings.Contains(got, secret) {
+			t.Errorf("summary leaks %q: %s", secret, got)
+		}
+	}
+}

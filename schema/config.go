@@ -1,0 +1,62 @@
+package schema
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+)
+
+// defaultTimeout bounds one HTTP call to the registry when Config.Timeout is 0.
+const defaultTimeout = 10 * time.Second
+
+// Config says how to reach the Schema Registry. Zero values mean defaults.
+type Config struct {
+	// URL is the registry base URL, http or https (required),
+	// e.g. "http://registry:8081".
+	URL string `yaml:"url"`
+	// Username and Password enable HTTP basic auth; set both or neither.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// Timeout bounds each HTTP call (default 10s). A schema with references
+	// takes one call per referenced subject version not yet cached.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Validate returns nil, or one "key: problem" error per bad key joined with
+// errors.Join.
+func (c Config) Validate() error {
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("url: required"))
+	} else if u, err := url.Parse(c.URL); err != nil {
+		errs = append(errs, fmt.Errorf("url: %w", err))
+	} else {
+		switch {
+		case u.Scheme != "http" && u.Scheme != "https":
+			errs = append(errs, fmt.Errorf("url: scheme must be http or https, got %q", u.Scheme))
+		case u.Host == "":
+			errs = append(errs, errors.New("url: missing host"))
+		case u.RawQuery != "" || u.Fragment != "":
+			// srclient appends API paths to the URL verbatim.
+			errs = append(errs, errors.New("url: must not have a query or fragment"))
+		}
+	}
+	if c.Username != "" && c.Password == "" {
+		errs = append(errs, errors.New("password: required when username is set"))
+	}
+	if c.Password != "" && c.Username == "" {
+		errs = append(errs, errors.New("username: required when password is set"))
+	}
+	if c.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("timeout: must not be negative, got %s", c.Timeout))
+	}
+	return errors.Join(errs...)
+}
+
+func (c Config) timeout() time.Duration {
+	if c.Timeout == 0 {
+		return defaultTimeout
+	}
+	return c.Timeout
+}

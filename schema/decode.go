@@ -1,0 +1,583 @@
+package schema
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+	"unsafe"
+
+	"github.com/hamba/avro/v2"
+)
+
+// decodeFunc decodes one Avro value into its row value. A NULL is an untyped
+// nil. Errors are *decodeError.
+type decodeFunc func(d *decoder) (any, error)
+
+// decoder is the state of one Decode call.
+type decoder struct {
+	r *avro.Reader
+	// size is the body length. Every value we accept takes at least one
+	// byte, so it also bounds the array items and map entries left to read.
+	size  int
+	items int
+	// arena backs every string and bytes value of the row: one allocation
+	// per record, sized to the body, so a length prefix can never make us
+	// allocate more than the body holds. Parts handed out are never written
+	// again.
+	arena []byte
+	grown bool
+}
+
+func (d *decoder) reset(body []byte) {
+	d.r.Reset(body)
+	d.r.Error = nil // Reset keeps the previous record's error
+	d.size, d.items = len(body), len(body)
+	d.arena, d.grown = nil, false
+}
+
+// decodeError is a decode failure and the path to the value that failed,
+// innermost segment first (it is built while unwinding).
+type decodeError struct {
+	rev []string
+	msg string
+}
+
+func (e *decodeError) Error() string { return e.path() + ": " + e.msg }
+
+func (e *decodeError) path() string {
+	var b strings.Builder
+	for i := len(e.rev) - 1; i >= 0; i-- {
+		s := e.rev[i]
+		if b.Len() > 0 && s[0] != '[' {
+			b.WriteByte('.')
+		}
+		b.WriteString(s)
+	}
+	if b.Len() == 0 {
+		return "(top level)"
+	}
+	return b.String()
+}
+
+func fail(format string, args ...any) error {
+	return &decodeError{msg: fmt.Sprintf(format, args...)}
+}
+
+// at prefixes the path of err with a field name or "[i]".
+func at(err error, segment string) error {
+	if de, ok := err.(*decodeError); ok {
+		de.rev = append(de.rev, segment)
+	}
+	return err
+}
+
+// readErr turns the reader's sticky error, if any, into a decodeError.
+func (d *decoder) readErr() error {
+	err := d.r.Error
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fail("body ends early")
+	}
+	return fail("%v", err)
+}
+
+// length reads a non-negative count or length prefix.
+func (d *decoder) length() (int, error) {
+	n := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return 0, err
+	}
+	if n < 0 || n > int64(d.size) {
+		return 0, fail("length %d does not fit in a %d-byte body", n, d.size)
+	}
+	return int(n), nil
+}
+
+// take reads the next n bytes into a fresh part of the arena.
+func (d *decoder) take(n int) ([]byte, error) {
+	if n == 0 {
+		return []byte{}, nil
+	}
+	if !d.grown {
+		d.arena, d.grown = make([]byte, d.size), true
+	}
+	if n > len(d.arena) {
+		return nil, fail("length %d runs past the end of the body", n)
+	}
+	b := d.arena[:n:n]
+	d.arena = d.arena[n:]
+	d.r.Read(b)
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (d *decoder) bytes() ([]byte, error) {
+	n, err := d.length()
+	if err != nil {
+		return nil, err
+	}
+	return d.take(n)
+}
+
+func (d *decoder) fixed(size int) ([]byte, error) { return d.take(size) }
+
+// blockCount reads an array or map block header: the item count, negative
+// when a byte size follows (which we do not need).
+func (d *decoder) blockCount() (int, error) {
+	n := d.r.ReadLong()
+	if n < 0 {
+		d.r.ReadLong()
+		n = -n
+	}
+	if err := d.readErr(); err != nil {
+		return 0, err
+	}
+	if n < 0 || n > int64(d.items) {
+		return 0, fail("block of %d items cannot fit in the rest of a %d-byte body", n, d.size)
+	}
+	d.items -= int(n)
+	return int(n), nil
+}
+
+func (d *decoder) unionIndex(branches int) (int, error) {
+	i := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return 0, err
+	}
+	if i < 0 || i >= int64(branches) {
+		return 0, fail("union branch %d out of range, the union has %d", i, branches)
+	}
+	return int(i), nil
+}
+
+func decodeBool(d *decoder) (any, error) {
+	v := d.r.ReadBool()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func decodeInt(d *decoder) (any, error) {
+	v := d.r.ReadInt()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return int64(v), nil
+}
+
+func decodeLong(d *decoder) (any, error) {
+	v := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func decodeFloat(d *decoder) (any, error) {
+	v := d.r.ReadFloat()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return float64(v), nil
+}
+
+func decodeDouble(d *decoder) (any, error) {
+	v := d.r.ReadDouble()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func decodeBytes(d *decoder) (any, error) {
+	b, err := d.bytes()
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func decodeString(d *decoder) (any, error) {
+	b, err := d.bytes()
+	if err != nil {
+		return nil, err
+	}
+	if !utf8.Valid(b) {
+		return nil, fail("string is not valid UTF-8")
+	}
+	if len(b) == 0 {
+		return "", nil
+	}
+	// b is a part of the arena that nothing writes again.
+	return unsafe.String(&b[0], len(b)), nil
+}
+
+func fixedDecoder(size int) decodeFunc {
+	return func(d *decoder) (any, error) {
+		b, err := d.fixed(size)
+		if err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+}
+
+func enumDecoder(symbols []string) decodeFunc {
+	return func(d *decoder) (any, error) {
+		i := d.r.ReadInt()
+		if err := d.readErr(); err != nil {
+			return nil, err
+		}
+		if i < 0 || int(i) >= len(symbols) {
+			return nil, fail("enum index %d out of range, the enum has %d symbols", i, len(symbols))
+		}
+		return symbols[i], nil
+	}
+}
+
+// BigQuery's DATE, DATETIME and TIMESTAMP ranges: 0001-01-01 to 9999-12-31.
+const (
+	minDate   = -719162 // days from 1970-01-01 to 0001-01-01
+	maxDate   = 2932896 // days from 1970-01-01 to 9999-12-31
+	minMicros = -62135596800000000
+	maxMicros = 253402300799999999
+	dayMicros = 86400000000
+)
+
+func decodeDate(d *decoder) (any, error) {
+	v := d.r.ReadInt()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	if v < minDate || v > maxDate {
+		return nil, fail("date %d days from 1970-01-01 is outside BigQuery's 0001-01-01..9999-12-31", v)
+	}
+	return v, nil
+}
+
+func decodeTimeMillis(d *decoder) (any, error) {
+	v := d.r.ReadInt()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return timeOfDay(int64(v)*1000, "time-millis", int64(v))
+}
+
+func decodeTimeMicros(d *decoder) (any, error) {
+	v := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	return timeOfDay(v, "time-micros", v)
+}
+
+// timeOfDay formats microseconds after midnight as BigQuery TIME
+// "15:04:05.000000".
+func timeOfDay(us int64, logical string, raw int64) (any, error) {
+	if us < 0 || us >= dayMicros {
+		return nil, fail("%s %d is not a time of day", logical, raw)
+	}
+	var b [15]byte
+	put2 := func(i int, v int64) { b[i], b[i+1] = byte('0'+v/10), byte('0'+v%10) }
+	put2(0, us/3600000000)
+	b[2] = ':'
+	put2(3, us/60000000%60)
+	b[5] = ':'
+	put2(6, us/1000000%60)
+	b[8] = '.'
+	frac := us % 1000000
+	for i := 14; i > 8; i-- {
+		b[i] = byte('0' + frac%10)
+		frac /= 10
+	}
+	return string(b[:]), nil
+}
+
+func decodeTimestampMillis(d *decoder) (any, error) {
+	v := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	if v < minMicros/1000 || v > maxMicros/1000 {
+		return nil, fail("timestamp-millis %d is outside BigQuery's years 1..9999", v)
+	}
+	return v * 1000, nil
+}
+
+func decodeTimestampMicros(d *decoder) (any, error) {
+	v := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	if v < minMicros || v > maxMicros {
+		return nil, fail("timestamp-micros %d is outside BigQuery's years 1..9999", v)
+	}
+	return v, nil
+}
+
+func decodeLocalTimestampMillis(d *decoder) (any, error) {
+	v := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	if v < minMicros/1000 || v > maxMicros/1000 {
+		return nil, fail("local-timestamp-millis %d is outside BigQuery's years 1..9999", v)
+	}
+	return dateTime(v * 1000), nil
+}
+
+func decodeLocalTimestampMicros(d *decoder) (any, error) {
+	v := d.r.ReadLong()
+	if err := d.readErr(); err != nil {
+		return nil, err
+	}
+	if v < minMicros || v > maxMicros {
+		return nil, fail("local-timestamp-micros %d is outside BigQuery's years 1..9999", v)
+	}
+	return dateTime(v), nil
+}
+
+// dateTime formats a wall-clock time (microseconds from 1970-01-01 00:00,
+// no zone) as BigQuery DATETIME.
+func dateTime(us int64) string {
+	var b [26]byte
+	return string(time.UnixMicro(us).UTC().AppendFormat(b[:0], "2006-01-02 15:04:05.000000"))
+}
+
+// decimalDecoder decodes a decimal from its big-endian two's-complement
+// unscaled value into the exact decimal string, never through a float.
+func decimalDecoder(raw func(*decoder) ([]byte, error), precision, scale int) decodeFunc {
+	// A value of precision digits needs at most this many bytes once
+	// redundant sign bytes are stripped; checking it first keeps a hostile
+	// length from costing a huge big.Int conversion.
+	maxBytes := (precision*3322/1000+1)/8 + 2
+	return func(d *decoder) (any, error) {
+		b, err := raw(d)
+		if err != nil {
+			return nil, err
+		}
+		b = trimSign(b)
+		if len(b) > maxBytes {
+			return nil, fail("decimal of %d bytes exceeds precision %d", len(b), precision)
+		}
+		s, digits := decimalText(b, scale)
+		if digits > precision {
+			return nil, fail("decimal %s has %d digits, more than its precision %d", s, digits, precision)
+		}
+		return s, nil
+	}
+}
+
+// trimSign drops leading bytes that only repeat the sign.
+func trimSign(b []byte) []byte {
+	for len(b) > 1 && (b[0] == 0 && b[1]&0x80 == 0 || b[0] == 0xff && b[1]&0x80 != 0) {
+		b = b[1:]
+	}
+	return b
+}
+
+// decimalText renders the two's-complement big-endian unscaled value b with
+// scale fraction digits, and counts the digits of the unscaled value.
+func decimalText(b []byte, scale int) (string, int) {
+	var buf [48]byte
+	var digits []byte
+	neg := len(b) > 0 && b[0]&0x80 != 0
+	if len(b) <= 8 {
+		var u uint64
+		for _, c := range b {
+			u = u<<8 | uint64(c)
+		}
+		if neg && len(b) < 8 {
+			u |= ^uint64(0) << (8 * len(b)) // sign-extend
+		}
+		if neg {
+			u = -u // two's complement magnitude; right for math.MinInt64 too
+		}
+		digits = strconv.AppendUint(buf[:0], u, 10)
+	} else {
+		n := new(big.Int).SetBytes(b)
+		if neg {
+			n.Sub(n, new(big.Int).Lsh(big.NewInt(1), uint(8*len(b))))
+			n.Neg(n)
+		}
+		digits = n.Append(buf[:0], 10)
+	}
+	count := len(digits)
+	if count == 1 && digits[0] == '0' {
+		count, neg = 0, false
+	}
+
+	var out strings.Builder
+	out.Grow(len(digits) + scale + 3)
+	if neg {
+		out.WriteByte('-')
+	}
+	if scale == 0 {
+		out.Write(digits)
+		return out.String(), count
+	}
+	if len(digits) <= scale {
+		out.WriteString("0.")
+		for range scale - len(digits) {
+			out.WriteByte('0')
+		}
+		out.Write(digits)
+		return out.String(), count
+	}
+	out.Write(digits[:len(digits)-scale])
+	out.WriteByte('.')
+	out.Write(digits[len(digits)-scale:])
+	return out.String(), count
+}
+
+type fieldDecoder struct {
+	name string
+	dec  decodeFunc
+}
+
+func recordDecoder(fields []fieldDecoder) decodeFunc {
+	return func(d *decoder) (any, error) {
+		row := make(map[string]any, len(fields))
+		for i := range fields {
+			v, err := fields[i].dec(d)
+			if err != nil {
+				return nil, at(err, fields[i].name)
+			}
+			if v != nil {
+				row[fields[i].name] = v
+			}
+		}
+		return row, nil
+	}
+}
+
+func arrayDecoder(item decodeFunc) decodeFunc {
+	return func(d *decoder) (any, error) {
+		out := []any{}
+		for {
+			n, err := d.blockCount()
+			if err != nil {
+				return nil, at(err, "["+strconv.Itoa(len(out))+"]")
+			}
+			if n == 0 {
+				return out, nil
+			}
+			out = growAny(out, n)
+			for range n {
+				v, err := item(d)
+				if err == nil && v == nil {
+					err = fail("NULL array element: BigQuery arrays cannot hold NULL")
+				}
+				if err != nil {
+					return nil, at(err, "["+strconv.Itoa(len(out))+"]")
+				}
+				out = append(out, v)
+			}
+		}
+	}
+}
+
+// mapDecoder decodes an Avro map as BigQuery does: an array of key/value
+// records, in the order the entries were written.
+func mapDecoder(value decodeFunc) decodeFunc {
+	return func(d *decoder) (any, error) {
+		out := []any{}
+		for {
+			n, err := d.blockCount()
+			if err != nil {
+				return nil, at(err, "["+strconv.Itoa(len(out))+"]")
+			}
+			if n == 0 {
+				return out, nil
+			}
+			out = growAny(out, n)
+			for range n {
+				k, err := decodeString(d)
+				if err != nil {
+					return nil, at(at(err, "key"), "["+strconv.Itoa(len(out))+"]")
+				}
+				v, err := value(d)
+				if err != nil {
+					return nil, at(at(err, "value"), "["+strconv.Itoa(len(out))+"]")
+				}
+				entry := map[string]any{"key": k}
+				if v != nil {
+					entry["value"] = v
+				}
+				out = append(out, entry)
+			}
+		}
+	}
+}
+
+func growAny(s []any, n int) []any {
+	if cap(s)-len(s) >= n {
+		return s
+	}
+	grown := make([]any, len(s), len(s)+n)
+	copy(grown, s)
+	return grown
+}
+
+func wrapDecoder(name string, dec decodeFunc) decodeFunc {
+	return func(d *decoder) (any, error) {
+		v, err := dec(d)
+		if err != nil {
+			return nil, at(err, name)
+		}
+		return map[string]any{name: v}, nil
+	}
+}
+
+// optionalDecoder decodes a union of null and one other type. A REPEATED
+// column cannot be NULL, so for arrays and maps null becomes empty.
+func optionalDecoder(branches, null int, dec decodeFunc, repeated bool) decodeFunc {
+	return func(d *decoder) (any, error) {
+		i, err := d.unionIndex(branches)
+		if err != nil {
+			return nil, err
+		}
+		if i == null {
+			if repeated {
+				return []any{}, nil
+			}
+			return nil, nil
+		}
+		return dec(d)
+	}
+}
+
+type branchDecoder struct {
+	name string
+	dec  decodeFunc // nil for the null branch
+}
+
+// unionDecoder decodes a union of several non-null types into a record with
+// the chosen branch's field set, or NULL for the null branch.
+func unionDecoder(branches []branchDecoder) decodeFunc {
+	return func(d *decoder) (any, error) {
+		i, err := d.unionIndex(len(branches))
+		if err != nil {
+			return nil, err
+		}
+		b := branches[i]
+		if b.dec == nil {
+			return nil, nil
+		}
+		v, err := b.dec(d)
+		if err != nil {
+			return nil, at(err, b.name)
+		}
+		return map[string]any{b.name: v}, nil
+	}
+}

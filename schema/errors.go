@@ -1,0 +1,36 @@
+// Package schema turns Confluent-framed Avro records into BigQuery rows.
+//
+// It fetches writer schemas from a Confluent-compatible Schema Registry
+// (resolving schema references), maps each one to the BigQuery columns it
+// needs (see the mapping table in the repository README) and decodes record
+// bodies into rows that follow the row value contract shared with package bq.
+// It describes columns and produces values; it never talks to BigQuery.
+package schema
+
+import "errors"
+
+// Permanent error classes. A record whose processing fails with one of them
+// can never be written, however often it is retried; callers test with
+// errors.Is. Any other error from Registry.Schema is transient (network,
+// timeout, 5xx, cancelled context) and the record should be retried.
+var (
+	// ErrWireFormat: the Kafka record value is not in the Confluent wire
+	// format (magic byte 0, 4-byte schema ID, Avro body).
+	ErrWireFormat = errors.New("invalid wire format")
+
+	// ErrNotFound: the registry answered that the schema ID, or a subject
+	// version it references, does not exist. It is not cached: a later call
+	// asks the registry again.
+	ErrNotFound = errors.New("schema not found")
+
+	// ErrUnsupported: the writer schema cannot be parsed or has no BigQuery
+	// mapping (a null-only field, a recursive type, column names that clash
+	// in BigQuery, a reference cycle, a non-Avro schema). It is cached per
+	// schema ID, since an ID's text never changes.
+	ErrUnsupported = errors.New("unsupported schema")
+
+	// ErrDecode: the Avro body does not decode under its writer schema, or
+	// holds a value BigQuery cannot store (invalid UTF-8, a date out of
+	// range, a NULL array element). The message names the field path.
+	ErrDecode = errors.New("undecodable record")
+)

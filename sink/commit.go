@@ -1,0 +1,163 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/zap"
+)
+
+// commits holds, per partition, the offset after the last record whose row
+// (and every row before it) BigQuery acknowledged and that is not committed
+// yet. Workers mark; the committer takes and commits.
+type commits struct {
+	// commitMu serialises whole take-and-commit rounds: an older round
+	// landing after a newer one would rewind the group.
+	commitMu sync.Mutex
+
+	mu    sync.Mutex
+	marks map[string]map[int32]kgo.EpochOffset
+}
+
+// mark records a watermark; it only ever moves forward.
+func (c *commits) mark(topic string, partition int32, eo kgo.EpochOffset) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ps := c.marks[topic]
+	if ps == nil {
+		ps = map[int32]kgo.EpochOffset{}
+		c.marks[topic] = ps
+	}
+	if old, ok := ps[partition]; !ok || old.Offset < eo.Offset {
+		ps[partition] = eo
+	}
+}
+
+// take removes and returns the marks of the given partitions, or all marks
+// when only is nil.
+func (c *commits) take(only map[string][]int32) map[string]map[int32]kgo.EpochOffset {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]map[int32]kgo.EpochOffset{}
+	if only == nil {
+		for topic, ps := range c.marks {
+			if len(ps) > 0 {
+				out[topic] = ps
+			}
+		}
+		c.marks = map[string]map[int32]kgo.EpochOffset{}
+		return out
+	}
+	for topic, partitions := range only {
+		for _, p := range partitions {
+			eo, ok := c.marks[topic][p]
+			if !ok {
+				continue
+			}
+			delete(c.marks[topic], p)
+			if out[topic] == nil {
+				out[topic] = map[int32]kgo.EpochOffset{}
+			}
+			out[topic][p] = eo
+		}
+	}
+	return out
+}
+
+// restore puts back marks whose commit failed, unless a newer mark arrived
+// meanwhile.
+func (c *commits) restore(failed map[string]map[int32]kgo.EpochOffset) {
+	for topic, ps := range failed {
+		for p, eo := range ps {
+			c.mark(topic, p, eo)
+		}
+	}
+}
+
+func (c *commits) drop(only map[string][]int32) {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	c.take(only)
+}
+
+func (s *Sink) commitLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.Kafka.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.commitAll(ctx, "interval")
+		}
+	}
+}
+
+func (s *Sink) commitAll(ctx context.Context, why string) { s.commitPartitions(ctx, nil, why) }
+
+// commitPartitions commits the marks of the given partitions (all when nil).
+// A failed commit is logged and its marks kept for the next round: the
+// records stay uncommitted, so nothing is lost, at worst re-read.
+func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, why string) {
+	s.commits.commitMu.Lock()
+	defer s.commits.commitMu.Unlock()
+	offsets := s.commits.take(only)
+	if len(offsets) == 0 {
+		return
+	}
+	var failed map[string]map[int32]kgo.EpochOffset
+	var firstErr error
+	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			failed, firstErr = offsets, err
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, p := range t.Partitions {
+				if perr := kerr.ErrorForCode(p.ErrorCode); perr != nil {
+					if failed == nil {
+						failed = map[string]map[int32]kgo.EpochOffset{}
+					}
+					if failed[t.Topic] == nil {
+						failed[t.Topic] = map[int32]kgo.EpochOffset{}
+					}
+					failed[t.Topic][p.Partition] = offsets[t.Topic][p.Partition]
+					if firstErr == nil {
+						firstErr = perr
+					}
+				}
+			}
+		}
+	})
+	if firstErr == nil {
+		s.metrics.commits.WithLabelValues("ok").Inc()
+		if ce := s.log.Check(zap.DebugLevel, "committed"); ce != nil {
+			ce.Write(zap.Any("offsets", offsetsForLog(offsets)), zap.String("why", why))
+		}
+		return
+	}
+	s.metrics.commits.WithLabelValues("error").Inc()
+	// After a revoke or shutdown there is no later round, and a partition
+	// now owned by another member must not be committed by us again.
+	if only == nil && !errors.Is(firstErr, context.Canceled) && ctx.Err() == nil {
+		s.commits.restore(failed)
+	}
+	s.log.Warn("offset commit failed; records stay uncommitted and may be re-read",
+		zap.Any("offsets", offsetsForLog(failed)), zap.Error(firstErr))
+}
+
+func offsetsForLog(m map[string]map[int32]kgo.EpochOffset) map[string]map[int32]int64 {
+	out := make(map[string]map[int32]int64, len(m))
+	for t, ps := range m {
+		out[t] = make(map[int32]int64, len(ps))
+		for p, eo := range ps {
+			out[t][p] = eo.Offset
+		}
+	}
+	return out
+}

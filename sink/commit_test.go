@@ -1,0 +1,47 @@
+package sink
+
+import (
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// An older watermark must never replace a newer one: committing it would
+// rewind the group and re-deliver acknowledged records.
+func TestMarkOnlyMovesForward(t *testing.T) {
+	c := commits{marks: map[string]map[int32]kgo.EpochOffset{}}
+	c.mark("t", 0, kgo.EpochOffset{Offset: 10})
+	c.mark("t", 0, kgo.EpochOffset{Offset: 7})
+	c.mark("t", 1, kgo.EpochOffset{Offset: 3})
+	got := c.take(map[string][]int32{"t": {0}})
+	if got["t"][0].Offset != 10 {
+		t.Fatalf("mark went backwards: %v", got)
+	}
+	if _, still := c.marks["t"][0]; still {
+		t.Fatal("take must remove what it returns")
+	}
+	// A failed commit puts its marks back, but not over a newer one.
+	c.mark("t", 1, kgo.EpochOffset{Offset: 9})
+	c.restore(map[string]map[int32]kgo.EpochOffset{"t": {1: {Offset: 3}, 0: {Offset: 10}}})
+	all := c.take(nil)
+	if all["t"][1].Offset != 9 || all["t"][0].Offset != 10 {
+		t.Fatalf("restore: %v", all)
+	}
+	if len(c.take(nil)) != 0 {
+		t.Fatal("take(nil) must empty the marks")
+	}
+}
+
+func TestBackoffGrowsAndIsCapped(t *testing.T) {
+	for attempt := 1; attempt < 40; attempt++ {
+		d := backoff(attempt)
+		lo := (100 * time.Millisecond << min(attempt-1, 9)) / 2
+		if lo > 15*time.Second {
+			lo = 15 * time.Second
+		}
+		if d < lo || d > 30*time.Second {
+			t.Fatalf("attempt %d: backoff %s outside [%s, 30s]", attempt, d, lo)
+		}
+	}
+}

@@ -1,0 +1,217 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Config is the part of bqsink's configuration the sink owns: where records
+// come from, where they go and how they are batched. main reads it from the
+// top level of the YAML file; config.yaml documents every key. Zero values
+// mean the defaults named on each field.
+type Config struct {
+	Kafka KafkaConfig `yaml:"kafka"`
+	// Tables routes a topic to a table ("table" in bigquery.dataset, or
+	// "dataset.table"). A topic not listed goes to DefaultTable(topic).
+	Tables map[string]string `yaml:"tables"`
+	Batch  BatchConfig       `yaml:"batch"`
+	// ShutdownTimeout bounds how long Run spends flushing and committing
+	// after its context ends (default 30s); writes still unanswered then are
+	// abandoned uncommitted and are read again by the next owner.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// StallTimeout is how long a partition may hold unacknowledged records
+	// without progress before Ready reports the sink as stalled (default 5m).
+	StallTimeout time.Duration `yaml:"stall_timeout"`
+}
+
+// KafkaConfig says which cluster, group and topics to consume.
+type KafkaConfig struct {
+	Brokers []string `yaml:"brokers"`
+	GroupID string   `yaml:"group_id"`
+	// Topics to consume; an entry starting with ^ is a regular expression
+	// matched against every topic in the cluster.
+	Topics   []string `yaml:"topics"`
+	ClientID string   `yaml:"client_id"` // default "bqsink"
+	// InstanceID turns on static membership (for StatefulSets): a restarted
+	// member keeps its partitions without a rebalance. Empty is right under
+	// a Deployment scaled by KEDA.
+	InstanceID string `yaml:"instance_id"`
+	// StartOffset is where a partition with no committed offset starts:
+	// "earliest" (default) or "latest".
+	StartOffset      string        `yaml:"start_offset"`
+	SessionTimeout   time.Duration `yaml:"session_timeout"`   // default 45s
+	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"` // default 60s
+	// CommitInterval is how often acknowledged offsets are committed
+	// (default 1s). Commits also happen on revoke and on shutdown.
+	CommitInterval time.Duration `yaml:"commit_interval"`
+}
+
+// BatchConfig bounds a partition's batch; whichever limit is hit first
+// flushes it.
+type BatchConfig struct {
+	MaxRecords int           `yaml:"max_records"` // default 10000
+	MaxBytes   int           `yaml:"max_bytes"`   // default 8 MiB of Kafka record values
+	MaxWait    time.Duration `yaml:"max_wait"`    // default 1s after the batch's first record
+	// MaxInflight bounds the appends a partition has sent and not yet seen
+	// answered (default 4). When it is reached the partition stops reading
+	// and, once its buffer is full, fetching pauses for it.
+	MaxInflight int `yaml:"max_inflight"`
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Kafka.ClientID == "" {
+		c.Kafka.ClientID = "bqsink"
+	}
+	if c.Kafka.StartOffset == "" {
+		c.Kafka.StartOffset = "earliest"
+	}
+	def(&c.Kafka.SessionTimeout, 45*time.Second)
+	def(&c.Kafka.RebalanceTimeout, 60*time.Second)
+	def(&c.Kafka.CommitInterval, time.Second)
+	if c.Batch.MaxRecords == 0 {
+		c.Batch.MaxRecords = 10000
+	}
+	if c.Batch.MaxBytes == 0 {
+		c.Batch.MaxBytes = 8 << 20
+	}
+	def(&c.Batch.MaxWait, time.Second)
+	if c.Batch.MaxInflight == 0 {
+		c.Batch.MaxInflight = 4
+	}
+	def(&c.ShutdownTimeout, 30*time.Second)
+	def(&c.StallTimeout, 5*time.Minute)
+	return c
+}
+
+// Validate reports every bad key, one error each, named by its YAML path
+// below the top level ("kafka.brokers: required").
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		bad("kafka.brokers", "required")
+	}
+	for i, b := range c.Kafka.Brokers {
+		if strings.TrimSpace(b) == "" {
+			bad(fmt.Sprintf("kafka.brokers[%d]", i), "empty")
+		}
+	}
+	if c.Kafka.GroupID == "" {
+		bad("kafka.group_id", "required")
+	}
+	if len(c.Kafka.Topics) == 0 {
+		bad("kafka.topics", "required")
+	}
+	for i, t := range c.Kafka.Topics {
+		switch {
+		case t == "":
+			bad(fmt.Sprintf("kafka.topics[%d]", i), "empty")
+		case strings.HasPrefix(t, "^"):
+			if _, err := regexp.Compile(t); err != nil {
+				bad(fmt.Sprintf("kafka.topics[%d]", i), "bad regular expression: %v", err)
+			}
+		}
+	}
+	switch c.Kafka.StartOffset {
+	case "", "earliest", "latest":
+	default:
+		bad("kafka.start_offset", "%q is not earliest or latest", c.Kafka.StartOffset)
+	}
+	for key, d := range map[string]time.Duration{
+		"kafka.session_timeout":   c.Kafka.SessionTimeout,
+		"kafka.rebalance_timeout": c.Kafka.RebalanceTimeout,
+		"kafka.commit_interval":   c.Kafka.CommitInterval,
+		"batch.max_wait":          c.Batch.MaxWait,
+		"shutdown_timeout":        c.ShutdownTimeout,
+		"stall_timeout":           c.StallTimeout,
+	} {
+		if d < 0 {
+			bad(key, "must not be negative")
+		}
+	}
+	if c.Batch.MaxRecords < 0 {
+		bad("batch.max_records", "must not be negative")
+	}
+	if c.Batch.MaxBytes < 0 {
+		bad("batch.max_bytes", "must not be negative")
+	}
+	if c.Batch.MaxInflight < 0 {
+		bad("batch.max_inflight", "must not be negative")
+	}
+	for topic, table := range c.Tables {
+		if !validTable(table) {
+			bad("tables."+topic, "%q is not a table name or dataset.table", table)
+		}
+	}
+	errs = append(errs, c.tableCollisions()...)
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	return errors.Join(errs...)
+}
+
+var tableName = regexp.MustCompile(`^([A-Za-z0-9_]+\.)?[A-Za-z0-9_\-]+$`)
+
+// validTable accepts "table" and "dataset.table" as BigQuery names them:
+// each part at most 1024 characters.
+func validTable(s string) bool {
+	if !tableName.MatchString(s) {
+		return false
+	}
+	for part := range strings.SplitSeq(s, ".") {
+		if len(part) > 1024 {
+			return false
+		}
+	}
+	return true
+}
+
+var notTableChar = regexp.MustCompile(`[^A-Za-z0-9_]`)
+
+// DefaultTable is the table a topic goes to when Config.Tables does not name
+// one: the topic with every character outside [A-Za-z0-9_] replaced by _.
+func DefaultTable(topic string) string {
+	return notTableChar.ReplaceAllString(topic, "_")
+}
+
+// TableFor returns the table a topic's records go to.
+func (c Config) TableFor(topic string) string {
+	if t, ok := c.Tables[topic]; ok {
+		return t
+	}
+	return DefaultTable(topic)
+}
+
+// tableCollisions finds literal topics whose default table names collide
+// ("orders.v1" and "orders_v1"): their records would silently share a table.
+// Routing several topics to one table on purpose is done through Tables and
+// is not reported.
+func (c Config) tableCollisions() []error {
+	byTable := map[string][]string{}
+	for _, t := range c.Kafka.Topics {
+		if strings.HasPrefix(t, "^") {
+			continue
+		}
+		if _, explicit := c.Tables[t]; explicit {
+			continue
+		}
+		byTable[DefaultTable(t)] = append(byTable[DefaultTable(t)], t)
+	}
+	var errs []error
+	for table, topics := range byTable {
+		if len(topics) > 1 {
+			sort.Strings(topics)
+			errs = append(errs, fmt.Errorf("kafka.topics: %s all map to table %q; name their tables under tables:", strings.Join(topics, ", "), table))
+		}
+	}
+	return errs
+}
