@@ -345,3 +345,16 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// TestDescriptionLimit: BigQuery rejects descriptions over 1,024
+// characters, so a long Avro doc is cut at a character boundary.
+func TestDescriptionLimit(t *testing.T) {
+	long := strings.Repeat("é", 1500)
+	s, err := compileText(t, `{"type":"record","name":"R","fields":[{"name":"a","type":"int","doc":"`+long+`"}]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Columns()[0].Description; got != strings.Repeat("é", 1024) {
+		t.Errorf("description has %d bytes, want 1024 runes", len(got))
+	}
+}

@@ -9,6 +9,8 @@ import (
 
 	"cloud.google.com/go/bigquery"
 	"github.com/hamba/avro/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 const (
@@ -396,4 +398,24 @@ func TestEvolution(t *testing.T) {
 		assertColumns(t, bigquery.Schema{got}, bigquery.Schema{c})
 	}
 	assertColumns(t, union, v2)
+}
+
+// TestWideDecimalWarnsOnce: a decimal too wide for BIGNUMERIC becomes a
+// STRING column, and the operator hears about it once per schema, not per
+// record.
+func TestWideDecimalWarnsOnce(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	s, err := compile(1, parseFiles(t, "all_types.avsc"), zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.Decode(encode(t, parseFiles(t, "all_types.avsc"), goldens()[len(goldens())-1].record)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := logs.All()
+	if len(entries) != 1 || entries[0].ContextMap()["field"] != "dec_str" {
+		t.Fatalf("warnings = %v, want one about dec_str", entries)
+	}
 }

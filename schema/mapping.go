@@ -335,13 +335,12 @@ func validName(name string) bool {
 }
 
 func description(doc string) string {
-	if n := 0; len(doc) > maxDescription {
-		for i := range doc {
-			if n == maxDescription {
-				return doc[:i]
-			}
-			n++
+	n := 0
+	for i := range doc {
+		if n == maxDescription {
+			return doc[:i]
 		}
+		n++
 	}
 	return doc
 }

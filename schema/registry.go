@@ -127,6 +127,10 @@ func (r *Registry) load(id int) (*Schema, error) {
 	r.mu.Lock()
 	r.schemas[id] = cached{schema: s, err: err}
 	r.mu.Unlock()
+	if err == nil {
+		r.logger.Debug("schema loaded", zap.Int("schema_id", id),
+			zap.Int("references", len(raw.References())), zap.Int("columns", len(s.columns)))
+	}
 	return s, err
 }
 

@@ -325,9 +325,9 @@ func (w *worker) settleReady() {
 		}
 		select {
 		case <-f.res.Done():
-			if !w.settle(f) {
-				return
-			}
+			// Whether acknowledged or scheduled for a retry, look at the
+			// head again: a retry needs its timer armed.
+			w.settle(f)
 		default:
 			return
 		}
@@ -343,25 +343,29 @@ func (w *worker) retryArmed(f *flight) bool {
 	return true
 }
 
-// settle handles the answer to the head flight. It returns true when the
-// flight was acknowledged and popped.
-func (w *worker) settle(f *flight) bool {
+// settle handles the answer to the head flight: acknowledge and pop it, or
+// keep the rows not written for a retry.
+func (w *worker) settle(f *flight) {
 	w.s.metrics.inflight.Dec()
 	err := f.res.Wait(w.ctx)
 	f.res = nil
 	w.s.metrics.appendSeconds.WithLabelValues(w.table.bq.Name()).Observe(time.Since(f.sent).Seconds())
 	if err == nil {
+		w.written(len(f.rows))
 		w.ack(f)
-		return true
+		return
 	}
 	if w.ctx.Err() != nil {
-		return false
+		return
 	}
 	var ae *bq.AppendError
 	if !errors.As(err, &ae) {
 		w.scheduleRetry(f, err)
-		return false
+		return
 	}
+	// Rows in neither list were written; only the Retry rows go again, so
+	// a partial failure never duplicates the rest.
+	w.written(len(f.rows) - len(ae.Rejected) - len(ae.Retry))
 	for i, rerr := range ae.Rejected {
 		if i >= 0 && i < len(f.recs) {
 			w.reject(f.recs[i], "bigquery_rejected", rerr)
@@ -369,7 +373,7 @@ func (w *worker) settle(f *flight) bool {
 	}
 	if len(ae.Retry) == 0 {
 		w.ack(f)
-		return true
+		return
 	}
 	rows := make([]map[string]any, 0, len(ae.Retry))
 	recs := make([]*kgo.Record, 0, len(ae.Retry))
@@ -384,10 +388,9 @@ func (w *worker) settle(f *flight) bool {
 		// The others were refused only because they shared a request with
 		// a bad row: send them again at once.
 		w.send(f)
-		return false
+		return
 	}
 	w.scheduleRetry(f, ae.Err)
-	return false
 }
 
 func (w *worker) scheduleRetry(f *flight, cause error) {
@@ -399,10 +402,15 @@ func (w *worker) scheduleRetry(f *flight, cause error) {
 		zap.Int("attempt", f.attempt), zap.Duration("backoff", d), zap.Error(cause))
 }
 
+func (w *worker) written(n int) {
+	if n > 0 {
+		w.s.metrics.written.WithLabelValues(w.table.bq.Name()).Add(float64(n))
+	}
+}
+
 // ack pops the head flight and moves the watermark past its last record.
 func (w *worker) ack(f *flight) {
 	w.flights = w.flights[1:]
-	w.s.metrics.written.WithLabelValues(w.table.bq.Name()).Add(float64(len(f.rows)))
 	w.s.commits.mark(w.tp.topic, w.tp.partition, kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1})
 	w.progress.Store(time.Now().UnixNano())
 }

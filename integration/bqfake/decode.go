@@ -75,7 +75,8 @@ type colPlan struct {
 	sub  *msgPlan                     // for RECORD columns present in the writer schema
 }
 
-// errSchemaMismatch marks plan errors about the writer schema as a whole.
+// schemaError is a problem of the writer schema as a whole, which fails the
+// request rather than single rows.
 type schemaError struct {
 	extraFields []string // descriptor fields without a column
 	msg         string
@@ -198,12 +199,15 @@ func isFloat(k protoreflect.Kind) bool {
 	return k == protoreflect.FloatKind || k == protoreflect.DoubleKind
 }
 
-// wrapperTypes are the google.protobuf wrappers BigQuery accepts for scalar
-// columns, by simple name.
-var wrapperTypes = map[string]bool{
-	"DoubleValue": true, "FloatValue": true, "Int64Value": true, "UInt64Value": true,
-	"Int32Value": true, "UInt32Value": true, "BoolValue": true, "StringValue": true,
-	"BytesValue": true,
+// isWrapper reports whether a well-known name is one of the google.protobuf
+// wrappers BigQuery accepts for scalar columns.
+func isWrapper(name string) bool {
+	switch name {
+	case "DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value",
+		"UInt32Value", "BoolValue", "StringValue", "BytesValue":
+		return true
+	}
+	return false
 }
 
 // wellKnown returns the simple name of a google.protobuf well-known message,
@@ -227,7 +231,7 @@ func kindAccepted(typ string, fd protoreflect.FieldDescriptor) bool {
 		md := fd.Message()
 		wk := wellKnown(md)
 		switch {
-		case wrapperTypes[wk]:
+		case isWrapper(wk):
 			value := md.Fields().ByName("value")
 			return value != nil && kindAccepted(typ, value)
 		case wk == "Timestamp":

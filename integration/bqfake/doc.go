@@ -88,9 +88,10 @@
 //     INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED etc. are not.
 //
 // FailREST(n, status) answers the next n REST calls with that HTTP status and
-// a JSON error whose reason matches it (503/502/504 backendError, 500
-// internalError, 429 rateLimitExceeded, 403 accessDenied, 404 notFound, 409
-// duplicate, 412 conditionNotMet, other 4xx invalid). The Go bigquery client
+// a JSON error whose reason matches it (500 internalError, other 5xx
+// backendError, 429 rateLimitExceeded, 401 authError, 403 accessDenied, 404
+// notFound, 409 duplicate, 412 conditionNotMet, anything else invalid),
+// whether or not the path exists. The Go bigquery client
 // silently retries 5xx and rateLimitExceeded with a backoff starting at about
 // one second, so only other codes (or n larger than its patience) surface.
 //

@@ -31,22 +31,26 @@ const (
 	modeRepeated = "REPEATED"
 )
 
-// typeAliases maps every accepted spelling to the name BigQuery reports back.
-var typeAliases = map[string]string{
-	"BOOLEAN": typeBoolean, "BOOL": typeBoolean,
-	"INTEGER": typeInteger, "INT64": typeInteger,
-	"FLOAT": typeFloat, "FLOAT64": typeFloat,
-	"STRING":  typeString,
-	"BYTES":   typeBytes,
-	"NUMERIC": typeNumeric, "DECIMAL": typeNumeric,
-	"BIGNUMERIC": typeBigNumeric, "BIGDECIMAL": typeBigNumeric,
-	"DATE":      typeDate,
-	"TIME":      typeTime,
-	"DATETIME":  typeDatetime,
-	"TIMESTAMP": typeTimestamp,
-	"RECORD":    typeRecord, "STRUCT": typeRecord,
-	"GEOGRAPHY": typeGeography,
-	"JSON":      typeJSON,
+// canonicalType maps every accepted spelling of a column type to the name
+// BigQuery reports back.
+func canonicalType(t string) (string, bool) {
+	switch strings.ToUpper(t) {
+	case "BOOLEAN", "BOOL":
+		return typeBoolean, true
+	case "INTEGER", "INT64":
+		return typeInteger, true
+	case "FLOAT", "FLOAT64":
+		return typeFloat, true
+	case "NUMERIC", "DECIMAL":
+		return typeNumeric, true
+	case "BIGNUMERIC", "BIGDECIMAL":
+		return typeBigNumeric, true
+	case "RECORD", "STRUCT":
+		return typeRecord, true
+	case typeString, typeBytes, typeDate, typeTime, typeDatetime, typeTimestamp, typeGeography, typeJSON:
+		return strings.ToUpper(t), true
+	}
+	return "", false
 }
 
 // normalizeSchema validates a schema from tables.insert/patch and returns a
@@ -70,7 +74,7 @@ func normalizeSchema(fields []*bq.TableFieldSchema, prefix string) ([]*bq.TableF
 
 		c := *f
 		c.ForceSendFields, c.NullFields = nil, nil
-		typ, ok := typeAliases[strings.ToUpper(f.Type)]
+		typ, ok := canonicalType(f.Type)
 		if !ok {
 			return nil, fmt.Errorf("field %s has type %q, which bqfake does not support", path, f.Type)
 		}
@@ -152,27 +156,48 @@ func schemaEqual(a, b []*bq.TableFieldSchema) bool {
 	return true
 }
 
-var storageTypes = map[string]storagepb.TableFieldSchema_Type{
-	typeBoolean:    storagepb.TableFieldSchema_BOOL,
-	typeInteger:    storagepb.TableFieldSchema_INT64,
-	typeFloat:      storagepb.TableFieldSchema_DOUBLE,
-	typeString:     storagepb.TableFieldSchema_STRING,
-	typeBytes:      storagepb.TableFieldSchema_BYTES,
-	typeNumeric:    storagepb.TableFieldSchema_NUMERIC,
-	typeBigNumeric: storagepb.TableFieldSchema_BIGNUMERIC,
-	typeDate:       storagepb.TableFieldSchema_DATE,
-	typeTime:       storagepb.TableFieldSchema_TIME,
-	typeDatetime:   storagepb.TableFieldSchema_DATETIME,
-	typeTimestamp:  storagepb.TableFieldSchema_TIMESTAMP,
-	typeRecord:     storagepb.TableFieldSchema_STRUCT,
-	typeGeography:  storagepb.TableFieldSchema_GEOGRAPHY,
-	typeJSON:       storagepb.TableFieldSchema_JSON,
+func storageType(t string) storagepb.TableFieldSchema_Type {
+	switch t {
+	case typeBoolean:
+		return storagepb.TableFieldSchema_BOOL
+	case typeInteger:
+		return storagepb.TableFieldSchema_INT64
+	case typeFloat:
+		return storagepb.TableFieldSchema_DOUBLE
+	case typeString:
+		return storagepb.TableFieldSchema_STRING
+	case typeBytes:
+		return storagepb.TableFieldSchema_BYTES
+	case typeNumeric:
+		return storagepb.TableFieldSchema_NUMERIC
+	case typeBigNumeric:
+		return storagepb.TableFieldSchema_BIGNUMERIC
+	case typeDate:
+		return storagepb.TableFieldSchema_DATE
+	case typeTime:
+		return storagepb.TableFieldSchema_TIME
+	case typeDatetime:
+		return storagepb.TableFieldSchema_DATETIME
+	case typeTimestamp:
+		return storagepb.TableFieldSchema_TIMESTAMP
+	case typeRecord:
+		return storagepb.TableFieldSchema_STRUCT
+	case typeGeography:
+		return storagepb.TableFieldSchema_GEOGRAPHY
+	case typeJSON:
+		return storagepb.TableFieldSchema_JSON
+	}
+	return storagepb.TableFieldSchema_TYPE_UNSPECIFIED
 }
 
-var storageModes = map[string]storagepb.TableFieldSchema_Mode{
-	modeNullable: storagepb.TableFieldSchema_NULLABLE,
-	modeRequired: storagepb.TableFieldSchema_REQUIRED,
-	modeRepeated: storagepb.TableFieldSchema_REPEATED,
+func storageMode(m string) storagepb.TableFieldSchema_Mode {
+	switch m {
+	case modeRequired:
+		return storagepb.TableFieldSchema_REQUIRED
+	case modeRepeated:
+		return storagepb.TableFieldSchema_REPEATED
+	}
+	return storagepb.TableFieldSchema_NULLABLE
 }
 
 // storageSchema converts a stored (normalized) schema to the Storage Write
@@ -189,8 +214,8 @@ func storageFields(fields []*bq.TableFieldSchema) []*storagepb.TableFieldSchema 
 	for _, f := range fields {
 		out = append(out, &storagepb.TableFieldSchema{
 			Name:                   f.Name,
-			Type:                   storageTypes[f.Type],
-			Mode:                   storageModes[f.Mode],
+			Type:                   storageType(f.Type),
+			Mode:                   storageMode(f.Mode),
 			Fields:                 storageFields(f.Fields),
 			Description:            f.Description,
 			MaxLength:              f.MaxLength,

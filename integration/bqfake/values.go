@@ -25,26 +25,23 @@ var (
 	decimalRE = regexp.MustCompile(`^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$`)
 	timeRE    = regexp.MustCompile(`^(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?$`)
 	dateRE    = regexp.MustCompile(`^(\d{4})-(\d{1,2})-(\d{1,2})$`)
-
-	// 2^255, the BIGNUMERIC bound on the value scaled by 10^38.
-	bigNumericBound = new(big.Int).Lsh(big.NewInt(1), 255)
 )
 
 // decimalSpec is the precision a NUMERIC or BIGNUMERIC column accepts.
 type decimalSpec struct {
 	scale     int64
-	intDigits int64 // 0 means the BIGNUMERIC range check instead
+	intDigits int64
+	bigRange  bool // BIGNUMERIC's binary range instead of intDigits
 	halfEven  bool
 }
 
 func decimalSpecOf(col *bq.TableFieldSchema) decimalSpec {
 	spec := decimalSpec{scale: 9, intDigits: 29}
 	if col.Type == typeBigNumeric {
-		spec = decimalSpec{scale: 38}
+		spec = decimalSpec{scale: 38, bigRange: true}
 	}
 	if col.Precision > 0 {
-		spec.scale = col.Scale
-		spec.intDigits = col.Precision - col.Scale
+		spec = decimalSpec{scale: col.Scale, intDigits: col.Precision - col.Scale}
 	}
 	spec.halfEven = col.RoundingMode == "ROUND_HALF_EVEN"
 	return spec
@@ -80,13 +77,17 @@ func fitDecimal(r *big.Rat, spec decimalSpec, typ string) (string, error) {
 			}
 		}
 	}
-	if spec.intDigits > 0 {
+	var inRange bool
+	if spec.bigRange {
+		// BIGNUMERIC holds [-2^255, 2^255-1] / 10^38.
+		bound := new(big.Int).Lsh(big.NewInt(1), 255)
+		inRange = q.Cmp(bound) < 0 && q.Cmp(new(big.Int).Neg(bound)) >= 0
+	} else {
 		limit := new(big.Int).Exp(big.NewInt(10), big.NewInt(spec.intDigits+spec.scale), nil)
-		if new(big.Int).Abs(q).Cmp(limit) >= 0 {
-			return "", fmt.Errorf("%s value %s is out of range", typ, r.FloatString(int(spec.scale)))
-		}
-	} else if q.Cmp(bigNumericBound) >= 0 || q.Cmp(new(big.Int).Neg(bigNumericBound)) < 0 {
-		return "", fmt.Errorf("%s value %s is out of range", typ, r.FloatString(int(spec.scale)))
+		inRange = new(big.Int).Abs(q).Cmp(limit) < 0
+	}
+	if !inRange {
+		return "", fmt.Errorf("%s value %s is out of range", typ, r.RatString())
 	}
 	return formatScaled(q, spec.scale), nil
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -265,6 +266,7 @@ type appendConn struct {
 
 type connStream struct {
 	desc    protoreflect.MessageDescriptor
+	rawDesc *descriptorpb.DescriptorProto
 	descVer int
 
 	baseSet     bool
@@ -361,7 +363,7 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 		}
 		resp, err := w.handleAppend(conn, r.req)
 		if err != nil {
-			s.log.Debug("append ends stream", zap.String("stream", conn.current), zap.Error(err))
+			s.log.Debug("append ends stream", zap.String("stream", conn.current), zap.Stringer("code", status.Code(err)))
 			return err
 		}
 		if e := resp.GetError(); e != nil {
@@ -413,12 +415,14 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 		cs = &connStream{}
 		conn.streams[name] = cs
 	}
-	if ws := req.GetProtoRows().GetWriterSchema(); ws != nil {
+	// A multiplexing client repeats an unchanged writer_schema whenever it
+	// switches streams; only a different one counts as a schema update.
+	if ws := req.GetProtoRows().GetWriterSchema(); ws != nil && !proto.Equal(ws.GetProtoDescriptor(), cs.rawDesc) {
 		md, err := compileDescriptor(ws.GetProtoDescriptor())
 		if err != nil {
 			return failed(resp, status.New(codes.InvalidArgument, "Invalid proto schema: "+err.Error()+" Entity: "+name)), nil
 		}
-		cs.desc, cs.baseSet = md, false
+		cs.desc, cs.rawDesc, cs.baseSet = md, ws.GetProtoDescriptor(), false
 		cs.descVer++
 	}
 	if fault != codes.OK {

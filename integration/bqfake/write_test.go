@@ -327,6 +327,46 @@ func TestRowErrorsRejectWholeRequest(t *testing.T) {
 	}
 }
 
+func TestNumericRoundingAndRange(t *testing.T) {
+	srv := newServer(t, bqfake.Dataset(project, dsID))
+	c := restClient(t, srv)
+	schema := bigquery.Schema{
+		{Name: "n", Type: bigquery.NumericFieldType},
+		{Name: "p", Type: bigquery.NumericFieldType, Precision: 5, Scale: 2},
+		{Name: "bn", Type: bigquery.BigNumericFieldType},
+	}
+	tbl := createTable(t, c, "t", schema)
+	md, dp := descriptorFor(t, schema)
+	ms := mustOpen(t, writeClient(t, srv), "t", managedwriter.DefaultStream, dp)
+
+	// Extra digits round half away from zero, BigQuery's default rounding mode.
+	ok(t, send(t, ms, [][]byte{
+		newMsg(t, md).set("n", "1.0000000005").set("p", "123.455").set("bn", "5.7896044618658097711785492504343953926634992332820282019728792003956564819967e38").bytes(),
+		newMsg(t, md).set("n", "-1.0000000005").set("p", "-0.004").bytes(),
+	}))
+	got := readAll(t, tbl)
+	want := [][]bigquery.Value{
+		{rat("1.000000001"), rat("123.46"), rat("578960446186580977117854925043439539266.34992332820282019728792003956564819967")},
+		{rat("-1.000000001"), rat("0"), nil},
+	}
+	for r := range want {
+		for i := range want[r] {
+			if !sameValue(got[r][i], want[r][i]) {
+				t.Errorf("row %d %s = %v, want %v", r, schema[i].Name, got[r][i], want[r][i])
+			}
+		}
+	}
+
+	for field, v := range map[string]string{"p": "999.995", "bn": "5.7896044618658097711785492504343953926634992332820282019728792003956564819968e38"} {
+		r := send(t, ms, [][]byte{newMsg(t, md).set(field, v).bytes()})
+		failsWith(t, r, codes.InvalidArgument)
+		resp, _ := r.FullResponse(t.Context())
+		if errs := resp.GetRowErrors(); len(errs) != 1 || !strings.Contains(errs[0].GetMessage(), "Field "+field+":") {
+			t.Errorf("%s = %s: row errors %v, want one naming %s", field, v, errs, field)
+		}
+	}
+}
+
 func TestWriterSchemaMismatch(t *testing.T) {
 	srv := newServer(t, bqfake.Dataset(project, dsID))
 	c := restClient(t, srv)
