@@ -394,7 +394,9 @@ func TestRebalanceMidStreamHandsOverCleanly(t *testing.T) {
 	second := e.start(ctx, "g-rebalance", small)
 	e.waitCommitted(ctx, "g-rebalance")
 
-	consumed := func(r running) float64 { return counter(t, r.metrics, "bqsink_records_consumed_total", "topic", stack.StockTopic) }
+	consumed := func(r running) float64 {
+		return counter(t, r.metrics, "bqsink_records_consumed_total", "topic", stack.StockTopic)
+	}
 	if consumed(second) == 0 {
 		t.Fatal("the second member never got a partition: no rebalance happened")
 	}
