@@ -26,6 +26,10 @@ type Config struct {
 	// StallTimeout is how long a partition may hold unacknowledged records
 	// without progress before Ready reports the sink as stalled (default 5m).
 	StallTimeout time.Duration `yaml:"stall_timeout"`
+	// MetadataColumn, when set, adds a NULLABLE RECORD column of that name
+	// holding each row's Kafka topic, partition, offset, timestamp, key and
+	// headers (default empty: no column).
+	MetadataColumn string `yaml:"metadata_column"`
 }
 
 // KafkaConfig says which cluster, group and topics to consume.
@@ -149,6 +153,9 @@ func (c Config) Validate() error {
 	if c.Batch.MaxInflight < 0 {
 		bad("batch.max_inflight", "must not be negative")
 	}
+	if c.MetadataColumn != "" && !columnName.MatchString(c.MetadataColumn) {
+		bad("metadata_column", "%q is not a BigQuery column name (letters, digits, _; not starting with a digit)", c.MetadataColumn)
+	}
 	for topic, table := range c.Tables {
 		if !validTable(table) {
 			bad("tables."+topic, "%q is not a table name or dataset.table", table)
@@ -174,6 +181,8 @@ func validTable(s string) bool {
 	}
 	return true
 }
+
+var columnName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,299}$`)
 
 var notTableChar = regexp.MustCompile(`[^A-Za-z0-9_]`)
 

@@ -250,8 +250,16 @@ func (w *worker) decodeOnce(r *kgo.Record) (row map[string]any, reason, stage st
 	if err != nil {
 		return nil, "decode", "", err
 	}
-	if err := w.table.ensure(w.ctx, sch); err != nil {
-		if errors.Is(err, bq.ErrIncompatible) {
+	var keySchema *schema.Schema
+	if col := w.s.cfg.MetadataColumn; col != "" {
+		var meta map[string]any
+		if meta, keySchema, err = w.metadata(w.ctx, r); err != nil {
+			return nil, "", "schema", err
+		}
+		row[col] = meta
+	}
+	if err := w.table.ensure(w.ctx, sch, keySchema, w.s.cfg.MetadataColumn); err != nil {
+		if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
 			return nil, "incompatible_schema", "", err
 		}
 		return nil, "", "table", err
