@@ -52,6 +52,11 @@ type KafkaConfig struct {
 	// CommitInterval is how often acknowledged offsets are committed
 	// (default 1s). Commits also happen on revoke and on shutdown.
 	CommitInterval time.Duration `yaml:"commit_interval"`
+	// FetchMaxWait is how long a broker may hold a fetch open waiting for
+	// data (default 500ms, as Kafka's Java consumer). A partition resumed
+	// after backpressure is fetched again only once the fetch in flight
+	// returns, so a long wait shows up as latency there.
+	FetchMaxWait time.Duration `yaml:"fetch_max_wait"`
 }
 
 // BatchConfig bounds a partition's batch; whichever limit is hit first
@@ -81,6 +86,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Kafka.SessionTimeout, 45*time.Second)
 	def(&c.Kafka.RebalanceTimeout, 60*time.Second)
 	def(&c.Kafka.CommitInterval, time.Second)
+	def(&c.Kafka.FetchMaxWait, 500*time.Millisecond)
 	if c.Batch.MaxRecords == 0 {
 		c.Batch.MaxRecords = 10000
 	}
@@ -136,6 +142,7 @@ func (c Config) Validate() error {
 		"kafka.session_timeout":   c.Kafka.SessionTimeout,
 		"kafka.rebalance_timeout": c.Kafka.RebalanceTimeout,
 		"kafka.commit_interval":   c.Kafka.CommitInterval,
+		"kafka.fetch_max_wait":    c.Kafka.FetchMaxWait,
 		"batch.max_wait":          c.Batch.MaxWait,
 		"shutdown_timeout":        c.ShutdownTimeout,
 		"stall_timeout":           c.StallTimeout,

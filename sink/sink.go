@@ -144,6 +144,7 @@ func (s *Sink) kafkaOpts(log *zap.Logger) []kgo.Opt {
 		kgo.Balancers(kgo.CooperativeStickyBalancer()),
 		kgo.SessionTimeout(k.SessionTimeout),
 		kgo.RebalanceTimeout(k.RebalanceTimeout),
+		kgo.FetchMaxWait(k.FetchMaxWait),
 		// Offsets are committed only once BigQuery acknowledged the rows.
 		kgo.DisableAutoCommit(),
 		// Group callbacks never run while the poll loop routes records, so
