@@ -269,11 +269,12 @@ func checkRow(t *testing.T, u stack.StockUpdate, row map[string]bigquery.Value) 
 func TestRestartMidStreamLosesNothing(t *testing.T) {
 	ctx := t.Context()
 	e := newEnv(t)
-	// Slow appends so that the first run is stopped with work in flight.
-	e.st.BigQuery.SetAppendLatency(30 * time.Millisecond)
+	// Slow appends, one in flight per partition, so that the first run is
+	// stopped with work in flight and most records still to do.
+	e.st.BigQuery.SetAppendLatency(100 * time.Millisecond)
 	updates := stack.StockUpdates(3000, 2)
 	e.produce(ctx, updates)
-	small := func(c *sink.Config) { c.Batch.MaxRecords = 50 }
+	small := func(c *sink.Config) { c.Batch.MaxRecords, c.Batch.MaxInflight = 20, 1 }
 
 	first := e.start(ctx, "g-restart", small)
 	e.waitSomeCommitted(ctx, "g-restart")
