@@ -13,6 +13,7 @@ import (
 	"cloud.google.com/go/bigquery"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
 
@@ -67,24 +68,31 @@ type running struct {
 
 func (e *env) start(ctx context.Context, group string, tune ...func(*sink.Config)) running {
 	e.t.Helper()
-	log := zaptest.NewLogger(e.t)
-	reg, err := schema.NewRegistry(e.st.SchemaRegistryConfig(), log.Named("schema"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	wh, err := bq.NewClient(ctx, e.st.BigQueryConfig(), log.Named("bigquery"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	cfg := e.st.SinkConfig(group, stack.StockTopic)
 	for _, f := range tune {
 		f(&cfg)
+	}
+	return startSink(ctx, e.t, e.st, cfg, zaptest.NewLogger(e.t))
+}
+
+// startSink runs the real sink, wired as main wires it, against the stack
+// until the test ends or stop is called.
+func startSink(ctx context.Context, t *testing.T, st *stack.Stack, cfg sink.Config, log *zap.Logger) running {
+	t.Helper()
+	reg, err := schema.NewRegistry(st.SchemaRegistryConfig(), log.Named("schema"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh, err := bq.NewClient(ctx, st.BigQueryConfig(), log.Named("bigquery"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	metrics := prometheus.NewRegistry()
 	s, err := sink.New(cfg, reg, wh, sink.WithLogger(log), sink.WithRegisterer(metrics),
 		sink.WithKafkaOpts(kgo.FetchMaxWait(200*time.Millisecond)))
 	if err != nil {
-		e.t.Fatal(err)
+		wh.Close()
+		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -100,7 +108,7 @@ func (e *env) start(ctx context.Context, group string, tune ...func(*sink.Config
 		}
 		return runErr
 	}
-	e.t.Cleanup(func() { _ = stop() })
+	t.Cleanup(func() { _ = stop() })
 	return running{metrics: metrics, stop: stop}
 }
 

@@ -24,10 +24,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/integration/stack"
-	"github.com/bqsink/bqsink/schema"
-	"github.com/bqsink/bqsink/sink"
 )
 
 // Golden tests: a schema's records go through the whole pipeline (Kafka,
@@ -49,39 +46,10 @@ func runSink(ctx context.Context, t *testing.T, st *stack.Stack, group, topic, t
 	t.Helper()
 	core, logs := observer.New(zap.ErrorLevel)
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
-	reg, err := schema.NewRegistry(st.SchemaRegistryConfig(), log.Named("schema"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wh, err := bq.NewClient(ctx, st.BigQueryConfig(), log.Named("bigquery"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := st.SinkConfig(group, topic)
 	cfg.Tables = map[string]string{topic: table}
-	metrics := prometheus.NewRegistry()
-	s, err := sink.New(cfg, reg, wh, sink.WithLogger(log), sink.WithRegisterer(metrics),
-		sink.WithKafkaOpts(kgo.FetchMaxWait(200*time.Millisecond)))
-	if err != nil {
-		wh.Close()
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	stopped := false
-	var runErr error
-	stop := func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			runErr = <-done
-			wh.Close()
-		}
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	return goldenSink{metrics: metrics, errors: logs, stop: stop}
+	r := startSink(ctx, t, st, cfg, log)
+	return goldenSink{metrics: r.metrics, errors: logs, stop: r.stop}
 }
 
 // pipeline produces recs to topic, runs the sink until every record is
