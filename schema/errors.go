@@ -6,6 +6,8 @@ import "errors"
 // can never be written, however often it is retried; callers test with
 // errors.Is. Any other error from Registry.Schema is transient (network,
 // timeout, 5xx, cancelled context) and the record should be retried.
+// ErrUnsupported and ErrIncompatible from Registry.Schema are for every record
+// of that schema ID; ErrDecode is for one record.
 var (
 	// ErrWireFormat: the Kafka record value is not in the Confluent wire
 	// format (magic byte 0, 4-byte schema ID, Avro body).
@@ -21,6 +23,14 @@ var (
 	// in BigQuery, a reference cycle, a non-Avro schema). It is cached per
 	// schema ID, since an ID's text never changes.
 	ErrUnsupported = errors.New("unsupported schema")
+
+	// ErrIncompatible: a writer schema changed its subject's previous
+	// version in a way a BigQuery table cannot absorb: a top-level field
+	// renamed without an alias (a field of the previous version is gone and a
+	// new field with the same column type does not name it in "aliases"). The
+	// message names the subject, both versions, both columns with their
+	// types, and the fix. It is cached per schema ID, like ErrUnsupported.
+	ErrIncompatible = errors.New("incompatible schema change")
 
 	// ErrDecode: the Avro body does not decode under its writer schema, or
 	// holds a value BigQuery cannot store (invalid UTF-8, a date out of

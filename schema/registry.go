@@ -18,10 +18,18 @@ import (
 // Registry fetches writer schemas by ID from a Confluent-compatible Schema
 // Registry and compiles them. It is safe for concurrent use.
 //
-// Compiled schemas and ErrUnsupported results are cached forever (a schema
-// ID's text never changes); ErrNotFound and transient errors are not cached.
-// Concurrent misses for one ID share a single fetch. Texts of referenced
-// subject versions are cached too, so each is fetched once per process.
+// Before a new ID is used, its subjects' history is checked: for each
+// subject version using the ID, the version before it is fetched and a
+// top-level field renamed without an Avro alias fails with ErrIncompatible.
+// That costs one request for the ID's subject versions and one per previous
+// version, once per ID.
+//
+// Compiled schemas and ErrUnsupported and ErrIncompatible results are cached
+// forever (a schema ID's text never changes); ErrNotFound and transient
+// errors are not cached. Concurrent misses for one ID share a single fetch,
+// and a schema text is fetched once even when its history check fails
+// transiently and is retried. Texts of referenced and previous subject
+// versions are cached too, so each is fetched once per process.
 type Registry struct {
 	client *srclient.SchemaRegistryClient
 	logger *zap.Logger
@@ -29,12 +37,19 @@ type Registry struct {
 
 	mu      sync.Mutex
 	schemas map[int]cached
+	pending map[int]built // compiled, history not yet checked
 	refs    map[refKey]refText
 }
 
 type cached struct {
 	schema *Schema
-	err    error // ErrUnsupported, or nil
+	err    error // ErrUnsupported, ErrIncompatible, or nil
+}
+
+// built is a compiled writer schema with what the rename check compares.
+type built struct {
+	schema *Schema
+	top    []topField
 }
 
 // refKey names one subject version reached through schema references.
@@ -74,12 +89,14 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 		client:  client,
 		logger:  logger,
 		schemas: make(map[int]cached),
+		pending: make(map[int]built),
 		refs:    make(map[refKey]refText),
 	}, nil
 }
 
 // Schema returns the compiled writer schema with this ID, fetching and
-// compiling it on first use. Errors wrap ErrNotFound or ErrUnsupported when
+// compiling it and checking it against its subjects' previous versions on
+// first use. Errors wrap ErrNotFound, ErrUnsupported or ErrIncompatible when
 // permanent; anything else (network, timeout, registry 5xx, ctx done) is
 // transient. If ctx ends first Schema returns its error at once; the shared
 // fetch carries on, bounded by the HTTP timeout, and fills the cache for the
@@ -109,46 +126,75 @@ func (r *Registry) cached(id int) (cached, bool) {
 	return c, ok
 }
 
-// load fetches, resolves and compiles schema id. It runs once per ID at a
-// time (singleflight).
+// load fetches, resolves, compiles and checks schema id. It runs once per ID
+// at a time (singleflight).
 func (r *Registry) load(id int) (*Schema, error) {
 	// A fetch may have completed between the caller's cache check and DoChan.
 	if c, ok := r.cached(id); ok {
 		return c.schema, c.err
 	}
-	raw, err := r.client.GetSchema(id)
-	if err != nil {
-		return nil, classify(fmt.Sprintf("schema %d", id), err)
+	b, err := r.compiled(id)
+	if err == nil {
+		err = r.checkHistory(id, b.top)
 	}
-	s, err := r.build(id, raw)
-	if err != nil && !errors.Is(err, ErrUnsupported) {
-		return nil, err
+	if err != nil && !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrIncompatible) {
+		return nil, err // not found or transient: ask again next time
+	}
+	c := cached{err: err}
+	if err == nil {
+		c.schema = b.schema
 	}
 	r.mu.Lock()
-	r.schemas[id] = cached{schema: s, err: err}
+	r.schemas[id] = c
+	delete(r.pending, id)
 	r.mu.Unlock()
 	if err == nil {
-		r.logger.Debug("schema loaded", zap.Int("schema_id", id),
-			zap.Int("references", len(raw.References())), zap.Int("columns", len(s.columns)))
+		r.logger.Debug("schema loaded", zap.Int("schema_id", id), zap.Int("columns", len(b.schema.columns)))
 	}
-	return s, err
+	return c.schema, c.err
 }
 
-func (r *Registry) build(id int, raw *srclient.Schema) (*Schema, error) {
+// compiled returns schema id compiled: kept from an earlier load whose
+// history check failed transiently, or fetched and built now.
+func (r *Registry) compiled(id int) (built, error) {
+	r.mu.Lock()
+	b, ok := r.pending[id]
+	r.mu.Unlock()
+	if ok {
+		return b, nil
+	}
+	raw, err := r.client.GetSchema(id)
+	if err != nil {
+		return built{}, classify(fmt.Sprintf("schema %d", id), err)
+	}
+	if b, err = r.build(id, raw); err != nil {
+		return built{}, err
+	}
+	r.mu.Lock()
+	r.pending[id] = b
+	r.mu.Unlock()
+	return b, nil
+}
+
+func (r *Registry) build(id int, raw *srclient.Schema) (built, error) {
 	if err := checkAvro(raw.SchemaType()); err != nil {
-		return nil, fmt.Errorf("%w: schema %d: %v", ErrUnsupported, id, err)
+		return built{}, fmt.Errorf("%w: schema %d: %v", ErrUnsupported, id, err)
 	}
 	// A fresh cache per ID: two versions of one subject may define the same
 	// full name differently.
 	cache := &avro.SchemaCache{}
 	if err := r.resolve(raw.References(), cache, make(map[refKey]bool), nil); err != nil {
-		return nil, fmt.Errorf("schema %d: %w", id, err)
+		return built{}, fmt.Errorf("schema %d: %w", id, err)
 	}
 	parsed, err := parse(raw.Schema(), cache)
 	if err != nil {
-		return nil, fmt.Errorf("%w: schema %d: %v", ErrUnsupported, id, err)
+		return built{}, fmt.Errorf("%w: schema %d: %v", ErrUnsupported, id, err)
 	}
-	return compile(id, parsed, r.logger)
+	s, err := compile(id, parsed, r.logger)
+	if err != nil {
+		return built{}, err
+	}
+	return built{schema: s, top: topFields(parsed, s)}, nil
 }
 
 // resolve parses the referenced schemas into cache depth-first, each one
@@ -187,7 +233,8 @@ func (r *Registry) resolve(refs []srclient.Reference, cache *avro.SchemaCache, d
 }
 
 // referenced returns the text of one subject version, from the cache or the
-// registry; concurrent resolutions share one fetch.
+// registry; concurrent resolutions share one fetch. Errors are classified as
+// by classify.
 func (r *Registry) referenced(k refKey) (refText, error) {
 	r.mu.Lock()
 	t, ok := r.refs[k]

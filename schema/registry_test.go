@@ -161,6 +161,12 @@ func TestRegistryFetchesEachIDOnce(t *testing.T) {
 	if n := f.count(g.path); n != 1 {
 		t.Errorf("%d requests for one schema ID, want 1", n)
 	}
+	// Its history check too: the subject versions and the previous version.
+	for _, p := range []string{g.path + "/versions", "/subjects/sms_physical_stock_updated_topic-value/versions/1"} {
+		if n := f.count(p); n != 1 {
+			t.Errorf("%s requested %d times, want 1", p, n)
+		}
+	}
 	assertColumns(t, results[0].Columns(), stockV2Columns())
 	if results[0].ID() != stockV2ID {
 		t.Errorf("ID() = %d", results[0].ID())

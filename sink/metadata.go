@@ -64,7 +64,7 @@ func (w *worker) metadata(ctx context.Context, r *kgo.Record) (map[string]any, *
 			if key, err := sch.Decode(body); err == nil {
 				m["key"], keySchema = key, sch
 			}
-		case !errors.Is(err, schema.ErrNotFound) && !errors.Is(err, schema.ErrUnsupported):
+		case !errors.Is(err, schema.ErrNotFound) && !errors.Is(err, schema.ErrUnsupported) && !errors.Is(err, schema.ErrIncompatible):
 			return nil, nil, err
 		}
 	}

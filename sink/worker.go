@@ -243,6 +243,8 @@ func (w *worker) decodeOnce(r *kgo.Record) (row map[string]any, reason, stage st
 		return nil, "schema_not_found", "", err
 	case errors.Is(err, schema.ErrUnsupported):
 		return nil, "unsupported_schema", "", err
+	case errors.Is(err, schema.ErrIncompatible):
+		return nil, "incompatible_schema", "", err
 	case err != nil:
 		return nil, "", "schema", err
 	}
