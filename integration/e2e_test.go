@@ -77,7 +77,7 @@ func (e *env) start(ctx context.Context, group string, tune ...func(*sink.Config
 
 // startSink runs the real sink, wired as main wires it, against the stack
 // until the test ends or stop is called.
-func startSink(ctx context.Context, t *testing.T, st *stack.Stack, cfg sink.Config, log *zap.Logger) running {
+func startSink(ctx context.Context, t testing.TB, st *stack.Stack, cfg sink.Config, log *zap.Logger) running {
 	t.Helper()
 	reg, err := schema.NewRegistry(st.SchemaRegistryConfig(), log.Named("schema"))
 	if err != nil {

@@ -261,3 +261,15 @@ func (st *Stack) WaitCommitted(ctx context.Context, group, topic string) (Offset
 		}
 	}
 }
+
+// CreateTopic creates a topic with the given partitions.
+func (st *Stack) CreateTopic(ctx context.Context, topic string, partitions int32) error {
+	resp, err := kadm.NewClient(st.producer).CreateTopic(ctx, partitions, 1, nil, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	return nil
+}
