@@ -3,42 +3,56 @@ package bq
 import (
 	"fmt"
 	"math"
-	"sort"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"cloud.google.com/go/bigquery"
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
 	"cloud.google.com/go/bigquery/storage/managedwriter/adapt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
-	"google.golang.org/protobuf/types/dynamicpb"
 )
 
 // encoder turns rows (the row value contract) into serialized proto2
-// messages for one version of a table's schema. It is immutable once built,
-// so appends share it freely; a schema change builds a new one.
+// messages for one version of a table's schema. It writes the wire format
+// directly from plans compiled once per schema, so a row costs one
+// allocation (its bytes). It is immutable once built apart from its scratch
+// pool, so appends share it freely; a schema change builds a new one.
 type encoder struct {
-	schema bigquery.Schema               // the table schema it was built from
-	dp     *descriptorpb.DescriptorProto // self-contained descriptor for the wire
-	dpSize int                           // its encoded size, part of every request budget
-	root   *msgPlan
+	schema  bigquery.Schema               // the table schema it was built from
+	dp      *descriptorpb.DescriptorProto // self-contained descriptor for the wire
+	dpSize  int                           // its encoded size, part of every request budget
+	root    *msgPlan
+	scratch sync.Pool // *encodeState, so concurrent appends do not share buffers
 }
 
+// encodeState is one encode call's scratch, reused across calls.
+type encodeState struct {
+	buf   []byte
+	slots []any // stack of per-record column values, for rows whose keys are not exact column names
+}
+
+// maxPooledBuf keeps one huge row from pinning its buffer in the pool.
+const maxPooledBuf = 1 << 20
+
 type msgPlan struct {
-	md       protoreflect.MessageDescriptor
-	path     string                // the record's dotted path; "" for the row
-	byName   map[string]*fieldPlan // exact column name
-	byLower  map[string]*fieldPlan // lower-cased, as BigQuery names are case-insensitive
-	required []*fieldPlan
+	path    string                // the record's dotted path; "" for the row
+	fields  []*fieldPlan          // in schema (= field number) order
+	byName  map[string]*fieldPlan // exact column name
+	byLower map[string]*fieldPlan // lower-cased, as BigQuery names are case-insensitive
 }
 
 type fieldPlan struct {
-	path     string // dotted column path for errors
-	fd       protoreflect.FieldDescriptor
+	path     string             // dotted column path for errors
+	name     string             // column name as in the schema
+	idx      int                // index in msgPlan.fields
+	tag      uint64             // encoded key of one value: field number and wire type (bytes when packed)
 	typ      bigquery.FieldType // canonical
 	repeated bool
+	packed   bool // repeated scalars written as one length-delimited run, as the descriptor says
 	required bool
 	sub      *msgPlan // RECORD
 }
@@ -92,6 +106,19 @@ var writableTypes = map[bigquery.FieldType]bool{
 	bigquery.GeographyFieldType: true, bigquery.JSONFieldType: true,
 }
 
+// protoKinds is the proto kind each writable type has in the descriptor;
+// appendScalar writes exactly these, so newEncoder refuses a descriptor that
+// disagrees rather than send bytes BigQuery would misread.
+var protoKinds = map[bigquery.FieldType]protoreflect.Kind{
+	bigquery.BooleanFieldType: protoreflect.BoolKind, bigquery.IntegerFieldType: protoreflect.Int64Kind,
+	bigquery.FloatFieldType: protoreflect.DoubleKind, bigquery.StringFieldType: protoreflect.StringKind,
+	bigquery.BytesFieldType: protoreflect.BytesKind, bigquery.NumericFieldType: protoreflect.StringKind,
+	bigquery.BigNumericFieldType: protoreflect.StringKind, bigquery.DateFieldType: protoreflect.Int32Kind,
+	bigquery.TimeFieldType: protoreflect.StringKind, bigquery.DateTimeFieldType: protoreflect.StringKind,
+	bigquery.TimestampFieldType: protoreflect.Int64Kind, bigquery.RecordFieldType: protoreflect.MessageKind,
+	bigquery.GeographyFieldType: protoreflect.StringKind, bigquery.JSONFieldType: protoreflect.StringKind,
+}
+
 // writableSchema copies s with canonical type names, without the columns
 // (and empty records) bq cannot write.
 func writableSchema(s bigquery.Schema) bigquery.Schema {
@@ -120,8 +147,8 @@ func writableSchema(s bigquery.Schema) bigquery.Schema {
 
 func newMsgPlan(md protoreflect.MessageDescriptor, s bigquery.Schema, prefix string) (*msgPlan, error) {
 	p := &msgPlan{
-		md:      md,
 		path:    strings.TrimSuffix(prefix, "."),
+		fields:  make([]*fieldPlan, 0, len(s)),
 		byName:  make(map[string]*fieldPlan, len(s)),
 		byLower: make(map[string]*fieldPlan, len(s)),
 	}
@@ -133,11 +160,27 @@ func newMsgPlan(md protoreflect.MessageDescriptor, s bigquery.Schema, prefix str
 		}
 		fp := &fieldPlan{
 			path:     prefix + f.Name,
-			fd:       fd,
+			name:     f.Name,
+			idx:      i,
 			typ:      f.Type,
 			repeated: f.Repeated,
 			required: f.Required && !f.Repeated,
 		}
+		if want := protoKinds[f.Type]; fd.Kind() != want || fd.IsList() != f.Repeated || fd.IsMap() {
+			return nil, fmt.Errorf("proto field %s for column %q is %v %v, want %s as %v", fd.Name(), fp.path, fd.Cardinality(), fd.Kind(), f.Type, want)
+		}
+		wt := protowire.BytesType
+		switch fd.Kind() {
+		case protoreflect.BoolKind, protoreflect.Int32Kind, protoreflect.Int64Kind:
+			wt = protowire.VarintType
+		case protoreflect.DoubleKind:
+			wt = protowire.Fixed64Type
+		}
+		if fd.IsPacked() {
+			fp.packed = true
+			wt = protowire.BytesType
+		}
+		fp.tag = protowire.EncodeTag(fd.Number(), wt)
 		if f.Type == bigquery.RecordFieldType {
 			sub, err := newMsgPlan(fd.Message(), f.Schema, fp.path+".")
 			if err != nil {
@@ -145,125 +188,245 @@ func newMsgPlan(md protoreflect.MessageDescriptor, s bigquery.Schema, prefix str
 			}
 			fp.sub = sub
 		}
+		p.fields = append(p.fields, fp)
 		p.byName[f.Name] = fp
 		p.byLower[strings.ToLower(f.Name)] = fp
-		if fp.required {
-			p.required = append(p.required, fp)
-		}
 	}
 	return p, nil
 }
 
 // encode serializes one row. Every problem is an error naming the column;
-// it never panics on bad input.
+// it never panics on bad input. Fields are written in field number order.
 func (e *encoder) encode(row map[string]any) ([]byte, error) {
-	msg := dynamicpb.NewMessage(e.root.md)
-	if err := e.root.fill(msg, row); err != nil {
-		return nil, err
+	st, _ := e.scratch.Get().(*encodeState)
+	if st == nil {
+		st = &encodeState{}
 	}
-	// fill checked REQUIRED columns with better messages than proto's.
-	b, err := proto.MarshalOptions{AllowPartial: true}.Marshal(msg)
-	if err != nil {
-		return nil, fmt.Errorf("marshal row: %w", err)
+	b, err := e.root.appendMsg(st, st.buf[:0], row)
+	var out []byte
+	if err == nil {
+		out = make([]byte, len(b))
+		copy(out, b)
 	}
-	return b, nil
+	if cap(b) <= maxPooledBuf {
+		st.buf = b
+	} else {
+		st.buf = nil
+	}
+	clear(st.slots[:cap(st.slots)]) // drop row values an error left behind
+	st.slots = st.slots[:0]
+	e.scratch.Put(st)
+	return out, err
 }
 
 func (p *msgPlan) lookup(name string) *fieldPlan {
 	if f, ok := p.byName[name]; ok {
 		return f
 	}
+	var buf [64]byte
+	if lower, ok := asciiLower(buf[:0], name); ok {
+		return p.byLower[string(lower)] // no allocation: the compiler looks up the bytes in place
+	}
 	return p.byLower[strings.ToLower(name)]
 }
 
-func (p *msgPlan) fill(msg *dynamicpb.Message, row map[string]any) error {
-	var unknown []string
+// asciiLower appends s lower-cased to dst, as strings.ToLower would, if s
+// is ASCII; most column names are, and this spares a row one allocation per
+// key that differs in case.
+func asciiLower(dst []byte, s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			return nil, false
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst, true
+}
+
+// appendMsg appends the fields of one message (the row or a record) to b.
+// Errors rank as the dynamicpb encoder's did: a bad value first, then an
+// unknown column, then a missing REQUIRED one.
+func (p *msgPlan) appendMsg(st *encodeState, b []byte, row map[string]any) ([]byte, error) {
+	if 2*len(row) < len(p.fields) {
+		// A sparse row: walking its keys beats probing every column.
+		return p.appendMsgByKeys(st, b, row)
+	}
+	start := len(b)
+	found := 0
+	var missing *fieldPlan
+	for _, f := range p.fields {
+		v, ok := row[f.name]
+		if ok {
+			found++
+		}
+		if v == nil {
+			if f.required && missing == nil {
+				missing = f
+			}
+			continue
+		}
+		var err error
+		if b, err = f.appendValue(st, b, v); err != nil {
+			return b, err
+		}
+	}
+	if found != len(row) {
+		// A key is not an exact column name: unknown, or differs in case.
+		return p.appendMsgByKeys(st, b[:start], row)
+	}
+	if missing != nil {
+		return b, missing.missingErr()
+	}
+	return b, nil
+}
+
+// appendMsgByKeys is appendMsg resolving each key of row case-insensitively.
+// It keeps the values in st.slots so fields are still written in order.
+func (p *msgPlan) appendMsgByKeys(st *encodeState, b []byte, row map[string]any) ([]byte, error) {
+	base := len(st.slots)
+	st.slots = append(st.slots, make([]any, len(p.fields))...)
+	// Records below this one push onto st.slots and may move it; this
+	// level's values stay readable through slots all the same.
+	slots := st.slots[base:]
+	unknown, hasUnknown := "", false
 	for name, v := range row {
 		f := p.lookup(name)
 		if f == nil {
-			unknown = append(unknown, name)
+			if !hasUnknown || name < unknown {
+				unknown, hasUnknown = name, true
+			}
 			continue
 		}
 		if v == nil {
 			continue
 		}
-		if msg.Has(f.fd) {
-			return fmt.Errorf("column %q: given twice (names differ only in case)", f.path)
+		if slots[f.idx] != nil {
+			return b, fmt.Errorf("column %q: given twice (names differ only in case)", f.path)
 		}
-		if err := f.set(msg, v); err != nil {
-			return err
+		if arr, ok := v.([]any); ok && f.repeated && len(arr) == 0 {
+			continue // writes nothing, so a later spelling may still set the column
+		}
+		slots[f.idx] = v
+	}
+	for i, f := range p.fields {
+		if v := slots[i]; v != nil {
+			var err error
+			if b, err = f.appendValue(st, b, v); err != nil {
+				return b, err
+			}
 		}
 	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
+	if hasUnknown {
 		if p.path != "" {
-			return fmt.Errorf("record %q: unknown column %q", p.path, unknown[0])
+			return b, fmt.Errorf("record %q: unknown column %q", p.path, unknown)
 		}
-		return fmt.Errorf("unknown column %q", unknown[0])
+		return b, fmt.Errorf("unknown column %q", unknown)
 	}
-	for _, f := range p.required {
-		if !msg.Has(f.fd) {
-			return fmt.Errorf("column %q: REQUIRED but missing or null", f.path)
+	for i, f := range p.fields {
+		if f.required && slots[i] == nil {
+			return b, f.missingErr()
 		}
 	}
-	return nil
+	st.slots = st.slots[:base] // encode clears the values it leaves
+	return b, nil
 }
 
-func (f *fieldPlan) set(msg *dynamicpb.Message, v any) error {
+func (f *fieldPlan) missingErr() error {
+	return fmt.Errorf("column %q: REQUIRED but missing or null", f.path)
+}
+
+// appendValue appends column f holding the non-nil value v.
+func (f *fieldPlan) appendValue(st *encodeState, b []byte, v any) ([]byte, error) {
 	if !f.repeated {
 		if f.sub != nil {
 			m, ok := v.(map[string]any)
 			if !ok {
-				return fmt.Errorf("column %q: RECORD wants map[string]any, got %T", f.path, v)
+				return b, fmt.Errorf("column %q: RECORD wants map[string]any, got %T", f.path, v)
 			}
-			sub, ok := msg.Mutable(f.fd).Message().(*dynamicpb.Message)
-			if !ok {
-				return fmt.Errorf("column %q: record is not a dynamic message", f.path)
-			}
-			return f.sub.fill(sub, m)
+			return f.appendRecord(st, b, m)
 		}
-		pv, err := f.scalar(v)
-		if err != nil {
-			return err
-		}
-		msg.Set(f.fd, pv)
-		return nil
+		return f.appendScalar(f.appendTag(b), v)
 	}
 	arr, ok := v.([]any)
 	if !ok {
-		return fmt.Errorf("column %q: REPEATED wants []any, got %T", f.path, v)
+		return b, fmt.Errorf("column %q: REPEATED wants []any, got %T", f.path, v)
 	}
 	if len(arr) == 0 {
-		return nil
+		return b, nil
 	}
-	list := msg.Mutable(f.fd).List()
+	var start int
+	if f.packed {
+		b, start = beginLen(f.appendTag(b))
+	}
 	for i, el := range arr {
 		if el == nil {
-			return fmt.Errorf("column %q: element %d is null; BigQuery arrays cannot hold NULL", f.path, i)
+			return b, fmt.Errorf("column %q: element %d is null; BigQuery arrays cannot hold NULL", f.path, i)
 		}
-		if f.sub != nil {
+		var err error
+		switch {
+		case f.sub != nil:
 			m, ok := el.(map[string]any)
 			if !ok {
-				return fmt.Errorf("column %q: element %d: RECORD wants map[string]any, got %T", f.path, i, el)
+				return b, fmt.Errorf("column %q: element %d: RECORD wants map[string]any, got %T", f.path, i, el)
 			}
-			ev := list.NewElement()
-			sub, ok := ev.Message().(*dynamicpb.Message)
-			if !ok {
-				return fmt.Errorf("column %q: record is not a dynamic message", f.path)
-			}
-			if err := f.sub.fill(sub, m); err != nil {
-				return fmt.Errorf("element %d: %w", i, err)
-			}
-			list.Append(ev)
-			continue
+			b, err = f.appendRecord(st, b, m)
+		case f.packed:
+			b, err = f.appendScalar(b, el)
+		default:
+			b, err = f.appendScalar(f.appendTag(b), el)
 		}
-		pv, err := f.scalar(el)
 		if err != nil {
-			return fmt.Errorf("element %d: %w", i, err)
+			return b, fmt.Errorf("element %d: %w", i, err)
 		}
-		list.Append(pv)
 	}
-	return nil
+	if f.packed {
+		b = endLen(b, start)
+	}
+	return b, nil
+}
+
+// appendTag appends the field's key; most fit one byte, and AppendVarint
+// is too large to inline.
+func (f *fieldPlan) appendTag(b []byte) []byte {
+	if f.tag < 0x80 {
+		return append(b, byte(f.tag))
+	}
+	return protowire.AppendVarint(b, f.tag)
+}
+
+// appendRecord appends one RECORD value as a length-delimited message.
+func (f *fieldPlan) appendRecord(st *encodeState, b []byte, m map[string]any) ([]byte, error) {
+	b, start := beginLen(f.appendTag(b))
+	b, err := f.sub.appendMsg(st, b, m)
+	if err != nil {
+		return b, err
+	}
+	return endLen(b, start), nil
+}
+
+// beginLen reserves one byte for the length of what follows, which fits
+// most records; endLen widens it when it does not.
+func beginLen(b []byte) ([]byte, int) {
+	return append(b, 0), len(b) + 1
+}
+
+// endLen writes the length of b[start:] before it, shifting it right if the
+// length needs more than the reserved byte.
+func endLen(b []byte, start int) []byte {
+	n := len(b) - start
+	if n < 0x80 {
+		b[start-1] = byte(n)
+		return b
+	}
+	k := protowire.SizeVarint(uint64(n))
+	b = append(b, make([]byte, k-1)...)
+	copy(b[start-1+k:], b[start:start+n])
+	protowire.AppendVarint(b[:start-1], uint64(n)) // fills b[start-1:start-1+k] in place
+	return b
 }
 
 // Limits BigQuery enforces, checked here so a bad value is rejected with a
@@ -275,34 +438,36 @@ const (
 	maxTimestamp = 253402300799999999 // 9999-12-31 23:59:59.999999 UTC in µs
 )
 
-func (f *fieldPlan) scalar(v any) (protoreflect.Value, error) {
+// appendScalar validates v for column f and appends its wire value (without
+// the key); protoKinds fixes the proto kind each type is written as.
+func (f *fieldPlan) appendScalar(b []byte, v any) ([]byte, error) {
 	switch f.typ {
 	case bigquery.BooleanFieldType:
-		if b, ok := v.(bool); ok {
-			return protoreflect.ValueOfBool(b), nil
+		if x, ok := v.(bool); ok {
+			return protowire.AppendVarint(b, protowire.EncodeBool(x)), nil
 		}
 	case bigquery.IntegerFieldType:
 		if n, ok := asInt64(v); ok {
-			return protoreflect.ValueOfInt64(n), nil
+			return protowire.AppendVarint(b, uint64(n)), nil
 		}
-		return protoreflect.Value{}, f.mismatch("an integer (int64, int, int32)", v)
+		return b, f.mismatch("an integer (int64, int, int32)", v)
 	case bigquery.FloatFieldType:
 		switch x := v.(type) {
 		case float64:
-			return protoreflect.ValueOfFloat64(x), nil
+			return protowire.AppendFixed64(b, math.Float64bits(x)), nil
 		case float32:
-			return protoreflect.ValueOfFloat64(float64(x)), nil
+			return protowire.AppendFixed64(b, math.Float64bits(float64(x))), nil
 		}
 	case bigquery.StringFieldType, bigquery.GeographyFieldType, bigquery.JSONFieldType:
 		if s, ok := v.(string); ok {
 			if !utf8.ValidString(s) {
-				return protoreflect.Value{}, fmt.Errorf("column %q: %s is not valid UTF-8", f.path, f.typ)
+				return b, fmt.Errorf("column %q: %s is not valid UTF-8", f.path, f.typ)
 			}
-			return protoreflect.ValueOfString(s), nil
+			return protowire.AppendString(b, s), nil
 		}
 	case bigquery.BytesFieldType:
-		if b, ok := v.([]byte); ok {
-			return protoreflect.ValueOfBytes(b), nil
+		if x, ok := v.([]byte); ok {
+			return protowire.AppendBytes(b, x), nil
 		}
 	case bigquery.NumericFieldType, bigquery.BigNumericFieldType:
 		if s, ok := v.(string); ok {
@@ -311,42 +476,43 @@ func (f *fieldPlan) scalar(v any) (protoreflect.Value, error) {
 				maxInt = 39 // BIGNUMERIC: 76.76 digits, scale 38; BigQuery judges the top digit
 			}
 			if !validDecimal(s, maxInt) {
-				return protoreflect.Value{}, fmt.Errorf("column %q: %q is not a %s (a decimal with at most %d integer digits)", f.path, s, f.typ, maxInt)
+				return b, fmt.Errorf("column %q: %q is not a %s (a decimal with at most %d integer digits)", f.path, s, f.typ, maxInt)
 			}
-			return protoreflect.ValueOfString(s), nil
+			return protowire.AppendString(b, s), nil
 		}
 	case bigquery.DateFieldType:
 		if n, ok := asInt64(v); ok {
 			if n < minDate || n > maxDate {
-				return protoreflect.Value{}, fmt.Errorf("column %q: DATE %d days since 1970-01-01 is outside 0001-01-01..9999-12-31", f.path, n)
+				return b, fmt.Errorf("column %q: DATE %d days since 1970-01-01 is outside 0001-01-01..9999-12-31", f.path, n)
 			}
-			return protoreflect.ValueOfInt32(int32(n)), nil
+			// An int32 is a sign-extended varint, like an int64.
+			return protowire.AppendVarint(b, uint64(n)), nil
 		}
-		return protoreflect.Value{}, f.mismatch("int32 days since 1970-01-01", v)
+		return b, f.mismatch("int32 days since 1970-01-01", v)
 	case bigquery.TimeFieldType:
 		if s, ok := v.(string); ok {
 			if !validTime(s) {
-				return protoreflect.Value{}, fmt.Errorf("column %q: %q is not a TIME (HH:MM:SS[.ffffff])", f.path, s)
+				return b, fmt.Errorf("column %q: %q is not a TIME (HH:MM:SS[.ffffff])", f.path, s)
 			}
-			return protoreflect.ValueOfString(s), nil
+			return protowire.AppendString(b, s), nil
 		}
 	case bigquery.DateTimeFieldType:
 		if s, ok := v.(string); ok {
 			if !validDateTime(s) {
-				return protoreflect.Value{}, fmt.Errorf("column %q: %q is not a DATETIME (YYYY-MM-DD HH:MM:SS[.ffffff])", f.path, s)
+				return b, fmt.Errorf("column %q: %q is not a DATETIME (YYYY-MM-DD HH:MM:SS[.ffffff])", f.path, s)
 			}
-			return protoreflect.ValueOfString(s), nil
+			return protowire.AppendString(b, s), nil
 		}
 	case bigquery.TimestampFieldType:
 		if n, ok := asInt64(v); ok {
 			if n < minTimestamp || n > maxTimestamp {
-				return protoreflect.Value{}, fmt.Errorf("column %q: TIMESTAMP %dµs is outside 0001-01-01..9999-12-31", f.path, n)
+				return b, fmt.Errorf("column %q: TIMESTAMP %dµs is outside 0001-01-01..9999-12-31", f.path, n)
 			}
-			return protoreflect.ValueOfInt64(n), nil
+			return protowire.AppendVarint(b, uint64(n)), nil
 		}
-		return protoreflect.Value{}, f.mismatch("int64 microseconds since the epoch", v)
+		return b, f.mismatch("int64 microseconds since the epoch", v)
 	}
-	return protoreflect.Value{}, f.mismatch(wantGo[f.typ], v)
+	return b, f.mismatch(wantGo[f.typ], v)
 }
 
 var wantGo = map[bigquery.FieldType]string{

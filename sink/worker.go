@@ -87,33 +87,63 @@ func newWorker(s *Sink, tp topicPartition, t *table) *worker {
 	return w
 }
 
-// push hands records to the worker without blocking the poll loop. Past
-// max_bytes of backlog the partition's fetching pauses until the worker
-// drains it, so a slow table holds back only its own partitions.
-func (w *worker) push(recs []*kgo.Record) {
+// push hands records to the worker without blocking the poll loop.
+func (w *worker) push(recs []*kgo.Record) { w.enqueue(recs, false) }
+
+// requeue puts records the worker took but cannot handle yet back at the
+// front of the inbox.
+func (w *worker) requeue(recs []*kgo.Record) { w.enqueue(recs, true) }
+
+// enqueue adds records to the inbox. Past max_records or max_bytes of
+// backlog the partition's fetching pauses until the worker drains it, so a
+// slow table holds back only its own partitions.
+func (w *worker) enqueue(recs []*kgo.Record, front bool) {
 	w.mu.Lock()
-	w.queue = append(w.queue, recs...)
+	if front {
+		w.queue = append(recs[:len(recs):len(recs)], w.queue...)
+	} else {
+		w.queue = append(w.queue, recs...)
+	}
 	for _, r := range recs {
 		w.queued += len(r.Value)
 	}
-	if !w.paused && (w.queued >= w.s.cfg.Batch.MaxBytes || len(w.queue) >= w.s.cfg.Batch.MaxRecords) {
+	if !w.paused && w.full() {
 		w.paused = true
 		w.s.cl.PauseFetchPartitions(map[string][]int32{w.tp.topic: {w.tp.partition}})
 	}
 	w.busy.Store(true)
 	w.mu.Unlock()
+	w.signal()
+}
+
+func (w *worker) full() bool {
+	return w.queued >= w.s.cfg.Batch.MaxBytes || len(w.queue) >= w.s.cfg.Batch.MaxRecords
+}
+
+func (w *worker) signal() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (w *worker) takeQueue() []*kgo.Record {
+// takeQueue takes up to max records from the front of the inbox, resuming
+// fetching once the backlog is below the limits.
+func (w *worker) takeQueue(max int) []*kgo.Record {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	q := w.queue
-	w.queue, w.queued = nil, 0
-	if w.paused {
+	n := min(max, len(w.queue))
+	q := w.queue[:n:n]
+	w.queue = w.queue[n:]
+	for _, r := range q {
+		w.queued -= len(r.Value)
+	}
+	if len(w.queue) > 0 {
+		w.signal() // the rest, once the worker reads again
+	} else {
+		w.queue, w.queued = nil, 0
+	}
+	if w.paused && !w.full() {
 		w.paused = false
 		w.s.cl.ResumeFetchPartitions(map[string][]int32{w.tp.topic: {w.tp.partition}})
 	}
@@ -159,7 +189,14 @@ func (w *worker) run() {
 			stopping = nil
 			w.flush()
 		case <-wake:
-			for _, r := range w.takeQueue() {
+			recs := w.takeQueue((w.s.cfg.Batch.MaxInflight - len(w.flights)) * w.s.cfg.Batch.MaxRecords)
+			for i, r := range recs {
+				if len(w.flights) >= w.s.cfg.Batch.MaxInflight {
+					// Enough in flight: the rest waits in the inbox, which
+					// keeps the partition paused while it is full.
+					w.requeue(recs[i:])
+					break
+				}
 				if !w.add(r) {
 					break
 				}
