@@ -20,4 +20,5 @@ fuzz:
 	go test ./schema -run '^$$' -fuzz FuzzDecode -fuzztime 60s
 
 bench:
-	go test ./schema ./bq ./sink -run '^$$' -bench . -benchmem
+	go test ./schema ./bq -run '^$$' -bench . -benchmem
+	go test ./integration -run '^$$' -bench Pipeline -benchtime 5x
