@@ -59,6 +59,7 @@ func BenchmarkPipeline(b *testing.B) {
 		cfg := st.SinkConfig(topic, topic)
 		cfg.Tables = map[string]string{topic: stack.StockTable}
 		cfg.Batch = sink.BatchConfig{} // production defaults
+		cfg.Kafka.FetchMaxWait = 0     // likewise
 		b.StartTimer()
 
 		r := startSink(ctx, b, st, cfg, zap.NewNop())

@@ -62,6 +62,7 @@ func (e *env) produce(ctx context.Context, updates []stack.StockUpdate, extra ..
 
 // running is a sink started by start; stop ends it and reports Run's error.
 type running struct {
+	sink    *sink.Sink
 	metrics *prometheus.Registry
 	stop    func() error
 }
@@ -88,8 +89,7 @@ func startSink(ctx context.Context, t testing.TB, st *stack.Stack, cfg sink.Conf
 		t.Fatal(err)
 	}
 	metrics := prometheus.NewRegistry()
-	s, err := sink.New(cfg, reg, wh, sink.WithLogger(log), sink.WithRegisterer(metrics),
-		sink.WithKafkaOpts(kgo.FetchMaxWait(200*time.Millisecond)))
+	s, err := sink.New(cfg, reg, wh, sink.WithLogger(log), sink.WithRegisterer(metrics))
 	if err != nil {
 		wh.Close()
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func startSink(ctx context.Context, t testing.TB, st *stack.Stack, cfg sink.Conf
 		return runErr
 	}
 	t.Cleanup(func() { _ = stop() })
-	return running{metrics: metrics, stop: stop}
+	return running{sink: s, metrics: metrics, stop: stop}
 }
 
 func (e *env) waitCommitted(ctx context.Context, group string) stack.Offsets {

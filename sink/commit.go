@@ -2,7 +2,6 @@ package sink
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -142,9 +141,9 @@ func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, wh
 		return
 	}
 	s.metrics.commits.WithLabelValues("error").Inc()
-	// After a revoke or shutdown there is no later round, and a partition
-	// now owned by another member must not be committed by us again.
-	if only == nil && !errors.Is(firstErr, context.Canceled) && ctx.Err() == nil {
+	// Marks of a revoked partition are not put back: it belongs to another
+	// member now and must not be committed by us again.
+	if only == nil {
 		s.commits.restore(failed)
 	}
 	s.log.Warn("offset commit failed; records stay uncommitted and may be re-read",

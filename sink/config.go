@@ -26,6 +26,11 @@ type Config struct {
 	// StallTimeout is how long a partition may hold unacknowledged records
 	// without progress before Ready reports the sink as stalled (default 5m).
 	StallTimeout time.Duration `yaml:"stall_timeout"`
+	// UnknownSchemaGrace is how long records whose schema ID the registry
+	// does not know are retried before they are rejected (default 30s): a
+	// registry replica may lag behind a schema registered a moment ago.
+	// The grace runs once per ID, from the first record that carried it.
+	UnknownSchemaGrace time.Duration `yaml:"unknown_schema_grace"`
 	// MetadataColumn, when set, adds a NULLABLE RECORD column of that name
 	// holding each row's Kafka topic, partition, offset, timestamp, key and
 	// headers (default empty: no column).
@@ -99,6 +104,7 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.ShutdownTimeout, 30*time.Second)
 	def(&c.StallTimeout, 5*time.Minute)
+	def(&c.UnknownSchemaGrace, 30*time.Second)
 	return c
 }
 
@@ -146,6 +152,7 @@ func (c Config) Validate() error {
 		"batch.max_wait":          c.Batch.MaxWait,
 		"shutdown_timeout":        c.ShutdownTimeout,
 		"stall_timeout":           c.StallTimeout,
+		"unknown_schema_grace":    c.UnknownSchemaGrace,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative")

@@ -44,6 +44,8 @@ type Sink struct {
 	kopts   []kgo.Opt
 	cl      *kgo.Client // set by Run
 
+	runCtx context.Context // Run's context: its end starts the shutdown
+
 	// base parents every worker's context. It outlives Run's context so
 	// that shutdown can still finish in-flight appends.
 	base     context.Context
@@ -58,8 +60,19 @@ type Sink struct {
 
 	commits commits
 
-	started  atomic.Bool
+	unknownMu sync.Mutex
+	unknown   map[int]time.Time // schema ID -> first record that carried it unresolved
+
+	started atomic.Bool
+	// stopAt is when Run's context ended (unix nanoseconds; 0 while
+	// running). shutdown_timeout counts from then, also for a revoke that
+	// was already under way.
+	stopAt   atomic.Int64
 	lastPoll atomic.Int64 // unix nanoseconds
+	// callback is when the running revoke or lost callback began (0: none).
+	// franz-go blocks polls while it runs, for up to half the rebalance
+	// timeout plus the commit.
+	callback atomic.Int64
 }
 
 type topicPartition struct {
@@ -197,6 +210,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("sink: Run called twice")
 	}
+	s.runCtx = ctx
 	s.base, s.stopBase = context.WithCancel(context.WithoutCancel(ctx))
 	defer s.stopBase()
 	// The client joins the group as soon as it exists, so it is created
@@ -218,11 +232,13 @@ func (s *Sink) Run(ctx context.Context) error {
 		s.commitLoop(commitCtx)
 	}()
 
+	stopWatch := context.AfterFunc(ctx, func() { s.stopAt.Store(time.Now().UnixNano()) })
+	defer stopWatch()
 	s.poll(ctx)
 
 	// Shutdown: the context that ended Run must not cut short the final
 	// appends and commit, so they get their own deadline.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), s.shutdownDeadline(1))
 	defer cancel()
 	s.mu.Lock()
 	all := make([]*worker, 0, len(s.workers))
@@ -231,12 +247,21 @@ func (s *Sink) Run(ctx context.Context) error {
 		delete(s.workers, tp)
 	}
 	s.mu.Unlock()
-	stopWorkers(sctx, all)
+	// A quarter of the budget is kept for the commit: a straggler that
+	// uses up the whole wait must not cost every partition its commit.
+	stopCtx, stopCancel := context.WithDeadline(sctx, s.shutdownDeadline(0.75))
+	stopWorkers(stopCtx, all)
+	stopCancel()
 	stopCommitter()
 	<-committerDone
 	s.commitAll(sctx, "shutdown")
 	s.metrics.partitions.Set(0)
-	// Leaving the group triggers one last revoke, which finds no workers.
+	s.cl.AllowRebalance()
+	// Leaving the group triggers one last revoke, which finds no workers;
+	// it is bounded so that an unreachable coordinator cannot hold the exit.
+	if err := s.cl.LeaveGroupContext(sctx); err != nil {
+		s.log.Warn("leave group", zap.Error(err))
+	}
 	s.cl.Close()
 	s.log.Info("stopped")
 	return nil
@@ -248,7 +273,9 @@ func (s *Sink) poll(ctx context.Context) {
 		fetches := s.cl.PollRecords(pctx, s.cfg.Batch.MaxRecords)
 		cancel()
 		if fetches.IsClientClosed() || ctx.Err() != nil {
-			s.cl.AllowRebalance()
+			// Rebalances stay blocked until the shutdown commit is done:
+			// a revoke now would find no workers and hand the partitions
+			// over before their acknowledged offsets are committed.
 			return
 		}
 		fetches.EachError(func(topic string, partition int32, err error) {
@@ -311,22 +338,66 @@ func (s *Sink) revoked(ctx context.Context, _ *kgo.Client, revoked map[string][]
 	if len(ws) == 0 {
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RebalanceTimeout/2)
+	s.callback.Store(time.Now().UnixNano())
+	defer s.callback.Store(0)
+	dctx, cancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/2, 0.5)
 	defer cancel()
 	stopWorkers(dctx, ws)
-	s.commitPartitions(dctx, revoked, "revoke")
+	// The commit gets its own budget: dctx may have ended on a straggler.
+	cctx, ccancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/4, 0.75)
+	defer ccancel()
+	s.commitPartitions(cctx, revoked, "revoke")
 	// A partition paused for backpressure would stay paused if it came back.
 	s.cl.ResumeFetchPartitions(revoked)
 	s.log.Info("partitions revoked", zap.Any("partitions", revoked))
+}
+
+// shutdownDeadline is the given fraction of shutdown_timeout after Run's
+// context ended (or from now, if it has not).
+func (s *Sink) shutdownDeadline(fraction float64) time.Time {
+	from := time.Now()
+	if at := s.stopAt.Load(); at != 0 {
+		from = time.Unix(0, at)
+	}
+	return from.Add(time.Duration(float64(s.cfg.ShutdownTimeout) * fraction))
+}
+
+// shutdownBounded is ctx with timeout d that also ends at the given
+// fraction of shutdown_timeout once Run's context ends, so that a revoke
+// under way at SIGTERM does not outlast the shutdown budget.
+func (s *Sink) shutdownBounded(ctx context.Context, d time.Duration, fraction float64) (context.Context, context.CancelFunc) {
+	bctx, cancel := context.WithTimeout(ctx, d)
+	var mu sync.Mutex
+	var timer *time.Timer
+	stop := context.AfterFunc(s.runCtx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		timer = time.AfterFunc(time.Until(s.shutdownDeadline(fraction)), cancel)
+	})
+	return bctx, func() {
+		stop()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel()
+	}
 }
 
 // lost abandons the partitions at once: another member may own them already,
 // so nothing more is committed for them.
 func (s *Sink) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
 	ws := s.take(lost)
+	s.callback.Store(time.Now().UnixNano())
+	defer s.callback.Store(0)
 	for _, w := range ws {
 		w.cancel()
 	}
+	// Dropped before and after the wait: the committer must not commit a
+	// lost partition's marks meanwhile, and a worker may mark once more
+	// before it sees the cancel.
+	s.commits.drop(lost)
 	for _, w := range ws {
 		<-w.done
 	}
@@ -378,6 +449,22 @@ func (s *Sink) tableLocked(topic string) *table {
 	return t
 }
 
+// withinUnknownGrace reports whether a schema ID the registry does not know
+// is still within unknown_schema_grace of the first record that carried it.
+func (s *Sink) withinUnknownGrace(id int) bool {
+	s.unknownMu.Lock()
+	defer s.unknownMu.Unlock()
+	first, seen := s.unknown[id]
+	if !seen {
+		if s.unknown == nil {
+			s.unknown = map[int]time.Time{}
+		}
+		first = time.Now()
+		s.unknown[id] = first
+	}
+	return time.Since(first) < s.cfg.UnknownSchemaGrace
+}
+
 // Live reports whether the poll loop is turning. A nil error means alive.
 func (s *Sink) Live() error {
 	if !s.started.Load() {
@@ -386,6 +473,9 @@ func (s *Sink) Live() error {
 	last := s.lastPoll.Load()
 	if last == 0 {
 		return nil // still joining; Ready tells when it is done
+	}
+	if cb := s.callback.Load(); cb != 0 && time.Since(time.Unix(0, cb)) < s.cfg.Kafka.RebalanceTimeout {
+		return nil // polls wait for the rebalance callback
 	}
 	if age := time.Since(time.Unix(0, last)); age > 6*pollTimeout {
 		return fmt.Errorf("poll loop stuck for %s", age.Round(time.Second))

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -111,7 +112,10 @@ func (w *worker) enqueue(recs []*kgo.Record, front bool) {
 		w.paused = true
 		w.s.cl.PauseFetchPartitions(map[string][]int32{w.tp.topic: {w.tp.partition}})
 	}
-	w.busy.Store(true)
+	if !w.busy.Swap(true) {
+		// Idle until now: the stall clock starts with this record.
+		w.progress.Store(time.Now().UnixNano())
+	}
 	w.mu.Unlock()
 	w.signal()
 }
@@ -270,12 +274,21 @@ func (w *worker) decode(r *kgo.Record) (row map[string]any, ok bool) {
 // (reason set), or a transient error (reason empty) with the stage it
 // happened in.
 func (w *worker) decodeOnce(r *kgo.Record) (row map[string]any, reason, stage string, err error) {
+	defer func() {
+		// One record must never take the daemon down (and, restarted, down
+		// again): a bug hit by its bytes rejects that record only.
+		if p := recover(); p != nil {
+			row, reason, stage, err = nil, "decode", "", fmt.Errorf("panic decoding record: %v", p)
+		}
+	}()
 	id, body, err := schema.Split(r.Value)
 	if err != nil {
 		return nil, "wire_format", "", err
 	}
 	sch, err := w.s.reg.Schema(w.ctx, id)
 	switch {
+	case errors.Is(err, schema.ErrNotFound) && w.s.withinUnknownGrace(id):
+		return nil, "", "schema", err
 	case errors.Is(err, schema.ErrNotFound):
 		return nil, "schema_not_found", "", err
 	case errors.Is(err, schema.ErrUnsupported):
@@ -364,10 +377,12 @@ func (w *worker) settleReady() {
 			continue
 		}
 		if f.res == nil {
-			if w.retryArmed(f) {
-				return
+			if !w.retryArmed(f) {
+				w.resend(f)
+				if f.res == nil && w.ctx.Err() == nil {
+					w.retryArmed(f) // the resend failed at once: wait for its backoff
+				}
 			}
-			w.resend(f)
 			return
 		}
 		select {
@@ -456,8 +471,12 @@ func (w *worker) written(n int) {
 }
 
 // ack pops the head flight and moves the watermark past its last record.
+// A cancelled worker's partition may be lost: it marks nothing more.
 func (w *worker) ack(f *flight) {
 	w.flights = w.flights[1:]
+	if w.ctx.Err() != nil {
+		return
+	}
 	w.s.commits.mark(w.tp.topic, w.tp.partition, kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1})
 	w.progress.Store(time.Now().UnixNano())
 }

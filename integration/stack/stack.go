@@ -176,8 +176,9 @@ func (st *Stack) SinkConfig(group string, topics ...string) sink.Config {
 			RebalanceTimeout: 10 * time.Second,
 			CommitInterval:   200 * time.Millisecond,
 		},
-		Tables: map[string]string{StockTopic: StockTable}, // as in config.yaml
-		Batch:  sink.BatchConfig{MaxRecords: 500, MaxWait: 100 * time.Millisecond},
+		Tables:             map[string]string{StockTopic: StockTable}, // as in config.yaml
+		Batch:              sink.BatchConfig{MaxRecords: 500, MaxWait: 100 * time.Millisecond},
+		UnknownSchemaGrace: 300 * time.Millisecond,
 	}
 }
 

@@ -1,0 +1,146 @@
+package integration
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/sink"
+)
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(d)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// sum adds up every series of a counter or gauge.
+func sum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			v += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	return v
+}
+
+func committedSum(t *testing.T, e *env, group string) int64 {
+	t.Helper()
+	o, err := e.st.GroupOffsets(t.Context(), group, stack.StockTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, c := range o.Committed {
+		if c > 0 {
+			n += c
+		}
+	}
+	return n
+}
+
+// One partition's append still unanswered when shutdown_timeout runs out
+// must not cost the other partitions their final commit: the commit has a
+// budget of its own.
+func TestShutdownCommitsAcknowledgedDespiteAStraggler(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t)
+	e.produce(ctx, stack.StockUpdates(300, 11))
+	r := e.start(ctx, "g-straggler", func(c *sink.Config) {
+		c.Kafka.CommitInterval = time.Hour // only the shutdown commit
+		c.ShutdownTimeout = 2 * time.Second
+	})
+	waitFor(t, 30*time.Second, "300 rows acknowledged", func() bool {
+		return sum(t, r.metrics, "bqsink_rows_written_total") == 300
+	})
+	e.st.BigQuery.SetAppendLatency(5 * time.Second) // longer than shutdown_timeout
+	e.produce(ctx, stack.StockUpdates(1, 12))
+	waitFor(t, 10*time.Second, "an append in flight", func() bool {
+		return sum(t, r.metrics, "bqsink_appends_inflight") == 1
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := committedSum(t, e, "g-straggler"); n < 300 {
+		t.Errorf("BigQuery acknowledged 300 records, %d offsets committed at shutdown", n)
+	}
+}
+
+// A member shutting down keeps its partitions until their acknowledged
+// offsets are committed: a member joining meanwhile must not re-read them.
+func TestShutdownHoldsPartitionsUntilCommitted(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t)
+	e.produce(ctx, stack.StockUpdates(300, 51))
+	tune := func(c *sink.Config) {
+		c.Kafka.CommitInterval = time.Hour
+		c.ShutdownTimeout = 15 * time.Second
+	}
+	a := e.start(ctx, "g-handover", tune)
+	waitFor(t, 30*time.Second, "300 rows acknowledged", func() bool {
+		return sum(t, a.metrics, "bqsink_rows_written_total") == 300
+	})
+	e.st.BigQuery.SetAppendLatency(3 * time.Second)
+	e.produce(ctx, stack.StockUpdates(1, 52))
+	waitFor(t, 10*time.Second, "an append in flight", func() bool {
+		return sum(t, a.metrics, "bqsink_appends_inflight") == 1
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.stop() }() // A flushes for ~3s before committing
+	b := e.start(ctx, "g-handover", tune)
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	e.waitCommitted(ctx, "g-handover")
+	waitFor(t, 30*time.Second, "B's appends answered", func() bool {
+		return sum(t, b.metrics, "bqsink_appends_inflight") == 0 &&
+			sum(t, b.metrics, "bqsink_rows_written_total") == sum(t, b.metrics, "bqsink_records_consumed_total")
+	})
+	if rows := e.st.BigQuery.RowCount(stack.Project, stack.Dataset, stack.StockTable); rows != 301 {
+		t.Errorf("%d rows for 301 records, all acknowledged by A before it stopped", rows)
+	}
+}
+
+// Ready must not report a stall for a partition that was merely idle for
+// longer than stall_timeout and has just received a record.
+func TestReadyAfterIdleIsNoStall(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t)
+	e.produce(ctx, stack.StockUpdates(30, 21))
+	r := e.start(ctx, "g-idle", func(c *sink.Config) {
+		c.StallTimeout = 2 * time.Second
+		c.Batch.MaxWait = 500 * time.Millisecond
+	})
+	e.waitCommitted(ctx, "g-idle")
+	if err := r.sink.Ready(); err != nil {
+		t.Fatalf("not ready after catching up: %v", err)
+	}
+	// The behaviour depends on wall time passing while idle.
+	time.Sleep(2500 * time.Millisecond)
+	e.produce(ctx, stack.StockUpdates(1, 22))
+	for i := 0; i < 50 && sum(t, r.metrics, "bqsink_rows_written_total") < 31; i++ {
+		if err := r.sink.Ready(); err != nil {
+			t.Fatalf("Ready failed right after a record reached an idle partition: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
