@@ -272,17 +272,23 @@ func checkRow(t *testing.T, u stack.StockUpdate, row map[string]bigquery.Value) 
 	}
 }
 
+// slowStream produces 3000 updates and slows appends, and returns a tuning
+// of small batches with one append in flight per partition: a sink stopped
+// or joined early is caught with work in flight and most records to do.
+func (e *env) slowStream(ctx context.Context, seed uint64) ([]stack.StockUpdate, func(*sink.Config)) {
+	e.t.Helper()
+	e.st.BigQuery.SetAppendLatency(100 * time.Millisecond)
+	updates := stack.StockUpdates(3000, seed)
+	e.produce(ctx, updates)
+	return updates, func(c *sink.Config) { c.Batch.MaxRecords, c.Batch.MaxInflight = 20, 1 }
+}
+
 // Stopping the sink mid-stream and starting it again loses nothing: every
 // record is present at least once and the group ends with no lag.
 func TestRestartMidStreamLosesNothing(t *testing.T) {
 	ctx := t.Context()
 	e := newEnv(t)
-	// Slow appends, one in flight per partition, so that the first run is
-	// stopped with work in flight and most records still to do.
-	e.st.BigQuery.SetAppendLatency(100 * time.Millisecond)
-	updates := stack.StockUpdates(3000, 2)
-	e.produce(ctx, updates)
-	small := func(c *sink.Config) { c.Batch.MaxRecords, c.Batch.MaxInflight = 20, 1 }
+	updates, small := e.slowStream(ctx, 2)
 
 	first := e.start(ctx, "g-restart", small)
 	e.waitSomeCommitted(ctx, "g-restart")
@@ -394,12 +400,7 @@ func TestTransientAppendFailuresAreRetriedWithoutDuplicates(t *testing.T) {
 func TestRebalanceMidStreamHandsOverCleanly(t *testing.T) {
 	ctx := t.Context()
 	e := newEnv(t)
-	// Slow appends, one in flight per partition: the first member is
-	// still busy when the second joins.
-	e.st.BigQuery.SetAppendLatency(100 * time.Millisecond)
-	updates := stack.StockUpdates(3000, 6)
-	e.produce(ctx, updates)
-	small := func(c *sink.Config) { c.Batch.MaxRecords, c.Batch.MaxInflight = 20, 1 }
+	updates, small := e.slowStream(ctx, 6)
 
 	first := e.start(ctx, "g-rebalance", small)
 	e.waitSomeCommitted(ctx, "g-rebalance")
