@@ -183,8 +183,12 @@ type sendOutcome struct {
 // send hands the batches to the stream in order. It returns an error only if
 // nothing was sent because ctx ended or the Client closed.
 func (t *Table) send(ctx context.Context, enc *encoder, batches []*batch) (sendOutcome, error) {
-	t.sendMu.Lock()
-	defer t.sendMu.Unlock()
+	select {
+	case t.sendMu <- struct{}{}:
+	case <-ctx.Done():
+		return sendOutcome{}, ctx.Err()
+	}
+	defer func() { <-t.sendMu }()
 	unsent := func(from int) []int {
 		var idx []int
 		for _, b := range batches[from:] {

@@ -36,8 +36,11 @@ type Table struct {
 
 	enc atomic.Pointer[encoder] // built from the table's latest known schema
 
-	sendMu  sync.Mutex // serializes sends so each request carries the descriptor its rows were encoded with
-	sentEnc *encoder   // encoder whose descriptor the stream last got; guarded by sendMu
+	// sendMu (capacity 1) serializes sends so each request carries the
+	// descriptor its rows were encoded with. A channel rather than a mutex
+	// so that a caller whose context ends stops waiting for it.
+	sendMu  chan struct{}
+	sentEnc *encoder // encoder whose descriptor the stream last got; guarded by sendMu
 
 	streamMu sync.Mutex // guards stream, so Close never waits on a send
 	stream   *managedwriter.ManagedStream
@@ -49,6 +52,7 @@ type Table struct {
 
 func newTable(c *Client, dataset, table string, nameErr error) *Table {
 	t := &Table{
+		sendMu:    make(chan struct{}, 1),
 		c:         c,
 		project:   c.cfg.Project,
 		dataset:   dataset,
