@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -144,4 +147,68 @@ func TestSummaryRedactsSecrets(t *testing.T) {
 			t.Errorf("summary leaks %q: %s", secret, got)
 		}
 	}
+}
+
+// Every key the code reads is documented in config.yaml and in the README's
+// configuration table: an undocumented key does not exist for operators.
+func TestEveryConfigKeyIsDocumented(t *testing.T) {
+	raw, err := os.ReadFile("config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := yamlKeys(reflect.TypeOf(config{}), "")
+	if len(keys) < 30 {
+		t.Fatalf("found only %d keys: %v", len(keys), keys)
+	}
+	for _, key := range keys {
+		if !hasKey(doc, strings.Split(key, ".")) {
+			t.Errorf("config.yaml does not document %s", key)
+		}
+		if !strings.Contains(string(readme), "| `"+key+"` |") {
+			t.Errorf("README's configuration table does not document %s", key)
+		}
+	}
+}
+
+// yamlKeys lists the dotted YAML keys of a config struct's leaves; a map
+// (tables) counts as one key.
+func yamlKeys(t reflect.Type, prefix string) []string {
+	var keys []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opts == "inline" {
+			keys = append(keys, yamlKeys(f.Type, prefix)...)
+			continue
+		}
+		if name == "" || name == "-" {
+			continue
+		}
+		if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+			keys = append(keys, yamlKeys(f.Type, prefix+name+".")...)
+			continue
+		}
+		keys = append(keys, prefix+name)
+	}
+	return keys
+}
+
+func hasKey(doc map[string]any, path []string) bool {
+	v, ok := doc[path[0]]
+	if !ok {
+		return false
+	}
+	if len(path) == 1 {
+		return true
+	}
+	sub, ok := v.(map[string]any)
+	return ok && hasKey(sub, path[1:])
 }
