@@ -7,7 +7,6 @@ import (
 
 	"cloud.google.com/go/bigquery"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
@@ -59,15 +58,7 @@ func typicalRow() map[string]any {
 // decode parses b with the wire descriptor, as BigQuery does.
 func decode(t *testing.T, enc *encoder, b []byte) *dynamicpb.Message {
 	t.Helper()
-	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
-		Name:        proto.String("wire.proto"),
-		Syntax:      proto.String("proto2"),
-		MessageType: []*descriptorpb.DescriptorProto{enc.dp},
-	}, nil)
-	if err != nil {
-		t.Fatalf("wire descriptor is not self-contained: %v", err)
-	}
-	msg := dynamicpb.NewMessage(fd.Messages().Get(0))
+	msg := dynamicpb.NewMessage(wireMessage(t, enc))
 	if err := proto.Unmarshal(b, msg); err != nil {
 		t.Fatalf("unmarshal with wire descriptor: %v", err)
 	}
