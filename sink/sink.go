@@ -367,22 +367,11 @@ func (s *Sink) shutdownDeadline(fraction float64) time.Time {
 // under way at SIGTERM does not outlast the shutdown budget.
 func (s *Sink) shutdownBounded(ctx context.Context, d time.Duration, fraction float64) (context.Context, context.CancelFunc) {
 	bctx, cancel := context.WithTimeout(ctx, d)
-	var mu sync.Mutex
-	var timer *time.Timer
+	// A timer firing after cancel is harmless: cancelling twice is a no-op.
 	stop := context.AfterFunc(s.runCtx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		timer = time.AfterFunc(time.Until(s.shutdownDeadline(fraction)), cancel)
+		time.AfterFunc(time.Until(s.shutdownDeadline(fraction)), cancel)
 	})
-	return bctx, func() {
-		stop()
-		mu.Lock()
-		if timer != nil {
-			timer.Stop()
-		}
-		mu.Unlock()
-		cancel()
-	}
+	return bctx, func() { stop(); cancel() }
 }
 
 // lost abandons the partitions at once: another member may own them already,
