@@ -369,8 +369,8 @@ func convertScalar(col *bq.TableFieldSchema, k protoreflect.Kind, v protoreflect
 		if !utf8.ValidString(s) {
 			return nil, errors.New("STRING value is not valid UTF-8")
 		}
-		if col.MaxLength > 0 && int64(utf8.RuneCountInString(s)) > col.MaxLength {
-			return nil, fmt.Errorf("STRING value exceeds max length %d", col.MaxLength)
+		if n := int64(utf8.RuneCountInString(s)); col.MaxLength > 0 && n > col.MaxLength {
+			return nil, fmt.Errorf("%s(%d) has maximum length %d but got a value with length %d", col.Type, col.MaxLength, col.MaxLength, n)
 		}
 		if col.Type == typeJSON && !json.Valid([]byte(s)) {
 			return nil, errors.New("invalid JSON value")
@@ -383,8 +383,8 @@ func convertScalar(col *bq.TableFieldSchema, k protoreflect.Kind, v protoreflect
 		} else {
 			b = slices.Clone(v.Bytes())
 		}
-		if col.MaxLength > 0 && int64(len(b)) > col.MaxLength {
-			return nil, fmt.Errorf("BYTES value exceeds max length %d", col.MaxLength)
+		if n := int64(len(b)); col.MaxLength > 0 && n > col.MaxLength {
+			return nil, fmt.Errorf("BYTES(%d) has maximum length %d but got a value with length %d", col.MaxLength, col.MaxLength, n)
 		}
 		if b == nil {
 			b = []byte{}

@@ -6,7 +6,7 @@
 //	defer srv.Close()
 //	bqc, err := bigquery.NewClient(ctx, "proj",
 //		option.WithEndpoint(srv.RESTEndpoint()), option.WithoutAuthentication())
-//	mwc, err := managedwriter.NewClient(ctx, "proj",
+//	wc, err := storage.NewBigQueryWriteClient(ctx, // or managedwriter.NewClient(ctx, "proj", ...)
 //		option.WithEndpoint(srv.GRPCEndpoint()), option.WithoutAuthentication(),
 //		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
 //
@@ -24,6 +24,9 @@
 // renaming, retyping, tightening a mode or adding a REQUIRED column is
 // refused with 400 and a message naming the column. Column types beyond the
 // project's contract: GEOGRAPHY and JSON (as strings); others are refused.
+// STRING and BYTES columns may carry maxLength (BigQuery's parameterized
+// STRING(10)); it is stored and returned by tables.get, and refused on other
+// types.
 //
 // # Storage Write API
 //
@@ -60,10 +63,12 @@
 //
 // Row errors: a row missing a REQUIRED value, or with an invalid or out of
 // range value (bad decimal, NUMERIC overflow after rounding to the column's
-// scale, bad DATE/TIME/DATETIME, invalid UTF-8, ...), makes the response
-// carry INVALID_ARGUMENT plus row_errors (index, FIELDS_ERROR, a message
-// starting "Field <column path>:"). As in BigQuery, no row of such a request
-// is written.
+// scale, bad DATE/TIME/DATETIME, invalid UTF-8, a STRING or BYTES longer than
+// the column's maxLength, ...), makes the response carry INVALID_ARGUMENT
+// plus row_errors (index, FIELDS_ERROR, a message starting "Field <column
+// path>:", e.g. "Field reference: STRING(10) has maximum length 10 but got a
+// value with length 12"; STRING length counts characters, BYTES bytes). As
+// in BigQuery, no row of such a request is written.
 //
 // updated_schema: once the schema the write path sees differs from the one
 // it saw when the stream was first used on the connection (or since the last
@@ -95,9 +100,26 @@
 // silently retries 5xx and rateLimitExceeded with a backoff starting at about
 // one second, so only other codes (or n larger than its patience) surface.
 //
+// FailUnary(n, code) fails the next n unary Storage Write calls
+// (GetWriteStream, CreateWriteStream, ...) with code, e.g. UNAUTHENTICATED.
+//
 // SetAppendLatency(d) holds every AppendRows response until d after its
-// request arrived; SetSchemaDelay(d) delays schema visibility on the write
-// path.
+// request arrived; a long d models a backend that takes requests and never
+// answers (the client's cancellation still ends the stream).
+// SetRESTLatency(d) holds every REST response likewise (a client that gives
+// up first reads nothing). SetSchemaDelay(d) delays schema visibility on the
+// write path.
+//
+// Faults below gRPC and HTTP (refused or black-holed connections, a peer
+// that stops answering mid-stream) are integration/netfault's job: put a
+// netfault.Proxy in front of either endpoint.
+//
+// # Keepalive
+//
+// The gRPC server enforces keepalive like Google's front ends: client pings
+// at most every 25 s are accepted, with or without active streams, so a
+// client pinging every 30 s keeps its connection; faster pings get GOAWAY
+// too_many_pings.
 //
 // Not modelled: SQL queries and jobs, tabledata.insertAll, the Storage Read
 // API, Arrow rows, missing-value interpretations and default values,

@@ -1,6 +1,7 @@
 package bqfake
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -49,8 +50,17 @@ func (s *Server) restHandler() http.Handler {
 			s.faults.restLeft--
 			fail = s.faults.restStatus
 		}
+		latency := s.faults.restLatency
+		if latency > 0 {
+			s.restHeld++
+		}
 		s.mu.Unlock()
 		defer s.restWG.Done()
+		if latency > 0 && !s.hold(r.Context(), latency) {
+			// The client gave up (it reads nothing), or the server is closing.
+			writeError(w, http.StatusServiceUnavailable, "backendError", "bqfake is shutting down")
+			return
+		}
 
 		// The client may be pointed at the bare host or at ".../bigquery/v2".
 		r.URL.Path = strings.TrimPrefix(r.URL.Path, "/bigquery/v2")
@@ -64,6 +74,25 @@ func (s *Server) restHandler() http.Handler {
 		s.log.Debug("rest", zap.String("method", r.Method), zap.String("path", r.URL.Path),
 			zap.Int("status", rec.status), zap.Bool("injected", fail != 0))
 	})
+}
+
+// hold waits d for a REST response to be released; false if ctx ended or
+// the server is closing first.
+func (s *Server) hold(ctx context.Context, d time.Duration) bool {
+	defer func() {
+		s.mu.Lock()
+		s.restHeld--
+		s.mu.Unlock()
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+	case <-s.quit:
+	}
+	return false
 }
 
 type statusRecorder struct {

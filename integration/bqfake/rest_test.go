@@ -1,10 +1,12 @@
 package bqfake_test
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/bigquery"
 	"google.golang.org/api/iterator"
@@ -234,4 +236,78 @@ func describe(s bigquery.Schema) string {
 		sb.WriteString(" ")
 	}
 	return sb.String()
+}
+
+func TestRESTLatency(t *testing.T) {
+	srv := newServer(t, bqfake.Dataset(project, dsID))
+	c := restClient(t, srv)
+	const latency = 300 * time.Millisecond
+	srv.SetRESTLatency(latency)
+
+	// A client that gives up first gets nothing.
+	short, cancel := context.WithTimeout(t.Context(), latency/3)
+	defer cancel()
+	if _, err := c.Dataset(dsID).Metadata(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("call shorter than the latency: %v, want a deadline error", err)
+	}
+	start := time.Now()
+	if _, err := c.Dataset(dsID).Metadata(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < latency {
+		t.Fatalf("answered after %v, before the %v latency", took, latency)
+	}
+	srv.SetRESTLatency(0)
+	start = time.Now()
+	if _, err := c.Dataset(dsID).Metadata(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took >= latency {
+		t.Fatalf("answered after %v with the latency off", took)
+	}
+
+	// Close does not wait for a held response.
+	srv.SetRESTLatency(time.Hour)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Dataset(dsID).Metadata(ctx)
+		errc <- err
+	}()
+	eventually(t, 5*time.Second, "the call to reach the server", func() bool { return srv.RESTHeld() > 0 })
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for a held REST response")
+	}
+	cancel() // the client retries a closed server until its context ends
+	if err := <-errc; err == nil {
+		t.Fatal("call answered although the server closed")
+	}
+}
+
+func TestMaxLengthSchema(t *testing.T) {
+	srv := newServer(t, bqfake.Dataset(project, dsID))
+	c := restClient(t, srv)
+	schema := bigquery.Schema{
+		{Name: "s", Type: bigquery.StringFieldType, MaxLength: 10},
+		{Name: "b", Type: bigquery.BytesFieldType, MaxLength: 4},
+	}
+	tbl := createTable(t, c, "t", schema)
+	md, err := tbl.Metadata(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.Schema[0].MaxLength != 10 || md.Schema[1].MaxLength != 4 {
+		t.Fatalf("tables.get schema = %+v %+v, want maxLength 10 and 4", md.Schema[0], md.Schema[1])
+	}
+	err = c.Dataset(dsID).Table("bad").Create(t.Context(), &bigquery.TableMetadata{Schema: bigquery.Schema{
+		{Name: "n", Type: bigquery.IntegerFieldType, MaxLength: 3},
+	}})
+	if ge := googleAPIError(t, err); ge.Code != http.StatusBadRequest || !strings.Contains(ge.Message, "maxLength") {
+		t.Fatalf("maxLength on INTEGER: %v, want 400 naming maxLength", err)
+	}
 }

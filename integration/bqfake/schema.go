@@ -87,6 +87,9 @@ func normalizeSchema(fields []*bq.TableFieldSchema, prefix string) ([]*bq.TableF
 		default:
 			return nil, fmt.Errorf("field %s has invalid mode %q", path, f.Mode)
 		}
+		if f.MaxLength < 0 || (f.MaxLength > 0 && typ != typeString && typ != typeBytes) {
+			return nil, fmt.Errorf("field %s: maxLength %d is only allowed, positive, on STRING and BYTES", path, f.MaxLength)
+		}
 		if typ == typeRecord {
 			if len(f.Fields) == 0 {
 				return nil, fmt.Errorf("field %s is type RECORD but has no schema", path)

@@ -13,7 +13,14 @@ import (
 	bq "google.golang.org/api/bigquery/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 )
+
+// keepalivePolicy models Google's front ends, which accept client pings
+// every 30 s (with or without active streams) and end the connection with
+// GOAWAY too_many_pings when pinged more often.
+var keepalivePolicy = keepalive.EnforcementPolicy{MinTime: 25 * time.Second, PermitWithoutStream: true}
 
 // maxRequestBytes is BigQuery's limit for one AppendRows request; the gRPC
 // server accepts more so that the fake, not the transport, rejects it with
@@ -64,6 +71,7 @@ type Server struct {
 	serveWG  sync.WaitGroup // Serve goroutines and AppendRows readers
 	restWG   sync.WaitGroup // in-flight REST handlers
 	closeOne sync.Once
+	quit     chan struct{} // closed by Close: held responses are dropped
 
 	mu       sync.Mutex
 	datasets map[datasetKey]*dataset
@@ -72,14 +80,18 @@ type Server struct {
 	nextID   int64                   // streams and etags
 	faults   faults
 	closed   bool // REST handlers started after this refuse to run
+	restHeld int  // REST responses held by SetRESTLatency
 }
 
 type faults struct {
 	appendsLeft   int
 	appendCode    codes.Code
+	unaryLeft     int
+	unaryCode     codes.Code
 	restLeft      int
 	restStatus    int
 	appendLatency time.Duration
+	restLatency   time.Duration
 	schemaDelay   time.Duration
 }
 
@@ -154,6 +166,7 @@ func New(opts ...Opt) (*Server, error) {
 		datasets: make(map[datasetKey]*dataset),
 		tables:   make(map[tableKey]*table),
 		streams:  make(map[string]*writeStream),
+		quit:     make(chan struct{}),
 	}
 	now := time.Now()
 	for _, k := range cfg.datasets {
@@ -175,6 +188,7 @@ func New(opts ...Opt) (*Server, error) {
 	s.grpcSrv = grpc.NewServer(
 		grpc.MaxRecvMsgSize(4*maxRequestBytes),
 		grpc.WaitForHandlers(true),
+		grpc.KeepaliveEnforcementPolicy(keepalivePolicy),
 	)
 	storagepb.RegisterBigQueryWriteServer(s.grpcSrv, &writeService{s: s})
 
@@ -208,6 +222,7 @@ func (s *Server) GRPCEndpoint() string { return s.grpcLn.Addr().String() }
 // started. Calling it again does nothing.
 func (s *Server) Close() {
 	s.closeOne.Do(func() {
+		close(s.quit)
 		s.grpcSrv.Stop()
 		_ = s.httpSrv.Close()
 		s.mu.Lock()
@@ -229,6 +244,31 @@ func (s *Server) FailAppends(n int, code codes.Code) {
 	s.faults.appendCode = code
 }
 
+// FailUnary makes the next n unary Storage Write API calls
+// (CreateWriteStream, GetWriteStream, FinalizeWriteStream,
+// BatchCommitWriteStreams, FlushRows), counted in arrival order, fail with
+// code and a message naming the injection instead of being processed, e.g.
+// UNAUTHENTICATED for refused credentials. AppendRows is not affected (see
+// FailAppends). n <= 0 cancels pending failures.
+func (s *Server) FailUnary(n int, code codes.Code) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.unaryLeft = max(n, 0)
+	s.faults.unaryCode = code
+}
+
+// unaryFault consumes one FailUnary count, returning the error to answer
+// with, or nil.
+func (s *Server) unaryFault(method string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.unaryLeft == 0 {
+		return nil
+	}
+	s.faults.unaryLeft--
+	return status.Errorf(s.faults.unaryCode, "bqfake: injected %s failure of %s", s.faults.unaryCode, method)
+}
+
 // FailREST makes the next n REST calls answer with the HTTP status (and a
 // BigQuery JSON error body) instead of being processed. n <= 0 cancels
 // pending failures.
@@ -247,6 +287,16 @@ func (s *Server) SetAppendLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults.appendLatency = max(d, 0)
+}
+
+// SetRESTLatency holds every REST response until d after the request
+// arrived, like a slow or unresponsive front end; a client that gives up
+// first gets nothing. Close does not wait for held responses. Zero (the
+// default) disables the delay.
+func (s *Server) SetRESTLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.restLatency = max(d, 0)
 }
 
 // SetSchemaDelay models BigQuery's metadata propagation lag: a table created

@@ -125,6 +125,9 @@ func (s *Server) streamProto(name string, typ storagepb.WriteStream_Type, create
 }
 
 func (w *writeService) CreateWriteStream(_ context.Context, req *storagepb.CreateWriteStreamRequest) (*storagepb.WriteStream, error) {
+	if err := w.s.unaryFault("CreateWriteStream"); err != nil {
+		return nil, err
+	}
 	s := w.s
 	key, ok := splitTableName(req.GetParent())
 	if !ok {
@@ -151,6 +154,9 @@ func (w *writeService) CreateWriteStream(_ context.Context, req *storagepb.Creat
 }
 
 func (w *writeService) GetWriteStream(_ context.Context, req *storagepb.GetWriteStreamRequest) (*storagepb.WriteStream, error) {
+	if err := w.s.unaryFault("GetWriteStream"); err != nil {
+		return nil, err
+	}
 	s := w.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -170,6 +176,9 @@ func (w *writeService) GetWriteStream(_ context.Context, req *storagepb.GetWrite
 }
 
 func (w *writeService) FinalizeWriteStream(_ context.Context, req *storagepb.FinalizeWriteStreamRequest) (*storagepb.FinalizeWriteStreamResponse, error) {
+	if err := w.s.unaryFault("FinalizeWriteStream"); err != nil {
+		return nil, err
+	}
 	s := w.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -188,6 +197,9 @@ func (w *writeService) FinalizeWriteStream(_ context.Context, req *storagepb.Fin
 // a finalized, uncommitted PENDING stream of the parent table is reported in
 // stream_errors and nothing is committed (commit_time stays unset).
 func (w *writeService) BatchCommitWriteStreams(_ context.Context, req *storagepb.BatchCommitWriteStreamsRequest) (*storagepb.BatchCommitWriteStreamsResponse, error) {
+	if err := w.s.unaryFault("BatchCommitWriteStreams"); err != nil {
+		return nil, err
+	}
 	s := w.s
 	key, ok := splitTableName(req.GetParent())
 	if !ok {
@@ -234,6 +246,9 @@ func (w *writeService) BatchCommitWriteStreams(_ context.Context, req *storagepb
 // FlushRows makes the rows of a BUFFERED stream up to and including offset
 // readable.
 func (w *writeService) FlushRows(_ context.Context, req *storagepb.FlushRowsRequest) (*storagepb.FlushRowsResponse, error) {
+	if err := w.s.unaryFault("FlushRows"); err != nil {
+		return nil, err
+	}
 	s := w.s
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -12,13 +12,16 @@ import (
 	"time"
 
 	"cloud.google.com/go/bigquery"
+	storage "cloud.google.com/go/bigquery/storage/apiv1"
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
 	"cloud.google.com/go/bigquery/storage/managedwriter"
 	"cloud.google.com/go/bigquery/storage/managedwriter/adapt"
 	"cloud.google.com/go/civil"
 	"github.com/googleapis/gax-go/v2/apierror"
 	"google.golang.org/api/option"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -709,5 +712,66 @@ func TestCloseEndsEverything(t *testing.T) {
 	defer cancel()
 	if _, err := c.Dataset(dsID).Metadata(ctx); err == nil {
 		t.Fatal("REST call succeeded after Close")
+	}
+}
+
+func TestMaxLengthRowErrors(t *testing.T) {
+	srv := newServer(t, bqfake.Dataset(project, dsID))
+	c := restClient(t, srv)
+	schema := bigquery.Schema{
+		{Name: "reference", Type: bigquery.StringFieldType, MaxLength: 10},
+		{Name: "b", Type: bigquery.BytesFieldType, MaxLength: 2},
+	}
+	createTable(t, c, "t", schema)
+	md, dp := descriptorFor(t, schema)
+	ms := mustOpen(t, writeClient(t, srv), "t", managedwriter.DefaultStream, dp)
+
+	fits := newMsg(t, md).set("reference", "ünïcødé-10").set("b", []byte{1, 2}) // 10 characters, more bytes
+	ok(t, send(t, ms, [][]byte{fits.bytes()}))
+	for _, tc := range []struct {
+		row  msg
+		want string
+	}{
+		{newMsg(t, md).set("reference", "abcdefghijkl"), "Field reference: STRING(10) has maximum length 10 but got a value with length 12"},
+		{newMsg(t, md).set("b", []byte{1, 2, 3}), "Field b: BYTES(2) has maximum length 2 but got a value with length 3"},
+	} {
+		r := send(t, ms, [][]byte{fits.bytes(), tc.row.bytes()})
+		failsWith(t, r, codes.InvalidArgument)
+		resp, _ := r.FullResponse(t.Context())
+		errs := resp.GetRowErrors()
+		if len(errs) != 1 || errs[0].GetIndex() != 1 || errs[0].GetMessage() != tc.want {
+			t.Fatalf("row errors = %v, want index 1: %q", errs, tc.want)
+		}
+	}
+	if n := srv.RowCount(project, dsID, "t"); n != 1 {
+		t.Fatalf("%d rows, want 1", n)
+	}
+}
+
+func TestFailUnary(t *testing.T) {
+	srv := newServer(t, bqfake.Dataset(project, dsID))
+	c := restClient(t, srv)
+	schema := bigquery.Schema{{Name: "n", Type: bigquery.IntegerFieldType}}
+	createTable(t, c, "t", schema)
+	wc, err := storage.NewBigQueryWriteClient(t.Context(),
+		option.WithEndpoint(srv.GRPCEndpoint()), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = wc.Close() })
+	req := &storagepb.GetWriteStreamRequest{Name: parentOf("t") + "/streams/_default"}
+
+	srv.FailUnary(1, codes.Unauthenticated)
+	if _, err := wc.GetWriteStream(t.Context(), req); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("injected failure: %v, want UNAUTHENTICATED", err)
+	}
+	if _, err := wc.GetWriteStream(t.Context(), req); err != nil {
+		t.Fatalf("after the injected failure: %v", err)
+	}
+	// A table that does not exist: NOT_FOUND.
+	req.Name = parentOf("missing") + "/streams/_default"
+	if _, err := wc.GetWriteStream(t.Context(), req); status.Code(err) != codes.NotFound {
+		t.Fatalf("missing table: %v, want NOT_FOUND", err)
 	}
 }
