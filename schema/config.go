@@ -18,8 +18,10 @@ type Config struct {
 	// Username and Password enable HTTP basic auth; set both or neither.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	// Timeout bounds each HTTP call (default 10s). A schema with references
-	// takes one call per referenced subject version not yet cached.
+	// Timeout bounds each HTTP call (default 10s), and apart from it the
+	// wait for a free request slot when 16 calls are in flight already. A
+	// schema with references takes one call per referenced subject version
+	// not yet cached.
 	Timeout time.Duration `yaml:"timeout"`
 }
 

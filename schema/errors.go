@@ -2,21 +2,33 @@ package schema
 
 import "errors"
 
-// Permanent error classes. A record whose processing fails with one of them
-// can never be written, however often it is retried; callers test with
-// errors.Is. Any other error from Registry.Schema is transient (network,
-// timeout, 5xx, cancelled context) and the record should be retried.
+// Error classes; callers test with errors.Is. A record whose processing
+// fails with ErrWireFormat, ErrNotFound, ErrUnsupported, ErrIncompatible or
+// ErrDecode can never be written, however often it is retried.
 // ErrUnsupported and ErrIncompatible from Registry.Schema are for every record
-// of that schema ID; ErrDecode is for one record.
+// of that schema ID; ErrDecode is for one record. ErrUnauthorized is a
+// configuration problem, not the record's. Any other error from
+// Registry.Schema is transient (network, timeout, 5xx, registry busy,
+// cancelled context) and the record should be retried.
 var (
 	// ErrWireFormat: the Kafka record value is not in the Confluent wire
 	// format (magic byte 0, 4-byte schema ID, Avro body).
 	ErrWireFormat = errors.New("invalid wire format")
 
 	// ErrNotFound: the registry answered that the schema ID, or a subject
-	// version it references, does not exist. It is not cached: a later call
-	// asks the registry again.
+	// version it references, does not exist. It is not cached for good:
+	// Registry.Schema returns it again without a request for a backoff (1s,
+	// doubling per consecutive failure, at most 10s), then asks again, so a
+	// schema registered late is found.
 	ErrNotFound = errors.New("schema not found")
+
+	// ErrUnauthorized: the registry refused the credentials (HTTP 401 or
+	// 403). It is a configuration problem, not the record's: no record can be
+	// read until the credentials (or the registry's ACLs) are fixed, so the
+	// caller should stop and alert rather than reject records. The message
+	// names the keys to fix, never their values. Registry.Schema remembers it
+	// for the same backoff as ErrNotFound.
+	ErrUnauthorized = errors.New("the registry refused the credentials")
 
 	// ErrUnsupported: the writer schema cannot be parsed or has no BigQuery
 	// mapping (a null-only field, a recursive type, column names that clash

@@ -9,6 +9,7 @@ import (
 
 	"cloud.google.com/go/bigquery"
 	"github.com/hamba/avro/v2"
+	"github.com/riferrei/srclient"
 	"go.uber.org/zap"
 )
 
@@ -50,11 +51,11 @@ func topFields(parsed avro.Schema, s *Schema) []topField {
 // the registry no longer has (the ID's subject versions, a previous version
 // or its references, answered 404) and a previous version that does not
 // compile are skipped: they say nothing about this schema. Any other
-// registry failure is returned as is, transient.
+// registry failure is returned as is: ErrUnauthorized or transient.
 func (r *Registry) checkHistory(id int, top []topField) error {
-	resp, err := r.client.GetSubjectVersionsById(id)
+	resp, err := call(r, func() (srclient.SubjectVersionResponse, error) { return r.client.GetSubjectVersionsById(id) })
 	if err != nil {
-		err = classify(fmt.Sprintf("subject versions of schema %d", id), err)
+		err = r.classify(fmt.Sprintf("subject versions of schema %d", id), err)
 		if errors.Is(err, ErrNotFound) {
 			r.logger.Debug("rename check skipped", zap.Int("schema_id", id), zap.Error(err))
 			return nil
@@ -87,7 +88,7 @@ func (r *Registry) checkHistory(id int, top []topField) error {
 
 // previous returns the top-level fields of subject version k, or none when it
 // cannot be had (gone from the registry, unparsable, unmappable); its error
-// is transient.
+// is ErrUnauthorized or transient.
 func (r *Registry) previous(id int, k refKey) ([]topField, error) {
 	skip := func(err error) ([]topField, error) {
 		r.logger.Debug("rename check skipped for a previous version", zap.Int("schema_id", id),

@@ -63,7 +63,8 @@ func (f *fakeRegistry) countPrefix(prefix string) int {
 }
 
 func isTransient(err error) bool {
-	return err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrIncompatible)
+	return err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrUnsupported) &&
+		!errors.Is(err, ErrIncompatible) && !errors.Is(err, ErrUnauthorized)
 }
 
 func TestRegistryRenameWithoutAlias(t *testing.T) {
@@ -210,12 +211,17 @@ func TestRegistryHistoryTransient(t *testing.T) {
 				return true
 			})
 			r := newTestRegistry(t, Config{URL: f.URL()})
+			clock := withClock(r)
 
 			_, err := r.Schema(t.Context(), renameV2ID)
-			if !isTransient(err) || !strings.Contains(err.Error(), "50001") {
+			if !isTransient(err) || !strings.Contains(err.Error(), "registry error 50001: store error; not asked again for 1s") {
 				t.Fatalf("Schema = %v, want the transient registry error", err)
 			}
-			// Not cached: the next call checks again, and finds the rename.
+			// Remembered for the backoff, then asked again: the rename is found.
+			if _, err := r.Schema(t.Context(), renameV2ID); !isTransient(err) || f.count(path) != 1 {
+				t.Fatalf("within the backoff: %v after %d requests, want the remembered error after 1", err, f.count(path))
+			}
+			clock.Advance(firstRetry)
 			if _, err := r.Schema(t.Context(), renameV2ID); !errors.Is(err, ErrIncompatible) {
 				t.Fatalf("after the registry recovered: %v, want ErrIncompatible", err)
 			}

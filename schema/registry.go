@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
@@ -25,20 +27,39 @@ import (
 // version, once per ID.
 //
 // Compiled schemas and ErrUnsupported and ErrIncompatible results are cached
-// forever (a schema ID's text never changes); ErrNotFound and transient
-// errors are not cached. Concurrent misses for one ID share a single fetch,
-// and a schema text is fetched once even when its history check fails
-// transiently and is retried. Texts of referenced and previous subject
-// versions are cached too, so each is fetched once per process.
+// forever (a schema ID's text never changes). ErrNotFound, ErrUnauthorized
+// and transient errors are remembered for a backoff instead: until it has
+// passed, Schema returns the same error again without asking the registry.
+// The backoff is 1s after an ID's first failure and doubles with each
+// consecutive failure up to 10s; a success clears it, and a failure nobody
+// asked about again within 10s of its backoff ending is forgotten, so the next
+// one starts again at 1s. Referenced and previous subject versions share the
+// mechanism, each under its own backoff. So a flood of records carrying an
+// unknown ID costs about one request per backoff, not one per record.
+//
+// Concurrent misses for one ID share a single fetch, and a schema text is
+// fetched once even when its history check fails transiently and is retried.
+// Texts of referenced and previous subject versions are cached too, so each
+// is fetched once per process. At most 16 requests are in flight at once; a
+// request that cannot get a slot within the HTTP timeout fails transiently.
 type Registry struct {
-	client *srclient.SchemaRegistryClient
-	logger *zap.Logger
-	flight singleflight.Group
+	client  *srclient.SchemaRegistryClient
+	timeout time.Duration
+	logger  *zap.Logger
+	flight  singleflight.Group
+	slots   chan struct{} // one per request in flight
+	now     func() time.Time
 
-	mu      sync.Mutex
-	schemas map[int]cached
-	pending map[int]built // compiled, history not yet checked
-	refs    map[refKey]refText
+	// Error text: the config keys an operator fixes.
+	authKey string // the key(s) holding the credentials
+	noCreds bool   // none are configured
+
+	mu       sync.Mutex
+	schemas  map[int]cached
+	pending  map[int]built // compiled, history not yet checked
+	refs     map[refKey]refText
+	failures map[string]failure // by flight key: "id:…" or "ref:…"
+	swept    time.Time          // when failures was last swept
 }
 
 type cached struct {
@@ -67,7 +88,8 @@ type refText struct {
 }
 
 // NewRegistry validates cfg and returns a Registry. It does no network I/O:
-// the first Schema call is the first request. A nil logger means zap.NewNop().
+// the first Schema call is the first request. A nil logger means
+// zap.NewNop().
 func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("schema registry config: %w", err)
@@ -75,8 +97,17 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	client := srclient.NewSchemaRegistryClient(strings.TrimRight(cfg.URL, "/"),
-		srclient.WithClient(&http.Client{Timeout: cfg.timeout()}))
+	base := strings.TrimRight(cfg.URL, "/")
+	u, err := url.Parse(base)
+	if err != nil { // Validate parsed it already
+		return nil, fmt.Errorf("schema registry config: url: %w", err)
+	}
+	// Our own connection pool, not http.DefaultTransport's, sized for our
+	// requests in flight.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = maxRequests
+	hc := &http.Client{Timeout: cfg.timeout(), Transport: statusTransport{base: tr}}
+	client := srclient.NewSchemaRegistryClient(base, srclient.WithClient(hc), srclient.WithSemaphoreWeight(maxRequests))
 	// We parse with hamba/avro ourselves; goavro codecs would be built and thrown away.
 	client.CodecCreationEnabled(false)
 	// Our cache is the only one: srclient's would hold every text twice and
@@ -85,29 +116,49 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	if cfg.Username != "" {
 		client.SetCredentials(cfg.Username, cfg.Password)
 	}
+	authKey := "schema_registry.username/password"
+	if cfg.Username == "" && u.User != nil {
+		authKey = "schema_registry.url user info"
+	}
 	return &Registry{
-		client:  client,
-		logger:  logger,
-		schemas: make(map[int]cached),
-		pending: make(map[int]built),
-		refs:    make(map[refKey]refText),
+		client:   client,
+		timeout:  cfg.timeout(),
+		logger:   logger,
+		slots:    make(chan struct{}, maxRequests),
+		now:      time.Now,
+		authKey:  authKey,
+		noCreds:  cfg.Username == "" && u.User == nil,
+		schemas:  make(map[int]cached),
+		pending:  make(map[int]built),
+		refs:     make(map[refKey]refText),
+		failures: make(map[string]failure),
 	}, nil
 }
 
 // Schema returns the compiled writer schema with this ID, fetching and
 // compiling it and checking it against its subjects' previous versions on
 // first use. Errors wrap ErrNotFound, ErrUnsupported or ErrIncompatible when
-// permanent; anything else (network, timeout, registry 5xx, ctx done) is
-// transient. If ctx ends first Schema returns its error at once; the shared
-// fetch carries on, bounded by the HTTP timeout, and fills the cache for the
-// next call. Safe for concurrent use.
+// the schema can never be used, and ErrUnauthorized when the registry
+// refuses the credentials (a configuration problem, not the record's);
+// anything else (network, timeout, registry 5xx, registry busy, ctx done) is
+// transient. ErrNotFound, ErrUnauthorized and transient failures are
+// remembered per ID for a backoff (1s doubling to 10s, see Registry): until
+// it passes, Schema returns the same error, of the same class, without a
+// request, and every such error ends in "; not asked again for <time left>".
+// If ctx ends first Schema returns its error at once (not remembered); the
+// shared fetch carries on, bounded by the HTTP timeout, and fills the cache
+// for the next call. Safe for concurrent use.
 func (r *Registry) Schema(ctx context.Context, id int) (*Schema, error) {
 	if c, ok := r.cached(id); ok {
 		return c.schema, c.err
 	}
+	key := "id:" + strconv.Itoa(id)
+	if left, err := r.remembered(key); err != nil {
+		return nil, notAsked(err, left)
+	}
 	// srclient takes no context, so the fetch runs in singleflight's goroutine
 	// and we only stop waiting for it.
-	ch := r.flight.DoChan("id:"+strconv.Itoa(id), func() (any, error) { return r.load(id) })
+	ch := r.flight.DoChan(key, func() (any, error) { return r.load(id, key) })
 	select {
 	case res := <-ch:
 		if res.Err != nil {
@@ -126,19 +177,23 @@ func (r *Registry) cached(id int) (cached, bool) {
 	return c, ok
 }
 
-// load fetches, resolves, compiles and checks schema id. It runs once per ID
-// at a time (singleflight).
-func (r *Registry) load(id int) (*Schema, error) {
-	// A fetch may have completed between the caller's cache check and DoChan.
+// load fetches, resolves, compiles and checks schema id, key being its
+// flight key. It runs once per ID at a time (singleflight).
+func (r *Registry) load(id int, key string) (*Schema, error) {
+	// A fetch may have completed between the caller's checks and DoChan.
 	if c, ok := r.cached(id); ok {
 		return c.schema, c.err
+	}
+	if left, err := r.remembered(key); err != nil {
+		return nil, notAsked(err, left)
 	}
 	b, err := r.compiled(id)
 	if err == nil {
 		err = r.checkHistory(id, b.top)
 	}
 	if err != nil && !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrIncompatible) {
-		return nil, err // not found or transient: ask again next time
+		// Not found, unauthorized or transient: not again before the backoff.
+		return nil, notAsked(err, r.fail(key, err))
 	}
 	c := cached{err: err}
 	if err == nil {
@@ -147,6 +202,7 @@ func (r *Registry) load(id int) (*Schema, error) {
 	r.mu.Lock()
 	r.schemas[id] = c
 	delete(r.pending, id)
+	delete(r.failures, key)
 	r.mu.Unlock()
 	if err == nil {
 		r.logger.Debug("schema loaded", zap.Int("schema_id", id), zap.Int("columns", len(b.schema.columns)))
@@ -163,9 +219,9 @@ func (r *Registry) compiled(id int) (built, error) {
 	if ok {
 		return b, nil
 	}
-	raw, err := r.client.GetSchema(id)
+	raw, err := call(r, func() (*srclient.Schema, error) { return r.client.GetSchema(id) })
 	if err != nil {
-		return built{}, classify(fmt.Sprintf("schema %d", id), err)
+		return built{}, r.classify(fmt.Sprintf("schema %d", id), err)
 	}
 	if b, err = r.build(id, raw); err != nil {
 		return built{}, err
@@ -234,7 +290,8 @@ func (r *Registry) resolve(refs []srclient.Reference, cache *avro.SchemaCache, d
 
 // referenced returns the text of one subject version, from the cache or the
 // registry; concurrent resolutions share one fetch. Errors are classified as
-// by classify.
+// by classify; a failed fetch is remembered for a backoff like a schema ID's
+// (see Registry), and returned again without the note Schema adds.
 func (r *Registry) referenced(k refKey) (refText, error) {
 	r.mu.Lock()
 	t, ok := r.refs[k]
@@ -242,20 +299,30 @@ func (r *Registry) referenced(k refKey) (refText, error) {
 	if ok {
 		return t, nil
 	}
-	v, err, _ := r.flight.Do("ref:"+strconv.Quote(k.subject)+"/"+strconv.Itoa(k.version), func() (any, error) {
+	key := "ref:" + strconv.Quote(k.subject) + "/" + strconv.Itoa(k.version)
+	if _, err := r.remembered(key); err != nil {
+		return refText{}, err
+	}
+	v, err, _ := r.flight.Do(key, func() (any, error) {
 		r.mu.Lock()
 		t, ok := r.refs[k]
 		r.mu.Unlock()
 		if ok {
 			return t, nil
 		}
-		raw, err := r.client.GetSchemaByVersion(k.subject, k.version)
+		if _, err := r.remembered(key); err != nil {
+			return nil, err
+		}
+		raw, err := call(r, func() (*srclient.Schema, error) { return r.client.GetSchemaByVersion(k.subject, k.version) })
 		if err != nil {
-			return nil, classify(fmt.Sprintf("subject %q version %d", k.subject, k.version), err)
+			err = r.classify(k.String(), err)
+			r.fail(key, err)
+			return nil, err
 		}
 		t = refText{schema: raw.Schema(), refs: raw.References(), typ: raw.SchemaType()}
 		r.mu.Lock()
 		r.refs[k] = t
+		delete(r.failures, key)
 		r.mu.Unlock()
 		return t, nil
 	})
@@ -267,15 +334,33 @@ func (r *Registry) referenced(k refKey) (refText, error) {
 
 // classify wraps a registry error: ErrNotFound when the registry itself said
 // so (its JSON error code 404 or 404xx: 40401 subject, 40402 version, 40403
-// schema), transient otherwise. A bare 404 without the registry's JSON body
-// comes from a proxy or a wrong URL, not from the registry: treating it as
-// permanent would discard every record, so it stays transient.
-func classify(what string, err error) error {
+// schema), ErrUnauthorized when it answered HTTP 401 or 403, transient
+// otherwise. A bare 404 without the registry's JSON body comes from a proxy
+// or a wrong URL, not from the registry: treating it as permanent would
+// discard every record, so it stays transient.
+func (r *Registry) classify(what string, err error) error {
 	var se srclient.Error
 	if errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code/100 == http.StatusNotFound) {
 		return fmt.Errorf("%w: %s: registry error %d: %s", ErrNotFound, what, se.Code, se.Message)
 	}
+	var st *statusError
+	if errors.As(err, &st) {
+		return fmt.Errorf("%s: %w", what, r.refused(st.code))
+	}
+	if errors.As(err, &se) {
+		// Its text is the raw JSON body, newline included.
+		return fmt.Errorf("fetch %s: registry error %d: %s", what, se.Code, se.Message)
+	}
 	return fmt.Errorf("fetch %s: %w", what, err)
+}
+
+// refused is the error for a registry refusing the credentials with HTTP
+// status code, naming the keys to fix.
+func (r *Registry) refused(code int) error {
+	if r.noCreds {
+		return fmt.Errorf("%s: %w (HTTP %d; none are set)", r.authKey, ErrUnauthorized, code)
+	}
+	return fmt.Errorf("%s: %w (HTTP %d)", r.authKey, ErrUnauthorized, code)
 }
 
 func checkAvro(t *srclient.SchemaType) error {
