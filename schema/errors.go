@@ -8,8 +8,8 @@ import "errors"
 // ErrUnsupported and ErrIncompatible from Registry.Schema are for every record
 // of that schema ID; ErrDecode is for one record. ErrUnauthorized is a
 // configuration problem, not the record's. Any other error from
-// Registry.Schema is transient (network, timeout, 5xx, registry busy,
-// cancelled context) and the record should be retried.
+// Registry.Schema or Registry.Check is transient (network, timeout, 5xx,
+// registry busy, cancelled context) and the record should be retried.
 var (
 	// ErrWireFormat: the Kafka record value is not in the Confluent wire
 	// format (magic byte 0, 4-byte schema ID, Avro body).
@@ -27,7 +27,8 @@ var (
 	// read until the credentials (or the registry's ACLs) are fixed, so the
 	// caller should stop and alert rather than reject records. The message
 	// names the keys to fix, never their values. Registry.Schema remembers it
-	// for the same backoff as ErrNotFound.
+	// for the same backoff as ErrNotFound; Registry.Check returns it at
+	// startup.
 	ErrUnauthorized = errors.New("the registry refused the credentials")
 
 	// ErrUnsupported: the writer schema cannot be parsed or has no BigQuery

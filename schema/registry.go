@@ -43,14 +43,18 @@ import (
 // is fetched once per process. At most 16 requests are in flight at once; a
 // request that cannot get a slot within the HTTP timeout fails transiently.
 type Registry struct {
-	client  *srclient.SchemaRegistryClient
-	timeout time.Duration
-	logger  *zap.Logger
-	flight  singleflight.Group
-	slots   chan struct{} // one per request in flight
-	now     func() time.Time
+	client     *srclient.SchemaRegistryClient
+	httpClient *http.Client
+	url        string // base URL, for Check
+	auth       func(*http.Request)
+	timeout    time.Duration
+	logger     *zap.Logger
+	flight     singleflight.Group
+	slots      chan struct{} // one per request in flight
+	now        func() time.Time
 
 	// Error text: the config keys an operator fixes.
+	where   string // "schema_registry.url <url, password redacted>"
 	authKey string // the key(s) holding the credentials
 	noCreds bool   // none are configured
 
@@ -88,7 +92,7 @@ type refText struct {
 }
 
 // NewRegistry validates cfg and returns a Registry. It does no network I/O:
-// the first Schema call is the first request. A nil logger means
+// the first Schema or Check call is the first request. A nil logger means
 // zap.NewNop().
 func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	if err := cfg.Validate(); err != nil {
@@ -113,25 +117,32 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	// Our cache is the only one: srclient's would hold every text twice and
 	// hide requests from the fetch-once accounting.
 	client.CachingEnabled(false)
+	auth := func(*http.Request) {}
 	if cfg.Username != "" {
 		client.SetCredentials(cfg.Username, cfg.Password)
+		user, pass := cfg.Username, cfg.Password
+		auth = func(req *http.Request) { req.SetBasicAuth(user, pass) }
 	}
 	authKey := "schema_registry.username/password"
 	if cfg.Username == "" && u.User != nil {
 		authKey = "schema_registry.url user info"
 	}
 	return &Registry{
-		client:   client,
-		timeout:  cfg.timeout(),
-		logger:   logger,
-		slots:    make(chan struct{}, maxRequests),
-		now:      time.Now,
-		authKey:  authKey,
-		noCreds:  cfg.Username == "" && u.User == nil,
-		schemas:  make(map[int]cached),
-		pending:  make(map[int]built),
-		refs:     make(map[refKey]refText),
-		failures: make(map[string]failure),
+		client:     client,
+		httpClient: hc,
+		url:        base,
+		auth:       auth,
+		timeout:    cfg.timeout(),
+		logger:     logger,
+		slots:      make(chan struct{}, maxRequests),
+		now:        time.Now,
+		where:      "schema_registry.url " + u.Redacted(),
+		authKey:    authKey,
+		noCreds:    cfg.Username == "" && u.User == nil,
+		schemas:    make(map[int]cached),
+		pending:    make(map[int]built),
+		refs:       make(map[refKey]refText),
+		failures:   make(map[string]failure),
 	}, nil
 }
 
