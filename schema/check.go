@@ -40,8 +40,8 @@ func (r *Registry) Check(ctx context.Context) error {
 	}
 	defer r.release()
 	req, err := http.NewRequestWithContext(reqCtx, http.MethodGet, r.url+"/config", nil)
-	if err != nil {
-		return fmt.Errorf("%s: %w", r.where, err)
+	if err != nil { // not reached: Validate parsed the URL; err would quote its password
+		return fmt.Errorf("%s: cannot make a request to it", r.where)
 	}
 	r.auth(req)
 	req.Header.Set("Accept", "application/vnd.schemaregistry.v1+json, application/json")
