@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
+	"sync"
 
-	"cloud.google.com/go/bigquery/storage/managedwriter"
-	"google.golang.org/protobuf/encoding/protowire"
+	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // requestSlack covers what an AppendRows request carries besides rows and
@@ -17,22 +18,24 @@ import (
 const requestSlack = 1024
 
 // AppendError reports the rows of an Append that were not written. Indexes
-// refer to the rows passed to Append; rows in neither field were written
-// exactly once.
+// refer to the rows passed to Append; rows in neither field were written.
 //
-// Rejected rows will never be accepted as they are: a value that does not
-// fit its column, an unknown column, a missing REQUIRED value, a row larger
-// than max_request_bytes, or a row BigQuery named in its row errors.
+// Rejected rows will never be accepted as they are: a row not made by
+// Encode, or a row BigQuery named in its row errors (wrapping
+// ErrRowRejected).
 //
-// Retry rows were not written and may be appended again; the exception is
-// an append cut off by Client.Close or by ctx ending mid-send, where BigQuery
-// may have taken rows whose answer was lost. Err is the cause,
-// for logs. Expected transient causes: RESOURCE_EXHAUSTED (quota),
-// UNAVAILABLE, and the lag after a table is created or patched, when the
-// write path answers NOT_FOUND or INVALID_ARGUMENT about unknown fields for
-// seconds to minutes. A cause that persists (PERMISSION_DENIED, say) keeps
-// coming back; callers bound their retries. When only rejections occurred
-// Err is the lowest-indexed row's error.
+// Retry rows were not acknowledged and may be appended again. Most were
+// not written; but rows whose answer was lost (append_timeout passed, the
+// stream or connection broke, Client.Close, ctx ended mid-send) may have
+// been, so a retry can duplicate them: delivery is at-least-once.
+//
+// Err is the cause and carries its class: ErrTableNotFound (the table was
+// deleted and auto_create_tables is off), ErrDatasetNotFound,
+// ErrPermissionDenied, ErrClosed; without a class it is transient, e.g.
+// RESOURCE_EXHAUSTED (quota), UNAVAILABLE, a timeout, or the lag after a
+// table is created or patched, when the write path answers NOT_FOUND or
+// INVALID_ARGUMENT about unknown fields for seconds to minutes. When only
+// rejections occurred Err is the lowest-indexed row's error.
 type AppendError struct {
 	Rejected map[int]error
 	Retry    []int // ascending
@@ -47,14 +50,25 @@ func (e *AppendError) Error() string {
 func (e *AppendError) Unwrap() error { return e.Err }
 
 // Result is the outcome of one Append, complete when every request it made
-// has an answer. Goroutine-safe.
+// has an answer or was given up on. Goroutine-safe.
 type Result struct {
 	done chan struct{}
-	err  error // written once before done is closed
+
+	mu       sync.Mutex
+	open     int // requests without an outcome, plus one while Append runs
+	rejected map[int]error
+	retry    []int
+	cause    error
+	err      error // set before done is closed
 }
 
-// Done is closed when every request of the append has an answer, or when
-// the Client is closed.
+func newResult() *Result {
+	return &Result{done: make(chan struct{}), open: 1, rejected: make(map[int]error)}
+}
+
+// Done is closed when every request of the append has an outcome. Each
+// request gets one within AppendTimeout of being sent, or when the Client
+// closes.
 func (r *Result) Done() <-chan struct{} { return r.done }
 
 // Wait blocks until the Result is done and returns nil if every row was
@@ -69,33 +83,73 @@ func (r *Result) Wait(ctx context.Context) error {
 	}
 }
 
-// batch is the rows of one AppendRows request and their caller indexes.
+func (r *Result) hold() {
+	r.mu.Lock()
+	r.open++
+	r.mu.Unlock()
+}
+
+// record notes rows to retry and rows rejected, and the cause. A cause of
+// a permanent class wins over a transient one; else the first stays.
+func (r *Result) record(retry []int, rejected map[int]error, cause error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.retry = append(r.retry, retry...)
+	for i, err := range rejected {
+		r.rejected[i] = err
+	}
+	if cause != nil && (r.cause == nil || (permanent(cause) && !permanent(r.cause))) {
+		r.cause = cause
+	}
+}
+
+// release ends one hold; the last completes the Result.
+func (r *Result) release() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.open--; r.open > 0 {
+		return
+	}
+	if len(r.rejected) > 0 || len(r.retry) > 0 {
+		slices.Sort(r.retry)
+		cause := r.cause
+		if cause == nil {
+			first := -1
+			for i := range r.rejected {
+				if first < 0 || i < first {
+					first = i
+				}
+			}
+			cause = r.rejected[first]
+		}
+		r.err = &AppendError{Rejected: r.rejected, Retry: r.retry, Err: cause}
+	}
+	close(r.done)
+}
+
+// batch is the rows of one AppendRows request: consecutive rows of one
+// encoder, under max_request_bytes.
 type batch struct {
+	enc  *encoder
 	rows [][]byte
 	idx  []int
 	size int
 }
 
-// sent is a request in flight.
-type sent struct {
-	b  *batch
-	ar *managedwriter.AppendResult
-}
-
-// Append encodes rows with the table's current schema and sends them on the
-// table's default stream, split into requests under max_request_bytes. It
-// returns once the requests are sent; the Result tells which rows were
-// written. Rows that cannot be encoded are rejected without being sent;
-// the others are not affected.
+// Append sends rows (from this Table's Encode) on the table's default
+// stream, split into requests under max_request_bytes and, where the rows
+// were encoded with different schema versions, into one request per run of
+// a version, each carrying its descriptor. It returns once the requests are
+// sent; the Result tells which rows were written.
 //
 // Append returns an error, and sends nothing, only when it cannot start:
-// ctx ended, the Client is closed (ErrClosed), the name is malformed, or
-// the table's schema cannot be read (ErrTableNotFound if it does not exist;
-// call EnsureSchema first to create it). Failures on the write path, such as
-// a stream that cannot be opened yet, come back as Retry in the Result.
-// If ctx ends while a request is being handed over, that request may still
-// reach BigQuery although its rows are reported for retry. Goroutine-safe.
-func (t *Table) Append(ctx context.Context, rows []map[string]any) (*Result, error) {
+// ctx ended, the Client is closed (ErrClosed), or the name is malformed.
+// Failures on the write path (a stream that cannot be opened within
+// Timeout, a send that fails or stalls, ctx ending after the first request
+// went out) come back as Retry in the Result. Sends to one table are
+// serialized; a caller whose ctx ends stops waiting for its turn at once.
+// Goroutine-safe.
+func (t *Table) Append(ctx context.Context, rows []Row) (*Result, error) {
 	if t.nameErr != nil {
 		return nil, t.nameErr
 	}
@@ -105,186 +159,163 @@ func (t *Table) Append(ctx context.Context, rows []map[string]any) (*Result, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if len(rows) == 0 {
-		r := &Result{done: make(chan struct{})}
-		r.finish(nil, nil, nil)
+	r := newResult()
+	batches := t.split(rows, r)
+	if len(batches) == 0 {
+		r.release()
 		return r, nil
 	}
-	enc, err := t.encoder(ctx)
-	if err != nil {
-		return nil, err
+	select {
+	case t.sendMu <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	rejected := make(map[int]error)
-	batches := t.encodeRows(enc, rows, rejected)
-
-	var out sendOutcome
-	if len(batches) > 0 {
-		if out, err = t.send(ctx, enc, batches); err != nil {
-			return nil, err
+	defer func() { <-t.sendMu }()
+	for k, b := range batches {
+		sent, err := t.send(ctx, r, b)
+		if err == nil {
+			continue
 		}
-	}
-	inflight, retry, cause := out.inflight, out.unsent, out.cause
-	r := &Result{done: make(chan struct{})}
-	if len(inflight) == 0 {
-		r.finish(rejected, retry, cause)
-		return r, nil
-	}
-	if !t.c.track() {
-		// Closed while sending: nobody will collect the answers.
-		for _, s := range inflight {
-			retry = append(retry, s.b.idx...)
+		if k == 0 && !sent {
+			switch {
+			case ctx.Err() != nil:
+				return nil, ctx.Err()
+			case errors.Is(err, ErrClosed):
+				return nil, ErrClosed
+			}
 		}
-		r.finish(rejected, retry, ErrClosed)
-		return r, nil
+		// Stop at the first failure rather than wait out a broken stream
+		// once per request.
+		if sent {
+			k++
+		}
+		for _, rest := range batches[k:] {
+			r.record(rest.idx, nil, err)
+		}
+		break
 	}
-	go t.collect(r, inflight, rejected, retry, cause)
+	r.release()
 	return r, nil
 }
 
-// encodeRows encodes rows and packs them into batches whose requests stay
-// under max_request_bytes; failures go to rejected.
-func (t *Table) encodeRows(enc *encoder, rows []map[string]any, rejected map[int]error) []*batch {
+// split groups rows into batches; rows that cannot be sent are rejected in
+// r.
+func (t *Table) split(rows []Row, r *Result) []*batch {
 	limit := t.c.cfg.maxRequestBytes()
-	// Assume every request carries the descriptor: after a reconnect the
-	// first one does, and which one that is is not ours to know.
-	overhead := enc.dpSize + requestSlack
 	var batches []*batch
 	var cur *batch
 	for i, row := range rows {
-		b, err := enc.encode(row)
-		if err != nil {
-			rejected[i] = err
+		if row.enc == nil {
+			r.record(nil, map[int]error{i: errors.New("not a row made by Table.Encode")}, nil)
 			continue
 		}
-		sz := protowire.SizeTag(1) + protowire.SizeBytes(len(b))
-		if overhead+sz > limit {
-			rejected[i] = fmt.Errorf("row is %d bytes encoded; with the request overhead of %d bytes it exceeds max_request_bytes %d", len(b), overhead, limit)
+		// Every request may carry the descriptor: the first on a new
+		// stream does, and which one that is is not known yet.
+		overhead := row.enc.dpSize + requestSlack
+		sz := rowWireSize(len(row.b))
+		if overhead+sz > limit { // only if the Row came from another Client
+			r.record(nil, map[int]error{i: fmt.Errorf("%w: %d bytes encoded exceed max_request_bytes %d", ErrRowTooLarge, len(row.b), limit)}, nil)
 			continue
 		}
-		if cur == nil || cur.size+sz > limit {
-			cur = &batch{size: overhead}
+		if cur == nil || cur.enc != row.enc || cur.size+sz > limit {
+			cur = &batch{enc: row.enc, size: overhead}
 			batches = append(batches, cur)
 		}
-		cur.rows = append(cur.rows, b)
+		cur.rows = append(cur.rows, row.b)
 		cur.idx = append(cur.idx, i)
 		cur.size += sz
 	}
 	return batches
 }
 
-// sendOutcome is what send did: requests in flight, and the rows of the
-// requests it could not send, with the cause.
-type sendOutcome struct {
-	inflight []sent
-	unsent   []int
-	cause    error
+// send hands one batch to the table's stream, opening one if there is none
+// or it ended. sent reports whether the request reached a stream, whose
+// answer (or end) then settles it; err says why sending stops. Callers hold
+// the send slot.
+func (t *Table) send(ctx context.Context, r *Result, b *batch) (sent bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	st := t.stream
+	if st == nil || st.ended() != nil {
+		if st, err = t.openStream(ctx); err != nil {
+			return false, err
+		}
+		t.stream = st
+	}
+	data := &storagepb.AppendRowsRequest_ProtoData{Rows: &storagepb.ProtoRows{SerializedRows: b.rows}}
+	msg := &storagepb.AppendRowsRequest{Rows: &storagepb.AppendRowsRequest_ProtoRows{ProtoRows: data}}
+	if st.lastEnc == nil {
+		msg.WriteStream, msg.TraceId = t.streamName(), traceID
+	}
+	if st.lastEnc != b.enc {
+		data.WriterSchema = &storagepb.ProtoSchema{ProtoDescriptor: b.enc.dp}
+	}
+	r.hold()
+	registered, err := st.send(ctx, &request{res: r, idx: b.idx}, msg)
+	if !registered {
+		r.release()
+		return false, err
+	}
+	if err == nil {
+		st.lastEnc = b.enc
+	}
+	return true, err
 }
 
-// send hands the batches to the stream in order. It returns an error only if
-// nothing was sent because ctx ended or the Client closed.
-func (t *Table) send(ctx context.Context, enc *encoder, batches []*batch) (sendOutcome, error) {
-	select {
-	case t.sendMu <- struct{}{}:
-	case <-ctx.Done():
-		return sendOutcome{}, ctx.Err()
+// answer settles req with BigQuery's response to it.
+func (t *Table) answer(req *request, resp *storagepb.AppendRowsResponse) {
+	e := resp.GetError()
+	if e == nil || codes.Code(e.GetCode()) == codes.OK {
+		req.res.release()
+		return
 	}
-	defer func() { <-t.sendMu }()
-	unsent := func(from int) []int {
-		var idx []int
-		for _, b := range batches[from:] {
-			idx = append(idx, b.idx...)
-		}
-		return idx
+	cause := fmt.Errorf("append to %s: %w", t.Name(), status.ErrorProto(e))
+	rowErrs := resp.GetRowErrors()
+	if len(rowErrs) == 0 {
+		t.retry(req, cause)
+		return
 	}
-	ms, err := t.openStream(enc)
-	if err != nil {
-		if errors.Is(err, ErrClosed) {
-			return sendOutcome{}, err
-		}
-		return sendOutcome{unsent: unsent(0), cause: err}, nil
-	}
-	var out sendOutcome
-	for k, b := range batches {
-		var opts []managedwriter.AppendOption
-		if t.sentEnc != enc {
-			// The stream caches the descriptor it was opened with; rows
-			// encoded for another schema version must carry theirs.
-			opts = append(opts, managedwriter.UpdateSchemaDescriptor(enc.dp))
-		}
-		ar, err := ms.AppendRows(ctx, b.rows, opts...)
-		if err != nil {
-			if t.c.closed.Load() && (errors.Is(err, io.EOF) || errors.Is(err, context.Canceled)) {
-				err = ErrClosed
-			}
-			if len(out.inflight) == 0 && (ctx.Err() != nil || errors.Is(err, ErrClosed)) {
-				return sendOutcome{}, err
-			}
-			out.unsent, out.cause = unsent(k), fmt.Errorf("send to %s: %w", t.Name(), err)
-			return out, nil
-		}
-		t.sentEnc = enc
-		out.inflight = append(out.inflight, sent{b: b, ar: ar})
-	}
-	return out, nil
-}
-
-// collect waits for every request's answer and completes r. It is owned by
-// the Client: Close stops and awaits it.
-func (t *Table) collect(r *Result, inflight []sent, rejected map[int]error, retry []int, cause error) {
-	defer t.c.wg.Done()
-	for k, s := range inflight {
-		select {
-		case <-s.ar.Ready():
-		case <-t.c.closing:
-			for _, rest := range inflight[k:] {
-				retry = append(retry, rest.b.idx...)
-			}
-			if cause == nil {
-				cause = ErrClosed
-			}
-			r.finish(rejected, retry, cause)
-			return
-		}
-		resp, err := s.ar.FullResponse(t.c.waitCtx)
-		if err == nil {
+	// BigQuery wrote none of the request's rows: the ones it named are
+	// rejected, the others may be sent again.
+	rejected := make(map[int]error, len(rowErrs))
+	bad := make(map[int]bool, len(rowErrs))
+	for _, re := range rowErrs {
+		i := int(re.GetIndex())
+		if i < 0 || i >= len(req.idx) {
 			continue
 		}
-		if cause == nil {
-			cause = fmt.Errorf("append to %s: %w", t.Name(), err)
-		}
-		bad := make(map[int]bool)
-		for _, re := range resp.GetRowErrors() {
-			i := re.GetIndex()
-			if i < 0 || i >= int64(len(s.b.idx)) {
-				continue
-			}
-			orig := s.b.idx[i]
-			bad[int(i)] = true
-			rejected[orig] = fmt.Errorf("rejected by BigQuery (%s): %s", strings.ToLower(re.GetCode().String()), re.GetMessage())
-		}
-		for i, orig := range s.b.idx {
-			if !bad[i] {
-				retry = append(retry, orig)
-			}
+		bad[i] = true
+		rejected[req.idx[i]] = fmt.Errorf("%w (%s): %s", ErrRowRejected, strings.ToLower(re.GetCode().String()), re.GetMessage())
+	}
+	var retry []int
+	for i, orig := range req.idx {
+		if !bad[i] {
+			retry = append(retry, orig)
 		}
 	}
-	r.finish(rejected, retry, cause)
+	req.res.record(retry, rejected, cause)
+	req.res.release()
 }
 
-// finish records the outcome and closes done.
-func (r *Result) finish(rejected map[int]error, retry []int, cause error) {
-	if len(rejected) > 0 || len(retry) > 0 {
-		slices.Sort(retry)
-		if cause == nil {
-			first := -1
-			for i := range rejected {
-				if first < 0 || i < first {
-					first = i
-				}
-			}
-			cause = rejected[first]
+// retry settles req with all its rows in Retry. NOT_FOUND and
+// PERMISSION_DENIED wait for a lookup of the table first, which tells a
+// deleted table (recreated, or ErrTableNotFound) from the write path
+// catching up after a create or patch.
+func (t *Table) retry(req *request, cause error) {
+	settle := func(verdict error) {
+		if verdict == nil {
+			verdict = withClass(cause, grpcClass(cause))
 		}
-		r.err = &AppendError{Rejected: rejected, Retry: retry, Err: cause}
+		req.res.record(req.idx, nil, verdict)
+		req.res.release()
 	}
-	close(r.done)
+	switch status.Code(cause) {
+	case codes.NotFound, codes.PermissionDenied:
+		if !errors.Is(cause, ErrClosed) {
+			t.afterLookup(settle)
+			return
+		}
+	}
+	settle(nil)
 }

@@ -24,7 +24,7 @@ func TestAppendAllTypesRoundTrip(t *testing.T) {
 	}
 	full := typicalRow()
 	sparse := map[string]any{"id": 7, "created": int64(0), "weight": math.NaN(), "price": nil, "lines": []any{}}
-	res, err := tbl.Append(t.Context(), []map[string]any{full, sparse})
+	res, err := tbl.Append(t.Context(), encode(t, tbl, full, sparse))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestAppendPicksUpNewSchema(t *testing.T) {
 	if err := tbl.EnsureSchema(t.Context(), v1); err != nil {
 		t.Fatal(err)
 	}
-	res, err := tbl.Append(t.Context(), []map[string]any{{"id": 1, "name": "a"}, {"id": 2}})
+	res, err := tbl.Append(t.Context(), encode(t, tbl, map[string]any{"id": 1, "name": "a"}, map[string]any{"id": 2}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,10 +123,10 @@ func TestAppendPicksUpNewSchema(t *testing.T) {
 	if err := tbl.EnsureSchema(t.Context(), v2); err != nil {
 		t.Fatal(err)
 	}
-	res, err = tbl.Append(t.Context(), []map[string]any{
-		{"id": 3, "note": "new column"},
-		{"id": 4, "name": "d", "meta": map[string]any{"k": "v"}, "odd-name ü": "odd"},
-	})
+	res, err = tbl.Append(t.Context(), encode(t, tbl,
+		map[string]any{"id": 3, "note": "new column"},
+		map[string]any{"id": 4, "name": "d", "meta": map[string]any{"k": "v"}, "odd-name ü": "odd"},
+	))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,36 +212,48 @@ func TestAppendDuringSchemaDelay(t *testing.T) {
 
 func TestAppendRejectsOnlyBadRows(t *testing.T) {
 	s := newFake(t)
-	// A parameterized NUMERIC made outside bqsink: its range is enforced by
-	// BigQuery, which names the row in row_errors.
+	// Columns made outside bqsink with limits BigQuery enforces, which it
+	// names in row_errors: the encoder knows nothing of them.
 	schema := bigquery.Schema{
 		col("id", bigquery.IntegerFieldType, "REQUIRED"),
 		{Name: "amount", Type: bigquery.NumericFieldType, Precision: 5, Scale: 2},
+		{Name: "reference", Type: bigquery.StringFieldType, MaxLength: 10},
 	}
 	if err := restClient(t, s).Dataset(testDataset).Table("money").Create(t.Context(), &bigquery.TableMetadata{Schema: schema}); err != nil {
 		t.Fatal(err)
 	}
 	c := newTestClient(t, s)
 	tbl := c.Table("money")
-	rows := []map[string]any{
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	// A value that does not fit its column is refused before sending,
+	// naming the column, and is no class to retry.
+	_, err := tbl.Encode(map[string]any{"id": 4, "amount": 1.5})
+	if err == nil || !strings.Contains(err.Error(), `"amount"`) || errors.Is(err, ErrUnknownColumn) || errors.Is(err, ErrRowTooLarge) {
+		t.Fatalf("Encode of a float NUMERIC: %v, want a permanent error naming the column", err)
+	}
+	maps := []map[string]any{
 		{"id": 0, "amount": "1.50"},
 		{"id": 1, "amount": "-999.99"},
-		{"id": 2, "amount": "123456.7"}, // fits NUMERIC, not NUMERIC(5,2): BigQuery rejects it
+		{"id": 2, "amount": "123456.7"}, // fits NUMERIC, not NUMERIC(5,2)
 		{"id": 3},
-		{"id": 4, "amount": 1.5}, // a float: rejected before sending
+		{"id": 4, "reference": "abcdefghijkl"}, // 12 characters in a STRING(10)
 	}
-	res, err := tbl.Append(t.Context(), rows) // no EnsureSchema: reads the schema itself
+	rows := encode(t, tbl, maps...)
+	res, err := tbl.Append(t.Context(), rows)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ae := appendErr(t, wait(t, res))
-	if len(ae.Rejected) != 2 || ae.Rejected[2] == nil || ae.Rejected[4] == nil {
-		t.Fatalf("Rejected = %v, want rows 2 and 4", ae.Rejected)
+	if len(ae.Rejected) != 2 || !errors.Is(ae.Rejected[2], ErrRowRejected) || !errors.Is(ae.Rejected[4], ErrRowRejected) {
+		t.Fatalf("Rejected = %v, want rows 2 and 4 wrapping ErrRowRejected", ae.Rejected)
 	}
-	if !strings.Contains(ae.Rejected[4].Error(), `"amount"`) {
-		t.Errorf("local rejection %q does not name the column", ae.Rejected[4])
+	const want = "Field reference: STRING(10) has maximum length 10 but got a value with length 12"
+	if !strings.Contains(ae.Rejected[4].Error(), want) {
+		t.Errorf("rejection %q does not carry BigQuery's message %q", ae.Rejected[4], want)
 	}
-	t.Logf("BigQuery's rejection: %v", ae.Rejected[2])
+	t.Logf("BigQuery's rejections: %v; %v", ae.Rejected[2], ae.Rejected[4])
 	if !slices.Equal(ae.Retry, []int{0, 1, 3}) {
 		t.Fatalf("Retry = %v, want [0 1 3]: the failed request's other rows", ae.Retry)
 	}
@@ -249,7 +261,7 @@ func TestAppendRejectsOnlyBadRows(t *testing.T) {
 		t.Fatalf("%d rows written by a request BigQuery refused", n)
 	}
 
-	var retry []map[string]any
+	var retry []Row
 	for _, i := range ae.Retry {
 		retry = append(retry, rows[i])
 	}
@@ -278,12 +290,17 @@ func TestAppendSplitsLargeBatches(t *testing.T) {
 	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED"), col("blob", bigquery.StringFieldType, "")}); err != nil {
 		t.Fatal(err)
 	}
-	const n = 300
-	rows := make([]map[string]any, n)
-	for i := range rows {
-		rows[i] = map[string]any{"id": i, "blob": strings.Repeat("x", 500)}
+	// A row that cannot fit any request is refused by Encode.
+	_, err := tbl.Encode(map[string]any{"id": 17, "blob": strings.Repeat("y", limit)})
+	if !errors.Is(err, ErrRowTooLarge) || !strings.Contains(err.Error(), "max_request_bytes") {
+		t.Fatalf("Encode of a huge row: %v, want ErrRowTooLarge naming max_request_bytes", err)
 	}
-	rows[17]["blob"] = strings.Repeat("y", limit) // cannot fit any request
+	const n = 300
+	maps := make([]map[string]any, n)
+	for i := range maps {
+		maps[i] = map[string]any{"id": i, "blob": strings.Repeat("x", 500)}
+	}
+	rows := encode(t, tbl, maps...)
 
 	// Fail the first request (in its response; the connection stays up):
 	// only its rows come back for retry, which shows the batch was split and
@@ -294,37 +311,30 @@ func TestAppendSplitsLargeBatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	ae := appendErr(t, wait(t, res))
-	if len(ae.Rejected) != 1 || !strings.Contains(fmtErr(ae.Rejected[17]), "max_request_bytes") {
-		t.Fatalf("Rejected = %v, want only row 17 for its size", ae.Rejected)
+	if len(ae.Rejected) != 0 {
+		t.Fatalf("Rejected = %v, want none", ae.Rejected)
 	}
 	if len(ae.Retry) == 0 || len(ae.Retry) > limit/500 || ae.Retry[0] != 0 {
 		t.Fatalf("Retry = %v, want the rows of the first request only", ae.Retry)
 	}
-	if got, want := s.RowCount(testProject, testDataset, "big"), n-1-len(ae.Retry); got != want {
+	if got, want := s.RowCount(testProject, testDataset, "big"), n-len(ae.Retry); got != want {
 		t.Fatalf("%d rows written, want %d", got, want)
 	}
-	var retry []map[string]any
+	var retry []Row
 	for _, i := range ae.Retry {
 		retry = append(retry, rows[i])
 	}
-	appendUntilWritten(t, tbl, retry, 20*time.Second)
+	appendRowsUntilWritten(t, tbl, retry, 20*time.Second)
 
 	seen := map[int64]int{}
 	for _, r := range readTable(t, s, "big") {
 		seen[r["id"].(int64)]++
 	}
 	for i := range int64(n) {
-		if want := map[bool]int{true: 0, false: 1}[i == 17]; seen[i] != want {
-			t.Errorf("row %d written %d times, want %d", i, seen[i], want)
+		if seen[i] != 1 {
+			t.Errorf("row %d written %d times, want once", i, seen[i])
 		}
 	}
-}
-
-func fmtErr(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }
 
 func TestAppendQuotaExhaustedIsRetry(t *testing.T) {
@@ -334,7 +344,7 @@ func TestAppendQuotaExhaustedIsRetry(t *testing.T) {
 	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
 		t.Fatal(err)
 	}
-	rows := []map[string]any{{"id": 1}, {"id": 2}, {"id": 3}}
+	rows := encode(t, tbl, map[string]any{"id": 1}, map[string]any{"id": 2}, map[string]any{"id": 3})
 	s.FailAppends(1, codes.ResourceExhausted)
 	res, err := tbl.Append(t.Context(), rows)
 	if err != nil {
@@ -369,20 +379,17 @@ func TestAppendAfterClose(t *testing.T) {
 	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := tbl.Append(t.Context(), []map[string]any{{"id": 1}})
-	if err != nil {
+	if err := appendRows(t, tbl, map[string]any{"id": 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := wait(t, res); err != nil {
-		t.Fatal(err)
-	}
+	row := encode(t, tbl, map[string]any{"id": 2})
 	if err := c.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := tbl.Append(t.Context(), []map[string]any{{"id": 2}}); !errors.Is(err, ErrClosed) {
+	if _, err := tbl.Append(t.Context(), row); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Append after Close: %v, want ErrClosed", err)
 	}
 	if n := s.RowCount(testProject, testDataset, "closing"); n != 1 {
@@ -405,7 +412,7 @@ func TestAppendEmpty(t *testing.T) {
 		t.Fatalf("empty append: %v", err)
 	}
 	// Only bad rows: nothing is sent, the Result is done at once.
-	res, err = tbl.Append(t.Context(), []map[string]any{{"id": "x"}})
+	res, err = tbl.Append(t.Context(), []Row{{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +432,7 @@ func TestAppendConnectionLossIsRetry(t *testing.T) {
 	rows := []map[string]any{{"id": 1}, {"id": 2}}
 	// UNAVAILABLE ends the AppendRows stream, like a lost backend.
 	s.FailAppends(1, codes.Unavailable)
-	res, err := tbl.Append(t.Context(), rows)
+	res, err := tbl.Append(t.Context(), encode(t, tbl, rows...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,7 +455,7 @@ func TestCloseEndsPendingResults(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.SetAppendLatency(time.Minute)
-	res, err := tbl.Append(t.Context(), []map[string]any{{"id": 1}, {"id": 2}})
+	res, err := tbl.Append(t.Context(), encode(t, tbl, map[string]any{"id": 1}, map[string]any{"id": 2}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,8 +469,8 @@ func TestCloseEndsPendingResults(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	ae := appendErr(t, wait(t, res))
-	if !slices.Equal(ae.Retry, []int{0, 1}) || len(ae.Rejected) != 0 {
-		t.Errorf("got %+v, want both rows to retry", ae)
+	if !slices.Equal(ae.Retry, []int{0, 1}) || len(ae.Rejected) != 0 || !errors.Is(ae.Err, ErrClosed) {
+		t.Errorf("got %+v, want both rows to retry, cause ErrClosed", ae)
 	}
 	if took := time.Since(start); took > 10*time.Second {
 		t.Errorf("Close and the pending result took %v", took)

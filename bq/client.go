@@ -4,8 +4,14 @@
 //
 // A Client owns the REST client (table metadata) and the Storage Write
 // client (appends). Client.Table hands out one *Table per table; a Table
-// evolves its schema with EnsureSchema and writes with Append, whose Result
-// says per row whether it was written, rejected for good, or must be retried.
+// evolves its schema with EnsureSchema, encodes rows with Encode and writes
+// them with Append, whose Result says per row whether it was written,
+// rejected for good, or must be retried.
+//
+// Every network call is bounded: REST calls, stream opens and sends by
+// Config.Timeout, the wait for an append's answer by Config.AppendTimeout.
+// Errors carry a class (ErrPermissionDenied, ErrDatasetNotFound, ...) for
+// errors.Is; an error without one is transient.
 package bq
 
 import (
@@ -17,44 +23,54 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"cloud.google.com/go/bigquery"
-	"cloud.google.com/go/bigquery/storage/managedwriter"
+	storage "cloud.google.com/go/bigquery/storage/apiv1"
+	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
+	"github.com/googleapis/gax-go/v2"
 	"go.uber.org/zap"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 )
 
-// ErrClosed is returned by Append (and ends pending Results) once the
-// Client is closed.
-var ErrClosed = errors.New("bq client closed")
+// writeKeepalive pings the Storage Write connection every 30 s while
+// streams are open (Google's front ends accept that rate) and drops it if a
+// ping is not acknowledged within 10 s: this is what detects a half-open
+// connection; the append timeout only resets the stream on it.
+var writeKeepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
+
+// noRetry disables the generated client's retries: bq bounds and retries
+// calls itself.
+var noRetry = gax.WithRetry(nil)
 
 // Client talks to BigQuery for one project. It is goroutine-safe.
 type Client struct {
 	cfg    Config
 	logger *zap.Logger
 	rest   *bigquery.Client
-	write  *managedwriter.Client
+	write  *storage.BigQueryWriteClient
 
-	// ctx is retained by the managed streams for their connections; Close
-	// cancels it. waitCtx never ends: it reads answers that are already in.
-	ctx     context.Context
-	cancel  context.CancelFunc
-	waitCtx context.Context
+	// ctx is the parent of every stream and table lookup; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
-	closing chan struct{}  // closed by Close: pending Results stop waiting
-	wg      sync.WaitGroup // Result collectors; Close waits for them
-	closed  atomic.Bool
+	wg     sync.WaitGroup // every goroutine bq starts; Close waits for them
+	closed atomic.Bool
 
 	mu     sync.Mutex // guards tables and, with closed, wg.Add
 	tables map[string]*Table
 }
 
 // NewClient builds the REST and Storage Write clients after validating cfg.
-// It dials nothing itself; the libraries connect lazily. ctx is retained for
-// the write connections, so pass one that lives as long as the Client (Close
-// ends them either way). A nil logger means zap.NewNop().
+// It dials nothing itself; the libraries connect lazily. ctx is the parent
+// of the write streams, so pass one that lives as long as the Client (Close
+// ends them either way). A nil logger means zap.NewNop(). It fails on an
+// invalid config or an unreadable credentials file.
 func NewClient(ctx context.Context, cfg Config, logger *zap.Logger) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("bigquery config: %w", err)
@@ -62,26 +78,31 @@ func NewClient(ctx context.Context, cfg Config, logger *zap.Logger) (*Client, er
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	var creds []option.ClientOption
+	var creds option.ClientOption
 	if cfg.CredentialsFile != "" && (cfg.Endpoint == "" || cfg.GRPCEndpoint == "") {
 		o, err := credentialsOption(cfg.CredentialsFile)
 		if err != nil {
 			return nil, err
 		}
-		creds = append(creds, o)
+		creds = o
 	}
-	restOpts := creds
-	if cfg.Endpoint != "" {
-		restOpts = []option.ClientOption{option.WithEndpoint(cfg.Endpoint), option.WithoutAuthentication()}
+	var restOpts, writeOpts []option.ClientOption
+	switch {
+	case cfg.Endpoint != "":
+		restOpts = append(restOpts, option.WithEndpoint(cfg.Endpoint), option.WithoutAuthentication())
+	case creds != nil:
+		restOpts = append(restOpts, creds)
 	}
-	writeOpts := creds
-	if cfg.GRPCEndpoint != "" {
-		writeOpts = []option.ClientOption{
+	switch {
+	case cfg.GRPCEndpoint != "":
+		writeOpts = append(writeOpts,
 			option.WithEndpoint(cfg.GRPCEndpoint),
 			option.WithoutAuthentication(),
-			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())),
-		}
+			option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	case creds != nil:
+		writeOpts = append(writeOpts, creds)
 	}
+	writeOpts = append(writeOpts, option.WithGRPCDialOption(grpc.WithKeepaliveParams(writeKeepalive)))
 
 	cctx, cancel := context.WithCancel(ctx)
 	rest, err := bigquery.NewClient(cctx, cfg.Project, restOpts...)
@@ -90,22 +111,20 @@ func NewClient(ctx context.Context, cfg Config, logger *zap.Logger) (*Client, er
 		return nil, fmt.Errorf("bigquery REST client: %w", err)
 	}
 	rest.Location = cfg.Location
-	write, err := managedwriter.NewClient(cctx, cfg.Project, writeOpts...)
+	write, err := storage.NewBigQueryWriteClient(cctx, writeOpts...)
 	if err != nil {
 		cancel()
 		_ = rest.Close()
 		return nil, fmt.Errorf("bigquery storage write client: %w", err)
 	}
 	return &Client{
-		cfg:     cfg,
-		logger:  logger,
-		rest:    rest,
-		write:   write,
-		ctx:     cctx,
-		cancel:  cancel,
-		waitCtx: context.WithoutCancel(cctx),
-		closing: make(chan struct{}),
-		tables:  make(map[string]*Table),
+		cfg:    cfg,
+		logger: logger,
+		rest:   rest,
+		write:  write,
+		ctx:    cctx,
+		cancel: cancel,
+		tables: make(map[string]*Table),
 	}, nil
 }
 
@@ -130,9 +149,98 @@ func credentialsOption(path string) (option.ClientOption, error) {
 	}
 }
 
-// Close closes the write streams and both clients; Results still pending
-// end with their rows in Retry (ErrClosed or the stream's error). Await
-// Results before closing to keep what BigQuery acknowledged. Idempotent;
+// Check verifies at startup that BigQuery is reachable and the dataset
+// readable: it reads the dataset over REST, then asks the Storage Write API
+// about a stream of a table that need not exist (any answer from BigQuery
+// proves the endpoint works). Each step is bounded by Timeout and ctx.
+// Errors name the config key to fix and wrap ErrDatasetNotFound (no such
+// dataset) or ErrPermissionDenied (credentials refused or lacking a
+// permission); any other error is transient (network, timeout, 5xx).
+func (c *Client) Check(ctx context.Context) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	ds := c.cfg.Project + ":" + c.cfg.Dataset
+	err := c.call(ctx, "read dataset "+ds, func(ctx context.Context) error {
+		_, err := c.rest.DatasetInProject(c.cfg.Project, c.cfg.Dataset).Metadata(ctx)
+		return err
+	})
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return err
+	case httpStatus(err) == 404 && !errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("bigquery.dataset: dataset %s not found: %w", ds, withClass(err, ErrDatasetNotFound))
+	case errors.Is(err, ErrPermissionDenied):
+		return fmt.Errorf("bigquery.credentials_file: %s may not read dataset %s: %w", c.credentials(), ds, err)
+	default:
+		return fmt.Errorf("bigquery.endpoint %s (REST API): %w", c.restEndpoint(), err)
+	}
+
+	probe := fmt.Sprintf("projects/%s/datasets/%s/tables/_bqsink_probe/streams/_default", c.cfg.Project, c.cfg.Dataset)
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.timeout())
+	defer cancel()
+	_, err = c.write.GetWriteStream(pctx, &storagepb.GetWriteStreamRequest{Name: probe}, noRetry)
+	switch status.Code(err) {
+	case codes.OK, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument:
+		// BigQuery answered; PERMISSION_DENIED is its answer for a table
+		// that does not exist, and rights are judged per table on append.
+		return nil
+	case codes.Unauthenticated:
+		return fmt.Errorf("bigquery.credentials_file: the Storage Write API refused %s: %w", c.credentials(), withClass(err, ErrPermissionDenied))
+	}
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("check the Storage Write API: %w", ctx.Err())
+	case pctx.Err() != nil:
+		return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): no answer within %v: %w", c.grpcEndpoint(), c.cfg.timeout(), err)
+	}
+	return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): %w", c.grpcEndpoint(), err)
+}
+
+func (c *Client) credentials() string {
+	if c.cfg.CredentialsFile != "" {
+		return "the credentials in " + c.cfg.CredentialsFile
+	}
+	return "Application Default Credentials"
+}
+
+func (c *Client) restEndpoint() string {
+	if c.cfg.Endpoint != "" {
+		return c.cfg.Endpoint
+	}
+	return "https://bigquery.googleapis.com"
+}
+
+func (c *Client) grpcEndpoint() string {
+	if c.cfg.GRPCEndpoint != "" {
+		return c.cfg.GRPCEndpoint
+	}
+	return "bigquerystorage.googleapis.com:443"
+}
+
+// call runs one REST call under Timeout. Its error names what (the call and
+// its table or dataset), says if the call timed out, keeps the Google
+// client's last error, and carries the error's class.
+func (c *Client) call(ctx context.Context, what string, f func(context.Context) error) error {
+	tctx, cancel := context.WithTimeout(ctx, c.cfg.timeout())
+	defer cancel()
+	err := f(tctx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() == nil && tctx.Err() != nil:
+		// The client retries some failures until its context ends; its
+		// message then carries the last one.
+		return fmt.Errorf("%s: no answer within timeout %v: %w", what, c.cfg.timeout(), err)
+	}
+	return fmt.Errorf("%s: %w", what, withClass(err, restClass(err)))
+}
+
+// Close ends the write streams and both clients. Appends still waiting for
+// an answer end with their rows in Retry and cause ErrClosed; await Results
+// before closing to keep what BigQuery acknowledged. It waits for every
+// goroutine bq started, which all end promptly once cancelled. Idempotent;
 // later calls return nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
@@ -140,29 +248,35 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.closed.Store(true)
-	tables := make([]*Table, 0, len(c.tables))
-	for _, t := range c.tables {
-		tables = append(tables, t)
-	}
+	c.closed.Store(true) // under mu: no goroutine starts after this
 	c.mu.Unlock()
 
+	c.cancel()
+	c.wg.Wait()
 	var errs []error
-	for _, t := range tables {
-		if err := t.closeStream(); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	if err := c.write.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close storage write client: %w", err))
 	}
 	if err := c.rest.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close REST client: %w", err))
 	}
-	close(c.closing)
-	c.cancel()
-	c.wg.Wait()
 	return errors.Join(errs...)
+}
+
+// goOwned runs f in a goroutine Close waits for; false (f not run) once
+// closed.
+func (c *Client) goOwned(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+	return true
 }
 
 // Table returns the table named "table" (in the configured dataset) or
@@ -201,15 +315,4 @@ func (c *Client) splitName(name string) (dataset, table string, err error) {
 		return "", "", fmt.Errorf("table name %q: bad table id %q", name, table)
 	}
 	return dataset, table, nil
-}
-
-// track registers a Result collector with Close; false once closed.
-func (c *Client) track() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed.Load() {
-		return false
-	}
-	c.wg.Add(1)
-	return true
 }

@@ -5,6 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"time"
+)
+
+// Defaults of the timeouts.
+const (
+	defaultTimeout       = 10 * time.Second
+	defaultAppendTimeout = 20 * time.Second
 )
 
 // defaultMaxRequestBytes is the default cap on one AppendRows request: 9 MiB
@@ -47,15 +54,29 @@ type Config struct {
 	// 10000000). Bigger appends are split, never rejected; only a single row
 	// that cannot fit is rejected.
 	MaxRequestBytes int `yaml:"max_request_bytes"`
+	// Timeout bounds each REST call (read, create or patch a table, read the
+	// dataset), each Storage Write stream open and each send on it (default
+	// 10s). A call that takes longer fails, saying so; the Google client's
+	// own retries happen within it.
+	Timeout time.Duration `yaml:"timeout"`
+	// AppendTimeout bounds the wait for BigQuery's answer to an append
+	// request, counted from its send (default 20s). Past it the stream is torn
+	// down and every request still unanswered on it comes back for retry;
+	// BigQuery may have written some of those rows already, so a retry can
+	// duplicate them (at-least-once). The next append opens a new stream.
+	AppendTimeout time.Duration `yaml:"append_timeout"`
 }
 
 // DefaultConfig returns the defaults: tables created and evolved
-// automatically, requests capped at 9 MiB. Project and Dataset stay empty.
+// automatically, requests capped at 9 MiB, 10s per call, 20s per append
+// answer. Project and Dataset stay empty.
 func DefaultConfig() Config {
 	return Config{
 		AutoCreateTables: true,
 		AutoUpdateSchema: true,
 		MaxRequestBytes:  defaultMaxRequestBytes,
+		Timeout:          defaultTimeout,
+		AppendTimeout:    defaultAppendTimeout,
 	}
 }
 
@@ -89,7 +110,27 @@ func (c Config) Validate() error {
 	if c.MaxRequestBytes < 0 || c.MaxRequestBytes > maxRequestBytesLimit {
 		bad("max_request_bytes", "%d is outside 0 (default %d) to %d", c.MaxRequestBytes, defaultMaxRequestBytes, maxRequestBytesLimit)
 	}
+	if c.Timeout < 0 {
+		bad("timeout", "%v is negative (0 means the default %v)", c.Timeout, defaultTimeout)
+	}
+	if c.AppendTimeout < 0 {
+		bad("append_timeout", "%v is negative (0 means the default %v)", c.AppendTimeout, defaultAppendTimeout)
+	}
 	return errors.Join(errs...)
+}
+
+func (c Config) timeout() time.Duration {
+	if c.Timeout == 0 {
+		return defaultTimeout
+	}
+	return c.Timeout
+}
+
+func (c Config) appendTimeout() time.Duration {
+	if c.AppendTimeout == 0 {
+		return defaultAppendTimeout
+	}
+	return c.AppendTimeout
 }
 
 func (c Config) maxRequestBytes() int {

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultConfig(t *testing.T) {
@@ -15,8 +16,15 @@ func TestDefaultConfig(t *testing.T) {
 	if c.MaxRequestBytes != 9<<20 {
 		t.Errorf("DefaultConfig: max_request_bytes=%d, want %d", c.MaxRequestBytes, 9<<20)
 	}
-	if (Config{}).maxRequestBytes() != defaultMaxRequestBytes {
+	if c.Timeout != 10*time.Second || c.AppendTimeout != 20*time.Second {
+		t.Errorf("DefaultConfig: timeout=%v append_timeout=%v, want 10s and 20s", c.Timeout, c.AppendTimeout)
+	}
+	var zero Config
+	if zero.maxRequestBytes() != defaultMaxRequestBytes {
 		t.Errorf("zero max_request_bytes does not mean the default")
+	}
+	if zero.timeout() != 10*time.Second || zero.appendTimeout() != 20*time.Second {
+		t.Errorf("zero timeouts mean %v and %v, want the defaults", zero.timeout(), zero.appendTimeout())
 	}
 }
 
@@ -38,9 +46,11 @@ func TestConfigValidate(t *testing.T) {
 		{"grpc endpoint without port", func(c *Config) { c.GRPCEndpoint = "localhost" }, []string{"grpc_endpoint: "}},
 		{"negative max", func(c *Config) { c.MaxRequestBytes = -1 }, []string{"max_request_bytes: "}},
 		{"max over BigQuery's limit", func(c *Config) { c.MaxRequestBytes = 10_000_001 }, []string{"max_request_bytes: "}},
+		{"negative timeout", func(c *Config) { c.Timeout = -time.Second }, []string{"timeout: "}},
+		{"negative append timeout", func(c *Config) { c.AppendTimeout = -time.Second }, []string{"append_timeout: "}},
 		{"everything", func(c *Config) {
-			*c = Config{Endpoint: "ftp://x", GRPCEndpoint: "x", MaxRequestBytes: -5}
-		}, []string{"project: ", "dataset: ", "endpoint: ", "grpc_endpoint: ", "max_request_bytes: "}},
+			*c = Config{Endpoint: "ftp://x", GRPCEndpoint: "x", MaxRequestBytes: -5, Timeout: -1, AppendTimeout: -1}
+		}, []string{"project: ", "dataset: ", "endpoint: ", "grpc_endpoint: ", "max_request_bytes: ", "timeout: ", "append_timeout: "}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -322,9 +322,9 @@ func (p *msgPlan) appendMsgByKeys(st *encodeState, b []byte, row map[string]any)
 	}
 	if hasUnknown {
 		if p.path != "" {
-			return b, fmt.Errorf("record %q: unknown column %q", p.path, unknown)
+			return b, &unknownColumnError{fmt.Sprintf("record %q: unknown column %q", p.path, unknown)}
 		}
-		return b, fmt.Errorf("unknown column %q", unknown)
+		return b, &unknownColumnError{fmt.Sprintf("unknown column %q", unknown)}
 	}
 	for i, f := range p.fields {
 		if f.required && slots[i] == nil {
@@ -334,6 +334,13 @@ func (p *msgPlan) appendMsgByKeys(st *encodeState, b []byte, row map[string]any)
 	st.slots = st.slots[:base] // encode clears the values it leaves
 	return b, nil
 }
+
+// unknownColumnError is a row naming a column the schema lacks; it is
+// ErrUnknownColumn without that text in its message.
+type unknownColumnError struct{ msg string }
+
+func (e *unknownColumnError) Error() string        { return e.msg }
+func (e *unknownColumnError) Is(target error) bool { return target == ErrUnknownColumn }
 
 func (f *fieldPlan) missingErr() error {
 	return fmt.Errorf("column %q: REQUIRED but missing or null", f.path)

@@ -107,10 +107,40 @@ func appendErr(t *testing.T, err error) *AppendError {
 	return ae
 }
 
-// appendUntilWritten appends rows, re-appending only the Retry rows until
-// everything is written, and fails on any rejection. It returns how many
-// attempts came back with rows to retry.
-func appendUntilWritten(t *testing.T, tbl *Table, rows []map[string]any, deadline time.Duration) (retried int, causes []error) {
+// encode encodes rows for tbl, failing the test on any error.
+func encode(t *testing.T, tbl *Table, rows ...map[string]any) []Row {
+	t.Helper()
+	out := make([]Row, len(rows))
+	for i, r := range rows {
+		var err error
+		if out[i], err = tbl.Encode(r); err != nil {
+			t.Fatalf("encode row %d: %v", i, err)
+		}
+	}
+	return out
+}
+
+// appendRows encodes and appends rows and waits for the outcome.
+func appendRows(t *testing.T, tbl *Table, rows ...map[string]any) error {
+	t.Helper()
+	res, err := tbl.Append(t.Context(), encode(t, tbl, rows...))
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	return wait(t, res)
+}
+
+// appendUntilWritten encodes and appends rows, re-appending only the Retry
+// rows until everything is written, and fails on any rejection. It returns
+// how many attempts came back with rows to retry.
+func appendUntilWritten(t *testing.T, tbl *Table, maps []map[string]any, deadline time.Duration) (retried int, causes []error) {
+	t.Helper()
+	rows := encode(t, tbl, maps...)
+	return appendRowsUntilWritten(t, tbl, rows, deadline)
+}
+
+// appendRowsUntilWritten is appendUntilWritten for encoded rows.
+func appendRowsUntilWritten(t *testing.T, tbl *Table, rows []Row, deadline time.Duration) (retried int, causes []error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), deadline)
 	defer cancel()
@@ -129,7 +159,7 @@ func appendUntilWritten(t *testing.T, tbl *Table, rows []map[string]any, deadlin
 		}
 		retried++
 		causes = append(causes, ae.Err)
-		next := make([]map[string]any, 0, len(ae.Retry))
+		next := make([]Row, 0, len(ae.Retry))
 		for _, i := range ae.Retry {
 			next = append(next, rows[i])
 		}

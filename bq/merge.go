@@ -2,22 +2,10 @@ package bq
 
 import (
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"strings"
 
 	"cloud.google.com/go/bigquery"
-)
-
-var (
-	// ErrTableNotFound is wrapped by errors for a table that does not exist
-	// (and may not be created). It is permanent until someone creates it.
-	ErrTableNotFound = errors.New("table not found")
-	// ErrIncompatible is wrapped by errors for schema changes BigQuery cannot
-	// make in place (type or REPEATED changes, see IncompatibleError) and for
-	// needed changes while auto_update_schema is off. Permanent: retrying
-	// does not help.
-	ErrIncompatible = errors.New("incompatible schema change")
 )
 
 // IncompatibleError says a column cannot take the wanted shape; the table

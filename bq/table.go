@@ -4,20 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"cloud.google.com/go/bigquery"
-	"cloud.google.com/go/bigquery/storage/managedwriter"
 	"go.uber.org/zap"
-	"google.golang.org/api/googleapi"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // maxPatchTries bounds EnsureSchema's read-merge-patch loop when other
 // writers keep changing the table under it.
 const maxPatchTries = 10
+
+// lookupInterval is how often, at most, an append answered NOT_FOUND or
+// PERMISSION_DENIED makes bq read the table to tell a deleted table from
+// the write path lagging behind a create or patch.
+const lookupInterval = 10 * time.Second
 
 // Table is one BigQuery table: its schema as this process knows it and its
 // default write stream. Get it from Client.Table. Goroutine-safe.
@@ -30,20 +34,21 @@ type Table struct {
 	ref     *bigquery.Table
 	log     *zap.Logger
 
-	// schemaSem serializes EnsureSchema and schema loads, honouring ctx.
+	// schemaSem serializes EnsureSchema, honouring ctx.
 	schemaSem chan struct{}
-	known     map[fingerprint]bool // want-schemas known to be contained; guarded by schemaSem
+	knownMu   sync.Mutex
+	known     map[fingerprint]bool // want-schemas known to be contained
 
 	enc atomic.Pointer[encoder] // built from the table's latest known schema
 
 	// sendMu (capacity 1) serializes sends so each request carries the
-	// descriptor its rows were encoded with. A channel rather than a mutex
-	// so that a caller whose context ends stops waiting for it.
-	sendMu  chan struct{}
-	sentEnc *encoder // encoder whose descriptor the stream last got; guarded by sendMu
+	// descriptor its rows were encoded with, in order. A channel rather
+	// than a mutex so that a caller whose context ends stops waiting.
+	sendMu chan struct{}
+	stream *stream // the current AppendRows stream; guarded by sendMu
 
-	streamMu sync.Mutex // guards stream, so Close never waits on a send
-	stream   *managedwriter.ManagedStream
+	lookupMu sync.Mutex
+	lookup   *lookup // the latest table lookup after a NOT_FOUND
 
 	// beforePatch, if set (tests only), runs between reading the table and
 	// patching it, to interleave a concurrent writer deterministically.
@@ -52,7 +57,6 @@ type Table struct {
 
 func newTable(c *Client, dataset, table string, nameErr error) *Table {
 	t := &Table{
-		sendMu:    make(chan struct{}, 1),
 		c:         c,
 		project:   c.cfg.Project,
 		dataset:   dataset,
@@ -60,6 +64,7 @@ func newTable(c *Client, dataset, table string, nameErr error) *Table {
 		nameErr:   nameErr,
 		schemaSem: make(chan struct{}, 1),
 		known:     make(map[fingerprint]bool),
+		sendMu:    make(chan struct{}, 1),
 	}
 	if nameErr == nil {
 		t.ref = c.rest.DatasetInProject(t.project, dataset).Table(table)
@@ -73,16 +78,10 @@ func (t *Table) Name() string {
 	return t.project + "." + t.dataset + "." + t.table
 }
 
-func (t *Table) lockSchema(ctx context.Context) error {
-	select {
-	case t.schemaSem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// streamName is the table's default write stream.
+func (t *Table) streamName() string {
+	return fmt.Sprintf("projects/%s/datasets/%s/tables/%s/streams/_default", t.project, t.dataset, t.table)
 }
-
-func (t *Table) unlockSchema() { <-t.schemaSem }
 
 // EnsureSchema makes the table able to take rows of want. A missing table is
 // created with want (config auto_create_tables; else an error wrapping
@@ -94,12 +93,14 @@ func (t *Table) unlockSchema() { <-t.schemaSem }
 //
 // A type change or REPEATED change fails with *IncompatibleError and leaves
 // the table untouched; a needed change with auto_update_schema off fails
-// with an error wrapping ErrIncompatible. Both are permanent. Other errors
-// (network, quota) are worth retrying.
+// with an error wrapping ErrIncompatible. Both are permanent, as are errors
+// wrapping ErrDatasetNotFound or ErrPermissionDenied. Other errors (network,
+// quota, a REST call that timed out) are worth retrying. Each REST call is
+// bounded by Timeout.
 //
 // Once want is known to fit, later calls with an equal want return nil
-// without calling BigQuery. Calls on one Table run one at a time; later
-// Appends encode with the table's new schema.
+// without calling BigQuery, until an append finds the table deleted. Calls
+// on one Table run one at a time; later Encodes use the table's new schema.
 func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 	if t.nameErr != nil {
 		return t.nameErr
@@ -108,42 +109,40 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 		return fmt.Errorf("ensure schema of %s: empty schema", t.Name())
 	}
 	fp := schemaFingerprint(want)
-	if err := t.lockSchema(ctx); err != nil {
-		return err
+	select {
+	case t.schemaSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
 	}
-	defer t.unlockSchema()
-	if t.known[fp] {
+	defer func() { <-t.schemaSem }()
+	if t.isKnown(fp) {
 		return nil
 	}
 	for range maxPatchTries {
-		md, err := t.ref.Metadata(ctx)
-		if httpStatus(err) == http.StatusNotFound {
+		md, err := t.metadata(ctx)
+		if httpStatus(err) == http.StatusNotFound && !errors.Is(err, ErrDatasetNotFound) {
 			if !t.c.cfg.AutoCreateTables {
 				return fmt.Errorf("table %s: %w (auto_create_tables is off)", t.Name(), ErrTableNotFound)
 			}
-			switch err := t.ref.Create(ctx, &bigquery.TableMetadata{Schema: want}); {
+			switch err := t.create(ctx, want); {
 			case err == nil:
 				t.log.Info("created table", zap.Int("columns", len(want)))
 			case httpStatus(err) == http.StatusConflict:
 				// A concurrent creator won; read what it made.
 			default:
-				return fmt.Errorf("create table %s: %w", t.Name(), err)
+				return err
 			}
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("read table %s: %w", t.Name(), err)
+			return err
 		}
 		merged, changes, err := mergeSchema(t.Name(), md.Schema, want)
 		if err != nil {
 			return err
 		}
 		if len(changes) == 0 {
-			if err := t.useSchema(md.Schema); err != nil {
-				return err
-			}
-			t.known[fp] = true
-			return nil
+			return t.useSchema(md.Schema, fp)
 		}
 		if !t.c.cfg.AutoUpdateSchema {
 			return fmt.Errorf("table %s column %q: needs %s but auto_update_schema is off: %w",
@@ -152,117 +151,190 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 		if t.beforePatch != nil {
 			t.beforePatch()
 		}
-		updated, err := t.ref.Update(ctx, bigquery.TableMetadataToUpdate{Schema: merged}, md.ETag)
+		var updated *bigquery.TableMetadata
+		err = t.c.call(ctx, "patch table "+t.Name()+" schema", func(ctx context.Context) (err error) {
+			updated, err = t.ref.Update(ctx, bigquery.TableMetadataToUpdate{Schema: merged}, md.ETag)
+			return err
+		})
 		if httpStatus(err) == http.StatusPreconditionFailed {
 			continue // someone changed it since we read it: re-read, re-merge
 		}
 		if err != nil {
-			return fmt.Errorf("patch table %s schema: %w", t.Name(), err)
-		}
-		t.log.Info("updated table schema", zap.Stringers("changes", changes))
-		if err := t.useSchema(updated.Schema); err != nil {
 			return err
 		}
-		t.known[fp] = true
-		return nil
+		t.log.Info("updated table schema", zap.Stringers("changes", changes))
+		return t.useSchema(updated.Schema, fp)
 	}
 	return fmt.Errorf("patch table %s schema: still changing under us after %d tries", t.Name(), maxPatchTries)
 }
 
-// useSchema makes s the schema new Appends encode with. Callers hold
-// schemaSem.
-func (t *Table) useSchema(s bigquery.Schema) error {
-	if cur := t.enc.Load(); cur != nil && schemaFingerprint(cur.schema) == schemaFingerprint(s) {
-		return nil
+func (t *Table) metadata(ctx context.Context) (md *bigquery.TableMetadata, err error) {
+	err = t.c.call(ctx, "read table "+t.Name(), func(ctx context.Context) error {
+		md, err = t.ref.Metadata(ctx)
+		return err
+	})
+	return md, err
+}
+
+func (t *Table) create(ctx context.Context, schema bigquery.Schema) error {
+	return t.c.call(ctx, "create table "+t.Name(), func(ctx context.Context) error {
+		return t.ref.Create(ctx, &bigquery.TableMetadata{Schema: schema})
+	})
+}
+
+func (t *Table) isKnown(fp fingerprint) bool {
+	t.knownMu.Lock()
+	defer t.knownMu.Unlock()
+	return t.known[fp]
+}
+
+// forget drops what EnsureSchema knows fits, after the table was found
+// deleted.
+func (t *Table) forget() {
+	t.knownMu.Lock()
+	defer t.knownMu.Unlock()
+	clear(t.known)
+}
+
+// useSchema makes s the schema later Encodes use and records that the want
+// with fingerprint fp fits it. Callers hold schemaSem.
+func (t *Table) useSchema(s bigquery.Schema, fp fingerprint) error {
+	if cur := t.enc.Load(); cur == nil || schemaFingerprint(cur.schema) != schemaFingerprint(s) {
+		enc, err := newEncoder(s)
+		if err != nil {
+			return fmt.Errorf("table %s: %w", t.Name(), err)
+		}
+		t.enc.Store(enc)
 	}
-	enc, err := newEncoder(s)
-	if err != nil {
-		return fmt.Errorf("table %s: %w", t.Name(), err)
-	}
-	t.enc.Store(enc)
+	t.knownMu.Lock()
+	t.known[fp] = true
+	t.knownMu.Unlock()
 	return nil
 }
 
-// encoder returns the current encoder, reading the table's schema the first
-// time if EnsureSchema never ran.
-func (t *Table) encoder(ctx context.Context) (*encoder, error) {
-	if enc := t.enc.Load(); enc != nil {
-		return enc, nil
-	}
-	if err := t.lockSchema(ctx); err != nil {
-		return nil, err
-	}
-	defer t.unlockSchema()
-	if enc := t.enc.Load(); enc != nil {
-		return enc, nil
-	}
-	md, err := t.ref.Metadata(ctx)
-	if httpStatus(err) == http.StatusNotFound {
-		return nil, fmt.Errorf("table %s: %w", t.Name(), ErrTableNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read table %s: %w", t.Name(), err)
-	}
-	if err := t.useSchema(md.Schema); err != nil {
-		return nil, err
-	}
-	return t.enc.Load(), nil
+// Row is one row encoded by Table.Encode: its wire bytes and the schema
+// version they were encoded with. It is immutable and may be appended any
+// number of times, to the Table that encoded it only. The zero Row is
+// rejected by Append.
+type Row struct {
+	b   []byte
+	enc *encoder
 }
 
-// openStream returns the table's default-stream writer, creating it with
-// enc's descriptor on first use. Callers hold sendMu.
-func (t *Table) openStream(enc *encoder) (*managedwriter.ManagedStream, error) {
-	t.streamMu.Lock()
-	ms := t.stream
-	t.streamMu.Unlock()
-	if ms != nil {
-		return ms, nil
+// Size returns the bytes the row holds (its encoded size).
+func (r Row) Size() int { return len(r.b) }
+
+// Encode encodes row (the row value contract: column name to value) with
+// the table's current schema, as EnsureSchema last left it. It does no I/O
+// and is goroutine-safe.
+//
+// Errors: ErrNoSchema if EnsureSchema never succeeded for this table;
+// ErrUnknownColumn if the row names a column the known schema lacks (call
+// EnsureSchema with it, then encode again); ErrRowTooLarge if the row alone
+// cannot fit a request under max_request_bytes. Any other error (a value
+// that does not fit its column, a missing REQUIRED value) names the column
+// and is permanent for this row.
+func (t *Table) Encode(row map[string]any) (Row, error) {
+	if t.nameErr != nil {
+		return Row{}, t.nameErr
 	}
-	if t.c.closed.Load() {
-		return nil, ErrClosed
+	enc := t.enc.Load()
+	if enc == nil {
+		return Row{}, fmt.Errorf("encode a row for %s: %w: call EnsureSchema first", t.Name(), ErrNoSchema)
 	}
-	// The stream retains its context for its connections: the Client's,
-	// not this call's, so one short Append does not break later ones.
-	ms, err := t.c.write.NewManagedStream(t.c.ctx,
-		managedwriter.WithType(managedwriter.DefaultStream),
-		managedwriter.WithDestinationTable(managedwriter.TableParentFromParts(t.project, t.dataset, t.table)),
-		managedwriter.WithSchemaDescriptor(enc.dp),
-	)
+	b, err := enc.encode(row)
 	if err != nil {
-		return nil, fmt.Errorf("open write stream for %s: %w", t.Name(), err)
+		return Row{}, err
 	}
-	t.streamMu.Lock()
-	if t.c.closed.Load() {
-		t.streamMu.Unlock()
-		_ = ms.Close() // nothing was sent on it
-		return nil, ErrClosed
+	limit := t.c.cfg.maxRequestBytes()
+	if overhead := enc.dpSize + requestSlack; overhead+rowWireSize(len(b)) > limit {
+		return Row{}, fmt.Errorf("%w: %d bytes encoded; with the request overhead of %d bytes it exceeds max_request_bytes %d",
+			ErrRowTooLarge, len(b), overhead, limit)
 	}
-	t.stream = ms
-	t.streamMu.Unlock()
-	t.sentEnc = enc
-	t.log.Debug("opened write stream")
-	return ms, nil
+	return Row{b: b, enc: enc}, nil
 }
 
-func (t *Table) closeStream() error {
-	t.streamMu.Lock()
-	ms := t.stream
-	t.stream = nil
-	t.streamMu.Unlock()
-	if ms == nil {
+// rowWireSize is what a row of n bytes adds to a request.
+func rowWireSize(n int) int { return protowire.SizeTag(1) + protowire.SizeBytes(n) }
+
+// lookup is one REST read of the table after the write path answered
+// NOT_FOUND or PERMISSION_DENIED; appends that need its verdict wait for it.
+type lookup struct {
+	started  time.Time
+	finished bool
+	verdict  error         // nil: the table exists (or bq cannot tell)
+	waiters  []func(error) // called with the verdict once finished
+}
+
+// afterLookup calls done with the verdict of a lookup of the table: the
+// one under way, the last one if it started less than lookupInterval ago,
+// or a new one. done runs in the caller's goroutine or the lookup's.
+func (t *Table) afterLookup(done func(verdict error)) {
+	t.lookupMu.Lock()
+	lk := t.lookup
+	if lk == nil || (lk.finished && time.Since(lk.started) >= lookupInterval) {
+		lk = &lookup{started: time.Now()}
+		if !t.c.goOwned(func() { t.runLookup(lk) }) {
+			t.lookupMu.Unlock()
+			done(ErrClosed)
+			return
+		}
+		t.lookup = lk
+	}
+	if !lk.finished {
+		lk.waiters = append(lk.waiters, done)
+		t.lookupMu.Unlock()
+		return
+	}
+	verdict := lk.verdict
+	t.lookupMu.Unlock()
+	done(verdict)
+}
+
+func (t *Table) runLookup(lk *lookup) {
+	verdict := t.lookupVerdict()
+	t.lookupMu.Lock()
+	lk.finished, lk.verdict = true, verdict
+	waiters := lk.waiters
+	lk.waiters = nil
+	t.lookupMu.Unlock()
+	for _, done := range waiters {
+		done(verdict)
+	}
+}
+
+// lookupVerdict reads the table. If it is gone, EnsureSchema forgets what
+// it knew and, with auto_create_tables, bq recreates the table with the
+// schema it last knew; the verdict then says so (transient: the rows are
+// retried). Without auto_create_tables the verdict wraps ErrTableNotFound.
+// nil means the table exists or the read failed: the write path's answer
+// stands.
+func (t *Table) lookupVerdict() error {
+	ctx := t.c.ctx
+	_, err := t.metadata(ctx)
+	switch {
+	case t.c.closed.Load():
+		return ErrClosed
+	case errors.Is(err, ErrDatasetNotFound):
+		t.forget()
+		return err
+	case httpStatus(err) != http.StatusNotFound || errors.Is(err, context.DeadlineExceeded):
 		return nil
 	}
-	if err := ms.Close(); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("close write stream for %s: %w", t.Name(), err)
+	t.forget()
+	if !t.c.cfg.AutoCreateTables {
+		return fmt.Errorf("table %s was deleted while writing (auto_create_tables is off): %w", t.Name(), ErrTableNotFound)
 	}
-	return nil
-}
-
-// httpStatus returns the HTTP status of a REST error, or 0.
-func httpStatus(err error) int {
-	var gerr *googleapi.Error
-	if errors.As(err, &gerr) {
-		return gerr.Code
+	enc := t.enc.Load() // set: appends need an encoded row
+	switch err := t.create(ctx, enc.schema); {
+	case err == nil:
+		t.log.Warn("table was deleted while writing; recreated it with the last known schema", zap.Int("columns", len(enc.schema)))
+		return fmt.Errorf("table %s was deleted while writing; recreated it", t.Name())
+	case httpStatus(err) == http.StatusConflict:
+		return fmt.Errorf("table %s was deleted while writing; someone recreated it", t.Name())
+	case t.c.closed.Load():
+		return ErrClosed
+	default:
+		return fmt.Errorf("table %s was deleted while writing; recreate it: %w", t.Name(), err)
 	}
-	return 0
 }

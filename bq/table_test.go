@@ -28,7 +28,10 @@ func TestTableNames(t *testing.T) {
 		if err := c.Table(bad).EnsureSchema(t.Context(), bigquery.Schema{col("a", bigquery.StringFieldType, "")}); err == nil {
 			t.Errorf("EnsureSchema on table %q succeeded", bad)
 		}
-		if _, err := c.Table(bad).Append(t.Context(), []map[string]any{{"a": "x"}}); err == nil {
+		if _, err := c.Table(bad).Encode(map[string]any{"a": "x"}); err == nil {
+			t.Errorf("Encode on table %q succeeded", bad)
+		}
+		if _, err := c.Table(bad).Append(t.Context(), nil); err == nil {
 			t.Errorf("Append on table %q succeeded", bad)
 		}
 	}
@@ -70,9 +73,9 @@ func TestEnsureSchemaMissingTableWithoutAutoCreate(t *testing.T) {
 	if !errors.Is(err, ErrTableNotFound) {
 		t.Fatalf("err = %v, want ErrTableNotFound", err)
 	}
-	_, err = c.Table("missing").Append(t.Context(), []map[string]any{typicalRow()})
-	if !errors.Is(err, ErrTableNotFound) {
-		t.Fatalf("Append on a missing table: %v, want ErrTableNotFound", err)
+	_, err = c.Table("missing").Encode(typicalRow())
+	if !errors.Is(err, ErrNoSchema) {
+		t.Fatalf("Encode for a missing table: %v, want ErrNoSchema", err)
 	}
 }
 

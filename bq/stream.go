@@ -1,0 +1,264 @@
+package bq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
+	"go.uber.org/zap"
+)
+
+// traceID names bqsink to BigQuery on the first request of each stream.
+const traceID = "bqsink"
+
+// stream is one AppendRows call on a table's default stream. Requests are
+// sent in order by the holder of the table's send slot and answered in
+// order, read by one receive goroutine. A watchdog goroutine bounds the
+// open and every send by Timeout and every answer by AppendTimeout; past
+// either it tears the stream down, which completes every unanswered request
+// with its rows in Retry. A stream that ended is never used again.
+type stream struct {
+	t      *Table
+	ctx    context.Context // cancelled when the stream ends
+	cancel context.CancelFunc
+	rpc    storagepb.BigQueryWrite_AppendRowsClient // set by openStream before use
+
+	// lastEnc is the encoder whose descriptor the stream last carried;
+	// guarded by the table's send slot.
+	lastEnc *encoder
+
+	kick chan struct{} // capacity 1: the watchdog re-reads the state
+	done chan struct{} // closed when the stream ends
+
+	mu      sync.Mutex
+	err     error      // why the stream ended; set once
+	pending []*request // sent, unanswered, oldest first
+	op      *op        // the open or send under way
+}
+
+// op is an open or send in progress: bounded by due and by its caller's
+// context.
+type op struct {
+	what string // "open" or "send"
+	due  time.Time
+	ctx  context.Context
+}
+
+// request is one AppendRows request in flight: which rows of which Append.
+type request struct {
+	res    *Result
+	idx    []int
+	sentAt time.Time
+}
+
+// openStream opens a new AppendRows stream for the table, bounded by
+// Timeout and ctx. Callers hold the send slot.
+func (t *Table) openStream(ctx context.Context) (*stream, error) {
+	sctx, cancel := context.WithCancel(t.c.ctx)
+	st := &stream{
+		t:      t,
+		ctx:    sctx,
+		cancel: cancel,
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	st.op = &op{what: "open", due: time.Now().Add(t.c.cfg.timeout()), ctx: ctx}
+	if !t.c.goOwned(st.watch) {
+		cancel()
+		return nil, ErrClosed
+	}
+	rpc, err := t.c.write.AppendRows(sctx, noRetry)
+	st.endOp()
+	if err != nil {
+		return nil, st.fail(fmt.Errorf("open a write stream for %s: %w", t.Name(), err))
+	}
+	st.rpc = rpc
+	if !t.c.goOwned(st.recv) {
+		return nil, st.fail(ErrClosed)
+	}
+	if err := st.ended(); err != nil {
+		return nil, err // the watchdog gave up just as the open returned
+	}
+	t.log.Debug("opened write stream")
+	return st, nil
+}
+
+// ended returns why the stream ended, or nil while it is usable.
+func (st *stream) ended() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.err
+}
+
+// send registers req and sends msg, bounded by Timeout and ctx. registered
+// false means nothing was sent (the stream had ended); otherwise req's
+// outcome arrives through the stream, even when err says the send failed.
+// Callers hold the send slot.
+func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendRowsRequest) (registered bool, err error) {
+	st.mu.Lock()
+	if st.err != nil {
+		err := st.err
+		st.mu.Unlock()
+		return false, err
+	}
+	now := time.Now()
+	req.sentAt = now
+	st.pending = append(st.pending, req)
+	st.op = &op{what: "send", due: now.Add(st.t.c.cfg.timeout()), ctx: ctx}
+	st.mu.Unlock()
+	st.poke()
+
+	err = st.rpc.Send(msg)
+	if errors.Is(err, io.EOF) {
+		// The stream ended; the receiver ends it with the server's reason,
+		// or the watchdog with its own once the send is due.
+		<-st.done
+	}
+	st.endOp()
+	if err != nil {
+		return true, st.fail(fmt.Errorf("send to %s: %w", st.t.Name(), err))
+	}
+	return true, nil
+}
+
+func (st *stream) endOp() {
+	st.mu.Lock()
+	st.op = nil
+	st.mu.Unlock()
+}
+
+func (st *stream) poke() {
+	select {
+	case st.kick <- struct{}{}:
+	default:
+	}
+}
+
+// fail ends the stream with cause (ErrClosed once the Client is closing)
+// unless it already ended, completes every unanswered request with its rows
+// in Retry, and returns the reason the stream ended.
+func (st *stream) fail(cause error) error {
+	st.mu.Lock()
+	if st.err != nil {
+		err := st.err
+		st.mu.Unlock()
+		return err
+	}
+	if st.t.c.closed.Load() {
+		cause = ErrClosed
+	}
+	st.err = cause
+	pending := st.pending
+	st.pending = nil
+	close(st.done)
+	st.mu.Unlock()
+	st.cancel()
+	if len(pending) > 0 {
+		st.t.log.Debug("write stream ended", zap.Int("unanswered", len(pending)), zap.Error(cause))
+	}
+	for _, req := range pending {
+		st.t.retry(req, cause)
+	}
+	return cause
+}
+
+// recv matches answers to requests in order until the stream ends.
+func (st *stream) recv() {
+	for {
+		resp, err := st.rpc.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("the server ended the stream")
+			}
+			st.fail(fmt.Errorf("append to %s: %w", st.t.Name(), err))
+			return
+		}
+		st.mu.Lock()
+		if st.err != nil {
+			st.mu.Unlock()
+			return // fail completed every request
+		}
+		if len(st.pending) == 0 {
+			st.mu.Unlock()
+			st.fail(fmt.Errorf("append to %s: an answer to no request", st.t.Name()))
+			return
+		}
+		req := st.pending[0]
+		st.pending[0] = nil
+		st.pending = st.pending[1:]
+		st.mu.Unlock()
+		st.t.answer(req, resp)
+	}
+}
+
+// watch ends the stream when an open or send outlives Timeout or its
+// caller's context, when the oldest request has no answer AppendTimeout
+// after it was sent, or when the Client closes.
+func (st *stream) watch() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		due, what, opCtx, ok := st.nextDeadline()
+		if !ok {
+			return
+		}
+		var fire <-chan time.Time
+		if !due.IsZero() {
+			wait := time.Until(due)
+			if wait <= 0 {
+				st.fail(st.timeoutErr(what))
+				return
+			}
+			timer.Reset(wait)
+			fire = timer.C
+		}
+		var opDone <-chan struct{}
+		if opCtx != nil {
+			opDone = opCtx.Done()
+		}
+		select {
+		case <-fire:
+		case <-st.kick:
+		case <-opDone:
+			st.fail(fmt.Errorf("write stream for %s: the caller gave up: %w", st.t.Name(), opCtx.Err()))
+			return
+		case <-st.ctx.Done():
+			st.fail(fmt.Errorf("write stream for %s: %w", st.t.Name(), context.Cause(st.ctx)))
+			return
+		case <-st.done:
+			return
+		}
+		timer.Stop()
+	}
+}
+
+// nextDeadline returns when the watchdog must act and on what ("open",
+// "send" or "answer"), and the context of the open or send under way;
+// ok false once the stream ended.
+func (st *stream) nextDeadline() (due time.Time, what string, opCtx context.Context, ok bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.err != nil {
+		return due, "", nil, false
+	}
+	if st.op != nil {
+		due, what, opCtx = st.op.due, st.op.what, st.op.ctx
+	}
+	if len(st.pending) > 0 {
+		if d := st.pending[0].sentAt.Add(st.t.c.cfg.appendTimeout()); due.IsZero() || d.Before(due) {
+			due, what = d, "answer"
+		}
+	}
+	return due, what, opCtx, true
+}
+
+func (st *stream) timeoutErr(what string) error {
+	if what == "answer" {
+		return fmt.Errorf("append to %s: no answer from the Storage Write API within append_timeout %v", st.t.Name(), st.t.c.cfg.appendTimeout())
+	}
+	return fmt.Errorf("%s a write stream for %s: not done within timeout %v", what, st.t.Name(), st.t.c.cfg.timeout())
+}
