@@ -41,6 +41,7 @@ type Proxy struct {
 	ln      net.Listener  // nil while refusing or once closed
 	flowing chan struct{} // closed while passing
 	links   map[*link]struct{}
+	conns   int // connections accepted, for Accepted
 	closed  bool
 	wg      sync.WaitGroup
 }
@@ -79,6 +80,14 @@ func Listen(target string) (*Proxy, error) {
 // Addr returns the proxy's "127.0.0.1:port". It stays the same across
 // Refuse and Pass.
 func (p *Proxy) Addr() string { return p.addr }
+
+// Accepted returns how many connections the proxy has accepted so far,
+// refused ones excluded; a test can wait for a client to have connected.
+func (p *Proxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conns
+}
 
 // Pass forwards traffic in both directions, for existing and new
 // connections; data held while frozen is delivered. After Refuse it listens
@@ -189,6 +198,7 @@ func (p *Proxy) accept(ln net.Listener) {
 		}
 		l := &link{client: c, done: make(chan struct{})}
 		p.links[l] = struct{}{}
+		p.conns++
 		p.wg.Add(1)
 		p.mu.Unlock()
 		go p.serve(l)

@@ -118,6 +118,16 @@ func TestFreezeHoldsThenDelivers(t *testing.T) {
 	}
 	// A new one is accepted and stalls too.
 	fresh := dial(t, p.Addr())
+	deadline := time.After(5 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for p.Accepted() != 2 { // poll: the accept happens on the proxy's side
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("Accepted() = %d, want 2", p.Accepted())
+		}
+	}
 	if got, err := fresh.roundTrip("new", quiet); !isTimeout(err) {
 		t.Fatalf("frozen new connection answered %q, %v", got, err)
 	}
