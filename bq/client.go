@@ -172,7 +172,7 @@ func (c *Client) Check(ctx context.Context) error {
 	case httpStatus(err) == 404 && !errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("bigquery.dataset: dataset %s not found: %w", ds, withClass(err, ErrDatasetNotFound))
 	case errors.Is(err, ErrPermissionDenied):
-		return fmt.Errorf("bigquery.credentials_file: %s may not read dataset %s: %w", c.credentials(), ds, err)
+		return fmt.Errorf("bigquery.credentials_file: %s may not read dataset %s: %w", c.credentials(c.cfg.Endpoint != ""), ds, err)
 	default:
 		return fmt.Errorf("bigquery.endpoint %s (REST API): %w", c.restEndpoint(), err)
 	}
@@ -187,7 +187,7 @@ func (c *Client) Check(ctx context.Context) error {
 		// that does not exist, and rights are judged per table on append.
 		return nil
 	case codes.Unauthenticated:
-		return fmt.Errorf("bigquery.credentials_file: the Storage Write API refused %s: %w", c.credentials(), withClass(err, ErrPermissionDenied))
+		return fmt.Errorf("bigquery.credentials_file: the Storage Write API refused %s: %w", c.credentials(c.cfg.GRPCEndpoint != ""), withClass(err, ErrPermissionDenied))
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -198,8 +198,13 @@ func (c *Client) Check(ctx context.Context) error {
 	return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): %w", c.grpcEndpoint(), err)
 }
 
-func (c *Client) credentials() string {
-	if c.cfg.CredentialsFile != "" {
+// credentials describes what authenticates calls to an API whose endpoint
+// may be overridden (which turns authentication off).
+func (c *Client) credentials(overridden bool) string {
+	switch {
+	case overridden:
+		return "unauthenticated calls (the endpoint is overridden)"
+	case c.cfg.CredentialsFile != "":
 		return "the credentials in " + c.cfg.CredentialsFile
 	}
 	return "Application Default Credentials"
