@@ -564,3 +564,30 @@ func TestAppendMixedSchemaVersions(t *testing.T) {
 		t.Errorf("rows %v, want ids 1-3 with only 3 noted", notes)
 	}
 }
+
+func TestCallerContextEndingAfterAppendIsHarmless(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("t")
+	if err := tbl.EnsureSchema(t.Context(), idSchema); err != nil {
+		t.Fatal(err)
+	}
+	// The sent requests are BigQuery's to answer: a caller cancelling its
+	// context once Append returned must not tear the stream down.
+	s.SetAppendLatency(50 * time.Millisecond)
+	var results []*Result
+	for id := range 20 {
+		ctx, cancel := context.WithCancel(t.Context())
+		res, err := tbl.Append(ctx, encode(t, tbl, map[string]any{"id": id}))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, res)
+	}
+	for i, res := range results {
+		if err := wait(t, res); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+}

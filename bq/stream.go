@@ -125,10 +125,13 @@ func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendR
 	return true, nil
 }
 
+// endOp ends the open or send under way; the watchdog forgets its
+// deadline and context.
 func (st *stream) endOp() {
 	st.mu.Lock()
 	st.op = nil
 	st.mu.Unlock()
+	st.poke()
 }
 
 func (st *stream) poke() {
@@ -202,7 +205,7 @@ func (st *stream) watch() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		due, what, opCtx, ok := st.nextDeadline()
+		due, what, cur, ok := st.nextDeadline()
 		if !ok {
 			return
 		}
@@ -217,15 +220,19 @@ func (st *stream) watch() {
 			fire = timer.C
 		}
 		var opDone <-chan struct{}
-		if opCtx != nil {
-			opDone = opCtx.Done()
+		if cur != nil {
+			opDone = cur.ctx.Done()
 		}
 		select {
 		case <-fire:
 		case <-st.kick:
 		case <-opDone:
-			st.fail(fmt.Errorf("write stream for %s: the caller gave up: %w", st.t.Name(), opCtx.Err()))
-			return
+			if st.opUnderWay(cur) {
+				st.fail(fmt.Errorf("%s a write stream for %s: the caller gave up: %w", cur.what, st.t.Name(), cur.ctx.Err()))
+				return
+			}
+			// That open or send is over: what its caller does with its
+			// context now is not the stream's business.
 		case <-st.ctx.Done():
 			st.fail(fmt.Errorf("write stream for %s: %w", st.t.Name(), context.Cause(st.ctx)))
 			return
@@ -237,23 +244,30 @@ func (st *stream) watch() {
 }
 
 // nextDeadline returns when the watchdog must act and on what ("open",
-// "send" or "answer"), and the context of the open or send under way;
-// ok false once the stream ended.
-func (st *stream) nextDeadline() (due time.Time, what string, opCtx context.Context, ok bool) {
+// "send" or "answer"), and the open or send under way; ok false once the
+// stream ended.
+func (st *stream) nextDeadline() (due time.Time, what string, cur *op, ok bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.err != nil {
 		return due, "", nil, false
 	}
-	if st.op != nil {
-		due, what, opCtx = st.op.due, st.op.what, st.op.ctx
+	if cur = st.op; cur != nil {
+		due, what = cur.due, cur.what
 	}
 	if len(st.pending) > 0 {
 		if d := st.pending[0].sentAt.Add(st.t.c.cfg.appendTimeout()); due.IsZero() || d.Before(due) {
 			due, what = d, "answer"
 		}
 	}
-	return due, what, opCtx, true
+	return due, what, cur, true
+}
+
+// opUnderWay reports whether o is still the open or send under way.
+func (st *stream) opUnderWay(o *op) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.op == o
 }
 
 func (st *stream) timeoutErr(what string) error {
