@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// requestSlack covers what an AppendRows request carries besides rows and
-// the descriptor: stream name, trace id, message framing.
+// requestSlack covers what an AppendRows request carries besides rows, the
+// descriptor and the stream name: trace id, message framing.
 const requestSlack = 1024
 
 // AppendError reports the rows of an Append that were not written. Indexes
@@ -209,9 +209,7 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 			r.record(nil, map[int]error{i: errors.New("not a row made by Table.Encode")}, nil)
 			continue
 		}
-		// Every request may carry the descriptor: the first on a new
-		// stream does, and which one that is is not known yet.
-		overhead := row.enc.dpSize + requestSlack
+		overhead := t.overhead(row.enc)
 		sz := rowWireSize(len(row.b))
 		if overhead+sz > limit { // only if the Row came from another Client
 			r.record(nil, map[int]error{i: fmt.Errorf("%w: %d bytes encoded exceed max_request_bytes %d", ErrRowTooLarge, len(row.b), limit)}, nil)
@@ -246,9 +244,9 @@ func (t *Table) send(ctx context.Context, r *Result, b *batch) (sent bool, err e
 	data := &storagepb.AppendRowsRequest_ProtoData{Rows: &storagepb.ProtoRows{SerializedRows: b.rows}}
 	msg := &storagepb.AppendRowsRequest{Rows: &storagepb.AppendRowsRequest_ProtoRows{ProtoRows: data}}
 	if st.lastEnc == nil {
-		msg.WriteStream, msg.TraceId = t.streamName(), traceID
+		msg.WriteStream, msg.TraceId = t.streamName, traceID
 	}
-	if st.lastEnc != b.enc {
+	if st.resendSchema.Swap(false) || st.lastEnc != b.enc {
 		data.WriterSchema = &storagepb.ProtoSchema{ProtoDescriptor: b.enc.dp}
 	}
 	r.hold()

@@ -288,3 +288,19 @@ func BenchmarkEncode(b *testing.B) {
 	b.ReportMetric(1, "rows/op")
 	b.ReportMetric(float64(bytes), "bytes/row")
 }
+
+func BenchmarkTableEncode(b *testing.B) {
+	s := newFake(b)
+	c := newTestClient(b, s)
+	tbl := c.Table("bench")
+	if err := tbl.EnsureSchema(b.Context(), typicalSchema()); err != nil {
+		b.Fatal(err)
+	}
+	row := typicalRow()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := tbl.Encode(row); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -18,7 +18,7 @@ const (
 	testDataset = "ds"
 )
 
-func newFake(t *testing.T) *bqfake.Server {
+func newFake(t testing.TB) *bqfake.Server {
 	t.Helper()
 	s, err := bqfake.New(bqfake.Dataset(testProject, testDataset))
 	if err != nil {
@@ -28,7 +28,7 @@ func newFake(t *testing.T) *bqfake.Server {
 	return s
 }
 
-func newTestClient(t *testing.T, s *bqfake.Server, edits ...func(*Config)) *Client {
+func newTestClient(t testing.TB, s *bqfake.Server, edits ...func(*Config)) *Client {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Project, cfg.Dataset = testProject, testDataset

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
@@ -30,6 +31,10 @@ type stream struct {
 	// lastEnc is the encoder whose descriptor the stream last carried;
 	// guarded by the table's send slot.
 	lastEnc *encoder
+	// resendSchema is set by an answer with an error: the next request
+	// carries its descriptor again rather than trust the server kept the
+	// one a failed request brought.
+	resendSchema atomic.Bool
 
 	kick chan struct{} // capacity 1: the watchdog re-reads the state
 	done chan struct{} // closed when the stream ends
@@ -194,6 +199,9 @@ func (st *stream) recv() {
 		st.pending[0] = nil
 		st.pending = st.pending[1:]
 		st.mu.Unlock()
+		if resp.GetError() != nil {
+			st.resendSchema.Store(true)
+		}
 		st.t.answer(req, resp)
 	}
 }

@@ -34,6 +34,8 @@ type Table struct {
 	ref     *bigquery.Table
 	log     *zap.Logger
 
+	streamName string // the table's default write stream
+
 	// schemaSem serializes EnsureSchema, honouring ctx.
 	schemaSem chan struct{}
 	knownMu   sync.Mutex
@@ -69,6 +71,7 @@ func newTable(c *Client, dataset, table string, nameErr error) *Table {
 	if nameErr == nil {
 		t.ref = c.rest.DatasetInProject(t.project, dataset).Table(table)
 	}
+	t.streamName = fmt.Sprintf("projects/%s/datasets/%s/tables/%s/streams/_default", t.project, dataset, table)
 	t.log = c.logger.With(zap.String("table", t.Name()))
 	return t
 }
@@ -78,10 +81,6 @@ func (t *Table) Name() string {
 	return t.project + "." + t.dataset + "." + t.table
 }
 
-// streamName is the table's default write stream.
-func (t *Table) streamName() string {
-	return fmt.Sprintf("projects/%s/datasets/%s/tables/%s/streams/_default", t.project, t.dataset, t.table)
-}
 
 // EnsureSchema makes the table able to take rows of want. A missing table is
 // created with want (config auto_create_tables; else an error wrapping
@@ -247,11 +246,18 @@ func (t *Table) Encode(row map[string]any) (Row, error) {
 		return Row{}, err
 	}
 	limit := t.c.cfg.maxRequestBytes()
-	if overhead := enc.dpSize + requestSlack; overhead+rowWireSize(len(b)) > limit {
+	if overhead := t.overhead(enc); overhead+rowWireSize(len(b)) > limit {
 		return Row{}, fmt.Errorf("%w: %d bytes encoded; with the request overhead of %d bytes it exceeds max_request_bytes %d",
 			ErrRowTooLarge, len(b), overhead, limit)
 	}
 	return Row{b: b, enc: enc}, nil
+}
+
+// overhead is what a request of rows encoded with enc carries besides
+// them. Every request may carry the descriptor and stream name: the first
+// on a new stream does, and which one that is is not known in advance.
+func (t *Table) overhead(enc *encoder) int {
+	return enc.dpSize + len(t.streamName) + requestSlack
 }
 
 // rowWireSize is what a row of n bytes adds to a request.
