@@ -81,7 +81,6 @@ func (t *Table) Name() string {
 	return t.project + "." + t.dataset + "." + t.table
 }
 
-
 // EnsureSchema makes the table able to take rows of want. A missing table is
 // created with want (config auto_create_tables; else an error wrapping
 // ErrTableNotFound). An existing one gets want's missing columns as NULLABLE
