@@ -453,6 +453,21 @@ func TestTableDeletedWhileWriting(t *testing.T) {
 				if err := tbl.EnsureSchema(t.Context(), idSchema); !errors.Is(err, ErrTableNotFound) {
 					t.Fatalf("EnsureSchema after the delete: %v, want ErrTableNotFound", err)
 				}
+				// An operator recreates it; the write path takes a while to
+				// see it, which is no reason to report it missing again.
+				s.SetSchemaDelay(500 * time.Millisecond)
+				if err := restClient(t, s).Dataset(testDataset).Table("doomed").Create(t.Context(), &bigquery.TableMetadata{Schema: idSchema}); err != nil {
+					t.Fatal(err)
+				}
+				if err := tbl.EnsureSchema(t.Context(), idSchema); err != nil {
+					t.Fatal(err)
+				}
+				_, causes := appendRowsUntilWritten(t, tbl, rows, 20*time.Second)
+				for _, cause := range causes {
+					if errors.Is(cause, ErrTableNotFound) {
+						t.Fatalf("table reported missing after EnsureSchema found it: %v", cause)
+					}
+				}
 				return
 			}
 			if errors.Is(ae.Err, ErrTableNotFound) || !strings.Contains(ae.Err.Error(), "recreated") {

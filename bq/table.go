@@ -207,6 +207,12 @@ func (t *Table) useSchema(s bigquery.Schema, fp fingerprint) error {
 	t.knownMu.Lock()
 	t.known[fp] = true
 	t.knownMu.Unlock()
+	// The table exists: a lookup that found it gone is out of date.
+	t.lookupMu.Lock()
+	if lk := t.lookup; lk != nil && lk.finished {
+		lk.verdict = nil
+	}
+	t.lookupMu.Unlock()
 	return nil
 }
 
