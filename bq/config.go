@@ -56,8 +56,10 @@ type Config struct {
 	MaxRequestBytes int `yaml:"max_request_bytes"`
 	// Timeout bounds each REST call (read, create or patch a table, read the
 	// dataset), each Storage Write stream open and each send on it (default
-	// 10s). A call that takes longer fails, saying so; the Google client's
-	// own retries happen within it.
+	// 10s). A call that takes longer fails, saying so, and is retried later
+	// by the caller; the Google client's own retries happen within it. A send
+	// includes writing the request to the network: raise it if requests of
+	// max_request_bytes take longer than that to upload.
 	Timeout time.Duration `yaml:"timeout"`
 	// AppendTimeout bounds the wait for BigQuery's answer to an append
 	// request, counted from its send (default 20s). Past it the stream is torn
