@@ -31,11 +31,14 @@ const requestSlack = 1024
 //
 // Err is the cause and carries its class: ErrTableNotFound (the table was
 // deleted and auto_create_tables is off), ErrDatasetNotFound,
-// ErrPermissionDenied, ErrClosed; without a class it is transient, e.g.
-// RESOURCE_EXHAUSTED (quota), UNAVAILABLE, a timeout, or the lag after a
-// table is created or patched, when the write path answers NOT_FOUND or
-// INVALID_ARGUMENT about unknown fields for seconds to minutes. When only
-// rejections occurred Err is the lowest-indexed row's error.
+// ErrPermissionDenied, ErrClosed; ErrRowRejected when the Retry rows were
+// refused only because BigQuery rejected other rows of their request (it
+// writes all rows of a request or none), so they may be sent again at once.
+// Without a class it is transient, e.g. RESOURCE_EXHAUSTED (quota),
+// UNAVAILABLE, a timeout, or the lag after a table is created or patched,
+// when the write path answers NOT_FOUND or INVALID_ARGUMENT about unknown
+// fields for seconds to minutes. When only rejections occurred Err is the
+// lowest-indexed row's error.
 type AppendError struct {
 	Rejected map[int]error
 	Retry    []int // ascending
@@ -89,8 +92,10 @@ func (r *Result) hold() {
 	r.mu.Unlock()
 }
 
-// record notes rows to retry and rows rejected, and the cause. A cause of
-// a permanent class wins over a transient one; else the first stays.
+// record notes rows to retry and rows rejected, and the cause. The cause
+// that says most about the rows to retry stays: one an operator must fix
+// over a transient one, a transient one over row rejections (which say
+// nothing against retrying the other rows); else the first.
 func (r *Result) record(retry []int, rejected map[int]error, cause error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -98,9 +103,19 @@ func (r *Result) record(retry []int, rejected map[int]error, cause error) {
 	for i, err := range rejected {
 		r.rejected[i] = err
 	}
-	if cause != nil && (r.cause == nil || (permanent(cause) && !permanent(r.cause))) {
+	if cause != nil && (r.cause == nil || causeRank(cause) > causeRank(r.cause)) {
 		r.cause = cause
 	}
+}
+
+func causeRank(err error) int {
+	switch {
+	case permanent(err):
+		return 2
+	case errors.Is(err, ErrRowRejected):
+		return 0
+	}
+	return 1
 }
 
 // release ends one hold; the last completes the Result.
@@ -292,7 +307,7 @@ func (t *Table) answer(req *request, resp *storagepb.AppendRowsResponse) {
 			retry = append(retry, orig)
 		}
 	}
-	req.res.record(retry, rejected, cause)
+	req.res.record(retry, rejected, withClass(cause, ErrRowRejected))
 	req.res.release()
 }
 

@@ -254,8 +254,8 @@ func TestAppendRejectsOnlyBadRows(t *testing.T) {
 		t.Errorf("rejection %q does not carry BigQuery's message %q", ae.Rejected[4], want)
 	}
 	t.Logf("BigQuery's rejections: %v; %v", ae.Rejected[2], ae.Rejected[4])
-	if !slices.Equal(ae.Retry, []int{0, 1, 3}) {
-		t.Fatalf("Retry = %v, want [0 1 3]: the failed request's other rows", ae.Retry)
+	if !slices.Equal(ae.Retry, []int{0, 1, 3}) || !errors.Is(ae.Err, ErrRowRejected) {
+		t.Fatalf("Retry = %v, cause %v; want [0 1 3], the failed request's other rows, and ErrRowRejected", ae.Retry, ae.Err)
 	}
 	if n := s.RowCount(testProject, testDataset, "money"); n != 0 {
 		t.Fatalf("%d rows written by a request BigQuery refused", n)
