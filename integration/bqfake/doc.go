@@ -51,8 +51,9 @@
 // Column names match case-insensitively; adapt's column_name annotation is
 // honoured.
 //
-// Errors of the whole request arrive in the response (AppendResult.GetResult
-// returns them; the connection stays open):
+// Errors of the whole request arrive in its response's error field (with
+// managedwriter, AppendResult.GetResult returns them); the connection stays
+// open:
 //   - descriptor fields without a column: INVALID_ARGUMENT "Input schema has
 //     more fields than BigQuery schema, extra fields: 'a,rec.b'" with a
 //     StorageError SCHEMA_MISMATCH_EXTRA_FIELDS detail;
@@ -72,8 +73,8 @@
 //
 // updated_schema: once the schema the write path sees differs from the one
 // it saw when the stream was first used on the connection (or since the last
-// writer_schema on it), every response carries the new schema
-// (AppendResult.UpdatedSchema). Sending a new writer_schema, or reconnecting,
+// writer_schema on it), every response carries the new schema in
+// updated_schema. Sending a new writer_schema, or reconnecting,
 // makes the current schema the baseline again.
 //
 // # Fault injection on the wire
@@ -82,13 +83,13 @@
 //   - UNAVAILABLE, INTERNAL, ABORTED, DEADLINE_EXCEEDED, CANCELLED and
 //     UNKNOWN end the AppendRows stream with that status, like a lost
 //     backend. The request and every request pipelined behind it on the
-//     connection are not written. The Go client fails all of them with that
+//     connection are not written. managedwriter fails all of them with that
 //     code, then opens a new connection on the next append; with
 //     EnableWriteRetries it resends them (UNAVAILABLE, INTERNAL, ABORTED,
 //     DEADLINE_EXCEEDED, CANCELLED are retryable; UNKNOWN is not).
 //   - every other code is answered in that request's response and the
 //     connection stays open. RESOURCE_EXHAUSTED carries BigQuery's message
-//     "Exceeds 'AppendRows throughput' quota...", which the Go client retries
+//     "Exceeds 'AppendRows throughput' quota...", which managedwriter retries
 //     when EnableWriteRetries is set; FAILED_PRECONDITION is retried too;
 //     INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED etc. are not.
 //
