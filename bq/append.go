@@ -259,9 +259,12 @@ func (t *Table) send(ctx context.Context, r *Result, b *batch) (sent bool, err e
 	data := &storagepb.AppendRowsRequest_ProtoData{Rows: &storagepb.ProtoRows{SerializedRows: b.rows}}
 	msg := &storagepb.AppendRowsRequest{Rows: &storagepb.AppendRowsRequest_ProtoRows{ProtoRows: data}}
 	if st.lastEnc == nil {
-		msg.WriteStream, msg.TraceId = t.streamName, traceID
+		msg.TraceId = traceID
 	}
+	// The first request names the stream and the schema; so does one that
+	// changes the schema, as BigQuery requires on the default stream.
 	if st.resendSchema.Swap(false) || st.lastEnc != b.enc {
+		msg.WriteStream = t.streamName
 		data.WriterSchema = &storagepb.ProtoSchema{ProtoDescriptor: b.enc.dp}
 	}
 	r.hold()
