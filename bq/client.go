@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -210,11 +211,16 @@ func (c *Client) credentials(overridden bool) string {
 	return "Application Default Credentials"
 }
 
+// restEndpoint names the REST endpoint for messages, without a password
+// the URL may carry.
 func (c *Client) restEndpoint() string {
-	if c.cfg.Endpoint != "" {
-		return c.cfg.Endpoint
+	if c.cfg.Endpoint == "" {
+		return "https://bigquery.googleapis.com"
 	}
-	return "https://bigquery.googleapis.com"
+	if u, err := url.Parse(c.cfg.Endpoint); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable)" // Validate refuses these
 }
 
 func (c *Client) grpcEndpoint() string {
