@@ -336,7 +336,10 @@ func (t *Table) lookupVerdict() error {
 	if !t.c.cfg.AutoCreateTables {
 		return fmt.Errorf("table %s was deleted while writing (auto_create_tables is off): %w", t.Name(), ErrTableNotFound)
 	}
-	enc := t.enc.Load() // set: appends need an encoded row
+	enc := t.enc.Load()
+	if enc == nil { // rows encoded by another Table were appended to this one
+		return fmt.Errorf("table %s: %w (and its schema was never known here)", t.Name(), ErrTableNotFound)
+	}
 	switch err := t.create(ctx, enc.schema); {
 	case err == nil:
 		t.log.Warn("table was deleted while writing; recreated it with the last known schema", zap.Int("columns", len(enc.schema)))
