@@ -70,8 +70,9 @@ func newResult() *Result {
 }
 
 // Done is closed when every request of the append has an outcome. Each
-// request gets one within AppendTimeout of being sent, or when the Client
-// closes.
+// request gets one within AppendTimeout of being sent (plus, after a
+// NOT_FOUND or PERMISSION_DENIED answer, the REST lookup of the table, each
+// call bounded by Timeout), or when the Client closes.
 func (r *Result) Done() <-chan struct{} { return r.done }
 
 // Wait blocks until the Result is done and returns nil if every row was
@@ -303,6 +304,10 @@ func (t *Table) answer(req *request, resp *storagepb.AppendRowsResponse) {
 		}
 		bad[i] = true
 		rejected[req.idx[i]] = fmt.Errorf("%w (%s): %s", ErrRowRejected, strings.ToLower(re.GetCode().String()), re.GetMessage())
+	}
+	if len(rejected) == 0 { // none of the named rows is one of ours
+		t.retry(req, cause)
+		return
 	}
 	var retry []int
 	for i, orig := range req.idx {
