@@ -1,6 +1,7 @@
 // Package bq keeps BigQuery tables in shape and writes rows to them through
 // the Storage Write API's default stream. It knows BigQuery, not Kafka nor
-// Avro: rows arrive as map[string]any per the row value contract.
+// Avro: rows arrive as map[string]any per the row value contract and are
+// encoded once, to protobuf wire bytes, by Table.Encode.
 //
 // A Client owns the REST client (table metadata) and the Storage Write
 // client (appends). Client.Table hands out one *Table per table; a Table

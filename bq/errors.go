@@ -47,7 +47,8 @@ var (
 	// ErrRowRejected is wrapped by AppendError.Rejected entries for rows
 	// BigQuery named in its row errors (a value it refuses, such as a string
 	// longer than the column's maximum length). They can never be written as
-	// they are.
+	// they are. AppendError.Err wraps it when the Retry rows failed only for
+	// sharing a request with such rows: they may be sent again at once.
 	ErrRowRejected = errors.New("row rejected by BigQuery")
 )
 
