@@ -1,11 +1,13 @@
 package bq
 
 import (
+	"context"
 	"errors"
 	"math"
 	"math/big"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -476,4 +478,74 @@ func TestCloseEndsPendingResults(t *testing.T) {
 		t.Errorf("Close and the pending result took %v", took)
 	}
 	s.SetAppendLatency(0)
+}
+
+func TestConcurrentAppends(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("busy")
+	if err := tbl.EnsureSchema(t.Context(), bigquery.Schema{col("id", bigquery.IntegerFieldType, "REQUIRED")}); err != nil {
+		t.Fatal(err)
+	}
+	const writers, appends, perAppend = 8, 30, 3
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for a := range appends {
+				if a%10 == 5 {
+					// Now and then the stream breaks under everyone.
+					s.FailAppends(1, codes.Unavailable)
+				}
+				var rows []Row
+				for r := range perAppend {
+					row, err := tbl.Encode(map[string]any{"id": (w*appends+a)*perAppend + r})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					rows = append(rows, row)
+				}
+				if err := appendPatiently(t.Context(), tbl, rows); err != nil {
+					t.Errorf("writer %d append %d: %v", w, a, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[int64]int{}
+	for _, r := range readTable(t, s, "busy") {
+		seen[r["id"].(int64)]++
+	}
+	for id := range int64(writers * appends * perAppend) {
+		if seen[id] != 1 {
+			t.Errorf("id %d written %d times, want once", id, seen[id])
+		}
+	}
+}
+
+// appendPatiently appends rows, re-appending the Retry rows until all are
+// written; an error says why it gave up. Safe off the test goroutine.
+func appendPatiently(ctx context.Context, tbl *Table, rows []Row) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for {
+		res, err := tbl.Append(ctx, rows)
+		if err != nil {
+			return err
+		}
+		err = res.Wait(ctx)
+		var ae *AppendError
+		switch {
+		case err == nil:
+			return nil
+		case !errors.As(err, &ae) || len(ae.Rejected) > 0:
+			return err
+		}
+		next := make([]Row, 0, len(ae.Retry))
+		for _, i := range ae.Retry {
+			next = append(next, rows[i])
+		}
+		rows = next
+	}
 }
