@@ -174,7 +174,7 @@ func (c *Client) Check(ctx context.Context) error {
 	case httpStatus(err) == 404 && !errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("bigquery.dataset: dataset %s not found: %w", ds, withClass(err, ErrDatasetNotFound))
 	case errors.Is(err, ErrPermissionDenied):
-		return fmt.Errorf("bigquery.credentials_file: %s may not read dataset %s: %w", c.credentials(c.cfg.Endpoint != ""), ds, err)
+		return fmt.Errorf("bigquery.credentials_file: permission denied: %s may not read dataset %s: %w", c.credentials(c.cfg.Endpoint != ""), ds, err)
 	default:
 		return fmt.Errorf("bigquery.endpoint %s (REST API): %w", c.restEndpoint(), err)
 	}
@@ -189,7 +189,7 @@ func (c *Client) Check(ctx context.Context) error {
 		// that does not exist, and rights are judged per table on append.
 		return nil
 	case codes.Unauthenticated:
-		return fmt.Errorf("bigquery.credentials_file: the Storage Write API refused %s: %w", c.credentials(c.cfg.GRPCEndpoint != ""), withClass(err, ErrPermissionDenied))
+		return fmt.Errorf("bigquery.credentials_file: permission denied: the Storage Write API refused %s: %w", c.credentials(c.cfg.GRPCEndpoint != ""), withClass(err, ErrPermissionDenied))
 	}
 	switch {
 	case ctx.Err() != nil:
