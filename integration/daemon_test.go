@@ -27,7 +27,7 @@ func TestDaemonRunsFromConfigAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	}
 
 	d := startDaemon(t, cfg)
-	d.waitLog(30*time.Second, "partitions assigned", msgIs("partitions assigned"))
+	d.waitLog(30*time.Second, "partitions assigned", assignedSome)
 	d.waitHTTP("/readyz", 200, 30*time.Second)
 	e.waitCommitted(ctx, "daemon")
 	if code, body := d.get("/healthz"); code != 200 {

@@ -349,6 +349,13 @@ func msgIs(msg string) func(logLine) bool {
 	return func(l logLine) bool { return l.Msg == msg }
 }
 
+// assignedSome matches "partitions assigned" lines that assigned at least
+// one partition: the sink also logs the empty assignments of cooperative
+// rebalances that moved nothing to it.
+func assignedSome(l logLine) bool {
+	return l.Msg == "partitions assigned" && l.str("partitions") != "{}" && l.str("partitions") != ""
+}
+
 // exitStatus is how a daemon process ended.
 type exitStatus struct {
 	Code   int            // exit code; -1 when a signal ended it
