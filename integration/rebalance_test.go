@@ -70,6 +70,10 @@ func TestRebalanceKilledAndJoiningMembersLoseNothing(t *testing.T) {
 		}
 		logProblems(t, d)
 	}
+	for _, d := range append(members, victim) {
+		t.Logf("%s: %d assignments, %d revocations, %d losses", d.name, len(d.logsMatching(assignedSome)),
+			len(d.logsMatching(msgIs("partitions revoked"))), len(d.logsMatching(msgIs("partitions lost; their unacknowledged work is abandoned"))))
+	}
 	c := checkCoverage(t, e, s, "_kafka")
 	t.Logf("%v (read back at %v)", c, since())
 }
