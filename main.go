@@ -3,13 +3,16 @@
 //	bqsink -config config.yaml          run
 //	bqsink -config config.yaml -check   validate the config and exit
 //
-// main only wires: config, logger, registry, BigQuery client, sink, HTTP
-// server for /metrics, /healthz and /readyz, and signals. The work lives in
-// the sink, schema and bq packages.
+// main only wires: config, logger, sink, HTTP server for /metrics, /healthz
+// and /readyz, and signals. The work lives in the sink, schema and bq
+// packages.
+//
+// Exit codes: 0 after a clean stop (everything acknowledged was committed),
+// 1 when the config is invalid, a startup check fails, a record fails under
+// errors.policy fail, or the shutdown could not finish, 2 for bad flags.
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -19,8 +22,8 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"regexp"
-	"strings"
+	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,16 +32,37 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"gopkg.in/yaml.v3"
 
-	"github.com/bqsink/bqsink/bq"
-	"github.com/bqsink/bqsink/schema"
 	"github.com/bqsink/bqsink/sink"
 )
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3";
+// otherwise it comes from the module's build info.
+var version = ""
+
+// exitGrace is how long past shutdown_timeout the process may take before
+// it exits regardless.
+const exitGrace = 500 * time.Millisecond
 
 func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
+	// Signals are caught before anything else, so that a SIGTERM at any
+	// moment after start is a clean stop, never a kill by the signal.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var (
+		shutdownTimeout atomic.Int64 // nanoseconds; set once the config is read
+		logger          atomic.Pointer[zap.Logger]
+	)
+	shutdownTimeout.Store(int64(30 * time.Second))
+	done := make(chan struct{})
+	defer close(done)
+	go watchSignals(sigs, done, stop, &shutdownTimeout, &logger)
+
 	fs := flag.NewFlagSet("bqsink", flag.ContinueOnError)
 	configPath := fs.String("config", "config.yaml", "path to the YAML config file")
 	check := fs.Bool("check", false, "validate the config, print every problem, and exit")
@@ -54,38 +78,62 @@ func run(args []string) int {
 		fmt.Printf("%s: ok\n", *configPath)
 		return 0
 	}
+	shutdownTimeout.Store(int64(cfg.ShutdownTimeout))
+	if cfg.ShutdownTimeout == 0 {
+		shutdownTimeout.Store(int64(30 * time.Second))
+	}
 	log, err := newLogger(cfg.Log.Level)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer func() { _ = log.Sync() }()
-	if err := serve(cfg, log); err != nil {
-		log.Error("bqsink failed", zap.Error(err))
+	logger.Store(log)
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("bqsink stopped with an error", zap.Error(err))
 		return 1
 	}
 	return 0
 }
 
-func serve(cfg config, log *zap.Logger) error {
-	log.Info("starting", zap.Any("config", cfg.summary()))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	reg, err := schema.NewRegistry(cfg.SchemaRegistry, log.Named("schema"))
-	if err != nil {
-		return fmt.Errorf("schema registry: %w", err)
+// watchSignals turns the first SIGTERM or SIGINT into a shutdown, bounded
+// by shutdown_timeout plus exitGrace whatever hangs; a second one exits at
+// once.
+func watchSignals(sigs <-chan os.Signal, done <-chan struct{}, stop func(), timeout *atomic.Int64, logger *atomic.Pointer[zap.Logger]) {
+	exit := func(msg string) {
+		if log := logger.Load(); log != nil {
+			log.Error(msg)
+			_ = log.Sync()
+		} else {
+			fmt.Fprintln(os.Stderr, "bqsink:", msg)
+		}
+		os.Exit(1)
 	}
-	// The write streams must outlive the signal: shutdown still appends.
-	wh, err := bq.NewClient(context.WithoutCancel(ctx), cfg.BigQuery, log.Named("bigquery"))
-	if err != nil {
-		return fmt.Errorf("bigquery: %w", err)
+	var sig os.Signal
+	select {
+	case sig = <-sigs:
+	case <-done:
+		return
 	}
-	defer wh.Close()
+	if log := logger.Load(); log != nil {
+		log.Info("signal received; shutting down", zap.Stringer("signal", sig),
+			zap.Duration("shutdown_timeout", time.Duration(timeout.Load())))
+	}
+	stop()
+	select {
+	case <-done:
+	case <-sigs:
+		exit("second signal: exiting without waiting for the shutdown")
+	case <-time.After(time.Duration(timeout.Load()) + exitGrace):
+		exit("shutdown did not finish within shutdown_timeout; exiting: records not committed are read again by the next owner")
+	}
+}
 
+func serve(ctx context.Context, cfg config, log *zap.Logger) error {
+	log.Info("starting", zap.String("version", buildVersion()), zap.Any("config", cfg.summary()))
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s, err := sink.New(cfg.Config, reg, wh, sink.WithLogger(log), sink.WithRegisterer(metrics))
+	s, err := sink.New(cfg.Config, sink.WithLogger(log), sink.WithRegisterer(metrics), sink.WithVersion(buildVersion()))
 	if err != nil {
 		return err
 	}
@@ -102,9 +150,8 @@ func serve(cfg config, log *zap.Logger) error {
 
 	runErr := s.Run(ctx)
 
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(sctx)
+	// Probes and metrics stay up through the shutdown; now they may go.
+	_ = srv.Close()
 	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Warn("http server", zap.Error(err))
 	}
@@ -128,6 +175,9 @@ func handler(s *sink.Sink, metrics *prometheus.Registry) http.Handler {
 	return mux
 }
 
+// newLogger builds the JSON logger. Nothing is sampled away (a rejected
+// record's line must not vanish) and no stack traces are attached: errors
+// are explained by their messages; panics log their own stack.
 func newLogger(level string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
@@ -135,151 +185,22 @@ func newLogger(level string) (*zap.Logger, error) {
 	}
 	zc := zap.NewProductionConfig()
 	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil
+	zc.DisableStacktrace = true
 	zc.OutputPaths = []string{"stdout"}
 	zc.EncoderConfig.TimeKey = "time"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	return zc.Build()
 }
 
-// config is the whole file. Each package owns and validates its section.
-type config struct {
-	sink.Config    `yaml:",inline"`
-	SchemaRegistry schema.Config `yaml:"schema_registry"`
-	BigQuery       bq.Config     `yaml:"bigquery"`
-	HTTP           struct {
-		Listen string `yaml:"listen"`
-	} `yaml:"http"`
-	Log struct {
-		Level string `yaml:"level"`
-	} `yaml:"log"`
-}
-
-// loadConfig reads path, expands ${VAR} and ${VAR:-default} from the
-// environment, rejects unknown keys and reports every invalid key at once.
-func loadConfig(path string) (config, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return config{}, fmt.Errorf("read config: %w", err)
+func buildVersion() string {
+	if version != "" {
+		return version
 	}
-	expanded, err := expandEnv(raw, os.LookupEnv)
-	if err != nil {
-		return config{}, fmt.Errorf("%s: %w", path, err)
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
 	}
-	cfg := config{BigQuery: bq.DefaultConfig()}
-	cfg.HTTP.Listen = ":8080"
-	cfg.Log.Level = "info"
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		return config{}, fmt.Errorf("%s: %w", path, err)
-	}
-	if err := cfg.validate(); err != nil {
-		return config{}, fmt.Errorf("%s: invalid config:\n%w", path, err)
-	}
-	return cfg, nil
-}
-
-func (c config) validate() error {
-	var errs []error
-	errs = append(errs, unjoin("", c.Config.Validate())...)
-	errs = append(errs, unjoin("schema_registry.", c.SchemaRegistry.Validate())...)
-	errs = append(errs, unjoin("bigquery.", c.BigQuery.Validate())...)
-	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
-		errs = append(errs, unjoin("", fmt.Errorf("http.listen: %q is not host:port", c.HTTP.Listen))...)
-	}
-	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
-		errs = append(errs, unjoin("", fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level))...)
-	}
-	return errors.Join(errs...)
-}
-
-// unjoin splits a joined error into its parts, each prefixed with its
-// section, so every problem prints on its own line under its full key.
-func unjoin(prefix string, err error) []error {
-	if err == nil {
-		return nil
-	}
-	var parts []error
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		for _, e := range j.Unwrap() {
-			parts = append(parts, unjoin(prefix, e)...)
-		}
-		return parts
-	}
-	return []error{fmt.Errorf("  %s%w", prefix, err)}
-}
-
-var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
-
-// expandEnv replaces ${VAR} and ${VAR:-default} outside comments. An unset
-// variable without a default is an error rather than an empty string: a
-// silently empty password or broker list is worse than refusing to start.
-func expandEnv(raw []byte, lookup func(string) (string, bool)) ([]byte, error) {
-	var missing []string
-	expand := func(m []byte) []byte {
-		sub := envRef.FindSubmatch(m)
-		name := string(sub[1])
-		if v, ok := lookup(name); ok && (v != "" || sub[2] == nil) {
-			return []byte(v)
-		}
-		if sub[2] != nil {
-			return sub[3]
-		}
-		missing = append(missing, name)
-		return nil
-	}
-	lines := bytes.SplitAfter(raw, []byte("\n"))
-	for i, line := range lines {
-		c := commentStart(line)
-		lines[i] = append(envRef.ReplaceAllFunc(line[:c:c], expand), line[c:]...)
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("environment variables not set (use ${NAME:-default} for optional ones): %s", strings.Join(missing, ", "))
-	}
-	return bytes.Join(lines, nil), nil
-}
-
-// commentStart is the index of the # that starts a YAML comment on line (a
-// # at the start or after white space, outside quotes), or len(line).
-func commentStart(line []byte) int {
-	var quote byte
-	for i, c := range line {
-		switch {
-		case quote != 0:
-			if c == quote {
-				quote = 0
-			}
-		case c == '"' || c == '\'':
-			quote = c
-		case c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t'):
-			return i
-		}
-	}
-	return len(line)
-}
-
-// summary is the config as logged at startup: secrets never appear.
-func (c config) summary() map[string]any {
-	redact := func(s string) string {
-		if s == "" {
-			return ""
-		}
-		return "[redacted]"
-	}
-	return map[string]any{
-		"kafka":            c.Kafka,
-		"tables":           c.Tables,
-		"batch":            c.Batch,
-		"shutdown_timeout": c.ShutdownTimeout.String(),
-		"schema_registry": map[string]any{
-			"url":      redactURL(c.SchemaRegistry.URL),
-			"username": c.SchemaRegistry.Username,
-			"password": redact(c.SchemaRegistry.Password),
-		},
-		"bigquery": c.BigQuery,
-		"http":     c.HTTP.Listen,
-		"log":      c.Log.Level,
-	}
+	return "unknown"
 }
 
 // redactURL drops a password embedded in a URL (https://user:pass@host).

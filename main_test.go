@@ -108,10 +108,12 @@ bigquery: {project: p, dataset: d}
 func TestEnvExpansion(t *testing.T) {
 	t.Setenv("BQSINK_TEST_BROKER", "kafka-1:9092")
 	t.Setenv("BQSINK_TEST_EMPTY", "")
+	t.Setenv("BQSINK_TEST_RECORDS", "250")
 	p := writeConfig(t, `
 kafka: {brokers: ["${BQSINK_TEST_BROKER}"], group_id: "${BQSINK_TEST_GROUP:-sinkers}", topics: [t], commit_interval: "${BQSINK_TEST_EMPTY:-3s}"}
-schema_registry: {url: "http://sr", password: "${BQSINK_TEST_EMPTY}"}
+schema_registry: {url: "http://sr", username: u, password: "${BQSINK_TEST_EMPTY:-pw}"}
 bigquery: {project: p, dataset: d}
+batch: {max_records: "${BQSINK_TEST_RECORDS}"}
 `)
 	cfg, err := loadConfig(p)
 	if err != nil {
@@ -119,6 +121,9 @@ bigquery: {project: p, dataset: d}
 	}
 	if cfg.Kafka.Brokers[0] != "kafka-1:9092" || cfg.Kafka.GroupID != "sinkers" || cfg.Kafka.CommitInterval != 3*time.Second {
 		t.Errorf("expanded wrong: %+v", cfg.Kafka)
+	}
+	if cfg.Batch.MaxRecords != 250 {
+		t.Errorf("${VAR} holding a number must decode into an int key, quoted or not: got %d", cfg.Batch.MaxRecords)
 	}
 
 	// A reference in a comment is documentation, not a value.
@@ -129,6 +134,53 @@ kafka: {brokers: ["${BQSINK_TEST_UNSET_A}"], group_id: "${BQSINK_TEST_UNSET_B}"}
 	_, err = loadConfig(p)
 	if err == nil || !strings.HasSuffix(err.Error(), ": BQSINK_TEST_UNSET_A, BQSINK_TEST_UNSET_B") {
 		t.Fatalf("want exactly the two unset variables named, got %v", err)
+	}
+}
+
+// Values are expanded after parsing: whatever a variable holds is taken as
+// it is, never read as YAML. A password with " #" used to lose its tail to
+// the comment rule, and one starting with * failed as an alias.
+func TestEnvValuesAreNeverYAML(t *testing.T) {
+	for _, pw := range []string{"abc #def", "*star", "a: b", "&anchor", "- dash", "[x", "{y", `quote"d`, "it's", "!tag", "%pct", "@at", "`tick", "|pipe", ">gt", "#hash", "123", "true", "null", "$x ${", "multi\nline"} {
+		t.Run(pw, func(t *testing.T) {
+			t.Setenv("BQSINK_TEST_PW", pw)
+			for _, ref := range []string{`${BQSINK_TEST_PW}`, `"${BQSINK_TEST_PW}"`, `'${BQSINK_TEST_PW}'`} {
+				p := writeConfig(t, `
+kafka: {brokers: [k:9092], group_id: g, topics: [t]}
+schema_registry:
+  url: http://sr
+  username: u
+  password: `+ref+`
+bigquery: {project: p, dataset: d}
+`)
+				cfg, err := loadConfig(p)
+				if err != nil {
+					t.Fatalf("password: %s: %v", ref, err)
+				}
+				if got := cfg.SchemaRegistry.Password; got != pw {
+					t.Errorf("password: %s with %q loaded as %q", ref, pw, got)
+				}
+			}
+		})
+	}
+}
+
+// Unknown keys are refused, each named by its full key and line.
+func TestUnknownKeysNamedWithLine(t *testing.T) {
+	p := writeConfig(t, `
+kafka: {brokers: [k:9092], group_id: g, topics: [t]}
+schema_registry: {url: "http://sr", passwd: x}
+bigquery:
+  project: p
+  dataset: d
+  grpc_endpont: x:1
+batchs: {max_records: 1}
+`)
+	_, err := loadConfig(p)
+	for _, want := range []string{"schema_registry.passwd: unknown key (line 3)", "bigquery.grpc_endpont: unknown key (line 7)", "batchs: unknown key (line 8)"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
 	}
 }
 

@@ -56,7 +56,7 @@ func BenchmarkPipeline(b *testing.B) {
 		if err := st.Produce(ctx, batch...); err != nil {
 			b.Fatal(err)
 		}
-		cfg := st.SinkConfig(topic, topic)
+		cfg := st.Config(topic, topic)
 		cfg.Tables = map[string]string{topic: stack.StockTable}
 		cfg.Batch = sink.BatchConfig{} // production defaults
 		cfg.Kafka.FetchMaxWait = 0     // likewise

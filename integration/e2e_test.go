@@ -17,9 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
 
-	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/integration/stack"
-	"github.com/bqsink/bqsink/schema"
 	"github.com/bqsink/bqsink/sink"
 )
 
@@ -69,29 +67,20 @@ type running struct {
 
 func (e *env) start(ctx context.Context, group string, tune ...func(*sink.Config)) running {
 	e.t.Helper()
-	cfg := e.st.SinkConfig(group, stack.StockTopic)
+	cfg := e.st.Config(group, stack.StockTopic)
 	for _, f := range tune {
 		f(&cfg)
 	}
 	return startSink(ctx, e.t, e.st, cfg, zaptest.NewLogger(e.t))
 }
 
-// startSink runs the real sink, wired as main wires it, against the stack
-// until the test ends or stop is called.
+// startSink runs the real sink, built by the constructor main uses, against
+// the stack until the test ends or stop is called.
 func startSink(ctx context.Context, t testing.TB, st *stack.Stack, cfg sink.Config, log *zap.Logger) running {
 	t.Helper()
-	reg, err := schema.NewRegistry(st.SchemaRegistryConfig(), log.Named("schema"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wh, err := bq.NewClient(ctx, st.BigQueryConfig(), log.Named("bigquery"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	metrics := prometheus.NewRegistry()
-	s, err := sink.New(cfg, reg, wh, sink.WithLogger(log), sink.WithRegisterer(metrics))
+	s, err := sink.New(cfg, sink.WithLogger(log), sink.WithRegisterer(metrics))
 	if err != nil {
-		wh.Close()
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
@@ -104,7 +93,6 @@ func startSink(ctx context.Context, t testing.TB, st *stack.Stack, cfg sink.Conf
 			stopped = true
 			cancel()
 			runErr = <-done
-			wh.Close()
 		}
 		return runErr
 	}
@@ -345,10 +333,13 @@ func TestMalformedRecordsDoNotStopTheOthers(t *testing.T) {
 			t.Fatalf("good record %s missing", u.EAN)
 		}
 	}
-	for reason, want := range map[string]float64{"wire_format": 2, "schema_not_found": 1, "decode": 1} {
+	for reason, want := range map[string]float64{"wire_format": 1, "schema_not_found": 1, "decode": 1} {
 		if got := counter(t, r.metrics, "bqsink_records_rejected_total", "reason", reason); got != want {
 			t.Errorf("rejected %s = %v, want %v", reason, got, want)
 		}
+	}
+	if got := sum(t, r.metrics, "bqsink_tombstones_total"); got != 1 {
+		t.Errorf("tombstones = %v, want 1", got)
 	}
 }
 

@@ -46,7 +46,7 @@ func runSink(ctx context.Context, t *testing.T, st *stack.Stack, group, topic, t
 	t.Helper()
 	core, logs := observer.New(zap.ErrorLevel)
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
-	cfg := st.SinkConfig(group, topic)
+	cfg := st.Config(group, topic)
 	cfg.Tables = map[string]string{topic: table}
 	r := startSink(ctx, t, st, cfg, log)
 	return goldenSink{metrics: r.metrics, errors: logs, stop: r.stop}

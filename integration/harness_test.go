@@ -375,9 +375,13 @@ type daemon struct {
 	t    *testing.T
 	name string // bqsink[pid]
 	cmd  *exec.Cmd
-	// addr is the http.listen address; base is "http://"+addr.
-	addr, base string
-	http       *http.Client
+	// addr is the http.listen address as configured; base is where it
+	// listens, "http://host:port", found from its "http listening" line
+	// when the port was left to the system.
+	addr     string
+	baseOnce sync.Once
+	base     string
+	http     *http.Client
 
 	mu      sync.Mutex
 	lines   []logLine
@@ -388,25 +392,24 @@ type daemon struct {
 	exited chan struct{} // closed once the process is reaped and its output read
 }
 
-// startDaemon runs the binary with cfg, on a free http.listen port unless
-// cfg sets one. The process is killed when the test ends, and its output is
-// logged if the test failed.
+// startDaemon runs the binary with cfg, listening for HTTP on a port the
+// system picks unless cfg sets http.listen. The process is killed when the
+// test ends, and its output is logged if the test failed.
 func startDaemon(t *testing.T, cfg *daemonConfig) *daemon {
 	t.Helper()
 	bin := daemonBinary(t)
 	cfg = cfg.clone()
 	addr, _ := cfg.get("http.listen").(string)
 	if addr == "" {
-		addr = freeAddr(t)
+		// A port picked here and closed could be taken by another process
+		// before the daemon binds it.
+		addr = "127.0.0.1:0"
 		cfg.set("http.listen", addr)
 	}
 	d := &daemon{
-		t: t, addr: addr, base: "http://" + addr,
+		t: t, addr: addr,
 		http:    &http.Client{Timeout: 5 * time.Second},
 		changed: make(chan struct{}), exited: make(chan struct{}),
-	}
-	if strings.HasPrefix(addr, ":") {
-		d.base = "http://127.0.0.1" + addr
 	}
 	d.cmd = exec.Command(bin, "-config", cfg.writeConfig())
 	d.cmd.Env = processEnv(cfg.env)
@@ -450,6 +453,23 @@ func (d *daemon) reap() {
 	d.exit = st
 	d.mu.Unlock()
 	close(d.exited)
+}
+
+// baseURL is "http://host:port" of the daemon's HTTP server, waiting for
+// its "http listening" line if the port was left to the system.
+func (d *daemon) baseURL() string {
+	d.baseOnce.Do(func() {
+		addr := d.addr
+		if strings.HasSuffix(addr, ":0") {
+			l := d.waitLog(30*time.Second, "http listening", msgIs("http listening"))
+			addr = l.str("addr")
+		}
+		if strings.HasPrefix(addr, ":") {
+			addr = "127.0.0.1" + addr
+		}
+		d.base = "http://" + addr
+	})
+	return d.base
 }
 
 func (d *daemon) done() bool {
@@ -658,7 +678,7 @@ func (d *daemon) tail(n int) string {
 // get requests a path of the daemon's HTTP server (/readyz, /healthz,
 // /metrics). The code is 0, and the body the error, if it did not answer.
 func (d *daemon) get(path string) (int, string) {
-	resp, err := d.http.Get(d.base + path)
+	resp, err := d.http.Get(d.baseURL() + path)
 	if err != nil {
 		return 0, err.Error()
 	}

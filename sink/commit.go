@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -92,23 +93,28 @@ func (s *Sink) commitLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.commitAll(ctx, "interval")
+			_ = s.commitAll(ctx, "interval")
 		}
 	}
 }
 
-func (s *Sink) commitAll(ctx context.Context, why string) { s.commitPartitions(ctx, nil, why) }
+func (s *Sink) commitAll(ctx context.Context, why string) error {
+	return s.commitPartitions(ctx, nil, why)
+}
 
-// commitPartitions commits the marks of the given partitions (all when nil).
-// A failed commit is logged and its marks kept for the next round: the
-// records stay uncommitted, so nothing is lost, at worst re-read.
-func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, why string) {
+// commitPartitions commits the marks of the given partitions (all when nil),
+// each attempt bounded by kafka.request_timeout. A failed commit is reported
+// and its marks kept for the next round: the records stay uncommitted, so
+// nothing is lost, at worst re-read.
+func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, why string) error {
 	s.commits.commitMu.Lock()
 	defer s.commits.commitMu.Unlock()
 	offsets := s.commits.take(only)
 	if len(offsets) == 0 {
-		return
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+	defer cancel()
 	var failed map[string]map[int32]kgo.EpochOffset
 	var firstErr error
 	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
@@ -133,12 +139,14 @@ func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, wh
 			}
 		}
 	})
+	group := "group " + s.cfg.Kafka.GroupID
 	if firstErr == nil {
 		s.metrics.commits.WithLabelValues("ok").Inc()
+		s.health.ok(stageCommit, group)
 		if ce := s.log.Check(zap.DebugLevel, "committed"); ce != nil {
 			ce.Write(zap.Any("offsets", offsetsForLog(offsets)), zap.String("why", why))
 		}
-		return
+		return nil
 	}
 	s.metrics.commits.WithLabelValues("error").Inc()
 	// Marks of a revoked partition are not put back: it belongs to another
@@ -146,8 +154,9 @@ func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, wh
 	if only == nil {
 		s.commits.restore(failed)
 	}
-	s.log.Warn("offset commit failed; records stay uncommitted and may be re-read",
-		zap.Any("offsets", offsetsForLog(failed)), zap.Error(firstErr))
+	err := fmt.Errorf("commit offsets %v (%s): %w", offsetsForLog(failed), why, firstErr)
+	s.health.fail(stageCommit, group, err, false)
+	return err
 }
 
 func offsetsForLog(m map[string]map[int32]kgo.EpochOffset) map[string]map[int32]int64 {

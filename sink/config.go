@@ -7,24 +7,34 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/bqsink/bqsink/bq"
+	"github.com/bqsink/bqsink/schema"
 )
 
-// Config is the part of bqsink's configuration the sink owns: where records
-// come from, where they go and how they are batched. main reads it from the
-// top level of the YAML file; config.yaml documents every key. Zero values
-// mean the defaults named on each field.
+// Config is bqsink's configuration below the process level (HTTP and
+// logging belong to main): where records come from, how they are decoded,
+// where they go and how failures are handled. main reads it from the top
+// level of the YAML file; config.yaml documents every key. Zero values mean
+// the defaults named on each field, except BigQuery's two booleans: start
+// from DefaultConfig.
 type Config struct {
-	Kafka KafkaConfig `yaml:"kafka"`
+	Kafka          KafkaConfig   `yaml:"kafka"`
+	SchemaRegistry schema.Config `yaml:"schema_registry"`
+	BigQuery       bq.Config     `yaml:"bigquery"`
 	// Tables routes a topic to a table ("table" in bigquery.dataset, or
 	// "dataset.table"). A topic not listed goes to DefaultTable(topic).
 	Tables map[string]string `yaml:"tables"`
 	Batch  BatchConfig       `yaml:"batch"`
+	Errors ErrorsConfig      `yaml:"errors"`
+	Memory MemoryConfig      `yaml:"memory"`
 	// ShutdownTimeout bounds how long Run spends flushing and committing
 	// after its context ends (default 30s); writes still unanswered then are
 	// abandoned uncommitted and are read again by the next owner.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// StallTimeout is how long a partition may hold unacknowledged records
-	// without progress before Ready reports the sink as stalled (default 5m).
+	// without progress, or have records it cannot fetch, or a stage may
+	// fail without a success, before Ready reports it (default 5m).
 	StallTimeout time.Duration `yaml:"stall_timeout"`
 	// UnknownSchemaGrace is how long records whose schema ID the registry
 	// does not know are retried before they are rejected (default 30s): a
@@ -36,6 +46,10 @@ type Config struct {
 	// headers (default empty: no column).
 	MetadataColumn string `yaml:"metadata_column"`
 }
+
+// DefaultConfig returns a Config whose zero fields take their defaults and
+// whose BigQuery section creates and evolves tables (bq.DefaultConfig).
+func DefaultConfig() Config { return Config{BigQuery: bq.DefaultConfig()} }
 
 // KafkaConfig says which cluster, group and topics to consume.
 type KafkaConfig struct {
@@ -62,19 +76,56 @@ type KafkaConfig struct {
 	// after backpressure is fetched again only once the fetch in flight
 	// returns, so a long wait shows up as latency there.
 	FetchMaxWait time.Duration `yaml:"fetch_max_wait"`
+	// RequestTimeout bounds each offset commit, dead-letter write and
+	// admin request (default 10s). A call that runs out is retried and
+	// reported, never waited for without end.
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 }
 
 // BatchConfig bounds a partition's batch; whichever limit is hit first
 // flushes it.
 type BatchConfig struct {
 	MaxRecords int           `yaml:"max_records"` // default 10000
-	MaxBytes   int           `yaml:"max_bytes"`   // default 8 MiB of Kafka record values
+	MaxBytes   int           `yaml:"max_bytes"`   // default 8 MiB of encoded rows
 	MaxWait    time.Duration `yaml:"max_wait"`    // default 1s after the batch's first record
 	// MaxInflight bounds the appends a partition has sent and not yet seen
 	// answered (default 4). When it is reached the partition stops reading
-	// and, once its buffer is full, fetching pauses for it.
+	// and, once its share of memory is used, fetching pauses for it.
 	MaxInflight int `yaml:"max_inflight"`
 }
+
+// Policies for records that can never be written.
+const (
+	PolicyDLQ  = "dlq"  // produce them to the dead-letter topic, then commit past them
+	PolicySkip = "skip" // log and count them, then commit past them
+	PolicyFail = "fail" // commit everything before the first one and stop with an error
+)
+
+// ErrorsConfig says what happens to a record that can never be written.
+type ErrorsConfig struct {
+	// Policy is PolicyDLQ (default), PolicySkip or PolicyFail. An outage
+	// of the registry or of BigQuery never counts: only the record itself.
+	Policy string `yaml:"policy"`
+	// DLQTopic is the dead-letter topic (default "<group_id>.dlq"). It must
+	// exist when Policy is dlq: Run checks at startup.
+	DLQTopic string `yaml:"dlq_topic"`
+}
+
+// MemoryConfig bounds what the sink holds in memory.
+type MemoryConfig struct {
+	// MaxBufferedBytes caps the memory holding records fetched and not yet
+	// acknowledged, across all partitions: their Kafka bytes, their
+	// encoded rows and the client's fetch buffers (default 128 MiB).
+	// Fetching stops when it is reached and resumes as BigQuery
+	// acknowledges rows. A single record larger than the cap is still
+	// processed, alone.
+	MaxBufferedBytes int64 `yaml:"max_buffered_bytes"`
+}
+
+const (
+	defaultMaxBufferedBytes = 128 << 20
+	minMaxBufferedBytes     = 4 << 20
+)
 
 func (c Config) withDefaults() Config {
 	def := func(v *time.Duration, d time.Duration) {
@@ -92,6 +143,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Kafka.RebalanceTimeout, 60*time.Second)
 	def(&c.Kafka.CommitInterval, time.Second)
 	def(&c.Kafka.FetchMaxWait, 500*time.Millisecond)
+	def(&c.Kafka.RequestTimeout, 10*time.Second)
 	if c.Batch.MaxRecords == 0 {
 		c.Batch.MaxRecords = 10000
 	}
@@ -102,6 +154,15 @@ func (c Config) withDefaults() Config {
 	if c.Batch.MaxInflight == 0 {
 		c.Batch.MaxInflight = 4
 	}
+	if c.Errors.Policy == "" {
+		c.Errors.Policy = PolicyDLQ
+	}
+	if c.Errors.DLQTopic == "" {
+		c.Errors.DLQTopic = c.Kafka.GroupID + ".dlq"
+	}
+	if c.Memory.MaxBufferedBytes == 0 {
+		c.Memory.MaxBufferedBytes = defaultMaxBufferedBytes
+	}
 	def(&c.ShutdownTimeout, 30*time.Second)
 	def(&c.StallTimeout, 5*time.Minute)
 	def(&c.UnknownSchemaGrace, 30*time.Second)
@@ -109,7 +170,8 @@ func (c Config) withDefaults() Config {
 }
 
 // Validate reports every bad key, one error each, named by its YAML path
-// below the top level ("kafka.brokers: required").
+// below the top level ("kafka.brokers: required"). The registry and
+// BigQuery sections are validated by their packages and prefixed here.
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, a ...any) {
@@ -149,6 +211,7 @@ func (c Config) Validate() error {
 		"kafka.rebalance_timeout": c.Kafka.RebalanceTimeout,
 		"kafka.commit_interval":   c.Kafka.CommitInterval,
 		"kafka.fetch_max_wait":    c.Kafka.FetchMaxWait,
+		"kafka.request_timeout":   c.Kafka.RequestTimeout,
 		"batch.max_wait":          c.Batch.MaxWait,
 		"shutdown_timeout":        c.ShutdownTimeout,
 		"stall_timeout":           c.StallTimeout,
@@ -167,6 +230,20 @@ func (c Config) Validate() error {
 	if c.Batch.MaxInflight < 0 {
 		bad("batch.max_inflight", "must not be negative")
 	}
+	switch c.Errors.Policy {
+	case "", PolicyDLQ, PolicySkip, PolicyFail:
+	default:
+		bad("errors.policy", "%q is not dlq, skip or fail", c.Errors.Policy)
+	}
+	if t := c.Errors.DLQTopic; t != "" && !kafkaTopicName.MatchString(t) {
+		bad("errors.dlq_topic", "%q is not a Kafka topic name (letters, digits, . _ -; at most 249)", t)
+	}
+	if d := c.withDefaults(); d.Errors.Policy == PolicyDLQ && d.Kafka.GroupID != "" && consumes(d.Kafka.Topics, d.Errors.DLQTopic) {
+		bad("errors.dlq_topic", "%q is also consumed (kafka.topics): dead-lettered records would come back", d.Errors.DLQTopic)
+	}
+	if m := c.Memory.MaxBufferedBytes; m != 0 && m < minMaxBufferedBytes {
+		bad("memory.max_buffered_bytes", "%d is below the minimum of %d (4 MiB)", m, minMaxBufferedBytes)
+	}
 	if c.MetadataColumn != "" && !columnName.MatchString(c.MetadataColumn) {
 		bad("metadata_column", "%q is not a BigQuery column name (letters, digits, _; not starting with a digit)", c.MetadataColumn)
 	}
@@ -176,9 +253,29 @@ func (c Config) Validate() error {
 		}
 	}
 	errs = append(errs, c.tableCollisions()...)
+	errs = append(errs, prefixed("schema_registry.", c.SchemaRegistry.Validate())...)
+	errs = append(errs, prefixed("bigquery.", c.BigQuery.Validate())...)
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
 	return errors.Join(errs...)
 }
+
+// prefixed splits a joined error into its parts, each prefixed with its
+// section, so every problem is named by its full key.
+func prefixed(prefix string, err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var parts []error
+		for _, e := range j.Unwrap() {
+			parts = append(parts, prefixed(prefix, e)...)
+		}
+		return parts
+	}
+	return []error{fmt.Errorf("%s%w", prefix, err)}
+}
+
+var kafkaTopicName = regexp.MustCompile(`^[A-Za-z0-9._\-]{1,249}$`)
 
 var tableName = regexp.MustCompile(`^([A-Za-z0-9_]+\.)?[A-Za-z0-9_\-]+$`)
 
@@ -214,16 +311,41 @@ func (c Config) TableFor(topic string) string {
 	return DefaultTable(topic)
 }
 
+// consumes reports whether topic is one of topics or matched by one of
+// their regular expressions.
+func consumes(topics []string, topic string) bool {
+	for _, t := range topics {
+		if t == topic {
+			return true
+		}
+		if strings.HasPrefix(t, "^") {
+			if re, err := regexp.Compile(t); err == nil && re.MatchString(topic) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// literalTopics are the configured topics that are not regular expressions:
+// the ones that must exist at startup.
+func (c Config) literalTopics() []string {
+	var out []string
+	for _, t := range c.Kafka.Topics {
+		if !strings.HasPrefix(t, "^") {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // tableCollisions finds literal topics whose default table names collide
 // ("orders.v1" and "orders_v1"): their records would silently share a table.
 // Routing several topics to one table on purpose is done through Tables and
 // is not reported.
 func (c Config) tableCollisions() []error {
 	byTable := map[string][]string{}
-	for _, t := range c.Kafka.Topics {
-		if strings.HasPrefix(t, "^") {
-			continue
-		}
+	for _, t := range c.literalTopics() {
 		if _, explicit := c.Tables[t]; explicit {
 			continue
 		}

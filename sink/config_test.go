@@ -7,7 +7,11 @@ import (
 )
 
 func validConfig() Config {
-	return Config{Kafka: KafkaConfig{Brokers: []string{"k:9092"}, GroupID: "g", Topics: []string{"orders"}}}
+	c := DefaultConfig()
+	c.Kafka = KafkaConfig{Brokers: []string{"k:9092"}, GroupID: "g", Topics: []string{"orders"}}
+	c.SchemaRegistry.URL = "http://registry:8081"
+	c.BigQuery.Project, c.BigQuery.Dataset = "p", "d"
+	return c
 }
 
 func TestDefaultTableSanitizesTopic(t *testing.T) {

@@ -46,7 +46,7 @@ func metadataColumn(name string, key *schema.Schema) *bigquery.FieldSchema {
 // schema is unknown or cannot be decoded is kept raw: keys are often plain
 // bytes that happen to start with 0. Only a transient registry failure is
 // returned, to be retried.
-func (w *worker) metadata(ctx context.Context, r *kgo.Record) (map[string]any, *schema.Schema, error) {
+func (d *decoder) metadata(ctx context.Context, r *kgo.Record) (map[string]any, *schema.Schema, error) {
 	m := map[string]any{
 		"topic":     r.Topic,
 		"partition": int64(r.Partition),
@@ -58,7 +58,7 @@ func (w *worker) metadata(ctx context.Context, r *kgo.Record) (map[string]any, *
 		m["key"] = r.Key
 	}
 	if id, body, err := schema.Split(r.Key); err == nil {
-		sch, err := w.s.reg.Schema(ctx, id)
+		sch, err := d.reg.Schema(ctx, id)
 		switch {
 		case err == nil:
 			if key, err := sch.Decode(body); err == nil {

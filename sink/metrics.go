@@ -2,39 +2,64 @@ package sink
 
 import "github.com/prometheus/client_golang/prometheus"
 
+// Reasons a record can never be written; they label
+// bqsink_records_rejected_total and bqsink_records_dead_lettered_total and
+// are the bqsink.reason header of its dead-letter record.
+const (
+	reasonWireFormat        = "wire_format"         // not magic byte 0 + 4-byte schema ID + body
+	reasonSchemaNotFound    = "schema_not_found"    // the registry does not know its schema ID (after unknown_schema_grace)
+	reasonUnsupportedSchema = "unsupported_schema"  // its schema has no BigQuery mapping
+	reasonIncompatible      = "incompatible_schema" // its schema changed in a way the table cannot absorb
+	reasonDecode            = "decode"              // its body does not decode under its schema
+	reasonEncode            = "encode"              // its row does not fit the table's columns
+	reasonRowTooLarge       = "row_too_large"       // its row alone exceeds BigQuery's request limit
+	reasonBigQuery          = "bigquery_rejected"   // BigQuery refused the row
+)
+
+var reasons = []string{reasonWireFormat, reasonSchemaNotFound, reasonUnsupportedSchema, reasonIncompatible,
+	reasonDecode, reasonEncode, reasonRowTooLarge, reasonBigQuery}
+
 // metrics are the sink's Prometheus series. Every name is documented in the
-// README's Monitoring section.
+// README's Monitoring section. Values derived from state (partitions,
+// stalls, buffered bytes, appends in flight) are computed when scraped.
 type metrics struct {
 	consumed      *prometheus.CounterVec   // topic
 	rejected      *prometheus.CounterVec   // topic, reason
+	deadLettered  *prometheus.CounterVec   // topic, reason
+	tombstones    *prometheus.CounterVec   // topic
 	written       *prometheus.CounterVec   // table
-	retries       *prometheus.CounterVec   // table, stage
+	retries       *prometheus.CounterVec   // stage
 	appendSeconds *prometheus.HistogramVec // table
 	batchRows     prometheus.Histogram
-	inflight      prometheus.Gauge
-	partitions    prometheus.Gauge
 	commits       *prometheus.CounterVec // result
-	stalled       prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
+func newMetrics() *metrics {
+	return &metrics{
 		consumed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_records_consumed_total",
 			Help: "Kafka records handed to a partition worker.",
 		}, []string{"topic"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_records_rejected_total",
-			Help: "Records that can never be written, by reason; their offsets are committed.",
+			Help: "Records that can never be written, by reason; errors.policy decides what follows.",
 		}, []string{"topic", "reason"}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_records_dead_lettered_total",
+			Help: "Rejected records the dead-letter topic acknowledged, by reason.",
+		}, []string{"topic", "reason"}),
+		tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_tombstones_total",
+			Help: "Records with a null value (tombstones): no row, offset committed.",
+		}, []string{"topic"}),
 		written: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_rows_written_total",
 			Help: "Rows BigQuery acknowledged.",
 		}, []string{"table"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_retries_total",
-			Help: "Transient failures that were retried, by stage (schema, table, append).",
-		}, []string{"table", "stage"}),
+			Help: "Failed attempts that were retried, by stage (schema, table, append, dead_letter, commit, fetch).",
+		}, []string{"stage"}),
 		appendSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "bqsink_append_seconds",
 			Help:    "Time from sending an append to BigQuery's answer.",
@@ -45,30 +70,72 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Rows per flushed batch.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
 		}),
-		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "bqsink_appends_inflight",
-			Help: "Appends sent and not yet answered.",
-		}),
-		partitions: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "bqsink_partitions_assigned",
-			Help: "Partitions this member owns.",
-		}),
 		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_commits_total",
 			Help: "Offset commits, by result (ok, error).",
 		}, []string{"result"}),
-		stalled: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "bqsink_partitions_stalled",
-			Help: "Partitions holding unacknowledged records with no progress for longer than stall_timeout.",
-		}),
 	}
-	if reg == nil {
-		return m, nil
+}
+
+// register registers the counters and the gauges s computes when scraped.
+func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
+	for _, st := range stages {
+		m.retries.WithLabelValues(st)
 	}
-	for _, c := range []prometheus.Collector{m.consumed, m.rejected, m.written, m.retries, m.appendSeconds, m.batchRows, m.inflight, m.partitions, m.commits, m.stalled} {
+	for _, r := range []string{"ok", "error"} {
+		m.commits.WithLabelValues(r)
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	cs := []prometheus.Collector{
+		m.consumed, m.rejected, m.deadLettered, m.tombstones, m.written, m.retries, m.appendSeconds, m.batchRows, m.commits,
+		gauge("bqsink_partitions_assigned", "Partitions this member owns.",
+			func() float64 { return float64(s.flow.parts.Load()) }),
+		gauge("bqsink_partitions_stalled", "Partitions holding unacknowledged records with no progress, or with records they cannot fetch, for longer than stall_timeout.",
+			func() float64 { return float64(len(s.stalled())) }),
+		gauge("bqsink_appends_inflight", "Appends sent to BigQuery and not yet answered.",
+			func() float64 { return float64(s.inflight()) }),
+		gauge("bqsink_buffered_bytes", "Memory held for records fetched and not yet acknowledged (records and their rows); capped by memory.max_buffered_bytes.",
+			func() float64 { return float64(s.flow.used.Load()) }),
+		gauge("bqsink_buffered_bytes_peak", "The highest bqsink_buffered_bytes since the start.",
+			func() float64 { return float64(s.flow.peak.Load()) }),
+		gauge("bqsink_buffered_bytes_limit", "memory.max_buffered_bytes.",
+			func() float64 { return float64(s.flow.cap) }),
+	}
+	stageFailing := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bqsink_stage_failing", Help: "Targets (tables, registry, topics) whose calls in this stage are failing now."}, []string{"stage"})
+	cs = append(cs, &scrapeCollector{vec: stageFailing, update: func() {
+		for _, st := range stages {
+			stageFailing.WithLabelValues(st).Set(float64(s.health.failingStage(st)))
+		}
+	}})
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return m, nil
+	return nil
+}
+
+// initTopic starts a topic's counters at zero, so that alerts see them
+// before the first event.
+func (m *metrics) initTopic(topic string) {
+	m.consumed.WithLabelValues(topic)
+	m.tombstones.WithLabelValues(topic)
+	for _, r := range reasons {
+		m.rejected.WithLabelValues(topic, r)
+		m.deadLettered.WithLabelValues(topic, r)
+	}
+}
+
+// scrapeCollector refreshes a gauge vector from state when scraped.
+type scrapeCollector struct {
+	vec    *prometheus.GaugeVec
+	update func()
+}
+
+func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
+func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
+	c.update()
+	c.vec.Collect(ch)
 }

@@ -6,14 +6,18 @@
 // to that partition's worker; the worker owns its batch, its in-flight
 // appends and its commit watermark. A committer goroutine commits the
 // watermarks every commit_interval, and synchronously when partitions are
-// revoked or the sink shuts down.
+// revoked or the sink shuts down. A monitor goroutine reports failures that
+// last, summarises rejected records and watches for partitions that have
+// records the client cannot fetch.
 package sink
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,39 +33,67 @@ import (
 	"github.com/bqsink/bqsink/schema"
 )
 
-// pollTimeout bounds one poll so the loop turns (and Live can tell it is
-// alive) even when no records arrive.
-const pollTimeout = 5 * time.Second
+const (
+	// pollTimeout bounds one poll so the loop turns (and Live can tell it
+	// is alive) even when no records arrive.
+	pollTimeout = 5 * time.Second
+	// startupTimeout bounds the startup checks: a problem that will not
+	// fix itself ends Run within it.
+	startupTimeout = 10 * time.Second
+	// monitorEvery is how often failures that last are logged again and
+	// rejection summaries written.
+	monitorEvery = 5 * time.Second
+	// stopGrace bounds the wait for a worker after it was cancelled; every
+	// call it makes honours cancellation, so this is a last resort.
+	stopGrace = time.Second
+	// dlqMaxRecordBytes is the largest record the dead-letter producer
+	// sends; the topic's max.message.bytes must allow what it gets.
+	dlqMaxRecordBytes = 96 << 20
+)
+
+// ErrIncomplete is returned by Run when shutdown could not finish within
+// shutdown_timeout: appends were left unanswered or the final commit
+// failed. Nothing acknowledged is lost; the records not committed are read
+// again by the partitions' next owner.
+var ErrIncomplete = errors.New("shutdown incomplete")
 
 // Sink moves records from Kafka to BigQuery. Create it with New, run it with
 // Run. Its methods are safe for concurrent use.
 type Sink struct {
 	cfg     Config
-	reg     *schema.Registry
-	wh      *bq.Client
 	log     *zap.Logger
+	version string
 	metrics *metrics
+	health  *health
+	rejects *rejectLog
+	flow    *flow
+	reg     *schema.Registry
 	kopts   []kgo.Opt
-	cl      *kgo.Client // set by Run
 
-	runCtx context.Context // Run's context: its end starts the shutdown
+	// Set by Run before anything uses them.
+	wh    *bq.Client
+	cl    *kgo.Client // the consumer
+	admin *kgo.Client // admin requests and dead-letter writes
+	dlq   *deadLetters
 
+	runCtx  context.Context
+	stopRun context.CancelCauseFunc // ends the run early: a record failed under errors.policy fail
 	// base parents every worker's context. It outlives Run's context so
 	// that shutdown can still finish in-flight appends.
-	base     context.Context
-	stopBase context.CancelFunc
+	base context.Context
 
-	// mu guards workers and tables. With BlockRebalanceOnPoll the group
-	// callbacks and the poll loop never run at once; the lock is for Ready
+	// mu guards workers. With BlockRebalanceOnPoll the group callbacks and
+	// the poll loop never run at once; the lock is for Ready, the monitor
 	// and shutdown.
 	mu      sync.Mutex
 	workers map[topicPartition]*worker
-	tables  map[string]*table
 
 	commits commits
 
 	unknownMu sync.Mutex
 	unknown   map[int]time.Time // schema ID -> first record that carried it unresolved
+
+	fatalErr atomic.Pointer[error] // set once by fatal
 
 	started atomic.Bool
 	// stopAt is when Run's context ended (unix nanoseconds; 0 while
@@ -73,12 +105,17 @@ type Sink struct {
 	// franz-go blocks polls while it runs, for up to half the rebalance
 	// timeout plus the commit.
 	callback atomic.Int64
+	// abandoned counts flights dropped unfinished: records left
+	// uncommitted for the next owner.
+	abandoned atomic.Int64
 }
 
 type topicPartition struct {
 	topic     string
 	partition int32
 }
+
+func (tp topicPartition) String() string { return fmt.Sprintf("%s/%d", tp.topic, tp.partition) }
 
 // Option configures a Sink.
 type Option func(*options)
@@ -87,10 +124,11 @@ type options struct {
 	log       *zap.Logger
 	reg       prometheus.Registerer
 	kafkaOpts []kgo.Opt
+	version   string
 }
 
 // WithLogger sets the logger (default: none). The sink names its own
-// children ("sink", "kafka").
+// children ("sink", "kafka", "schema", "bigquery").
 func WithLogger(l *zap.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithRegisterer registers the sink's and the Kafka client's metrics (default:
@@ -103,51 +141,61 @@ func WithKafkaOpts(opts ...kgo.Opt) Option {
 	return func(o *options) { o.kafkaOpts = append(o.kafkaOpts, opts...) }
 }
 
-// New validates cfg and prepares the sink. It does no I/O: a broker that
-// cannot be reached is reported by Run.
-func New(cfg Config, reg *schema.Registry, wh *bq.Client, opts ...Option) (*Sink, error) {
+// WithVersion sets the version written in the bqsink.version header of
+// dead-letter records (default "unknown").
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }
+
+// New validates cfg and prepares the sink, its registry client and its
+// metrics. It does no I/O: an endpoint that cannot be reached is reported
+// by Run.
+func New(cfg Config, opts ...Option) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("sink config: %w", err)
+		return nil, fmt.Errorf("invalid config:\n%w", err)
 	}
-	if reg == nil || wh == nil {
-		return nil, errors.New("sink: registry and BigQuery client are required")
-	}
-	var o options
+	o := options{version: "unknown"}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.log == nil {
 		o.log = zap.NewNop()
 	}
-	m, err := newMetrics(o.reg)
+	cfg = cfg.withDefaults()
+	reg, err := schema.NewRegistry(cfg.SchemaRegistry, o.log.Named("schema"))
 	if err != nil {
-		return nil, fmt.Errorf("register metrics: %w", err)
+		return nil, err
 	}
+	m := newMetrics()
 	s := &Sink{
-		cfg:     cfg.withDefaults(),
-		reg:     reg,
-		wh:      wh,
+		cfg:     cfg,
 		log:     o.log.Named("sink"),
+		version: o.version,
 		metrics: m,
+		rejects: newRejectLog(o.log.Named("sink")),
+		flow:    newFlow(cfg.Memory.MaxBufferedBytes),
+		reg:     reg,
 		workers: map[topicPartition]*worker{},
-		tables:  map[string]*table{},
 		commits: commits{marks: map[string]map[int32]kgo.EpochOffset{}},
 	}
-	s.kopts = s.kafkaOpts(o.log.Named("kafka"))
+	s.health = newHealth(s.log, m)
+	s.kopts = s.consumerOpts(o.log.Named("kafka"))
 	if o.reg != nil {
+		if err := m.register(o.reg, s); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 		s.kopts = append(s.kopts, kgo.WithHooks(kprom.NewMetrics("bqsink_kafka", kprom.Registerer(o.reg))))
 	}
 	s.kopts = append(s.kopts, o.kafkaOpts...)
 	return s, nil
 }
 
-func (s *Sink) kafkaOpts(log *zap.Logger) []kgo.Opt {
+func (s *Sink) consumerOpts(log *zap.Logger) []kgo.Opt {
 	k := s.cfg.Kafka
 	topics, regex := consumeTopics(k.Topics)
 	start := kgo.NewOffset().AtStart()
 	if k.StartOffset == "latest" {
 		start = kgo.NewOffset().AtEnd()
 	}
+	fetchMax, partitionMax := fetchSizes(s.cfg.Memory.MaxBufferedBytes)
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(k.Brokers...),
 		kgo.ClientID(k.ClientID),
@@ -158,6 +206,10 @@ func (s *Sink) kafkaOpts(log *zap.Logger) []kgo.Opt {
 		kgo.SessionTimeout(k.SessionTimeout),
 		kgo.RebalanceTimeout(k.RebalanceTimeout),
 		kgo.FetchMaxWait(k.FetchMaxWait),
+		// Fetch sizes follow memory.max_buffered_bytes; see flow.
+		kgo.FetchMaxBytes(fetchMax),
+		kgo.FetchMaxPartitionBytes(partitionMax),
+		kgo.MaxConcurrentFetches(concurrentFetches),
 		// Offsets are committed only once BigQuery acknowledged the rows.
 		kgo.DisableAutoCommit(),
 		// Group callbacks never run while the poll loop routes records, so
@@ -175,6 +227,24 @@ func (s *Sink) kafkaOpts(log *zap.Logger) []kgo.Opt {
 		opts = append(opts, kgo.InstanceID(k.InstanceID))
 	}
 	return opts
+}
+
+// adminOpts configure the client for admin requests (the startup checks,
+// the lag watch) and dead-letter writes. It joins no group.
+func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
+	k := s.cfg.Kafka
+	return []kgo.Opt{
+		kgo.SeedBrokers(k.Brokers...),
+		kgo.ClientID(k.ClientID),
+		kgo.ProducerBatchMaxBytes(dlqMaxRecordBytes),
+		kgo.ProduceRequestTimeout(k.RequestTimeout),
+		kgo.RecordDeliveryTimeout(k.RequestTimeout),
+		// Dead-letter records are written at least once, like rows; an
+		// idempotent producer would need one more ACL for nothing.
+		kgo.DisableIdempotentWrite(),
+		kgo.ProducerLinger(0),
+		kgo.WithLogger(kzap.New(log, kzap.Level(kgo.LogLevelWarn))),
+	}
 }
 
 // consumeTopics turns the configured topics into franz-go's form: with any
@@ -201,44 +271,76 @@ func consumeTopics(topics []string) ([]string, bool) {
 	return out, true
 }
 
-// Run consumes until ctx ends, then flushes, commits what BigQuery
-// acknowledged, leaves the group and returns nil. Shutdown takes at most
-// shutdown_timeout; writes unanswered by then are abandoned uncommitted and
-// read again by the partitions' next owner. Run returns an error without
-// consuming when the brokers cannot be reached. Run may be called once.
+// Run checks that Kafka, the registry and BigQuery answer, consumes until
+// ctx ends, then flushes, commits what BigQuery acknowledged, leaves the
+// group and returns.
+//
+// A startup check that fails (a missing topic or dataset, refused
+// credentials, an endpoint that does not answer within 10s) ends Run
+// with an error naming the config key to fix. If ctx ends before consuming
+// starts, Run returns nil. Shutdown takes at most shutdown_timeout; if
+// appends are still unanswered then or the final commit fails, Run returns
+// an error wrapping ErrIncomplete (their records are read again by the
+// next owner). Under errors.policy fail, a record that can never be
+// written ends Run with an error naming it, after committing everything
+// before it. Run may be called once.
 func (s *Sink) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return errors.New("sink: Run called twice")
 	}
-	s.runCtx = ctx
-	s.base, s.stopBase = context.WithCancel(context.WithoutCancel(ctx))
-	defer s.stopBase()
-	// The client joins the group as soon as it exists, so it is created
-	// here, where workers have a context to run under.
+	runCtx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	s.runCtx, s.stopRun = runCtx, stopRun
+	stopWatch := context.AfterFunc(runCtx, func() { s.stopAt.Store(time.Now().UnixNano()) })
+	defer stopWatch()
+	// The clients outlive ctx: shutdown still appends and commits.
+	base, stopBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBase()
+	s.base = base
+
 	var err error
+	if s.wh, err = bq.NewClient(base, s.cfg.BigQuery, s.log.Named("bigquery")); err != nil {
+		return fmt.Errorf("bigquery: %w", err)
+	}
+	defer s.closeBounded("bigquery client", func() { _ = s.wh.Close() })
+	if s.admin, err = kgo.NewClient(s.adminOpts(s.log.Named("kafka"))...); err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer s.closeBounded("kafka admin client", s.admin.Close)
+	s.dlq = &deadLetters{cl: s.admin, topic: s.cfg.Errors.DLQTopic, table: s.tableName, version: s.version}
+
+	s.log.Info("checking kafka, schema registry and bigquery")
+	if err := s.check(runCtx); err != nil {
+		if ctx.Err() != nil {
+			s.log.Info("stopped before consuming")
+			return nil
+		}
+		return err
+	}
+	// The consumer joins the group as soon as it exists, so it is created
+	// only now, when workers have everything they need.
 	if s.cl, err = kgo.NewClient(s.kopts...); err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
-	if err := s.cl.Ping(ctx); err != nil {
-		s.cl.Close()
-		return fmt.Errorf("reach kafka brokers %v: %w", s.cfg.Kafka.Brokers, err)
+	s.log.Info("consuming", zap.Strings("topics", s.cfg.Kafka.Topics), zap.String("group", s.cfg.Kafka.GroupID),
+		zap.String("errors_policy", s.cfg.Errors.Policy), zap.Int64("max_buffered_bytes", s.cfg.Memory.MaxBufferedBytes))
+
+	var bg sync.WaitGroup
+	bgCtx, stopBg := context.WithCancel(base)
+	bg.Go(func() { s.commitLoop(bgCtx) })
+	bg.Go(func() { s.monitor(bgCtx) })
+
+	s.poll(runCtx)
+	return s.shutdown(ctx, stopBg, &bg)
+}
+
+// shutdown stops the workers, commits what BigQuery acknowledged and leaves
+// the group, within shutdown_timeout of the moment Run's context ended.
+func (s *Sink) shutdown(ctx context.Context, stopBg context.CancelFunc, bg *sync.WaitGroup) error {
+	if s.stopAt.Load() == 0 {
+		s.stopAt.Store(time.Now().UnixNano())
 	}
-	s.log.Info("consuming", zap.Strings("topics", s.cfg.Kafka.Topics), zap.String("group", s.cfg.Kafka.GroupID))
-
-	commitCtx, stopCommitter := context.WithCancel(context.WithoutCancel(ctx))
-	committerDone := make(chan struct{})
-	go func() {
-		defer close(committerDone)
-		s.commitLoop(commitCtx)
-	}()
-
-	stopWatch := context.AfterFunc(ctx, func() { s.stopAt.Store(time.Now().UnixNano()) })
-	defer stopWatch()
-	s.poll(ctx)
-
-	// Shutdown: the context that ended Run must not cut short the final
-	// appends and commit, so they get their own deadline.
-	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), s.shutdownDeadline(1))
+	sctx, cancel := context.WithDeadline(s.base, s.shutdownDeadline(1))
 	defer cancel()
 	s.mu.Lock()
 	all := make([]*worker, 0, len(s.workers))
@@ -246,31 +348,79 @@ func (s *Sink) Run(ctx context.Context) error {
 		all = append(all, w)
 		delete(s.workers, tp)
 	}
+	s.flow.parts.Store(0)
 	s.mu.Unlock()
 	// A quarter of the budget is kept for the commit: a straggler that
 	// uses up the whole wait must not cost every partition its commit.
 	stopCtx, stopCancel := context.WithDeadline(sctx, s.shutdownDeadline(0.75))
-	stopWorkers(stopCtx, all)
+	s.stopWorkers(stopCtx, all)
 	stopCancel()
-	stopCommitter()
-	<-committerDone
-	s.commitAll(sctx, "shutdown")
-	s.metrics.partitions.Set(0)
+	stopBg()
+	bg.Wait()
+	commitErr := s.commitAll(sctx, "shutdown")
+	// Rebalances stayed blocked until now: a member joining during the
+	// shutdown must not read the acknowledged records again.
 	s.cl.AllowRebalance()
 	// Leaving the group triggers one last revoke, which finds no workers;
 	// it is bounded so that an unreachable coordinator cannot hold the exit.
 	if err := s.cl.LeaveGroupContext(sctx); err != nil {
 		s.log.Warn("leave group", zap.Error(err))
 	}
-	s.cl.Close()
+	s.closeBounded("kafka consumer", s.cl.Close)
+
+	if err := s.fatalErr.Load(); err != nil {
+		s.log.Info("stopped")
+		return *err
+	}
+	var problems []string
+	if n := s.abandoned.Load(); n > 0 {
+		problems = append(problems, fmt.Sprintf("%d batches still unanswered after shutdown_timeout %s", n, s.cfg.ShutdownTimeout))
+	}
+	if commitErr != nil {
+		problems = append(problems, "final commit: "+commitErr.Error())
+	}
+	if len(problems) > 0 {
+		s.log.Info("stopped")
+		return fmt.Errorf("%w: %s; their records stay uncommitted and are read again by the next owner", ErrIncomplete, strings.Join(problems, "; "))
+	}
 	s.log.Info("stopped")
 	return nil
 }
 
+// closeBounded runs a client's Close, giving up on it at the shutdown
+// deadline (within a second, at least 100ms): the process is ending and
+// must not wait on an unreachable peer.
+func (s *Sink) closeBounded(what string, fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	wait := max(min(stopGrace, time.Until(s.shutdownDeadline(1))), 100*time.Millisecond)
+	select {
+	case <-done:
+	case <-time.After(wait):
+		s.log.Warn("close did not finish; not waiting", zap.String("client", what))
+	}
+}
+
 func (s *Sink) poll(ctx context.Context) {
-	for {
+	failing := map[topicPartition]bool{}
+	for ctx.Err() == nil {
+		if !s.flow.mayPoll() {
+			// Memory is at max_buffered_bytes: fetch nothing more until
+			// acknowledgements free some. franz-go stops fetching once its
+			// buffers are full.
+			s.lastPoll.Store(time.Now().UnixNano())
+			select {
+			case <-s.flow.freed:
+			case <-time.After(pollTimeout):
+			case <-ctx.Done():
+			}
+			continue
+		}
 		pctx, cancel := context.WithTimeout(ctx, pollTimeout)
-		fetches := s.cl.PollRecords(pctx, s.cfg.Batch.MaxRecords)
+		fetches := s.cl.PollFetches(pctx)
 		cancel()
 		if fetches.IsClientClosed() || ctx.Err() != nil {
 			// Rebalances stay blocked until the shutdown commit is done:
@@ -284,14 +434,21 @@ func (s *Sink) poll(ctx context.Context) {
 			}
 			// franz-go retries fetch errors itself; they are reported so
 			// that an operator sees a broker or ACL problem.
-			s.log.Warn("fetch failed", zap.String("topic", topic), zap.Int32("partition", partition), zap.Error(err))
+			tp := topicPartition{topic, partition}
+			failing[tp] = true
+			s.health.fail(stageFetch, tp.String(), err, false)
 		})
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) == 0 {
 				return
 			}
+			tp := topicPartition{p.Topic, p.Partition}
+			if failing[tp] {
+				delete(failing, tp)
+				s.health.ok(stageFetch, tp.String())
+			}
 			s.mu.Lock()
-			w := s.workers[topicPartition{p.Topic, p.Partition}]
+			w := s.workers[tp]
 			s.mu.Unlock()
 			if w == nil {
 				// Cannot happen with BlockRebalanceOnPoll. Dropping is safe
@@ -312,22 +469,52 @@ func (s *Sink) poll(ctx context.Context) {
 func (s *Sink) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := 0
 	for topic, partitions := range assigned {
-		t := s.tableLocked(topic)
+		s.metrics.initTopic(topic)
 		for _, p := range partitions {
 			tp := topicPartition{topic, p}
 			if s.workers[tp] != nil {
 				continue
 			}
-			w := newWorker(s, tp, t)
+			w := s.newWorker(tp)
 			s.workers[tp] = w
 			go w.run()
-			n++
 		}
 	}
-	s.metrics.partitions.Set(float64(len(s.workers)))
+	s.flow.parts.Store(int64(len(s.workers)))
 	s.log.Info("partitions assigned", zap.Any("partitions", assigned), zap.Int("owned", len(s.workers)))
+}
+
+func (s *Sink) newWorker(tp topicPartition) *worker {
+	t := s.wh.Table(s.cfg.TableFor(tp.topic))
+	log := s.log.With(zap.String("topic", tp.topic), zap.Int32("partition", tp.partition), zap.String("table", t.Name()))
+	dec := &decoder{reg: s.reg, registry: redactURL(s.cfg.SchemaRegistry.URL), table: t, meta: s.cfg.MetadataColumn,
+		grace: s.withinUnknownGrace, log: log}
+	one := map[string][]int32{tp.topic: {tp.partition}}
+	deps := workerDeps{
+		decode: dec.decode,
+		append: func(ctx context.Context, rows []bq.Row, _ []*kgo.Record) (appendResult, error) {
+			res, err := t.Append(ctx, rows)
+			if err != nil {
+				return nil, err
+			}
+			return res, nil
+		},
+		deadLetter: s.dlq.send,
+		pause:      func() { s.cl.PauseFetchPartitions(one) },
+		resume:     func() { s.cl.ResumeFetchPartitions(one) },
+		mark:       func(eo kgo.EpochOffset) { s.commits.mark(tp.topic, tp.partition, eo) },
+		fatal:      s.fatal,
+		charge:     s.flow.charge,
+		release:    s.flow.release,
+		share:      s.flow.share,
+		health:     s.health,
+		rejects:    s.rejects,
+		metrics:    s.metrics,
+	}
+	b := s.cfg.Batch
+	cfg := workerConfig{maxRecords: b.MaxRecords, maxBytes: b.MaxBytes, maxWait: b.MaxWait, maxInflight: b.MaxInflight, policy: s.cfg.Errors.Policy}
+	return newWorker(tp, t.Name(), cfg, deps, s.base, log)
 }
 
 // revoked stops the revoked partitions' workers, letting in-flight appends
@@ -342,11 +529,11 @@ func (s *Sink) revoked(ctx context.Context, _ *kgo.Client, revoked map[string][]
 	defer s.callback.Store(0)
 	dctx, cancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/2, 0.5)
 	defer cancel()
-	stopWorkers(dctx, ws)
+	s.stopWorkers(dctx, ws)
 	// The commit gets its own budget: dctx may have ended on a straggler.
 	cctx, ccancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/4, 0.75)
 	defer ccancel()
-	s.commitPartitions(cctx, revoked, "revoke")
+	_ = s.commitPartitions(cctx, revoked, "revoke")
 	// A partition paused for backpressure would stay paused if it came back.
 	s.cl.ResumeFetchPartitions(revoked)
 	s.log.Info("partitions revoked", zap.Any("partitions", revoked))
@@ -388,7 +575,7 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
 	// before it sees the cancel.
 	s.commits.drop(lost)
 	for _, w := range ws {
-		<-w.done
+		s.awaitCancelled(w)
 	}
 	s.commits.drop(lost)
 	s.cl.ResumeFetchPartitions(lost)
@@ -408,13 +595,14 @@ func (s *Sink) take(m map[string][]int32) []*worker {
 			}
 		}
 	}
-	s.metrics.partitions.Set(float64(len(s.workers)))
+	s.flow.parts.Store(int64(len(s.workers)))
 	return ws
 }
 
 // stopWorkers asks every worker to finish its in-flight appends and waits;
-// when ctx ends first, the stragglers are cancelled.
-func stopWorkers(ctx context.Context, ws []*worker) {
+// when ctx ends first, the stragglers are cancelled and their unfinished
+// batches counted as abandoned.
+func (s *Sink) stopWorkers(ctx context.Context, ws []*worker) {
 	for _, w := range ws {
 		w.stop()
 	}
@@ -423,19 +611,42 @@ func stopWorkers(ctx context.Context, ws []*worker) {
 		case <-w.done:
 		case <-ctx.Done():
 			w.cancel()
-			<-w.done
+			if !s.awaitCancelled(w) {
+				s.abandoned.Add(max(w.inflight.Load(), 1))
+				continue
+			}
 		}
+		s.abandoned.Add(w.abandoned.Load())
 	}
 }
 
-func (s *Sink) tableLocked(topic string) *table {
-	name := s.cfg.TableFor(topic)
-	t := s.tables[name]
-	if t == nil {
-		t = &table{bq: s.wh.Table(name)}
-		s.tables[name] = t
+// awaitCancelled waits for a cancelled worker, for at most stopGrace, and
+// reports whether it ended.
+func (s *Sink) awaitCancelled(w *worker) bool {
+	select {
+	case <-w.done:
+		return true
+	case <-time.After(stopGrace):
+		w.log.Error("partition worker did not stop after cancellation; not waiting for it")
+		return false
 	}
-	return t
+}
+
+// fatal ends the run for a record that can never be written under
+// errors.policy fail. Everything before it is committed by the shutdown.
+func (s *Sink) fatal(rj *rejection) {
+	err := fmt.Errorf("errors.policy is fail: record %s/%d offset %d cannot be written (%s): %w; offsets before it are committed",
+		rj.rec.Topic, rj.rec.Partition, rj.rec.Offset, rj.reason, rj.err)
+	if s.fatalErr.CompareAndSwap(nil, &err) {
+		s.stopRun(err)
+	}
+}
+
+func (s *Sink) tableName(topic string) string {
+	if s.wh == nil {
+		return s.cfg.TableFor(topic)
+	}
+	return s.wh.Table(s.cfg.TableFor(topic)).Name()
 }
 
 // withinUnknownGrace reports whether a schema ID the registry does not know
@@ -454,6 +665,17 @@ func (s *Sink) withinUnknownGrace(id int) bool {
 	return time.Since(first) < s.cfg.UnknownSchemaGrace
 }
 
+// inflight counts the batches sent and not yet acknowledged.
+func (s *Sink) inflight() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, w := range s.workers {
+		n += w.inflight.Load()
+	}
+	return n
+}
+
 // Live reports whether the poll loop is turning. A nil error means alive.
 func (s *Sink) Live() error {
 	if !s.started.Load() {
@@ -461,7 +683,7 @@ func (s *Sink) Live() error {
 	}
 	last := s.lastPoll.Load()
 	if last == 0 {
-		return nil // still joining; Ready tells when it is done
+		return nil // starting; Ready tells when it is done
 	}
 	if cb := s.callback.Load(); cb != 0 && time.Since(time.Unix(0, cb)) < s.cfg.Kafka.RebalanceTimeout {
 		return nil // polls wait for the rebalance callback
@@ -472,23 +694,56 @@ func (s *Sink) Live() error {
 	return nil
 }
 
-// Ready reports whether the sink polls and no partition has held
-// unacknowledged records without progress for longer than stall_timeout.
+// Ready reports whether the sink is consuming and nothing is stuck: no
+// failure that needs an operator, no stage failing for longer than
+// stall_timeout, and no partition holding unacknowledged records, or
+// leaving records unfetched, without progress for longer than
+// stall_timeout. The error names each problem.
 func (s *Sink) Ready() error {
 	if s.lastPoll.Load() == 0 {
-		return errors.New("not polling yet")
+		return errors.New("not consuming yet")
 	}
+	problems := append(s.health.problems(s.cfg.StallTimeout), s.stalled()...)
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// stalled describes the partitions with no progress for stall_timeout.
+func (s *Sink) stalled() []string {
+	now := time.Now()
+	stall := s.cfg.StallTimeout
+	var out []string
 	s.mu.Lock()
-	var stalled []string
 	for tp, w := range s.workers {
-		if w.stalledFor(s.cfg.StallTimeout) {
-			stalled = append(stalled, fmt.Sprintf("%s/%d", tp.topic, tp.partition))
+		if held := w.held.Load(); held > 0 {
+			if idle := now.Sub(time.Unix(0, w.progress.Load())); idle > stall {
+				out = append(out, fmt.Sprintf("%s: no batch acknowledged for %s while holding %d bytes of records (from offset %d)",
+					tp, idle.Round(time.Second), held, w.unacked.Load()))
+			}
+			continue
+		}
+		if since := w.stuckSince.Load(); since != 0 {
+			if d := now.Sub(time.Unix(0, since)); d > stall {
+				out = append(out, fmt.Sprintf("%s: records from offset %d not fetched for %s (end offset %d)",
+					tp, w.stuckAt.Load(), d.Round(time.Second), w.stuckEnd.Load()))
+			}
 		}
 	}
 	s.mu.Unlock()
-	s.metrics.stalled.Set(float64(len(stalled)))
-	if len(stalled) > 0 {
-		return fmt.Errorf("no progress for %s on %s", s.cfg.StallTimeout, strings.Join(stalled, ", "))
+	sort.Strings(out)
+	return out
+}
+
+// redactURL drops a password embedded in a URL (https://user:pass@host).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
 	}
-	return nil
+	if _, has := u.User.Password(); has {
+		u.User = url.UserPassword(u.User.Username(), "redacted")
+	}
+	return u.String()
 }

@@ -3,8 +3,6 @@ package sink
 import (
 	"context"
 	"errors"
-	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,496 +11,470 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bqsink/bqsink/bq"
-	"github.com/bqsink/bqsink/schema"
 )
 
-// worker owns one partition: its inbox, its open batch, its appends in
-// flight and its commit watermark. Only the worker's goroutine touches the
-// batch and the flights; the poll loop only pushes to the inbox.
+// worker owns one partition: its inbox, its open batch, its flights (batches
+// sent and not yet acknowledged) and its commit watermark.
+//
+// It runs in two stages. The decode stage turns the records the poll loop
+// hands over into rows, waiting, when it must, for the registry or for the
+// table's schema. The write stage batches rows, sends each batch as a
+// flight and acknowledges flights in offset order. Each flight is delivered
+// by a goroutine of its own, which resends the rows BigQuery did not take
+// and dead-letters the records it never will. So no wait in one stage stops
+// another: while the registry is down, appends already answered are still
+// acknowledged and committed.
 type worker struct {
-	s     *Sink
 	tp    topicPartition
-	table *table
+	table string // for logs and metrics
+	cfg   workerConfig
+	deps  workerDeps
 	log   *zap.Logger
 
-	ctx    context.Context // ends when the worker must drop everything
-	cancel context.CancelFunc
+	ctx     context.Context // ends when the worker must drop everything
+	cancel  context.CancelFunc
+	stopCtx context.Context // also ends on stop: the decode stage stops reading
+	stopDec context.CancelFunc
+	done    chan struct{}
 
-	mu     sync.Mutex // guards queue, queued, paused
+	mu     sync.Mutex // guards queue and paused
 	queue  []*kgo.Record
-	queued int // bytes of record values in queue
 	paused bool
 	wake   chan struct{} // capacity 1: "the queue has records"
 
-	stopping chan struct{} // closed: flush, await flights, return
-	stopOnce sync.Once
-	done     chan struct{}
+	// held is what the partition holds: records pushed and not yet
+	// acknowledged, and their rows. Zero means idle.
+	held atomic.Int64
+	// progress is when the last flight was acknowledged, or when the
+	// partition stopped being idle: stall detection counts from it.
+	progress atomic.Int64
+	// next is the offset after the last record pushed, -1 before the
+	// first: the partition's position, for the lag watch.
+	next atomic.Int64
+	// unacked is the offset of the first record not yet acknowledged,
+	// while the partition holds any.
+	unacked  atomic.Int64
+	inflight atomic.Int64 // flights sent and not yet finished
+	// stuckSince (unix nanoseconds, 0: not stuck) is when the lag watch
+	// first saw the partition hold nothing while records from stuckAt to
+	// stuckEnd waited to be fetched.
+	stuckSince, stuckAt, stuckEnd atomic.Int64
+	stuckWarned                   atomic.Bool
+	// abandoned counts flights dropped unfinished when the worker was
+	// cancelled: their records stay uncommitted.
+	abandoned atomic.Int64
 
-	busy     atomic.Bool  // holds records not yet acknowledged
-	progress atomic.Int64 // unix nanoseconds of the last ack, or of the last idle moment
+	decoded chan []item  // decode stage → write stage
+	results chan *flight // flight goroutines → write stage
 
-	// Owned by run.
+	// Owned by the write stage.
 	batch   batch
+	pending []item // decoded, waiting for room among the flights
 	flights []*flight
 	timer   *time.Timer // batch max_wait
-	retry   *time.Timer // head flight's backoff
+	failed  bool        // a record failed under errors.policy fail: take no more
+	halted  bool        // that record's flight settled: acknowledge nothing more
+	fwg     sync.WaitGroup
+}
+
+// workerConfig is what a worker needs from the sink's configuration.
+type workerConfig struct {
+	maxRecords  int
+	maxBytes    int
+	maxWait     time.Duration
+	maxInflight int
+	policy      string
+}
+
+// workerDeps are the worker's links to the rest of the sink. Each is
+// narrow so that tests can drive a worker with fakes.
+type workerDeps struct {
+	// decode turns a record into an item; a *stageError is retried.
+	decode func(ctx context.Context, r *kgo.Record) (item, error)
+	// append sends rows (recs[i] produced rows[i]); the result completes
+	// when BigQuery answered.
+	append func(ctx context.Context, rows []bq.Row, recs []*kgo.Record) (appendResult, error)
+	// deadLetter writes rejected records to the dead-letter topic and
+	// returns the ones that were not acknowledged.
+	deadLetter func(ctx context.Context, rs []*rejection) ([]*rejection, error)
+	// pause and resume stop and restart fetching the partition.
+	pause, resume func()
+	// mark moves the partition's commit watermark forward.
+	mark func(kgo.EpochOffset)
+	// fatal reports a record that failed under errors.policy fail.
+	fatal func(*rejection)
+	// charge and release account memory sink-wide; share is how much one
+	// partition may hold before its fetching pauses.
+	charge, release func(int64)
+	share           func() int64
+
+	health  *health
+	rejects *rejectLog
+	metrics *metrics
+}
+
+// appendResult is the answer to one append; *bq.Result is one.
+type appendResult interface {
+	// Wait returns nil when every row was written, else an
+	// *bq.AppendError, or ctx's error.
+	Wait(ctx context.Context) error
 }
 
 // batch is the open, not yet sent, batch.
 type batch struct {
-	rows  []map[string]any
-	recs  []*kgo.Record // recs[i] produced rows[i]
-	bytes int
-	last  *kgo.Record // the last record consumed into the batch, row or not
+	rows    []bq.Row
+	rowRecs []*kgo.Record // rowRecs[i] produced rows[i]
+	rejects []*rejection
+	first   *kgo.Record
+	last    *kgo.Record // the last record consumed into the batch, row or not
+	bytes   int         // of encoded rows
+	charge  int64       // accounted bytes of every record in the batch
 }
 
-// flight is a batch sent to BigQuery, or waiting to be (re)sent.
+// flight is a batch handed to a delivery goroutine. The goroutine owns it
+// until it sends it on results; then the write stage does.
 type flight struct {
-	rows    []map[string]any
-	recs    []*kgo.Record
-	last    *kgo.Record
-	res     *bq.Result // nil while waiting to be (re)sent at retryAt
-	sent    time.Time
-	attempt int
-	retryAt time.Time
+	batch
+	sent   chan struct{} // closed once its first append was sent: the next flight's goes after it
+	failed *rejection    // errors.policy fail: the first record that could not be written
+	done   bool          // delivered; set by the write stage when the flight comes back
 }
 
-func newWorker(s *Sink, tp topicPartition, t *table) *worker {
-	ctx, cancel := context.WithCancel(s.base)
+func newWorker(tp topicPartition, table string, cfg workerConfig, deps workerDeps, parent context.Context, log *zap.Logger) *worker {
+	ctx, cancel := context.WithCancel(parent)
+	stopCtx, stopDec := context.WithCancel(ctx)
 	w := &worker{
-		s:        s,
-		tp:       tp,
-		table:    t,
-		log:      s.log.With(zap.String("topic", tp.topic), zap.Int32("partition", tp.partition), zap.String("table", t.bq.Name())),
-		ctx:      ctx,
-		cancel:   cancel,
-		wake:     make(chan struct{}, 1),
-		stopping: make(chan struct{}),
-		done:     make(chan struct{}),
-		timer:    time.NewTimer(time.Hour),
-		retry:    time.NewTimer(time.Hour),
+		tp: tp, table: table, cfg: cfg, deps: deps, log: log,
+		ctx: ctx, cancel: cancel, stopCtx: stopCtx, stopDec: stopDec,
+		done:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		decoded: make(chan []item, 1),
+		results: make(chan *flight, cfg.maxInflight+1),
+		timer:   time.NewTimer(time.Hour),
 	}
 	w.timer.Stop()
-	w.retry.Stop()
+	w.next.Store(-1)
 	w.progress.Store(time.Now().UnixNano())
 	return w
 }
 
-// push hands records to the worker without blocking the poll loop.
-func (w *worker) push(recs []*kgo.Record) { w.enqueue(recs, false) }
-
-// requeue puts records the worker took but cannot handle yet back at the
-// front of the inbox.
-func (w *worker) requeue(recs []*kgo.Record) { w.enqueue(recs, true) }
-
-// enqueue adds records to the inbox. Past max_records or max_bytes of
-// backlog the partition's fetching pauses until the worker drains it, so a
-// slow table holds back only its own partitions.
-func (w *worker) enqueue(recs []*kgo.Record, front bool) {
-	w.mu.Lock()
-	if front {
-		w.queue = append(recs[:len(recs):len(recs)], w.queue...)
-	} else {
-		w.queue = append(w.queue, recs...)
-	}
+// push hands records to the worker without blocking the poll loop. Once the
+// partition holds its share of memory its fetching pauses, so a slow table
+// holds back only its own partitions.
+func (w *worker) push(recs []*kgo.Record) {
+	var n int64
 	for _, r := range recs {
-		w.queued += len(r.Value)
+		n += recordSize(r)
 	}
-	if !w.paused && w.full() {
-		w.paused = true
-		w.s.cl.PauseFetchPartitions(map[string][]int32{w.tp.topic: {w.tp.partition}})
-	}
-	if !w.busy.Swap(true) {
-		// Idle until now: the stall clock starts with this record.
+	w.deps.charge(n)
+	if w.held.Add(n) == n {
+		// Idle until now: the stall clock starts with these records.
 		w.progress.Store(time.Now().UnixNano())
+		w.unacked.Store(recs[0].Offset)
+	}
+	w.next.Store(recs[len(recs)-1].Offset + 1)
+	w.mu.Lock()
+	w.queue = append(w.queue, recs...)
+	if !w.paused && w.held.Load() >= w.deps.share() {
+		w.paused = true
+		w.deps.pause()
 	}
 	w.mu.Unlock()
-	w.signal()
-}
-
-func (w *worker) full() bool {
-	return w.queued >= w.s.cfg.Batch.MaxBytes || len(w.queue) >= w.s.cfg.Batch.MaxRecords
-}
-
-func (w *worker) signal() {
 	select {
 	case w.wake <- struct{}{}:
 	default:
 	}
 }
 
-// takeQueue takes up to max records from the front of the inbox, resuming
-// fetching once the backlog is below the limits.
-func (w *worker) takeQueue(max int) []*kgo.Record {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := min(max, len(w.queue))
-	q := w.queue[:n:n]
-	w.queue = w.queue[n:]
-	for _, r := range q {
-		w.queued -= len(r.Value)
+// unstuck ends what the lag watch saw, saying so if it had warned.
+func (w *worker) unstuck() {
+	if w.stuckSince.Swap(0) != 0 && w.stuckWarned.Swap(false) {
+		w.log.Info("partition is being fetched again", zap.Int64("offset", w.next.Load()))
 	}
-	if len(w.queue) > 0 {
-		w.signal() // the rest, once the worker reads again
-	} else {
-		w.queue, w.queued = nil, 0
-	}
-	if w.paused && !w.full() {
-		w.paused = false
-		w.s.cl.ResumeFetchPartitions(map[string][]int32{w.tp.topic: {w.tp.partition}})
-	}
-	return q
 }
 
-// stop asks the worker to flush its open batch, wait for its flights and
-// return. Records still in the inbox are dropped: they were never
-// acknowledged, so the partition's next owner reads them again.
-func (w *worker) stop() { w.stopOnce.Do(func() { close(w.stopping) }) }
+// release gives back accounted bytes and resumes fetching once the
+// partition holds less than half its share.
+func (w *worker) release(n int64) {
+	if n == 0 {
+		return
+	}
+	w.held.Add(-n)
+	w.deps.release(n)
+	w.mu.Lock()
+	if w.paused && w.held.Load() < w.deps.share()/2 {
+		w.paused = false
+		w.deps.resume()
+	}
+	w.mu.Unlock()
+}
 
+// takeQueue waits for records and takes at most max of them; nil when the
+// worker stops.
+func (w *worker) takeQueue(max int) []*kgo.Record {
+	for {
+		w.mu.Lock()
+		if n := min(max, len(w.queue)); n > 0 {
+			q := w.queue[:n:n]
+			w.queue = w.queue[n:]
+			if len(w.queue) == 0 {
+				w.queue = nil
+			}
+			w.mu.Unlock()
+			return q
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.wake:
+		case <-w.stopCtx.Done():
+			return nil
+		}
+	}
+}
+
+// stop asks the worker to send what it has decoded, finish its flights and
+// return. Records not yet decoded are dropped: they were never
+// acknowledged, so the partition's next owner reads them again.
+func (w *worker) stop() { w.stopDec() }
+
+// run runs both stages until the worker stops or is cancelled, then gives
+// back everything the partition held.
 func (w *worker) run() {
 	defer close(w.done)
-	defer w.cancel()
-	defer w.timer.Stop()
-	defer w.retry.Stop()
-	defer func() {
-		// Flights abandoned unanswered no longer count as in flight.
-		for _, f := range w.flights {
-			if f.res != nil {
-				w.s.metrics.inflight.Dec()
-			}
-		}
+	decDone := make(chan struct{})
+	go func() {
+		defer close(decDone)
+		w.decodeLoop()
 	}()
-	stopping := w.stopping
+	w.writeLoop()
+	w.stopDec()
+	<-decDone
+	w.cancel() // flights still running are abandoned
+	w.fwg.Wait()
+	w.timer.Stop()
+	w.abandoned.Add(int64(len(w.flights)))
+	w.inflight.Store(0)
+	w.release(w.held.Load())
+}
+
+// decodeChunk bounds the records decoded between two hand-overs to the
+// write stage; a batch smaller than that bounds it too, so that the decode
+// stage runs about a batch ahead of the write stage, not more.
+const decodeChunk = 512
+
+func (w *worker) decodeLoop() {
+	defer close(w.decoded)
 	for {
-		w.settleReady()
-		if stopping == nil && len(w.flights) == 0 {
+		recs := w.takeQueue(min(decodeChunk, w.cfg.maxRecords))
+		if recs == nil {
 			return
 		}
-		var headDone <-chan struct{}
-		if len(w.flights) > 0 && w.flights[0].res != nil {
-			headDone = w.flights[0].res.Done()
+		out := make([]item, 0, len(recs))
+		for _, r := range recs {
+			if w.stopCtx.Err() != nil {
+				break // stopping: hand over what is decoded, leave the rest
+			}
+			it, ok := w.decodeOne(r, &out)
+			if !ok {
+				break
+			}
+			it.charge = recordSize(r)
+			if sz := it.row.Size(); sz > 0 {
+				it.charge += int64(sz + rowOverhead)
+				w.held.Add(int64(sz + rowOverhead))
+				w.deps.charge(int64(sz + rowOverhead))
+			}
+			out = append(out, it)
+			if it.rej != nil && w.cfg.policy == PolicyFail {
+				// Nothing after a record that stops the sink.
+				w.handOver(out)
+				<-w.stopCtx.Done()
+				return
+			}
 		}
-		wake := w.wake
-		if stopping == nil || len(w.flights) >= w.s.cfg.Batch.MaxInflight {
-			wake = nil // backpressure: the inbox grows and fetching pauses
+		if !w.handOver(out) {
+			return
+		}
+	}
+}
+
+// decodeOne decodes r, retrying transient failures with backoff. Before
+// waiting it hands over what it decoded so far, so that those rows are not
+// held back by the wait. It returns false when the worker stops.
+func (w *worker) decodeOne(r *kgo.Record, out *[]item) (item, bool) {
+	var last *stageError
+	for attempt := 1; ; attempt++ {
+		it, err := w.deps.decode(w.stopCtx, r)
+		var se *stageError
+		if err == nil || !errors.As(err, &se) {
+			if last != nil {
+				w.deps.health.ok(last.stage, last.target)
+			}
+			if err != nil { // not a stageError: a bug; keep the record moving
+				it = item{rec: r, rej: &rejection{rec: r, reason: reasonDecode, err: err}}
+			}
+			return it, true
+		}
+		if w.stopCtx.Err() != nil {
+			return item{}, false
+		}
+		if last != nil && (last.stage != se.stage || last.target != se.target) {
+			w.deps.health.ok(last.stage, last.target)
+		}
+		last = se
+		w.deps.health.fail(se.stage, se.target, se.err, se.config)
+		if len(*out) > 0 {
+			if !w.handOver(*out) {
+				return item{}, false
+			}
+			*out = make([]item, 0, cap(*out))
+		}
+		d := backoff(attempt)
+		if se.config {
+			d = max(d, configBackoff)
+		}
+		if !sleep(w.stopCtx, d) {
+			return item{}, false
+		}
+	}
+}
+
+// handOver sends decoded items to the write stage, which takes them even
+// while stopping; false when the worker is cancelled.
+func (w *worker) handOver(items []item) bool {
+	if len(items) == 0 {
+		return true
+	}
+	select {
+	case w.decoded <- items:
+		return true
+	case <-w.ctx.Done():
+		return false
+	}
+}
+
+func (w *worker) writeLoop() {
+	decoded, stopping := w.decoded, w.stopCtx.Done()
+	// draining: stopping, the write stage takes whatever the decode stage
+	// still hands over, beyond max_inflight, and sends it.
+	draining := false
+	room := func() bool { return draining || len(w.flights) < w.cfg.maxInflight && !w.failed }
+	for {
+		w.settle()
+		for len(w.pending) > 0 && room() && !w.failed {
+			it := w.pending[0]
+			w.pending = w.pending[1:]
+			w.add(it)
+		}
+		if decoded == nil && len(w.flights) == 0 {
+			return
+		}
+		var in <-chan []item
+		if decoded != nil && len(w.pending) == 0 && room() {
+			in = decoded
 		}
 		select {
 		case <-w.ctx.Done():
 			return
 		case <-stopping:
-			stopping = nil
-			w.flush()
-		case <-wake:
-			recs := w.takeQueue((w.s.cfg.Batch.MaxInflight - len(w.flights)) * w.s.cfg.Batch.MaxRecords)
-			for i, r := range recs {
-				if len(w.flights) >= w.s.cfg.Batch.MaxInflight {
-					// Enough in flight: the rest waits in the inbox, which
-					// keeps the partition paused while it is full.
-					w.requeue(recs[i:])
-					break
-				}
-				if !w.add(r) {
-					break
-				}
+			stopping, draining = nil, true
+		case items, ok := <-in:
+			switch {
+			case !ok:
+				// The decode stage ended, stopping: send the open batch.
+				decoded = nil
+				w.pending = nil
+				w.flush()
+			case !w.failed:
+				// Nothing after a record that failed under errors.policy
+				// fail is written.
+				w.pending = append(w.pending, items...)
 			}
 		case <-w.timer.C:
 			w.flush()
-		case <-headDone:
-			w.settle(w.flights[0])
-		case <-w.retry.C:
-			if len(w.flights) > 0 {
-				w.resend(w.flights[0])
-			}
+		case f := <-w.results:
+			f.done = true
 		}
-		w.markIdle()
 	}
 }
 
-// add decodes one record into the open batch, or rejects it, and flushes a
-// full batch. It returns false when the worker is stopping or cancelled and
-// the rest of the inbox must be left alone.
-func (w *worker) add(r *kgo.Record) bool {
-	row, ok := w.decode(r)
-	if !ok {
-		return false
-	}
+// add puts one item into the open batch and flushes a full batch.
+func (w *worker) add(it item) {
 	b := &w.batch
-	if row != nil {
-		b.rows = append(b.rows, row)
-		b.recs = append(b.recs, r)
-		b.bytes += len(r.Value)
+	switch {
+	case it.rej != nil:
+		b.rejects = append(b.rejects, it.rej)
+		w.deps.metrics.rejected.WithLabelValues(w.tp.topic, it.rej.reason).Inc()
+		w.deps.rejects.record(w.tp, w.table, it.rej, w.cfg.policy)
+	case it.tombstone:
+		w.deps.metrics.tombstones.WithLabelValues(w.tp.topic).Inc()
+	default:
+		b.rows = append(b.rows, it.row)
+		b.rowRecs = append(b.rowRecs, it.rec)
+		b.bytes += it.row.Size()
 	}
-	if b.last == nil {
-		w.timer.Reset(w.s.cfg.Batch.MaxWait)
+	if b.first == nil {
+		b.first = it.rec
+		w.timer.Reset(w.cfg.maxWait)
 	}
-	b.last = r
-	if len(b.rows) >= w.s.cfg.Batch.MaxRecords || b.bytes >= w.s.cfg.Batch.MaxBytes {
+	b.last = it.rec
+	b.charge += it.charge
+	full := len(b.rows) >= w.cfg.maxRecords || b.bytes >= w.cfg.maxBytes
+	if full || it.rej != nil && w.cfg.policy == PolicyFail {
 		w.flush()
 	}
-	return true
-}
-
-// decode turns a record into a row. A record that can never be written is
-// rejected (row nil, ok true); a transient failure (registry or BigQuery
-// unreachable) is retried with backoff until it succeeds or the worker
-// stops (ok false).
-func (w *worker) decode(r *kgo.Record) (row map[string]any, ok bool) {
-	for attempt := 1; ; attempt++ {
-		row, reason, stage, err := w.decodeOnce(r)
-		if err == nil {
-			return row, true
-		}
-		if reason != "" {
-			w.reject(r, reason, err)
-			return nil, true
-		}
-		w.s.metrics.retries.WithLabelValues(w.table.bq.Name(), stage).Inc()
-		d := backoff(attempt)
-		w.log.Warn("transient failure; retrying", zap.String("stage", stage), zap.Int64("offset", r.Offset),
-			zap.Int("attempt", attempt), zap.Duration("backoff", d), zap.Error(err))
-		select {
-		case <-time.After(d):
-		case <-w.stopping:
-			return nil, false
-		case <-w.ctx.Done():
-			return nil, false
-		}
+	if it.rej != nil && w.cfg.policy == PolicyFail {
+		w.failed = true
 	}
 }
 
-// decodeOnce returns the row, or the reason the record is rejected for good
-// (reason set), or a transient error (reason empty) with the stage it
-// happened in.
-func (w *worker) decodeOnce(r *kgo.Record) (row map[string]any, reason, stage string, err error) {
-	defer func() {
-		// One record must never take the daemon down (and, restarted, down
-		// again): a bug hit by its bytes rejects that record only.
-		if p := recover(); p != nil {
-			row, reason, stage, err = nil, "decode", "", fmt.Errorf("panic decoding record: %v", p)
-		}
-	}()
-	id, body, err := schema.Split(r.Value)
-	if err != nil {
-		return nil, "wire_format", "", err
-	}
-	sch, err := w.s.reg.Schema(w.ctx, id)
-	switch {
-	case errors.Is(err, schema.ErrNotFound) && w.s.withinUnknownGrace(id):
-		return nil, "", "schema", err
-	case errors.Is(err, schema.ErrNotFound):
-		return nil, "schema_not_found", "", err
-	case errors.Is(err, schema.ErrUnsupported):
-		return nil, "unsupported_schema", "", err
-	case errors.Is(err, schema.ErrIncompatible):
-		return nil, "incompatible_schema", "", err
-	case err != nil:
-		return nil, "", "schema", err
-	}
-	row, err = sch.Decode(body)
-	if err != nil {
-		return nil, "decode", "", err
-	}
-	var keySchema *schema.Schema
-	if col := w.s.cfg.MetadataColumn; col != "" {
-		var meta map[string]any
-		if meta, keySchema, err = w.metadata(w.ctx, r); err != nil {
-			return nil, "", "schema", err
-		}
-		row[col] = meta
-	}
-	if err := w.table.ensure(w.ctx, sch, keySchema, w.s.cfg.MetadataColumn); err != nil {
-		if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
-			return nil, "incompatible_schema", "", err
-		}
-		return nil, "", "table", err
-	}
-	return row, "", "", nil
-}
-
-// reject accounts for a record that can never be written. Its offset still
-// counts as handled, so it never blocks the commit of the records after it.
-func (w *worker) reject(r *kgo.Record, reason string, err error) {
-	w.s.metrics.rejected.WithLabelValues(w.tp.topic, reason).Inc()
-	w.log.Error("record rejected", zap.Int64("offset", r.Offset), zap.String("reason", reason), zap.Error(err))
-}
-
-// flush sends the open batch. A batch whose records were all rejected still
-// becomes a flight, so that its offsets are committed in order.
+// flush sends the open batch as a flight. A batch without rows (only
+// rejections or tombstones) is a flight too, so that its offsets are
+// acknowledged in order.
 func (w *worker) flush() {
 	w.timer.Stop()
-	b := w.batch
-	if b.last == nil {
+	if w.batch.first == nil {
 		return
 	}
+	f := &flight{batch: w.batch, sent: make(chan struct{})}
 	w.batch = batch{}
-	f := &flight{rows: b.rows, recs: b.recs, last: b.last}
+	prev := closedChan
+	if n := len(w.flights); n > 0 {
+		prev = w.flights[n-1].sent
+	}
 	w.flights = append(w.flights, f)
 	if len(f.rows) > 0 {
-		w.s.metrics.batchRows.Observe(float64(len(f.rows)))
-		w.send(f)
+		w.deps.metrics.batchRows.Observe(float64(len(f.rows)))
 	}
+	w.inflight.Add(1)
+	w.fwg.Add(1)
+	go w.deliver(f, prev)
 }
 
-func (w *worker) send(f *flight) {
-	f.sent = time.Now()
-	res, err := w.table.bq.Append(w.ctx, f.rows)
-	if err != nil {
-		if w.ctx.Err() != nil {
-			return
-		}
-		w.scheduleRetry(f, err)
-		return
-	}
-	f.res = res
-	w.s.metrics.inflight.Inc()
-	if ce := w.log.Check(zap.DebugLevel, "batch sent"); ce != nil {
-		ce.Write(zap.Int("rows", len(f.rows)), zap.Int64("last_offset", f.last.Offset), zap.Int("attempt", f.attempt))
-	}
-}
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// resend sends the head flight again after its backoff.
-func (w *worker) resend(f *flight) {
-	if f.res == nil && len(f.rows) > 0 {
-		w.send(f)
-	}
-}
-
-// settleReady acknowledges, in order, every leading flight that needs no
-// answer (all its records were rejected) or whose answer is already there.
-func (w *worker) settleReady() {
-	for len(w.flights) > 0 {
+// settle acknowledges, in order, the leading flights that are finished.
+func (w *worker) settle() {
+	for len(w.flights) > 0 && w.flights[0].done {
 		f := w.flights[0]
-		if len(f.rows) == 0 {
-			w.ack(f)
-			continue
-		}
-		if f.res == nil {
-			if !w.retryArmed(f) {
-				w.resend(f)
-				if f.res == nil && w.ctx.Err() == nil {
-					w.retryArmed(f) // the resend failed at once: wait for its backoff
-				}
-			}
-			return
-		}
-		select {
-		case <-f.res.Done():
-			// Whether acknowledged or scheduled for a retry, look at the
-			// head again: a retry needs its timer armed.
-			w.settle(f)
+		w.flights = w.flights[1:]
+		w.inflight.Add(-1)
+		w.release(f.charge)
+		switch {
+		case w.ctx.Err() != nil || w.halted:
+			// A cancelled worker's partition may be lost already, and
+			// nothing after a record that failed under errors.policy
+			// fail is committed.
+		case f.failed != nil:
+			// Everything before the record is written: commit up to it,
+			// not past it, and stop.
+			w.deps.mark(kgo.EpochOffset{Epoch: f.failed.rec.LeaderEpoch, Offset: f.failed.rec.Offset})
+			w.halted, w.failed = true, true
+			w.deps.fatal(f.failed)
 		default:
-			return
+			w.deps.mark(kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1})
+			w.progress.Store(time.Now().UnixNano())
+			w.unacked.Store(f.last.Offset + 1)
 		}
 	}
-}
-
-func (w *worker) retryArmed(f *flight) bool {
-	d := time.Until(f.retryAt)
-	if d <= 0 {
-		return false
-	}
-	w.retry.Reset(d)
-	return true
-}
-
-// settle handles the answer to the head flight: acknowledge and pop it, or
-// keep the rows not written for a retry.
-func (w *worker) settle(f *flight) {
-	w.s.metrics.inflight.Dec()
-	err := f.res.Wait(w.ctx)
-	f.res = nil
-	w.s.metrics.appendSeconds.WithLabelValues(w.table.bq.Name()).Observe(time.Since(f.sent).Seconds())
-	if err == nil {
-		w.written(len(f.rows))
-		w.ack(f)
-		return
-	}
-	if w.ctx.Err() != nil {
-		return
-	}
-	var ae *bq.AppendError
-	if !errors.As(err, &ae) {
-		w.scheduleRetry(f, err)
-		return
-	}
-	// Rows in neither list were written; only the Retry rows go again, so
-	// a partial failure never duplicates the rest.
-	w.written(len(f.rows) - len(ae.Rejected) - len(ae.Retry))
-	for i, rerr := range ae.Rejected {
-		if i >= 0 && i < len(f.recs) {
-			w.reject(f.recs[i], "bigquery_rejected", rerr)
-		}
-	}
-	if len(ae.Retry) == 0 {
-		w.ack(f)
-		return
-	}
-	rows := make([]map[string]any, 0, len(ae.Retry))
-	recs := make([]*kgo.Record, 0, len(ae.Retry))
-	for _, i := range ae.Retry {
-		if i >= 0 && i < len(f.rows) {
-			rows = append(rows, f.rows[i])
-			recs = append(recs, f.recs[i])
-		}
-	}
-	f.rows, f.recs = rows, recs
-	if len(ae.Rejected) > 0 && len(rows) > 0 {
-		// The others were refused only because they shared a request with
-		// a bad row: send them again at once.
-		w.send(f)
-		return
-	}
-	w.scheduleRetry(f, ae.Err)
-}
-
-func (w *worker) scheduleRetry(f *flight, cause error) {
-	f.attempt++
-	d := backoff(f.attempt)
-	f.retryAt = time.Now().Add(d)
-	w.s.metrics.retries.WithLabelValues(w.table.bq.Name(), "append").Inc()
-	w.log.Warn("append failed; retrying the rows not written", zap.Int("rows", len(f.rows)),
-		zap.Int("attempt", f.attempt), zap.Duration("backoff", d), zap.Error(cause))
-}
-
-func (w *worker) written(n int) {
-	if n > 0 {
-		w.s.metrics.written.WithLabelValues(w.table.bq.Name()).Add(float64(n))
-	}
-}
-
-// ack pops the head flight and moves the watermark past its last record.
-// A cancelled worker's partition may be lost: it marks nothing more.
-func (w *worker) ack(f *flight) {
-	w.flights = w.flights[1:]
-	if w.ctx.Err() != nil {
-		return
-	}
-	w.s.commits.mark(w.tp.topic, w.tp.partition, kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1})
-	w.progress.Store(time.Now().UnixNano())
-}
-
-func (w *worker) markIdle() {
-	if len(w.flights) > 0 || w.batch.last != nil {
-		return
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.queue) == 0 {
-		w.busy.Store(false)
-		w.progress.Store(time.Now().UnixNano())
-	}
-}
-
-func (w *worker) stalledFor(d time.Duration) bool {
-	return w.busy.Load() && time.Since(time.Unix(0, w.progress.Load())) > d
-}
-
-// backoff is exponential from 100ms to 30s with jitter, so that many
-// partitions failing together do not retry in lockstep.
-func backoff(attempt int) time.Duration {
-	d := 100 * time.Millisecond << min(attempt-1, 9)
-	if d > 30*time.Second {
-		d = 30 * time.Second
-	}
-	return d/2 + rand.N(d/2+1)
 }

@@ -28,9 +28,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/integration/stack"
-	"github.com/bqsink/bqsink/schema"
 	"github.com/bqsink/bqsink/sink"
 )
 
@@ -126,19 +124,10 @@ func demo(ctx context.Context, n int, partitions int32, verbose bool) error {
 		return err
 	}
 
-	// The same wiring as main.go, pointed at the local stack.
-	reg, err := schema.NewRegistry(st.SchemaRegistryConfig(), log.Named("schema"))
-	if err != nil {
-		return err
-	}
-	wh, err := bq.NewClient(ctx, st.BigQueryConfig(), log.Named("bigquery"))
-	if err != nil {
-		return err
-	}
-	defer wh.Close()
-	cfg := st.SinkConfig("bqsink-demo", stack.StockTopic)
+	// The same constructor as main.go, pointed at the local stack.
+	cfg := st.Config("bqsink-demo", stack.StockTopic)
 	cfg.Batch = sink.BatchConfig{} // the production defaults
-	s, err := sink.New(cfg, reg, wh, sink.WithLogger(log))
+	s, err := sink.New(cfg, sink.WithLogger(log))
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
-	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/integration/bqfake"
 	"github.com/bqsink/bqsink/schema"
 	"github.com/bqsink/bqsink/sink"
@@ -36,6 +35,12 @@ const (
 
 	Project = "local-project"
 	Dataset = "kafka"
+
+	// DLQTopic is the stack's dead-letter topic, created by Start: the
+	// default of config.yaml's group (bqsink). It takes records up to
+	// DLQMaxMessageBytes.
+	DLQTopic           = "bqsink.dlq"
+	DLQMaxMessageBytes = 64 << 20
 )
 
 // Schemas holds the Avro schema fixtures, copied from the project's shared
@@ -118,8 +123,14 @@ func Start(o Options) (st *Stack, err error) {
 		kgo.SeedBrokers(st.Brokers()...),
 		kgo.DefaultProduceTopic("unused"),
 		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.ProducerBatchMaxBytes(DLQMaxMessageBytes),
 	); err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.CreateTopic(ctx, DLQTopic, 1, MaxMessageBytes(DLQMaxMessageBytes)); err != nil {
+		return nil, err
 	}
 	return st, nil
 }
@@ -149,37 +160,29 @@ func (st *Stack) Brokers() []string { return st.Kafka.ListenAddrs() }
 // RegistryURL is the Schema Registry's base URL.
 func (st *Stack) RegistryURL() string { return st.registryURL }
 
-// SchemaRegistryConfig points the registry client at the stack.
-func (st *Stack) SchemaRegistryConfig() schema.Config {
-	return schema.Config{URL: st.registryURL}
-}
-
-// BigQueryConfig points the BigQuery client at the stack's test server.
-func (st *Stack) BigQueryConfig() bq.Config {
-	c := bq.DefaultConfig()
-	c.Project = Project
-	c.Dataset = Dataset
-	c.Endpoint = st.BigQuery.RESTEndpoint()
-	c.GRPCEndpoint = st.BigQuery.GRPCEndpoint()
-	return c
-}
-
-// SinkConfig consumes topics as group with batches small enough for tests to
-// see several flushes.
-func (st *Stack) SinkConfig(group string, topics ...string) sink.Config {
-	return sink.Config{
-		Kafka: sink.KafkaConfig{
-			Brokers:          st.Brokers(),
-			GroupID:          group,
-			Topics:           topics,
-			SessionTimeout:   6 * time.Second,
-			RebalanceTimeout: 10 * time.Second,
-			CommitInterval:   200 * time.Millisecond,
-		},
-		Tables:             map[string]string{StockTopic: StockTable}, // as in config.yaml
-		Batch:              sink.BatchConfig{MaxRecords: 500, MaxWait: 100 * time.Millisecond},
-		UnknownSchemaGrace: 300 * time.Millisecond,
+// Config is the sink's configuration for the stack: group consumes topics
+// with batches small enough for tests to see several flushes, the stack's
+// registry and BigQuery test server, and the stack's dead-letter topic.
+func (st *Stack) Config(group string, topics ...string) sink.Config {
+	cfg := sink.DefaultConfig()
+	cfg.Kafka = sink.KafkaConfig{
+		Brokers:          st.Brokers(),
+		GroupID:          group,
+		Topics:           topics,
+		SessionTimeout:   6 * time.Second,
+		RebalanceTimeout: 10 * time.Second,
+		CommitInterval:   200 * time.Millisecond,
 	}
+	cfg.SchemaRegistry = schema.Config{URL: st.registryURL}
+	cfg.BigQuery.Project = Project
+	cfg.BigQuery.Dataset = Dataset
+	cfg.BigQuery.Endpoint = st.BigQuery.RESTEndpoint()
+	cfg.BigQuery.GRPCEndpoint = st.BigQuery.GRPCEndpoint()
+	cfg.Tables = map[string]string{StockTopic: StockTable} // as in config.yaml
+	cfg.Batch = sink.BatchConfig{MaxRecords: 500, MaxWait: 100 * time.Millisecond}
+	cfg.Errors.DLQTopic = DLQTopic
+	cfg.UnknownSchemaGrace = 300 * time.Millisecond
+	return cfg
 }
 
 // Register registers an Avro schema under subject and returns its ID.
@@ -263,9 +266,21 @@ func (st *Stack) WaitCommitted(ctx context.Context, group, topic string) (Offset
 	}
 }
 
-// CreateTopic creates a topic with the given partitions.
-func (st *Stack) CreateTopic(ctx context.Context, topic string, partitions int32) error {
-	resp, err := kadm.NewClient(st.producer).CreateTopic(ctx, partitions, 1, nil, topic)
+// TopicConfig is a topic config entry for CreateTopic.
+type TopicConfig struct{ Key, Value string }
+
+// MaxMessageBytes lets a topic take records up to n bytes.
+func MaxMessageBytes(n int) TopicConfig {
+	return TopicConfig{"max.message.bytes", strconv.Itoa(n)}
+}
+
+// CreateTopic creates a topic with the given partitions and configs.
+func (st *Stack) CreateTopic(ctx context.Context, topic string, partitions int32, configs ...TopicConfig) error {
+	cfg := map[string]*string{}
+	for _, c := range configs {
+		cfg[c.Key] = &c.Value
+	}
+	resp, err := kadm.NewClient(st.producer).CreateTopic(ctx, partitions, 1, cfg, topic)
 	if err == nil {
 		err = resp.Err
 	}
@@ -273,4 +288,49 @@ func (st *Stack) CreateTopic(ctx context.Context, topic string, partitions int32
 		return fmt.Errorf("create topic %s: %w", topic, err)
 	}
 	return nil
+}
+
+// DeadLetters reads every record of the dead-letter topic.
+func (st *Stack) DeadLetters(ctx context.Context) ([]*kgo.Record, error) {
+	return st.ReadTopic(ctx, DLQTopic)
+}
+
+// ReadTopic reads every record of topic, from the start to the end offsets
+// it has when called.
+func (st *Stack) ReadTopic(ctx context.Context, topic string) ([]*kgo.Record, error) {
+	ends, err := kadm.NewClient(st.producer).ListEndOffsets(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	want := map[int32]int64{}
+	ends.Each(func(l kadm.ListedOffset) {
+		if l.Offset > 0 {
+			want[l.Partition] = l.Offset
+		}
+	})
+	if len(want) == 0 {
+		return nil, nil
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(st.Brokers()...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(100*time.Millisecond))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	var out []*kgo.Record
+	for len(want) > 0 {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return out, fmt.Errorf("read %s: %w", topic, err)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if end, ok := want[r.Partition]; ok && r.Offset < end {
+				out = append(out, r)
+				if r.Offset == end-1 {
+					delete(want, r.Partition)
+				}
+			}
+		})
+	}
+	return out, nil
 }

@@ -1,0 +1,192 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
+
+	"github.com/bqsink/bqsink/bq"
+	"github.com/bqsink/bqsink/schema"
+)
+
+// item is one record after decoding: a row ready to append, a rejection,
+// or a tombstone. Every record becomes exactly one item, so that its
+// offset is acknowledged in order whatever its fate.
+type item struct {
+	rec       *kgo.Record
+	row       bq.Row     // when rej is nil and the record is not a tombstone
+	rej       *rejection // the record can never be written
+	tombstone bool       // null value: no row, nothing to report
+	charge    int64      // bytes accounted for the record and its row
+}
+
+// rejection is a record that can never be written, and why.
+type rejection struct {
+	rec      *kgo.Record
+	reason   string // one of the reason* constants
+	err      error
+	schemaID int // the record's writer schema ID, 0 if it has none
+}
+
+// stageError is a failure worth retrying: the registry or BigQuery did not
+// answer, or answered that an operator must fix something (config).
+type stageError struct {
+	stage, target string
+	config        bool
+	err           error
+}
+
+func (e *stageError) Error() string { return e.stage + " " + e.target + ": " + e.err.Error() }
+func (e *stageError) Unwrap() error { return e.err }
+
+// recheckIncompatible is how long a schema the table cannot absorb is
+// remembered: an operator may fix the table by hand, and that must not need
+// a restart.
+const recheckIncompatible = time.Minute
+
+// decoder turns one partition's records into rows of its table: wire
+// format, writer schema from the registry, Avro decode, the table made able
+// to hold the schema, the row encoded for the table. Only its partition's
+// decode stage uses it.
+type decoder struct {
+	reg      *schema.Registry
+	registry string // the registry's name in logs
+	table    *bq.Table
+	meta     string // metadata column, or ""
+	grace    func(id int) bool
+	log      *zap.Logger
+
+	// ensured remembers the schema pairs the table is known to hold (err
+	// nil) or known not to be able to hold, so that the per-record path
+	// asks BigQuery nothing once a schema is known.
+	ensured map[schemaPair]ensured
+}
+
+// schemaPair identifies what a row's columns come from: the value's writer
+// schema and, with a metadata column, the key's (nil for a raw key).
+type schemaPair struct{ value, key *schema.Schema }
+
+type ensured struct {
+	err error // nil, or why rows of this pair can never be written
+	at  time.Time
+}
+
+// decode returns the record's item, or a *stageError when it must be
+// retried. It never panics: a bug hit by one record's bytes rejects that
+// record only.
+func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error) {
+	it.rec = r
+	defer func() {
+		if p := recover(); p != nil {
+			d.log.Error("panic decoding a record; rejecting it", zap.String("topic", r.Topic), zap.Int32("partition", r.Partition),
+				zap.Int64("offset", r.Offset), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			it, err = item{rec: r, rej: &rejection{rec: r, reason: reasonDecode, err: fmt.Errorf("panic decoding record: %v", p)}}, nil
+		}
+	}()
+	if r.Value == nil {
+		it.tombstone = true
+		return it, nil
+	}
+	reject := func(reason string, id int, err error) (item, error) {
+		it.rej = &rejection{rec: r, reason: reason, err: err, schemaID: id}
+		return it, nil
+	}
+	id, body, err := schema.Split(r.Value)
+	if err != nil {
+		return reject(reasonWireFormat, 0, err)
+	}
+	sch, err := d.reg.Schema(ctx, id)
+	switch {
+	case errors.Is(err, schema.ErrNotFound) && d.grace(id):
+		return it, &stageError{stage: stageSchema, target: fmt.Sprintf("schema ID %d", id),
+			err: fmt.Errorf("%w (waiting unknown_schema_grace before rejecting its records)", err)}
+	case errors.Is(err, schema.ErrNotFound):
+		return reject(reasonSchemaNotFound, id, err)
+	case errors.Is(err, schema.ErrUnsupported):
+		return reject(reasonUnsupportedSchema, id, err)
+	case errors.Is(err, schema.ErrIncompatible):
+		return reject(reasonIncompatible, id, err)
+	case err != nil:
+		return it, &stageError{stage: stageSchema, target: d.registry, config: errors.Is(err, schema.ErrUnauthorized), err: err}
+	}
+	row, err := sch.Decode(body)
+	if err != nil {
+		return reject(reasonDecode, id, err)
+	}
+	pair := schemaPair{value: sch}
+	if d.meta != "" {
+		var meta map[string]any
+		if meta, pair.key, err = d.metadata(ctx, r); err != nil {
+			return it, &stageError{stage: stageSchema, target: d.registry, config: errors.Is(err, schema.ErrUnauthorized), err: err}
+		}
+		row[d.meta] = meta
+	}
+	for range 2 {
+		if err := d.ensure(ctx, pair); err != nil {
+			if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
+				return reject(reasonIncompatible, id, err)
+			}
+			return it, &stageError{stage: stageTable, target: d.table.Name(), config: needsOperator(err), err: err}
+		}
+		it.row, err = d.table.Encode(row)
+		switch {
+		case err == nil:
+			return it, nil
+		case errors.Is(err, bq.ErrRowTooLarge):
+			return reject(reasonRowTooLarge, id, err)
+		case errors.Is(err, bq.ErrUnknownColumn), errors.Is(err, bq.ErrNoSchema):
+			// The table lost a column since it was ensured (recreated by
+			// hand, say): ensure it again once.
+			delete(d.ensured, pair)
+			continue
+		default:
+			return reject(reasonEncode, id, err)
+		}
+	}
+	return reject(reasonEncode, id, err)
+}
+
+// needsOperator reports whether a BigQuery error will last until someone
+// changes the configuration, the credentials or the dataset.
+func needsOperator(err error) bool {
+	return errors.Is(err, bq.ErrTableNotFound) || errors.Is(err, bq.ErrDatasetNotFound) || errors.Is(err, bq.ErrPermissionDenied)
+}
+
+// ensure makes the table able to hold rows of pair: created, or evolved by
+// adding the new columns. Transient failures are not remembered, so the
+// next attempt asks again.
+func (d *decoder) ensure(ctx context.Context, pair schemaPair) error {
+	if e, ok := d.ensured[pair]; ok && (e.err == nil || time.Since(e.at) < recheckIncompatible) {
+		return e.err
+	}
+	cols := pair.value.Columns()
+	if d.meta != "" {
+		for _, c := range cols {
+			// BigQuery column names are case-insensitive.
+			if strings.EqualFold(c.Name, d.meta) {
+				err := fmt.Errorf("schema %d field %q: %w %q", pair.value.ID(), c.Name, errMetadataCollides, d.meta)
+				d.remember(pair, err)
+				return err
+			}
+		}
+		cols = append(cols, metadataColumn(d.meta, pair.key))
+	}
+	err := d.table.EnsureSchema(ctx, cols)
+	if err == nil || errors.Is(err, bq.ErrIncompatible) {
+		d.remember(pair, err)
+	}
+	return err
+}
+
+func (d *decoder) remember(pair schemaPair, err error) {
+	if d.ensured == nil {
+		d.ensured = map[schemaPair]ensured{}
+	}
+	d.ensured[pair] = ensured{err: err, at: time.Now()}
+}

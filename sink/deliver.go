@@ -1,0 +1,202 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/bqsink/bqsink/bq"
+)
+
+// configBackoff is how often a failure only an operator can fix is retried:
+// often enough that a fix heals without a restart.
+const configBackoff = 30 * time.Second
+
+// deliver writes one flight: its rows to BigQuery, resending only those not
+// written, and its rejected records to the dead-letter topic (or not, as
+// errors.policy says). Transient failures are reported and retried with
+// capped backoff until nothing is left or the worker is cancelled. Then the
+// flight goes back to the write stage.
+func (w *worker) deliver(f *flight, prev <-chan struct{}) {
+	defer w.fwg.Done()
+	sent := false
+	markSent := func() {
+		if !sent {
+			sent = true
+			close(f.sent)
+		}
+	}
+	defer func() {
+		markSent()
+		select {
+		case w.results <- f:
+		case <-w.ctx.Done():
+		}
+	}()
+	// Appends of one partition go out in order; only the first attempt
+	// waits, retries do not hold the next flight back.
+	select {
+	case <-prev:
+	case <-w.ctx.Done():
+		return
+	}
+	rows, recs, rejects := f.rows, f.rowRecs, f.rejects
+	var appendFailing, dlqFailing *stageError
+	for attempt := 1; ; {
+		var failed bool
+		if len(rows) > 0 {
+			var refused []*rejection
+			var err error
+			rows, recs, refused, err = w.appendOnce(rows, recs, markSent)
+			for _, rj := range refused {
+				w.deps.metrics.rejected.WithLabelValues(w.tp.topic, rj.reason).Inc()
+				w.deps.rejects.record(w.tp, w.table, rj, w.cfg.policy)
+			}
+			rejects = append(rejects, refused...)
+			switch {
+			case err != nil && w.ctx.Err() != nil:
+				return
+			case err != nil:
+				appendFailing = &stageError{stage: stageAppend, target: w.table, config: needsOperator(err), err: err}
+				w.deps.health.fail(appendFailing.stage, appendFailing.target, err, appendFailing.config)
+				failed = true
+			case appendFailing != nil:
+				w.deps.health.ok(stageAppend, w.table)
+				appendFailing = nil
+			}
+		}
+		markSent()
+		if len(rejects) > 0 {
+			switch w.cfg.policy {
+			case PolicySkip:
+				rejects = nil
+			case PolicyFail:
+				first := slices.MinFunc(rejects, func(a, b *rejection) int { return int(a.rec.Offset - b.rec.Offset) })
+				if f.failed == nil || first.rec.Offset < f.failed.rec.Offset {
+					f.failed = first
+				}
+				rejects = nil
+			default:
+				left, err := w.deps.deadLetter(w.ctx, rejects)
+				for _, rj := range rejects {
+					if !slices.Contains(left, rj) {
+						w.deps.metrics.deadLettered.WithLabelValues(w.tp.topic, rj.reason).Inc()
+					}
+				}
+				rejects = left
+				var se *stageError
+				switch {
+				case err != nil && w.ctx.Err() != nil:
+					return
+				case errors.As(err, &se):
+					dlqFailing = se
+					w.deps.health.fail(se.stage, se.target, se.err, se.config)
+					failed = true
+				case err != nil:
+					dlqFailing = &stageError{stage: stageDeadLetter, target: "dead-letter topic", err: err}
+					w.deps.health.fail(dlqFailing.stage, dlqFailing.target, err, false)
+					failed = true
+				case dlqFailing != nil:
+					w.deps.health.ok(dlqFailing.stage, dlqFailing.target)
+					dlqFailing = nil
+				}
+			}
+		}
+		if len(rows) == 0 && len(rejects) == 0 {
+			return
+		}
+		if !failed {
+			// The rows left were refused only because they shared a
+			// request with a bad row: send them again at once.
+			continue
+		}
+		d := backoff(attempt)
+		if (appendFailing != nil && appendFailing.config) || (dlqFailing != nil && dlqFailing.config) {
+			d = max(d, configBackoff)
+		}
+		attempt++
+		if !sleep(w.ctx, d) {
+			return
+		}
+	}
+}
+
+// appendOnce sends rows once, calls sent, and waits for BigQuery's answer.
+// It returns the rows (with their records) still to write, the records
+// BigQuery refused for good, and the error that kept the rest back. Rows
+// that are in neither list were written.
+func (w *worker) appendOnce(rows []bq.Row, recs []*kgo.Record, sent func()) ([]bq.Row, []*kgo.Record, []*rejection, error) {
+	start := time.Now()
+	res, err := w.deps.append(w.ctx, rows, recs)
+	sent()
+	if err == nil {
+		err = res.Wait(w.ctx)
+		w.deps.metrics.appendSeconds.WithLabelValues(w.table).Observe(time.Since(start).Seconds())
+	}
+	if err == nil {
+		w.deps.metrics.written.WithLabelValues(w.table).Add(float64(len(rows)))
+		return nil, nil, nil, nil
+	}
+	var ae *bq.AppendError
+	if !errors.As(err, &ae) {
+		return rows, recs, nil, err
+	}
+	if n := len(rows) - len(ae.Rejected) - len(ae.Retry); n > 0 {
+		w.deps.metrics.written.WithLabelValues(w.table).Add(float64(n))
+	}
+	idx := make([]int, 0, len(ae.Rejected))
+	for i := range ae.Rejected {
+		if i >= 0 && i < len(recs) {
+			idx = append(idx, i)
+		}
+	}
+	slices.Sort(idx)
+	refused := make([]*rejection, len(idx))
+	for k, i := range idx {
+		reason := reasonBigQuery
+		if errors.Is(ae.Rejected[i], bq.ErrRowTooLarge) {
+			reason = reasonRowTooLarge
+		}
+		refused[k] = &rejection{rec: recs[i], reason: reason, err: ae.Rejected[i]}
+	}
+	var retryRows []bq.Row
+	var retryRecs []*kgo.Record
+	for _, i := range ae.Retry {
+		if i >= 0 && i < len(rows) {
+			retryRows = append(retryRows, rows[i])
+			retryRecs = append(retryRecs, recs[i])
+		}
+	}
+	if len(retryRows) == 0 {
+		return nil, nil, refused, nil
+	}
+	if len(refused) > 0 && errors.Is(ae.Err, bq.ErrRowRejected) {
+		// BigQuery fails a whole request for one bad row; the others were
+		// not written only because they shared it.
+		return retryRows, retryRecs, refused, nil
+	}
+	return retryRows, retryRecs, refused, ae.Err
+}
+
+// backoff is exponential from 100ms to 30s with jitter, so that many
+// partitions failing together do not retry in lockstep.
+func backoff(attempt int) time.Duration {
+	d := min(100*time.Millisecond<<min(attempt-1, 9), 30*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx ends; false if ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,227 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"go.uber.org/zap"
+
+	"github.com/bqsink/bqsink/schema"
+)
+
+// monitor repeats the warnings of failures that last, writes the summaries
+// of rejected records and watches for partitions with records the client
+// does not fetch, until ctx ends.
+func (s *Sink) monitor(ctx context.Context) {
+	t := time.NewTicker(monitorEvery)
+	defer t.Stop()
+	lagEvery := min(max(s.cfg.StallTimeout/4, monitorEvery), 30*time.Second)
+	lastLag := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.health.tick(now)
+			s.rejects.flush(now)
+			if now.Sub(lastLag) >= lagEvery {
+				lastLag = now
+				s.watchLag(ctx)
+			}
+		}
+	}
+}
+
+// watchLag finds partitions that hold nothing while their end offset is
+// beyond their position: records the client cannot or does not fetch (a
+// record larger than the brokers let it read, say). Stall detection on held
+// records cannot see them, since nothing of theirs is held.
+func (s *Sink) watchLag(ctx context.Context) {
+	s.mu.Lock()
+	idle := map[topicPartition]*worker{}
+	var topics []string
+	seen := map[string]bool{}
+	for tp, w := range s.workers {
+		if w.held.Load() > 0 {
+			w.unstuck()
+			continue
+		}
+		idle[tp] = w
+		if !seen[tp.topic] {
+			seen[tp.topic] = true
+			topics = append(topics, tp.topic)
+		}
+	}
+	s.mu.Unlock()
+	if len(idle) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+	defer cancel()
+	adm := kadm.NewClient(s.admin)
+	ends, err := adm.ListEndOffsets(ctx, topics...)
+	if err != nil {
+		s.log.Debug("lag watch: list end offsets", zap.Error(err))
+		return
+	}
+	var committed kadm.OffsetResponses
+	var starts kadm.ListedOffsets
+	now := time.Now()
+	for tp, w := range idle {
+		end, ok := ends.Lookup(tp.topic, tp.partition)
+		if !ok || end.Err != nil {
+			continue
+		}
+		pos := w.next.Load()
+		if pos < 0 {
+			// Nothing arrived since assignment: the position is the
+			// committed offset, or the start of the partition.
+			if committed == nil {
+				if committed, err = adm.FetchOffsets(ctx, s.cfg.Kafka.GroupID); err != nil {
+					return
+				}
+			}
+			if c, ok := committed.Lookup(tp.topic, tp.partition); ok && c.Err == nil && c.At >= 0 {
+				pos = c.At
+			} else {
+				if starts == nil {
+					if starts, err = adm.ListStartOffsets(ctx, topics...); err != nil {
+						return
+					}
+				}
+				st, ok := starts.Lookup(tp.topic, tp.partition)
+				if !ok || st.Err != nil {
+					continue
+				}
+				if s.cfg.Kafka.StartOffset == "latest" {
+					continue // starts at the end: nothing is owed
+				}
+				pos = st.Offset
+			}
+		}
+		if end.Offset <= pos {
+			w.unstuck()
+			continue
+		}
+		if w.stuckSince.Load() == 0 || w.stuckAt.Load() != pos {
+			w.stuckSince.Store(now.UnixNano())
+			w.stuckAt.Store(pos)
+			w.stuckEnd.Store(end.Offset)
+			w.stuckWarned.Store(false)
+			continue
+		}
+		w.stuckEnd.Store(end.Offset)
+		// Seen twice at the same position: say so now; Ready fails once it
+		// lasts stall_timeout.
+		if !w.stuckWarned.Swap(true) {
+			w.log.Warn("partition has records that are not being fetched, though nothing of it is in flight"+s.gatedNote(),
+				zap.Int64("offset", pos), zap.Int64("end_offset", end.Offset),
+				zap.Duration("for", now.Sub(time.Unix(0, w.stuckSince.Load())).Round(time.Second)))
+		}
+	}
+}
+
+func (s *Sink) gatedNote() string {
+	if s.flow.mayPoll() {
+		return ""
+	}
+	return "; fetching is paused: buffered bytes are at memory.max_buffered_bytes"
+}
+
+// check runs the startup checks in parallel, each retrying failures that
+// may pass until startupTimeout: Kafka answers and the topics exist, the
+// registry answers, the BigQuery dataset is readable and the Storage Write
+// API answers. A failure that will not pass (missing topic or dataset,
+// refused credentials) ends the check at once.
+func (s *Sink) check(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, startupTimeout)
+	defer cancel()
+	checks := []func(context.Context) error{s.checkKafka, s.reg.Check, s.wh.Check}
+	errs := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Go(func() {
+			for attempt := 1; ; attempt++ {
+				err := c(ctx)
+				if err == nil || permanent(err) || ctx.Err() != nil {
+					errs[i] = err
+					return
+				}
+				if !sleep(ctx, backoff(attempt)) {
+					errs[i] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("startup check failed:\n%w", err)
+	}
+	return nil
+}
+
+// errTopicMissing is wrapped by the startup check's error for a configured
+// topic that does not exist.
+var errTopicMissing = errors.New("topic does not exist")
+
+func permanent(err error) bool {
+	return errors.Is(err, errTopicMissing) || errors.Is(err, schema.ErrUnauthorized) || needsOperator(err) ||
+		errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) ||
+		errors.Is(err, kerr.SaslAuthenticationFailed)
+}
+
+// checkKafka asks the brokers for the literal topics and, under
+// errors.policy dlq, the dead-letter topic: each must exist.
+func (s *Sink) checkKafka(ctx context.Context) error {
+	topics := s.cfg.literalTopics()
+	dlq := s.cfg.Errors.Policy == PolicyDLQ
+	if dlq {
+		topics = append(topics, s.cfg.Errors.DLQTopic)
+	}
+	adm := kadm.NewClient(s.admin)
+	if len(topics) == 0 {
+		_, err := adm.BrokerMetadata(ctx)
+		return s.kafkaErr(err)
+	}
+	details, err := adm.ListTopics(ctx, topics...)
+	if err != nil {
+		return s.kafkaErr(err)
+	}
+	var errs []error
+	for _, t := range topics {
+		d, ok := details[t]
+		var terr error
+		switch {
+		case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
+			terr = errTopicMissing
+		default:
+			terr = d.Err
+		}
+		if terr == nil {
+			continue
+		}
+		if dlq && t == s.cfg.Errors.DLQTopic {
+			errs = append(errs, fmt.Errorf("errors.dlq_topic: dead-letter topic %q: %w; create it (with max.message.bytes at least the source topics'), or set errors.policy to skip or fail", t, terr))
+		} else {
+			errs = append(errs, fmt.Errorf("kafka.topics: topic %q: %w", t, terr))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Sink) kafkaErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("kafka.brokers %s: no answer within %s: %w", strings.Join(s.cfg.Kafka.Brokers, ","), startupTimeout, err)
+	}
+	return fmt.Errorf("kafka.brokers %s: %w", strings.Join(s.cfg.Kafka.Brokers, ","), err)
+}
