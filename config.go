@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"reflect"
@@ -210,30 +211,46 @@ func fieldType(t reflect.Type, name string) (reflect.Type, bool) {
 	return nil, false
 }
 
-// summary is the config as logged at startup: secrets never appear.
+// summary is the effective config as logged at startup: keys as in the
+// file, defaults filled in, durations as text. A field tagged
+// secret:"true" shows only whether it is set; one tagged secret:"url"
+// loses the password a URL may carry.
 func (c config) summary() map[string]any {
-	redact := func(s string) string {
-		if s == "" {
-			return ""
+	c.Config = c.Config.WithDefaults()
+	return summarize(reflect.ValueOf(c))
+}
+
+func summarize(v reflect.Value) map[string]any {
+	out := map[string]any{}
+	t := v.Type()
+	for i := range t.NumField() {
+		f, fv := t.Field(i), v.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if opts == "inline" {
+			maps.Copy(out, summarize(fv))
+			continue
 		}
-		return "[redacted]"
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		switch {
+		case f.Tag.Get("secret") == "true":
+			out[name] = ""
+			if !fv.IsZero() {
+				out[name] = "[redacted]"
+			}
+		case f.Tag.Get("secret") == "url":
+			out[name] = redactURL(fv.String())
+		case fv.Type() == durationType:
+			out[name] = time.Duration(fv.Int()).String()
+		case fv.Kind() == reflect.Struct:
+			out[name] = summarize(fv)
+		default:
+			out[name] = fv.Interface()
+		}
 	}
-	return map[string]any{
-		"kafka":            c.Kafka,
-		"tables":           c.Tables,
-		"batch":            c.Batch,
-		"errors":           c.Errors,
-		"memory":           c.Memory,
-		"shutdown_timeout": c.ShutdownTimeout.String(),
-		"stall_timeout":    c.StallTimeout.String(),
-		"schema_registry": map[string]any{
-			"url":      redactURL(c.SchemaRegistry.URL),
-			"username": c.SchemaRegistry.Username,
-			"password": redact(c.SchemaRegistry.Password),
-			"timeout":  c.SchemaRegistry.Timeout.String(),
-		},
-		"bigquery": c.BigQuery,
-		"http":     c.HTTP.Listen,
-		"log":      c.Log.Level,
-	}
+	return out
 }

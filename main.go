@@ -21,10 +21,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +31,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/bqsink/bqsink/internal/earlysignal"
 	"github.com/bqsink/bqsink/sink"
 )
 
@@ -47,11 +46,10 @@ const exitGrace = 500 * time.Millisecond
 func main() { os.Exit(run(os.Args[1:])) }
 
 func run(args []string) int {
-	// Signals are caught before anything else, so that a SIGTERM at any
-	// moment after start is a clean stop, never a kill by the signal.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+	// Signals are caught from the first moments (see earlysignal), so that
+	// a SIGTERM at any moment after start is a clean stop, never a kill by
+	// the signal.
+	sigs := earlysignal.C
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	var (
@@ -89,6 +87,9 @@ func run(args []string) int {
 	}
 	defer func() { _ = log.Sync() }()
 	logger.Store(log)
+	if ctx.Err() != nil {
+		log.Info("signal received while starting; stopping")
+	}
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error("bqsink stopped with an error", zap.Error(err))
 		return 1
@@ -190,6 +191,7 @@ func newLogger(level string) (*zap.Logger, error) {
 	zc.OutputPaths = []string{"stdout"}
 	zc.EncoderConfig.TimeKey = "time"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	return zc.Build()
 }
 
@@ -203,14 +205,10 @@ func buildVersion() string {
 	return "unknown"
 }
 
-// redactURL drops a password embedded in a URL (https://user:pass@host).
+// redactURL hides the password a URL may carry (https://user:xxxxx@host).
 func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "redacted")
-	}
-	return u.String()
+	return raw
 }

@@ -189,14 +189,21 @@ func TestSummaryRedactsSecrets(t *testing.T) {
 	c.SchemaRegistry.URL = "https://user:hunter2@sr.example.com"
 	c.SchemaRegistry.Username = "user"
 	c.SchemaRegistry.Password = "s3cret-pw"
+	c.BigQuery.Endpoint = "https://bq:pa55@bq.example.com"
 	b, err := json.Marshal(c.summary()) // what zap.Any writes
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := string(b)
-	for _, secret := range []string{"hunter2", "s3cret-pw"} {
+	for _, secret := range []string{"hunter2", "s3cret-pw", "pa55"} {
 		if strings.Contains(got, secret) {
 			t.Errorf("summary leaks %q: %s", secret, got)
+		}
+	}
+	// The summary shows what runs: keys as in the file, defaults filled in.
+	for _, want := range []string{`"max_buffered_bytes":134217728`, `"append_timeout":"20s"`, `"policy":"dlq"`, `"password":"[redacted]"`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("summary lacks %s: %s", want, got)
 		}
 	}
 }

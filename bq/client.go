@@ -110,14 +110,14 @@ func NewClient(ctx context.Context, cfg Config, logger *zap.Logger) (*Client, er
 	rest, err := bigquery.NewClient(cctx, cfg.Project, restOpts...)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("bigquery REST client: %w", err)
+		return nil, clientErr(cfg, "REST", err)
 	}
 	rest.Location = cfg.Location
 	write, err := storage.NewBigQueryWriteClient(cctx, writeOpts...)
 	if err != nil {
 		cancel()
 		_ = rest.Close()
-		return nil, fmt.Errorf("bigquery storage write client: %w", err)
+		return nil, clientErr(cfg, "Storage Write", err)
 	}
 	return &Client{
 		cfg:    cfg,
@@ -128,6 +128,15 @@ func NewClient(ctx context.Context, cfg Config, logger *zap.Logger) (*Client, er
 		cancel: cancel,
 		tables: make(map[string]*Table),
 	}, nil
+}
+
+// clientErr explains a client that could not be built: what fails there
+// is finding or reading credentials, so the message names the key.
+func clientErr(cfg Config, api string, err error) error {
+	if cfg.CredentialsFile == "" {
+		return fmt.Errorf("bigquery.credentials_file is empty and Application Default Credentials cannot be used for the %s API: %w", api, withClass(err, ErrPermissionDenied))
+	}
+	return fmt.Errorf("bigquery.credentials_file %s: %s API client: %w", cfg.CredentialsFile, api, withClass(err, ErrPermissionDenied))
 }
 
 // credentialsOption loads a JSON credentials file of a type BigQuery clients
@@ -169,8 +178,6 @@ func (c *Client) Check(ctx context.Context) error {
 	})
 	switch {
 	case err == nil:
-	case ctx.Err() != nil:
-		return err
 	case httpStatus(err) == 404 && !errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("bigquery.dataset: dataset %s not found: %w", ds, withClass(err, ErrDatasetNotFound))
 	case errors.Is(err, ErrPermissionDenied):
@@ -193,7 +200,7 @@ func (c *Client) Check(ctx context.Context) error {
 	}
 	switch {
 	case ctx.Err() != nil:
-		return fmt.Errorf("check the Storage Write API: %w", ctx.Err())
+		return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): no answer in time: %w", c.grpcEndpoint(), err)
 	case pctx.Err() != nil:
 		return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): no answer within %v: %w", c.grpcEndpoint(), c.cfg.timeout(), err)
 	}

@@ -34,7 +34,7 @@ type Config struct {
 	Location string `yaml:"location"`
 	// Endpoint overrides the REST endpoint (test server, emulator), e.g.
 	// "http://127.0.0.1:9050". Setting it turns authentication off for REST.
-	Endpoint string `yaml:"endpoint"`
+	Endpoint string `yaml:"endpoint" secret:"url"`
 	// GRPCEndpoint overrides the Storage Write API host:port. The connection
 	// is then plaintext and unauthenticated.
 	GRPCEndpoint string `yaml:"grpc_endpoint"`
@@ -119,6 +119,14 @@ func (c Config) Validate() error {
 		bad("append_timeout", "%v is negative (0 means the default %v)", c.AppendTimeout, defaultAppendTimeout)
 	}
 	return errors.Join(errs...)
+}
+
+// WithDefaults returns c with its zero durations and sizes set to their
+// defaults, as the Client uses them (the bools cannot be told from unset:
+// see DefaultConfig).
+func (c Config) WithDefaults() Config {
+	c.Timeout, c.AppendTimeout, c.MaxRequestBytes = c.timeout(), c.appendTimeout(), c.maxRequestBytes()
+	return c
 }
 
 func (c Config) timeout() time.Duration {

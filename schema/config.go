@@ -14,10 +14,10 @@ const defaultTimeout = 10 * time.Second
 type Config struct {
 	// URL is the registry base URL, http or https (required),
 	// e.g. "http://registry:8081".
-	URL string `yaml:"url"`
+	URL string `yaml:"url" secret:"url"`
 	// Username and Password enable HTTP basic auth; set both or neither.
 	Username string `yaml:"username"`
-	Password string `yaml:"password"`
+	Password string `yaml:"password" secret:"true"`
 	// Timeout bounds each HTTP call (default 10s), and apart from it the
 	// wait for a free request slot when 16 calls are in flight already. A
 	// schema with references takes one call per referenced subject version
@@ -54,6 +54,13 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("timeout: must not be negative, got %s", c.Timeout))
 	}
 	return errors.Join(errs...)
+}
+
+// WithDefaults returns c with its zero timeout set to the default, as the
+// Registry uses it.
+func (c Config) WithDefaults() Config {
+	c.Timeout = c.timeout()
+	return c
 }
 
 func (c Config) timeout() time.Duration {

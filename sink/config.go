@@ -127,7 +127,12 @@ const (
 	minMaxBufferedBytes     = 4 << 20
 )
 
-func (c Config) withDefaults() Config {
+// WithDefaults returns c with every zero field set to its default, the
+// registry's and BigQuery's sections included: the configuration New runs
+// with.
+func (c Config) WithDefaults() Config {
+	c.SchemaRegistry = c.SchemaRegistry.WithDefaults()
+	c.BigQuery = c.BigQuery.WithDefaults()
 	def := func(v *time.Duration, d time.Duration) {
 		if *v == 0 {
 			*v = d
@@ -238,7 +243,7 @@ func (c Config) Validate() error {
 	if t := c.Errors.DLQTopic; t != "" && !kafkaTopicName.MatchString(t) {
 		bad("errors.dlq_topic", "%q is not a Kafka topic name (letters, digits, . _ -; at most 249)", t)
 	}
-	if d := c.withDefaults(); d.Errors.Policy == PolicyDLQ && d.Kafka.GroupID != "" && consumes(d.Kafka.Topics, d.Errors.DLQTopic) {
+	if d := c.WithDefaults(); d.Errors.Policy == PolicyDLQ && d.Kafka.GroupID != "" && consumes(d.Kafka.Topics, d.Errors.DLQTopic) {
 		bad("errors.dlq_topic", "%q is also consumed (kafka.topics): dead-lettered records would come back", d.Errors.DLQTopic)
 	}
 	if m := c.Memory.MaxBufferedBytes; m != 0 && m < minMaxBufferedBytes {

@@ -15,7 +15,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"regexp"
 	"sort"
 	"strings"
@@ -38,8 +37,8 @@ const (
 	// is alive) even when no records arrive.
 	pollTimeout = 5 * time.Second
 	// startupTimeout bounds the startup checks: a problem that will not
-	// fix itself ends Run within it.
-	startupTimeout = 10 * time.Second
+	// fix itself ends Run within it, and the process within 10s.
+	startupTimeout = 8 * time.Second
 	// monitorEvery is how often failures that last are logged again and
 	// rejection summaries written.
 	monitorEvery = 5 * time.Second
@@ -159,7 +158,7 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 	if o.log == nil {
 		o.log = zap.NewNop()
 	}
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	reg, err := schema.NewRegistry(cfg.SchemaRegistry, o.log.Named("schema"))
 	if err != nil {
 		return nil, err
@@ -488,7 +487,7 @@ func (s *Sink) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]
 func (s *Sink) newWorker(tp topicPartition) *worker {
 	t := s.wh.Table(s.cfg.TableFor(tp.topic))
 	log := s.log.With(zap.String("topic", tp.topic), zap.Int32("partition", tp.partition), zap.String("table", t.Name()))
-	dec := &decoder{reg: s.reg, registry: redactURL(s.cfg.SchemaRegistry.URL), table: t, meta: s.cfg.MetadataColumn,
+	dec := &decoder{reg: s.reg, registry: "schema registry", table: t, meta: s.cfg.MetadataColumn,
 		grace: s.withinUnknownGrace, log: log}
 	one := map[string][]int32{tp.topic: {tp.partition}}
 	deps := workerDeps{
@@ -734,16 +733,4 @@ func (s *Sink) stalled() []string {
 	s.mu.Unlock()
 	sort.Strings(out)
 	return out
-}
-
-// redactURL drops a password embedded in a URL (https://user:pass@host).
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "redacted")
-	}
-	return u.String()
 }
