@@ -45,6 +45,9 @@ const (
 	// stopGrace bounds the wait for a worker after it was cancelled; every
 	// call it makes honours cancellation, so this is a last resort.
 	stopGrace = time.Second
+	// maxUnknownIDs bounds the unknown schema IDs remembered for their
+	// grace before old ones are forgotten.
+	maxUnknownIDs = 1024
 	// dlqMaxRecordBytes is the largest record the dead-letter producer
 	// sends; the topic's max.message.bytes must allow what it gets.
 	dlqMaxRecordBytes = 96 << 20
@@ -653,15 +656,25 @@ func (s *Sink) tableName(topic string) string {
 func (s *Sink) withinUnknownGrace(id int) bool {
 	s.unknownMu.Lock()
 	defer s.unknownMu.Unlock()
+	now := time.Now()
 	first, seen := s.unknown[id]
 	if !seen {
 		if s.unknown == nil {
 			s.unknown = map[int]time.Time{}
 		}
-		first = time.Now()
+		if len(s.unknown) >= maxUnknownIDs {
+			// Garbage bytes that happen to start with 0 carry random IDs:
+			// forget the ones whose grace ended long ago.
+			for k, t := range s.unknown {
+				if now.Sub(t) > 2*s.cfg.UnknownSchemaGrace {
+					delete(s.unknown, k)
+				}
+			}
+		}
+		first = now
 		s.unknown[id] = first
 	}
-	return time.Since(first) < s.cfg.UnknownSchemaGrace
+	return now.Sub(first) < s.cfg.UnknownSchemaGrace
 }
 
 // inflight counts the batches sent and not yet acknowledged.
