@@ -1,0 +1,777 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/bqsink/bqsink/integration/netfault"
+	"github.com/bqsink/bqsink/integration/stack"
+)
+
+// Fault tests: the real binary keeps its promises when the network or a
+// service fails under it. For each fault, records flow while the fault is
+// injected; the daemon must warn naming the stage and target within 30s
+// (the figure is logged), count the retries, fail /readyz once the fault
+// outlasts stall_timeout, log "recovered" once healed, and lose nothing
+// (every produced record has a row, by the metadata column). A SIGTERM
+// during the fault ends the process within shutdown_timeout plus a second,
+// and a fresh daemon then completes everything.
+//
+// Most of their time is spent waiting out fault windows, so they run in
+// parallel; with two CPUs go test runs only two at once, so
+// `-parallel 8` shortens a run of all of them considerably.
+
+// Timeouts of every fault test: short, so that faults show within seconds.
+const (
+	faultStall    = 15 * time.Second
+	faultShutdown = 5 * time.Second
+	// exitBound is the promise for SIGTERM: shutdown_timeout plus a second.
+	exitBound = faultShutdown + time.Second
+	// warnBound is the promise for the first warning of a failure.
+	warnBound = 30 * time.Second
+	// flowRate is the records per second a fault test's stream produces.
+	flowRate = 300
+)
+
+// faultConfig is the daemon config of a fault test: the stack's, with short
+// timeouts, a 15s stall_timeout, a 5s shutdown_timeout and the metadata
+// column coverage checks read.
+func faultConfig(e *env, group string) *daemonConfig {
+	return newDaemonConfig(e, group).mergeYAML(`
+bigquery: {timeout: 2s, append_timeout: 3s}
+schema_registry: {timeout: 2s}
+kafka: {request_timeout: 3s}
+stall_timeout: 15s
+shutdown_timeout: 5s
+metadata_column: _kafka
+`)
+}
+
+// stockTableName is the stock table as the daemon names it in logs.
+const stockTableName = stack.Project + "." + stack.Dataset + "." + stack.StockTable
+
+// proxy puts a netfault proxy in front of target (host:port), closed when
+// the test ends.
+func proxy(t *testing.T, target string) *netfault.Proxy {
+	t.Helper()
+	p, err := netfault.Listen(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// hostPort is the host:port of an http:// URL.
+func hostPort(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+// startFlowing starts a daemon and waits until it has written rows.
+func startFlowing(t *testing.T, cfg *daemonConfig) *daemon {
+	t.Helper()
+	d := startDaemon(t, cfg)
+	d.waitLog(30*time.Second, `"consuming"`, msgIs("consuming"))
+	waitRowsWritten(t, d, 1, 30*time.Second)
+	return d
+}
+
+// waitRowsWritten waits until the daemon has written at least n rows.
+func waitRowsWritten(t *testing.T, d *daemon, n float64, within time.Duration) {
+	t.Helper()
+	var last float64
+	waitUntil(t, within, func() string { return fmt.Sprintf("%s to write %.0f rows (wrote %.0f)", d.name, n, last) }, func() bool {
+		m, err := d.metrics()
+		if err != nil {
+			return false
+		}
+		last = m.sum("bqsink_rows_written_total")
+		return last >= n
+	})
+}
+
+// failedLine matches the first warning of a failure of stage on a target
+// that target accepts.
+func failedLine(stage string, target func(string) bool) func(logLine) bool {
+	return func(l logLine) bool {
+		return l.Level == "warn" && l.Msg == stage+" failed; retrying" && l.str("stage") == stage && target(l.str("target"))
+	}
+}
+
+// stillFailingLine matches the repeated warning of a failure of stage.
+func stillFailingLine(stage string) func(logLine) bool {
+	return func(l logLine) bool {
+		return l.Level == "warn" && l.Msg == stage+" still failing; retrying" && l.str("stage") == stage
+	}
+}
+
+// recoveredLine matches the line that ends a failure of stage.
+func recoveredLine(stage string) func(logLine) bool {
+	return func(l logLine) bool { return l.Level == "info" && l.Msg == "recovered" && l.str("stage") == stage }
+}
+
+// is accepts exactly want.
+func is(want string) func(string) bool { return func(s string) bool { return s == want } }
+
+// awaitFirstWarning waits for the first warning of stage logged after line
+// index from, requires it within warnBound of since, checks its fields and
+// logs how long it took. It returns the line and its index.
+func awaitFirstWarning(t *testing.T, d *daemon, from int, since time.Time, stage string, target func(string) bool) (logLine, int) {
+	t.Helper()
+	l, i := d.waitLogFrom(from, warnBound+5*time.Second, "warning of a failing "+stage, failedLine(stage, target))
+	took := time.Since(since)
+	t.Logf("first warning %v after the fault: %s", took.Round(time.Millisecond), l.Raw)
+	if took > warnBound {
+		t.Errorf("first %s warning %v after the fault, promised within %v", stage, took.Round(time.Millisecond), warnBound)
+	}
+	if l.num("attempts") < 1 || l.str("error") == "" || l.str("failing_for") == "" || l.str("target") == "" {
+		t.Errorf("warning lacks attempts, failing_for, target or error: %s", l.Raw)
+	}
+	return l, i
+}
+
+// awaitRecovered waits for the "recovered" line of stage after line index
+// from and logs how long after healedAt (what: "healing", "the fault") it
+// came.
+func awaitRecovered(t *testing.T, d *daemon, from int, healedAt time.Time, what, stage string, within time.Duration) logLine {
+	t.Helper()
+	l, _ := d.waitLogFrom(from, within, `"recovered" of `+stage, recoveredLine(stage))
+	t.Logf("recovered %v after %s: %s", time.Since(healedAt).Round(time.Millisecond), what, l.Raw)
+	return l
+}
+
+// awaitNotReady polls /readyz until it answers 503 with a body containing
+// every name, failing the test if that has not happened by deadline. It
+// returns the body.
+func awaitNotReady(t *testing.T, d *daemon, since, deadline time.Time, names ...string) string {
+	t.Helper()
+	var code int
+	var body string
+	for {
+		code, body = d.get("/readyz")
+		if code == http.StatusServiceUnavailable && containsAll(body, names...) {
+			t.Logf("/readyz 503 %v after the fault: %s", time.Since(since).Round(time.Millisecond), strings.TrimSpace(body))
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("/readyz %v after the fault: %d %s; want 503 naming %q", time.Since(since).Round(time.Millisecond), code, strings.TrimSpace(body), names)
+			return body
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-d.exited:
+			t.Fatalf("%s exited (%v) while waiting for /readyz 503", d.name, d.status())
+		}
+	}
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}
+
+// retries is bqsink_retries_total of stage.
+func retries(d *daemon, stage string) float64 {
+	m, err := d.metrics()
+	if err != nil {
+		return -1
+	}
+	return m.sum("bqsink_retries_total", "stage", stage)
+}
+
+// requireRetriesGrew fails the test unless stage's retry counter is above
+// before.
+func requireRetriesGrew(t *testing.T, d *daemon, stage string, before float64) {
+	t.Helper()
+	var now float64
+	waitUntil(t, 10*time.Second, func() string {
+		return fmt.Sprintf("bqsink_retries_total{stage=%q} to grow from %.0f (now %.0f)", stage, before, now)
+	}, func() bool {
+		now = retries(d, stage)
+		return now > before
+	})
+	t.Logf("bqsink_retries_total{stage=%q}: %.0f before the fault, %.0f during it", stage, before, now)
+}
+
+// requireRepeatedIfLong checks the repeat promise over a failure that
+// lasted failedFor: past the first warning by more than the 30s repeat
+// period plus the monitor's 5s tick, a "still failing" line with a higher
+// attempt count must have come between first (the index of the first
+// warning) and the recovery.
+func requireRepeatedIfLong(t *testing.T, d *daemon, stage string, first logLine, firstAt int, failedFor time.Duration) {
+	t.Helper()
+	var still []logLine
+	for _, l := range d.logs()[firstAt:] {
+		if stillFailingLine(stage)(l) {
+			still = append(still, l)
+		}
+	}
+	t.Logf("%d %q lines over a failure of %v", len(still), stage+" still failing; retrying", failedFor.Round(time.Millisecond))
+	if failedFor < 36*time.Second {
+		return
+	}
+	if len(still) == 0 {
+		t.Errorf("a %s failure lasting %v was warned about once; promised again every 30s", stage, failedFor.Round(time.Second))
+		return
+	}
+	if still[0].num("attempts") <= first.num("attempts") {
+		t.Errorf("repeated warning's attempts %v not above the first's %v", still[0].num("attempts"), first.num("attempts"))
+	}
+}
+
+// failedFor is the recovered line's failed_for field, which zap writes as
+// seconds (a number) or as a Go duration string.
+func failedFor(l logLine) time.Duration {
+	switch v := l.Fields["failed_for"].(type) {
+	case float64:
+		return time.Duration(v * float64(time.Second))
+	case string:
+		d, _ := time.ParseDuration(v)
+		return d
+	}
+	return 0
+}
+
+// terminateDuringFault sends SIGTERM while a fault lasts and requires the
+// exit within shutdown_timeout plus a second: code 0, or 1 with a line
+// saying what was not flushed. A process killed by the signal fails.
+func terminateDuringFault(t *testing.T, d *daemon) exitStatus {
+	t.Helper()
+	from := len(d.logs())
+	d.terminate()
+	st := d.wait(exitBound)
+	t.Logf("SIGTERM during the fault: %v", st)
+	switch {
+	case st.Signal != 0:
+		t.Errorf("%s killed by %v, want a clean exit", d.name, st.Signal)
+	case st.Code == 1:
+		var why []string
+		for _, l := range d.logs()[from:] {
+			if l.Level != "error" {
+				continue
+			}
+			if l.Msg == "bqsink stopped with an error" && strings.Contains(l.str("error"), "shutdown incomplete") ||
+				strings.HasPrefix(l.Msg, "shutdown did not finish within shutdown_timeout") {
+				why = append(why, l.Raw)
+			}
+		}
+		if len(why) == 0 {
+			t.Errorf("exit 1 without a line saying what was not flushed; logs since SIGTERM:\n%s", rawLines(d.logs()[from:]))
+		} else {
+			t.Logf("what was not flushed: %s", strings.Join(why, "; "))
+		}
+	case st.Code != 0:
+		t.Errorf("%s after SIGTERM: %v, want 0 or 1", d.name, st)
+	}
+	if st.Took > exitBound {
+		t.Errorf("exit took %v after SIGTERM, promised within %v", st.Took, exitBound)
+	}
+	return st
+}
+
+func rawLines(ls []logLine) string {
+	var b strings.Builder
+	for _, l := range ls {
+		b.WriteString(l.Raw)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// finishClean lets the stream stop, waits until the group committed every
+// record, stops the daemon with SIGTERM (exit 0 within the bound) and checks
+// that every produced record has a row.
+func finishClean(t *testing.T, e *env, s *stream, d *daemon, group string, began time.Time) {
+	t.Helper()
+	s.finish(60 * time.Second)
+	waitCaughtUp(t, e, group, 90*time.Second)
+	t.Logf("caught up %v after the start: %d records", time.Since(began).Round(time.Millisecond), s.produced())
+	st := d.shutdown(exitBound)
+	t.Logf("SIGTERM after catching up: %v", st)
+	logProblems(t, d)
+	c := checkCoverage(t, e, s, "_kafka")
+	t.Logf("%v", c)
+}
+
+// noteProduced adds records produced outside s (with their partitions and
+// offsets set by Kafka) to what s's coverage check expects.
+func noteProduced(s *stream, recs []*kgo.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range recs {
+		s.offsets[r.Partition] = append(s.offsets[r.Partition], r.Offset)
+	}
+	s.n += len(recs)
+}
+
+// produceNoted produces recs synchronously and notes them in s.
+func produceNoted(t *testing.T, e *env, s *stream, recs []*kgo.Record) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := e.st.Produce(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	noteProduced(s, recs)
+}
+
+// feed produces records made by mk to Kafka at a steady rate in the
+// background until stopped, remembering each one's topic, partition and
+// offset. Its methods are goroutine-safe.
+type feed struct {
+	t    *testing.T
+	quit chan struct{}
+	done chan struct{}
+
+	mu   sync.Mutex
+	recs []*kgo.Record // produced, with partition and offset
+	err  error
+}
+
+// startFeed produces perSecond records a second, each made by mk from the
+// i-th update of a generator seeded with seed, until stop is called or the
+// test ends.
+func startFeed(t *testing.T, e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) *feed {
+	t.Helper()
+	f := &feed{t: t, quit: make(chan struct{}), done: make(chan struct{})}
+	go f.run(e, perSecond, seed, mk)
+	t.Cleanup(func() {
+		f.stopOnce()
+		<-f.done
+	})
+	return f
+}
+
+func (f *feed) run(e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) {
+	defer close(f.done)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	per := max(perSecond/10, 1)
+	for chunk := uint64(1); ; chunk++ {
+		select {
+		case <-f.quit:
+			return
+		case <-f.t.Context().Done():
+			return
+		case <-tick.C:
+		}
+		var batch []*kgo.Record
+		for _, u := range stack.StockUpdates(per, seed^chunk) {
+			r, err := mk(u)
+			if err != nil {
+				f.fail(err)
+				return
+			}
+			batch = append(batch, r)
+		}
+		ctx, cancel := context.WithTimeout(f.t.Context(), 30*time.Second)
+		err := e.st.Produce(ctx, batch...)
+		cancel()
+		if err != nil {
+			if f.t.Context().Err() == nil {
+				f.fail(err)
+			}
+			return
+		}
+		f.mu.Lock()
+		f.recs = append(f.recs, batch...)
+		f.mu.Unlock()
+	}
+}
+
+func (f *feed) fail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+}
+
+func (f *feed) stopOnce() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	select {
+	case <-f.quit:
+	default:
+		close(f.quit)
+	}
+}
+
+// stop stops the feed, waits for it and returns what it produced, failing
+// the test if a produce failed.
+func (f *feed) stop() []*kgo.Record {
+	f.t.Helper()
+	f.stopOnce()
+	<-f.done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		f.t.Fatalf("feed: %v", f.err)
+	}
+	return append([]*kgo.Record(nil), f.recs...)
+}
+
+// produced is how many records the feed has produced so far.
+func (f *feed) produced() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.recs)
+}
+
+// fault is one runtime fault and what the daemon must say about it.
+type fault struct {
+	inject func()
+	// heal ends the fault; nil when the daemon must get over it by itself.
+	heal func()
+	// window is how long the fault lasts before heal; with heal nil, how
+	// long /readyz may take to fail.
+	window time.Duration
+	stage  string
+	target func(string) bool
+	// names are what a failing /readyz must name.
+	names []string
+	// recoverWithin bounds the "recovered" line after healing (after the
+	// injection when heal is nil).
+	recoverWithin time.Duration
+}
+
+// faultAndHeal injects f while records flow, requires the first warning
+// within warnBound, the retry counter to grow and /readyz to fail once the
+// fault outlasts stall_timeout, heals it after its window and requires the
+// "recovered" line and /readyz 200 again.
+func faultAndHeal(t *testing.T, d *daemon, f fault) {
+	t.Helper()
+	before := retries(d, f.stage)
+	from := len(d.logs())
+	at := time.Now()
+	f.inject()
+	first, i := awaitFirstWarning(t, d, from, at, f.stage, f.target)
+	requireRetriesGrew(t, d, f.stage, before)
+	if f.window > faultStall {
+		awaitNotReady(t, d, at, at.Add(f.window), f.names...)
+	}
+	healed, what := at, "the fault (never healed)"
+	if f.heal != nil {
+		waitOut(t, at.Add(f.window))
+		healed, what = time.Now(), "healing"
+		f.heal()
+		t.Logf("healed %v after the fault", healed.Sub(at).Round(time.Millisecond))
+	}
+	rec := awaitRecovered(t, d, i, healed, what, f.stage, f.recoverWithin)
+	requireRepeatedIfLong(t, d, f.stage, first, i, failedFor(rec))
+	d.waitHTTP("/readyz", http.StatusOK, 30*time.Second)
+}
+
+// faultAndTerminate injects f while records flow, waits for its first
+// warning, sends SIGTERM while it lasts, requires the exit within the bound,
+// then heals it.
+func faultAndTerminate(t *testing.T, d *daemon, f fault) {
+	t.Helper()
+	from := len(d.logs())
+	at := time.Now()
+	f.inject()
+	awaitFirstWarning(t, d, from, at, f.stage, f.target)
+	terminateDuringFault(t, d)
+	if f.heal != nil {
+		f.heal()
+	}
+}
+
+// waitOut waits until the moment comes (a fault window, not a condition).
+func waitOut(t *testing.T, until time.Time) {
+	t.Helper()
+	select {
+	case <-time.After(time.Until(until)):
+	case <-t.Context().Done():
+		t.Fatal("test ended waiting out a fault window")
+	}
+}
+
+// skipShort skips fault tests under -short and runs them in parallel.
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("fault test: waits out fault windows of tens of seconds")
+	}
+	t.Parallel()
+}
+
+// writeFaultEnv is a stack with the Storage Write endpoint behind addr
+// (a proxy to it), a daemon config using it, and a stream of records.
+func writeFaultEnv(t *testing.T, group string, via func(target string) string) (*env, *daemonConfig, *stream) {
+	t.Helper()
+	e := newEnv(t)
+	cfg := faultConfig(e, group).set("bigquery.grpc_endpoint", via(e.st.BigQuery.GRPCEndpoint()))
+	s := startStream(t, e, 1000, flowRate, testSeed(t))
+	return e, cfg, s
+}
+
+// Storage Write endpoint closed for 20s mid-stream: connections reset,
+// new ones refused.
+func TestFaultStorageWriteRefused(t *testing.T) {
+	skipShort(t)
+	const group = "g-write-refused"
+	began := time.Now()
+	var p *netfault.Proxy
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	d := startFlowing(t, cfg)
+	faultAndHeal(t, d, fault{
+		inject: p.Refuse,
+		heal:   func() { mustPass(t, p) },
+		window: 20 * time.Second,
+		stage:  "append", target: is(stockTableName), names: []string{stockTableName},
+		recoverWithin: 45 * time.Second,
+	})
+	finishClean(t, e, s, d, group, began)
+}
+
+// The same outage, with SIGTERM while it lasts.
+func TestFaultStorageWriteRefusedSIGTERM(t *testing.T) {
+	skipShort(t)
+	const group = "g-write-refused-term"
+	began := time.Now()
+	var p *netfault.Proxy
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	d := startFlowing(t, cfg)
+	faultAndTerminate(t, d, fault{
+		inject: p.Refuse,
+		heal:   func() { mustPass(t, p) },
+		stage:  "append", target: is(stockTableName),
+	})
+	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+}
+
+// Storage Write endpoint black-holed for 30s mid-stream: sockets stay open,
+// nothing gets through, on existing and new connections alike.
+func TestFaultStorageWriteFrozen(t *testing.T) {
+	skipShort(t)
+	const group = "g-write-frozen"
+	began := time.Now()
+	var p *netfault.Proxy
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	d := startFlowing(t, cfg)
+	faultAndHeal(t, d, fault{
+		inject: func() { mustFreeze(t, p) },
+		heal:   func() { mustPass(t, p) },
+		window: 30 * time.Second,
+		stage:  "append", target: is(stockTableName), names: []string{stockTableName},
+		recoverWithin: 45 * time.Second,
+	})
+	finishClean(t, e, s, d, group, began)
+}
+
+// The same black hole, with SIGTERM while it lasts.
+func TestFaultStorageWriteFrozenSIGTERM(t *testing.T) {
+	skipShort(t)
+	const group = "g-write-frozen-term"
+	began := time.Now()
+	var p *netfault.Proxy
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	d := startFlowing(t, cfg)
+	faultAndTerminate(t, d, fault{
+		inject: func() { mustFreeze(t, p) },
+		heal:   func() { mustPass(t, p) },
+		stage:  "append", target: is(stockTableName),
+	})
+	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+}
+
+// The open Storage Write connection stops answering mid-stream and never
+// resumes, while new connections work: only the keepalive (a ping every
+// 30s, 10s to answer) can tell, and must replace it, about 40s in.
+func TestFaultStorageWriteConnectionHangsKeepaliveReplacesIt(t *testing.T) {
+	skipShort(t)
+	const group = "g-write-hang"
+	began := time.Now()
+	var p *hangingProxy
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
+	d := startFlowing(t, cfg)
+	var conns int
+	faultAndHeal(t, d, fault{
+		inject: func() { conns = p.hangOpen() },
+		window: 35 * time.Second, // /readyz must fail before the keepalive fires
+		stage:  "append", target: is(stockTableName), names: []string{stockTableName},
+		recoverWithin: 70 * time.Second,
+	})
+	t.Logf("hung %d connections; the proxy accepted %d in all", conns, p.accepted())
+	if p.accepted() <= conns {
+		t.Errorf("no new connection after the hang: %d accepted, %d hung", p.accepted(), conns)
+	}
+	finishClean(t, e, s, d, group, began)
+}
+
+// The same hang, with SIGTERM while it lasts: the hung connection must not
+// hold the exit.
+func TestFaultStorageWriteConnectionHangsSIGTERM(t *testing.T) {
+	skipShort(t)
+	const group = "g-write-hang-term"
+	began := time.Now()
+	var p *hangingProxy
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
+	d := startFlowing(t, cfg)
+	faultAndTerminate(t, d, fault{
+		inject: func() { p.hangOpen() },
+		stage:  "append", target: is(stockTableName),
+	})
+	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+}
+
+func mustPass(t *testing.T, p *netfault.Proxy) {
+	t.Helper()
+	if err := p.Pass(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustFreeze(t *testing.T, p *netfault.Proxy) {
+	t.Helper()
+	if err := p.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hangingProxy forwards TCP connections to a target and can hang the
+// connections open at a moment: they stay open and forward nothing, ever,
+// like a peer that silently went away, while later connections pass.
+// netfault's Freeze cannot do this: it holds new connections too. Its
+// methods are goroutine-safe.
+type hangingProxy struct {
+	target string
+	ln     net.Listener
+	closed chan struct{}
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	links map[*hangLink]bool // open links; true once hung
+	conns int
+}
+
+type hangLink struct {
+	client, server net.Conn
+	hung           chan struct{}
+}
+
+// listenHanging starts a hangingProxy to target, closed when the test ends.
+func listenHanging(t *testing.T, target string) *hangingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &hangingProxy{target: target, ln: ln, closed: make(chan struct{}), links: map[*hangLink]bool{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *hangingProxy) Addr() string { return p.ln.Addr().String() }
+
+// accepted is how many connections the proxy has accepted.
+func (p *hangingProxy) accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.conns
+}
+
+// hangOpen hangs every connection open now and returns how many.
+func (p *hangingProxy) hangOpen() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for l, hung := range p.links {
+		if !hung {
+			p.links[l] = true
+			close(l.hung)
+			n++
+		}
+	}
+	return n
+}
+
+func (p *hangingProxy) accept() {
+	defer p.wg.Done()
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		s, err := net.DialTimeout("tcp", p.target, 10*time.Second)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		l := &hangLink{client: c, server: s, hung: make(chan struct{})}
+		p.mu.Lock()
+		p.links[l] = false
+		p.conns++
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pump(l, c, s)
+		go p.pump(l, s, c)
+	}
+}
+
+// pump copies src to dst until either ends or the link hangs; a hung link
+// holds what it reads and keeps both sockets open until the proxy closes.
+func (p *hangingProxy) pump(l *hangLink, src, dst net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		select {
+		case <-l.hung:
+			<-p.closed
+			return
+		default:
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				err = werr
+			}
+		}
+		if err != nil {
+			select {
+			case <-l.hung:
+				<-p.closed
+				return
+			default:
+			}
+			_ = l.client.Close()
+			_ = l.server.Close()
+			p.mu.Lock()
+			delete(p.links, l)
+			p.mu.Unlock()
+			return
+		}
+	}
+}
+
+// close stops listening, closes every connection and waits for the pumps.
+func (p *hangingProxy) close() {
+	close(p.closed)
+	_ = p.ln.Close()
+	p.mu.Lock()
+	for l := range p.links {
+		_ = l.client.Close()
+		_ = l.server.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
