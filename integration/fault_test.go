@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/bigquery"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"google.golang.org/api/option"
 
 	"github.com/bqsink/bqsink/integration/netfault"
 	"github.com/bqsink/bqsink/integration/stack"
@@ -59,9 +61,9 @@ metadata_column: _kafka
 // stockTableName is the stock table as the daemon names it in logs.
 const stockTableName = stack.Project + "." + stack.Dataset + "." + stack.StockTable
 
-// proxy puts a netfault proxy in front of target (host:port), closed when
+// faultProxy puts a netfault proxy in front of target (host:port), closed when
 // the test ends.
-func proxy(t *testing.T, target string) *netfault.Proxy {
+func faultProxy(t *testing.T, target string) *netfault.Proxy {
 	t.Helper()
 	p, err := netfault.Listen(target)
 	if err != nil {
@@ -71,8 +73,8 @@ func proxy(t *testing.T, target string) *netfault.Proxy {
 	return p
 }
 
-// hostPort is the host:port of an http:// URL.
-func hostPort(t *testing.T, raw string) string {
+// urlHostPort is the host:port of an http:// URL.
+func urlHostPort(t *testing.T, raw string) string {
 	t.Helper()
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -124,8 +126,8 @@ func recoveredLine(stage string) func(logLine) bool {
 	return func(l logLine) bool { return l.Level == "info" && l.Msg == "recovered" && l.str("stage") == stage }
 }
 
-// is accepts exactly want.
-func is(want string) func(string) bool { return func(s string) bool { return s == want } }
+// targetIs accepts exactly want.
+func targetIs(want string) func(string) bool { return func(s string) bool { return s == want } }
 
 // awaitFirstWarning waits for the first warning of stage logged after line
 // index from, requires it within warnBound of since, checks its fields and
@@ -163,7 +165,7 @@ func awaitNotReady(t *testing.T, d *daemon, since, deadline time.Time, names ...
 	var body string
 	for {
 		code, body = d.get("/readyz")
-		if code == http.StatusServiceUnavailable && containsAll(body, names...) {
+		if code == http.StatusServiceUnavailable && containsEvery(body, names...) {
 			t.Logf("/readyz 503 %v after the fault: %s", time.Since(since).Round(time.Millisecond), strings.TrimSpace(body))
 			return body
 		}
@@ -179,7 +181,7 @@ func awaitNotReady(t *testing.T, d *daemon, since, deadline time.Time, names ...
 	}
 }
 
-func containsAll(s string, subs ...string) bool {
+func containsEvery(s string, subs ...string) bool {
 	for _, sub := range subs {
 		if !strings.Contains(s, sub) {
 			return false
@@ -188,8 +190,8 @@ func containsAll(s string, subs ...string) bool {
 	return true
 }
 
-// retries is bqsink_retries_total of stage.
-func retries(d *daemon, stage string) float64 {
+// retriesOf is bqsink_retries_total of stage.
+func retriesOf(d *daemon, stage string) float64 {
 	m, err := d.metrics()
 	if err != nil {
 		return -1
@@ -205,7 +207,7 @@ func requireRetriesGrew(t *testing.T, d *daemon, stage string, before float64) {
 	waitUntil(t, 10*time.Second, func() string {
 		return fmt.Sprintf("bqsink_retries_total{stage=%q} to grow from %.0f (now %.0f)", stage, before, now)
 	}, func() bool {
-		now = retries(d, stage)
+		now = retriesOf(d, stage)
 		return now > before
 	})
 	t.Logf("bqsink_retries_total{stage=%q}: %.0f before the fault, %.0f during it", stage, before, now)
@@ -333,10 +335,10 @@ func produceNoted(t *testing.T, e *env, s *stream, recs []*kgo.Record) {
 	noteProduced(s, recs)
 }
 
-// feed produces records made by mk to Kafka at a steady rate in the
+// recordFeed produces records made by mk to Kafka at a steady rate in the
 // background until stopped, remembering each one's topic, partition and
 // offset. Its methods are goroutine-safe.
-type feed struct {
+type recordFeed struct {
 	t    *testing.T
 	quit chan struct{}
 	done chan struct{}
@@ -346,12 +348,12 @@ type feed struct {
 	err  error
 }
 
-// startFeed produces perSecond records a second, each made by mk from the
+// startRecordFeed produces perSecond records a second, each made by mk from the
 // i-th update of a generator seeded with seed, until stop is called or the
 // test ends.
-func startFeed(t *testing.T, e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) *feed {
+func startRecordFeed(t *testing.T, e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) *recordFeed {
 	t.Helper()
-	f := &feed{t: t, quit: make(chan struct{}), done: make(chan struct{})}
+	f := &recordFeed{t: t, quit: make(chan struct{}), done: make(chan struct{})}
 	go f.run(e, perSecond, seed, mk)
 	t.Cleanup(func() {
 		f.stopOnce()
@@ -360,7 +362,7 @@ func startFeed(t *testing.T, e *env, perSecond int, seed uint64, mk func(stack.S
 	return f
 }
 
-func (f *feed) run(e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) {
+func (f *recordFeed) run(e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) {
 	defer close(f.done)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -397,13 +399,14 @@ func (f *feed) run(e *env, perSecond int, seed uint64, mk func(stack.StockUpdate
 	}
 }
 
-func (f *feed) fail(err error) {
+func (f *recordFeed) fail(err error) {
+	f.t.Errorf("record feed: %v", err)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.err = err
 }
 
-func (f *feed) stopOnce() {
+func (f *recordFeed) stopOnce() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	select {
@@ -415,7 +418,7 @@ func (f *feed) stopOnce() {
 
 // stop stops the feed, waits for it and returns what it produced, failing
 // the test if a produce failed.
-func (f *feed) stop() []*kgo.Record {
+func (f *recordFeed) stop() []*kgo.Record {
 	f.t.Helper()
 	f.stopOnce()
 	<-f.done
@@ -428,14 +431,14 @@ func (f *feed) stop() []*kgo.Record {
 }
 
 // produced is how many records the feed has produced so far.
-func (f *feed) produced() int {
+func (f *recordFeed) produced() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.recs)
 }
 
-// fault is one runtime fault and what the daemon must say about it.
-type fault struct {
+// runtimeFault is one runtime fault and what the daemon must say about it.
+type runtimeFault struct {
 	inject func()
 	// heal ends the fault; nil when the daemon must get over it by itself.
 	heal func()
@@ -444,7 +447,8 @@ type fault struct {
 	window time.Duration
 	stage  string
 	target func(string) bool
-	// names are what a failing /readyz must name.
+	// names are what a failing /readyz must name (default: the target
+	// the first warning named).
 	names []string
 	// recoverWithin bounds the "recovered" line after healing (after the
 	// injection when heal is nil).
@@ -455,20 +459,24 @@ type fault struct {
 // within warnBound, the retry counter to grow and /readyz to fail once the
 // fault outlasts stall_timeout, heals it after its window and requires the
 // "recovered" line and /readyz 200 again.
-func faultAndHeal(t *testing.T, d *daemon, f fault) {
+func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) {
 	t.Helper()
-	before := retries(d, f.stage)
+	before := retriesOf(d, f.stage)
 	from := len(d.logs())
 	at := time.Now()
 	f.inject()
 	first, i := awaitFirstWarning(t, d, from, at, f.stage, f.target)
 	requireRetriesGrew(t, d, f.stage, before)
 	if f.window > faultStall {
-		awaitNotReady(t, d, at, at.Add(f.window), f.names...)
+		names := f.names
+		if names == nil {
+			names = []string{first.str("target")}
+		}
+		awaitNotReady(t, d, at, at.Add(f.window), names...)
 	}
 	healed, what := at, "the fault (never healed)"
 	if f.heal != nil {
-		waitOut(t, at.Add(f.window))
+		waitOutWindow(t, at.Add(f.window))
 		healed, what = time.Now(), "healing"
 		f.heal()
 		t.Logf("healed %v after the fault", healed.Sub(at).Round(time.Millisecond))
@@ -481,7 +489,7 @@ func faultAndHeal(t *testing.T, d *daemon, f fault) {
 // faultAndTerminate injects f while records flow, waits for its first
 // warning, sends SIGTERM while it lasts, requires the exit within the bound,
 // then heals it.
-func faultAndTerminate(t *testing.T, d *daemon, f fault) {
+func faultAndTerminate(t *testing.T, d *daemon, f runtimeFault) {
 	t.Helper()
 	from := len(d.logs())
 	at := time.Now()
@@ -493,8 +501,8 @@ func faultAndTerminate(t *testing.T, d *daemon, f fault) {
 	}
 }
 
-// waitOut waits until the moment comes (a fault window, not a condition).
-func waitOut(t *testing.T, until time.Time) {
+// waitOutWindow waits until the moment comes (a fault window, not a condition).
+func waitOutWindow(t *testing.T, until time.Time) {
 	t.Helper()
 	select {
 	case <-time.After(time.Until(until)):
@@ -529,13 +537,13 @@ func TestFaultStorageWriteRefused(t *testing.T) {
 	const group = "g-write-refused"
 	began := time.Now()
 	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndHeal(t, d, fault{
+	faultAndHeal(t, d, runtimeFault{
 		inject: p.Refuse,
 		heal:   func() { mustPass(t, p) },
 		window: 20 * time.Second,
-		stage:  "append", target: is(stockTableName), names: []string{stockTableName},
+		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
 		recoverWithin: 45 * time.Second,
 	})
 	finishClean(t, e, s, d, group, began)
@@ -547,12 +555,12 @@ func TestFaultStorageWriteRefusedSIGTERM(t *testing.T) {
 	const group = "g-write-refused-term"
 	began := time.Now()
 	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, fault{
+	faultAndTerminate(t, d, runtimeFault{
 		inject: p.Refuse,
 		heal:   func() { mustPass(t, p) },
-		stage:  "append", target: is(stockTableName),
+		stage:  "append", target: targetIs(stockTableName),
 	})
 	finishClean(t, e, s, startDaemon(t, cfg), group, began)
 }
@@ -564,13 +572,13 @@ func TestFaultStorageWriteFrozen(t *testing.T) {
 	const group = "g-write-frozen"
 	began := time.Now()
 	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndHeal(t, d, fault{
+	faultAndHeal(t, d, runtimeFault{
 		inject: func() { mustFreeze(t, p) },
 		heal:   func() { mustPass(t, p) },
 		window: 30 * time.Second,
-		stage:  "append", target: is(stockTableName), names: []string{stockTableName},
+		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
 		recoverWithin: 45 * time.Second,
 	})
 	finishClean(t, e, s, d, group, began)
@@ -582,12 +590,12 @@ func TestFaultStorageWriteFrozenSIGTERM(t *testing.T) {
 	const group = "g-write-frozen-term"
 	began := time.Now()
 	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = proxy(t, target); return p.Addr() })
+	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, fault{
+	faultAndTerminate(t, d, runtimeFault{
 		inject: func() { mustFreeze(t, p) },
 		heal:   func() { mustPass(t, p) },
-		stage:  "append", target: is(stockTableName),
+		stage:  "append", target: targetIs(stockTableName),
 	})
 	finishClean(t, e, s, startDaemon(t, cfg), group, began)
 }
@@ -603,10 +611,10 @@ func TestFaultStorageWriteConnectionHangsKeepaliveReplacesIt(t *testing.T) {
 	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
 	var conns int
-	faultAndHeal(t, d, fault{
+	faultAndHeal(t, d, runtimeFault{
 		inject: func() { conns = p.hangOpen() },
 		window: 35 * time.Second, // /readyz must fail before the keepalive fires
-		stage:  "append", target: is(stockTableName), names: []string{stockTableName},
+		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
 		recoverWithin: 70 * time.Second,
 	})
 	t.Logf("hung %d connections; the proxy accepted %d in all", conns, p.accepted())
@@ -625,9 +633,9 @@ func TestFaultStorageWriteConnectionHangsSIGTERM(t *testing.T) {
 	var p *hangingProxy
 	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, fault{
+	faultAndTerminate(t, d, runtimeFault{
 		inject: func() { p.hangOpen() },
-		stage:  "append", target: is(stockTableName),
+		stage:  "append", target: targetIs(stockTableName),
 	})
 	finishClean(t, e, s, startDaemon(t, cfg), group, began)
 }
@@ -774,4 +782,223 @@ func (p *hangingProxy) close() {
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+}
+
+// evolveFaultEnv is a stack whose stock table the daemon created from v1
+// records only, so that the stream's v2 records make it add columns: a
+// REST call. restVia puts the REST endpoint behind a proxy (nil: direct).
+// It returns the daemon, caught up on the v1 records, and starts the stream
+// through start, which notes those records in it.
+func evolveFaultEnv(t *testing.T, group string, restVia func(target string) string) (e *env, cfg *daemonConfig, d *daemon, start func() *stream) {
+	t.Helper()
+	e = newEnv(t)
+	seed := testSeed(t)
+	var v1 []*kgo.Record
+	for _, u := range stack.StockUpdates(600, seed) {
+		if !u.V2 {
+			r, err := e.schemas.Record(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v1 = append(v1, r)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := e.st.Produce(ctx, v1...); err != nil {
+		t.Fatal(err)
+	}
+	cfg = faultConfig(e, group)
+	if restVia != nil {
+		cfg.set("bigquery.endpoint", restVia(e.st.BigQuery.RESTEndpoint()))
+	}
+	d = startDaemon(t, cfg)
+	waitCaughtUp(t, e, group, 30*time.Second)
+	if cols := tableColumns(t, e, stack.StockTable); cols["reason"] || !cols["delta"] {
+		t.Fatalf("after the v1 records, the table has columns %v; want v1's only", cols)
+	}
+	t.Logf("table created from %d v1 records", len(v1))
+	return e, cfg, d, func() *stream {
+		s := startStream(t, e, 1000, flowRate, seed+1)
+		noteProduced(s, v1)
+		return s
+	}
+}
+
+// tableColumns is the set of a table's top-level column names, read with
+// the BigQuery client from the test server's REST endpoint.
+func tableColumns(t *testing.T, e *env, table string) map[string]bool {
+	t.Helper()
+	md := tableMetadata(t, e, table)
+	cols := map[string]bool{}
+	for _, f := range md.Schema {
+		cols[f.Name] = true
+	}
+	return cols
+}
+
+// bigQueryClient is a BigQuery client of the test server's REST endpoint,
+// as a user's tool would use it, closed when the test ends.
+func bigQueryClient(t *testing.T, e *env) *bigquery.Client {
+	t.Helper()
+	cl, err := bigquery.NewClient(t.Context(), stack.Project, option.WithEndpoint(e.st.BigQuery.RESTEndpoint()), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+func tableMetadata(t *testing.T, e *env, table string) *bigquery.TableMetadata {
+	t.Helper()
+	md, err := bigQueryClient(t, e).Dataset(stack.Dataset).Table(table).Metadata(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+// requireEvolved fails the test unless the stock table has v2's columns.
+func requireEvolved(t *testing.T, e *env) {
+	t.Helper()
+	if cols := tableColumns(t, e, stack.StockTable); !cols["reason"] || !cols["unit_cost"] {
+		t.Errorf("table columns %v lack v2's", cols)
+	}
+}
+
+// The BigQuery REST endpoint answers after 5s, beyond bigquery.timeout
+// (2s), for 20s while v2 records need the table to gain v2's columns.
+func TestFaultRESTSlowWhileTableEvolves(t *testing.T) {
+	skipShort(t)
+	const group = "g-rest-slow"
+	began := time.Now()
+	e, _, d, start := evolveFaultEnv(t, group, nil)
+	var s *stream
+	faultAndHeal(t, d, runtimeFault{
+		inject: func() { e.st.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
+		heal:   func() { e.st.BigQuery.SetRESTLatency(0) },
+		window: 20 * time.Second,
+		stage:  "table", target: targetIs(stockTableName), names: []string{stockTableName},
+		recoverWithin: 45 * time.Second,
+	})
+	finishClean(t, e, s, d, group, began)
+	requireEvolved(t, e)
+}
+
+// The BigQuery REST endpoint closed for 20s while v2 records need the table
+// to gain v2's columns.
+func TestFaultRESTRefusedWhileTableEvolves(t *testing.T) {
+	skipShort(t)
+	const group = "g-rest-refused"
+	began := time.Now()
+	var p *netfault.Proxy
+	e, _, d, start := evolveFaultEnv(t, group, func(target string) string {
+		p = faultProxy(t, urlHostPort(t, target))
+		return "http://" + p.Addr()
+	})
+	var s *stream
+	faultAndHeal(t, d, runtimeFault{
+		inject: func() { p.Refuse(); s = start() },
+		heal:   func() { mustPass(t, p) },
+		window: 20 * time.Second,
+		stage:  "table", target: targetIs(stockTableName), names: []string{stockTableName},
+		recoverWithin: 45 * time.Second,
+	})
+	finishClean(t, e, s, d, group, began)
+	requireEvolved(t, e)
+}
+
+// The slow REST endpoint, with SIGTERM while the table cannot evolve.
+func TestFaultRESTSlowWhileTableEvolvesSIGTERM(t *testing.T) {
+	skipShort(t)
+	const group = "g-rest-slow-term"
+	began := time.Now()
+	e, cfg, d, start := evolveFaultEnv(t, group, nil)
+	var s *stream
+	faultAndTerminate(t, d, runtimeFault{
+		inject: func() { e.st.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
+		heal:   func() { e.st.BigQuery.SetRESTLatency(0) },
+		stage:  "table", target: targetIs(stockTableName),
+	})
+	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	requireEvolved(t, e)
+}
+
+// registryFaultEnv is a stack with the registry behind a proxy, a daemon
+// using it and writing the stream's v1 and v2 records (both schema IDs
+// cached), and inject and heal for an outage of the registry during which a
+// v3 is registered and records with its (uncached) ID arrive. v3 has v2's
+// fields under a new doc: only the registry stands in the way. collect
+// stops the v3 records and notes them in the stream.
+func registryFaultEnv(t *testing.T, group string) (e *env, cfg *daemonConfig, s *stream, d *daemon, inject, heal, collect func(), target func(string) bool) {
+	t.Helper()
+	e = newEnv(t)
+	p := faultProxy(t, urlHostPort(t, e.st.RegistryURL()))
+	cfg = faultConfig(e, group).set("schema_registry.url", "http://"+p.Addr())
+	seed := testSeed(t)
+	s = startStream(t, e, 1000, flowRate, seed)
+	d = startFlowing(t, cfg)
+	waitRowsWritten(t, d, 300, 30*time.Second) // v1 and v2 both resolved by now
+	v2 := stack.Schema("sms_physical_stock_updates.v2.avsc")
+	v3 := strings.Replace(v2, `"doc": "v2: backward compatible with v1 (new optional fields only).",`, `"doc": "v3: v2's fields, new doc.",`, 1)
+	if v3 == v2 {
+		t.Fatal("v2 fixture: doc not found")
+	}
+	var f *recordFeed
+	inject = func() {
+		p.Refuse()
+		id, err := e.st.Register(stack.StockSubject, v3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("registered v3 as schema ID %d while the registry is down", id)
+		f = startRecordFeed(t, e, 50, seed+1, func(u stack.StockUpdate) (*kgo.Record, error) {
+			if !u.V2 {
+				u.V2, u.Reason = true, "OTHER"
+			}
+			r, err := e.schemas.Record(u)
+			if err != nil {
+				return nil, err
+			}
+			r.Value = stack.WireFormat(id, r.Value[5:]) // v2's body is v3's
+			return r, nil
+		})
+	}
+	heal = func() { mustPass(t, p) }
+	collect = func() {
+		recs := f.stop()
+		t.Logf("%d records of v3", len(recs))
+		noteProduced(s, recs)
+	}
+	// The registry's name in logs: its URL or words naming it.
+	target = func(s string) bool { return strings.Contains(s, "registry") || strings.Contains(s, p.Addr()) }
+	return e, cfg, s, d, inject, heal, collect, target
+}
+
+// The schema registry closed for 20s while records of a schema ID the
+// daemon has not seen arrive.
+func TestFaultRegistryRefusedWithUncachedSchema(t *testing.T) {
+	skipShort(t)
+	const group = "g-registry-refused"
+	began := time.Now()
+	e, _, s, d, inject, heal, collect, target := registryFaultEnv(t, group)
+	faultAndHeal(t, d, runtimeFault{
+		inject: inject, heal: heal,
+		window: 20 * time.Second,
+		stage:  "schema", target: target,
+		recoverWithin: 45 * time.Second,
+	})
+	collect()
+	finishClean(t, e, s, d, group, began)
+}
+
+// The same registry outage, with SIGTERM while it lasts.
+func TestFaultRegistryRefusedSIGTERM(t *testing.T) {
+	skipShort(t)
+	const group = "g-registry-refused-term"
+	began := time.Now()
+	e, cfg, s, d, inject, heal, collect, target := registryFaultEnv(t, group)
+	faultAndTerminate(t, d, runtimeFault{inject: inject, heal: heal, stage: "schema", target: target})
+	collect()
+	finishClean(t, e, s, startDaemon(t, cfg), group, began)
 }
