@@ -13,6 +13,7 @@ import (
 
 	"cloud.google.com/go/bigquery"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
 	"google.golang.org/api/option"
 
 	"github.com/bqsink/bqsink/integration/netfault"
@@ -1001,4 +1002,246 @@ func TestFaultRegistryRefusedSIGTERM(t *testing.T) {
 	faultAndTerminate(t, d, runtimeFault{inject: inject, heal: heal, stage: "schema", target: target})
 	collect()
 	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+}
+
+// The second topic of the deleted-table tests and its table.
+const (
+	otherTopic     = "stock_other_topic"
+	otherTable     = "stock_other"
+	otherTableName = stack.Project + "." + stack.Dataset + "." + otherTable
+)
+
+// deletedTableEnv is a stack with two topics routed to two existing tables
+// (created by a warm-up run of the sink with auto_create_tables on, under
+// group), the stream on the stock topic, a feed on the other one, and a
+// daemon config with auto_create_tables off, consuming both as group.
+func deletedTableEnv(t *testing.T, group string) (*env, *daemonConfig, *stream, *recordFeed) {
+	t.Helper()
+	e := newEnv(t)
+	ctx := t.Context()
+	if err := e.st.CreateTopic(ctx, otherTopic, 3); err != nil {
+		t.Fatal(err)
+	}
+	seed := testSeed(t)
+	toOther := func(u stack.StockUpdate) (*kgo.Record, error) {
+		r, err := e.schemas.Record(u)
+		if err != nil {
+			return nil, err
+		}
+		r.Topic = otherTopic
+		return r, nil
+	}
+	var stockWarm, otherWarm []*kgo.Record
+	for _, u := range stack.StockUpdates(30, seed) {
+		r, err := e.schemas.Record(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := toOther(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stockWarm, otherWarm = append(stockWarm, r), append(otherWarm, o)
+	}
+	if err := e.st.Produce(ctx, append(append([]*kgo.Record(nil), stockWarm...), otherWarm...)...); err != nil {
+		t.Fatal(err)
+	}
+	warm := e.st.Config(group, stack.StockTopic, otherTopic)
+	warm.Tables = map[string]string{stack.StockTopic: stack.StockTable, otherTopic: otherTable}
+	warm.MetadataColumn = "_kafka"
+	r := startSink(ctx, t, e.st, warm, zap.NewNop())
+	for _, topic := range []string{stack.StockTopic, otherTopic} {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := e.st.WaitCommitted(wctx, group, topic)
+		cancel()
+		if err != nil {
+			t.Fatalf("warm-up: %s: %v", topic, err)
+		}
+	}
+	if err := r.stop(); err != nil {
+		t.Fatalf("warm-up sink: %v", err)
+	}
+
+	s := startStream(t, e, 1000, flowRate, seed+1)
+	noteProduced(s, stockWarm)
+	f := startRecordFeed(t, e, 100, seed+2, toOther)
+	cfg := faultConfig(e, group).
+		set("kafka.topics", []string{stack.StockTopic, otherTopic}).
+		set("tables", map[string]any{stack.StockTopic: stack.StockTable, otherTopic: otherTable}).
+		set("bigquery.auto_create_tables", false)
+	return e, cfg, s, f
+}
+
+// operatorLine matches a failure only an operator can fix, of target.
+func operatorLine(target string) func(logLine) bool {
+	return func(l logLine) bool {
+		return l.Level == "error" && strings.HasPrefix(l.Msg, "needs an operator") && l.str("target") == target
+	}
+}
+
+// deleteTable deletes a table as an operator would, with the BigQuery
+// client, and returns its metadata from before, and the other topic's end
+// offsets right after: records from there on were produced after the table
+// was gone.
+func deleteTable(t *testing.T, e *env, group, table string) (*bigquery.TableMetadata, map[int32]int64) {
+	t.Helper()
+	ref := bigQueryClient(t, e).Dataset(stack.Dataset).Table(table)
+	md, err := ref.Metadata(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ref.Delete(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	o, err := e.st.GroupOffsets(t.Context(), group, otherTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md, o.End
+}
+
+// recreateTable creates a table again with the schema it had.
+func recreateTable(t *testing.T, e *env, table string, md *bigquery.TableMetadata) {
+	t.Helper()
+	if err := bigQueryClient(t, e).Dataset(stack.Dataset).Table(table).Create(t.Context(), &bigquery.TableMetadata{Schema: md.Schema}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committed is group's committed offsets on topic.
+func committed(t *testing.T, e *env, group, topic string) map[int32]int64 {
+	t.Helper()
+	o, err := e.st.GroupOffsets(t.Context(), group, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o.Committed
+}
+
+func offsetSum(m map[int32]int64) int64 {
+	var n int64
+	for _, o := range m {
+		n += max(o, 0)
+	}
+	return n
+}
+
+// finishDeleted stops the feed and the stream, waits until group committed
+// both topics, stops d with SIGTERM (exit 0), checks the stock table's
+// coverage, and requires a row in the other table for every record
+// produced to it from after (per partition) on: the rows written before
+// the deletion went with the table.
+func finishDeleted(t *testing.T, e *env, s *stream, f *recordFeed, d *daemon, group string, after map[int32]int64) {
+	t.Helper()
+	recs := f.stop()
+	s.finish(60 * time.Second)
+	waitCaughtUp(t, e, group, 90*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	if _, err := e.st.WaitCommitted(ctx, group, otherTopic); err != nil {
+		t.Fatalf("%s not caught up: %v", otherTopic, err)
+	}
+	st := d.shutdown(exitBound)
+	t.Logf("SIGTERM after catching up: %v", st)
+	logProblems(t, d)
+	t.Logf("stock table: %v", checkCoverage(t, e, s, "_kafka"))
+
+	rows := map[origin]int{}
+	for _, o := range readOrigins(t, e, otherTable, "_kafka") {
+		rows[o]++
+	}
+	var want, missing, before, lostBefore int
+	var first []string
+	for _, r := range recs {
+		n := rows[origin{topic: otherTopic, partition: r.Partition, offset: r.Offset}]
+		if r.Offset < after[r.Partition] {
+			before++
+			if n == 0 {
+				lostBefore++
+			}
+			continue
+		}
+		want++
+		if n == 0 {
+			missing++
+			if len(first) < 10 {
+				first = append(first, fmt.Sprintf("%d@%d", r.Partition, r.Offset))
+			}
+		}
+	}
+	t.Logf("%s: %d records produced after the deletion, %d missing; of %d produced before it, %d went with the deleted table", otherTable, want, missing, before, lostBefore)
+	if want == 0 || missing > 0 {
+		t.Errorf("%s: %d of %d records produced after the deletion have no row; first: %v", otherTable, missing, want, first)
+	}
+}
+
+// A table deleted at runtime with auto_create_tables off: its partitions
+// stall while the other table's keep flowing; an error line names it once a
+// minute; /readyz fails naming it; once an operator recreates it,
+// everything lands.
+func TestFaultTableDeletedAtRuntime(t *testing.T) {
+	skipShort(t)
+	const group = "g-table-deleted"
+	e, cfg, s, f := deletedTableEnv(t, group)
+	d := startFlowing(t, cfg)
+	waitUntil(t, 30*time.Second, func() string { return "rows in " + otherTable }, func() bool {
+		return d.metric("bqsink_rows_written_total", "table", otherTableName) > 0
+	})
+	before := retriesOf(d, "append")
+	from := len(d.logs())
+	md, after := deleteTable(t, e, group, otherTable)
+	at := time.Now()
+
+	first, i := d.waitLogFrom(from, warnBound+5*time.Second, "error line naming "+otherTable, operatorLine(otherTableName))
+	t.Logf("error line %v after the deletion: %s", time.Since(at).Round(time.Millisecond), first.Raw)
+	if took := time.Since(at); took > warnBound {
+		t.Errorf("error line %v after the deletion, promised within %v", took, warnBound)
+	}
+	requireRetriesGrew(t, d, "append", before)
+	awaitNotReady(t, d, at, at.Add(30*time.Second), otherTableName)
+
+	// Over the next minute: the other table's partitions commit nothing,
+	// the stock table's keep committing, and the error comes once more.
+	otherA, stockA := committed(t, e, group, otherTopic), committed(t, e, group, stack.StockTopic)
+	again, _ := d.waitLogFrom(i+1, 80*time.Second, "the error line repeated a minute later", operatorLine(otherTableName))
+	t.Logf("error line repeated %v after the first", time.Since(at).Round(time.Millisecond))
+	otherB, stockB := committed(t, e, group, otherTopic), committed(t, e, group, stack.StockTopic)
+	if offsetSum(otherB) != offsetSum(otherA) {
+		t.Errorf("%s committed %v then %v while its table was gone", otherTopic, otherA, otherB)
+	}
+	if offsetSum(stockB) <= offsetSum(stockA) {
+		t.Errorf("%s committed nothing while only %s was gone: %v then %v", stack.StockTopic, otherTable, stockA, stockB)
+	} else {
+		t.Logf("%s committed %d more records meanwhile", stack.StockTopic, offsetSum(stockB)-offsetSum(stockA))
+	}
+	if n := len(d.logsMatching(operatorLine(otherTableName))); n != 2 {
+		t.Errorf("%d error lines naming %s in about a minute, want 2 (once a minute)", n, otherTable)
+	}
+	if again.num("attempts") <= first.num("attempts") {
+		t.Errorf("repeated error line's attempts %v not above the first's %v", again.num("attempts"), first.num("attempts"))
+	}
+	awaitNotReady(t, d, at, time.Now().Add(5*time.Second), otherTableName)
+
+	recreateTable(t, e, otherTable, md)
+	healed := time.Now()
+	awaitRecovered(t, d, i, healed, "recreating the table", "append", 75*time.Second)
+	d.waitHTTP("/readyz", http.StatusOK, 30*time.Second)
+	finishDeleted(t, e, s, f, d, group, after)
+}
+
+// The same deletion, with SIGTERM while the table is gone.
+func TestFaultTableDeletedAtRuntimeSIGTERM(t *testing.T) {
+	skipShort(t)
+	const group = "g-table-deleted-term"
+	e, cfg, s, f := deletedTableEnv(t, group)
+	d := startFlowing(t, cfg)
+	waitUntil(t, 30*time.Second, func() string { return "rows in " + otherTable }, func() bool {
+		return d.metric("bqsink_rows_written_total", "table", otherTableName) > 0
+	})
+	from := len(d.logs())
+	md, after := deleteTable(t, e, group, otherTable)
+	d.waitLogFrom(from, warnBound+5*time.Second, "error line naming "+otherTable, operatorLine(otherTableName))
+	terminateDuringFault(t, d)
+	recreateTable(t, e, otherTable, md)
+	finishDeleted(t, e, s, f, startDaemon(t, cfg), group, after)
 }
