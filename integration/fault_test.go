@@ -2,9 +2,11 @@ package integration
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -13,6 +15,7 @@ import (
 
 	"cloud.google.com/go/bigquery"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sr/srfake"
 	"go.uber.org/zap"
 	"google.golang.org/api/option"
 
@@ -1244,4 +1247,178 @@ func TestFaultTableDeletedAtRuntimeSIGTERM(t *testing.T) {
 	terminateDuringFault(t, d)
 	recreateTable(t, e, otherTable, md)
 	finishDeleted(t, e, s, f, startDaemon(t, cfg), group, after)
+}
+
+// startupBound is the promise for a start that cannot succeed: exit 1
+// within 10s of the process starting.
+const startupBound = 10 * time.Second
+
+// startupCase is a config that cannot start and the keys its error line
+// must name.
+type startupCase struct {
+	name string
+	keys []string
+	tune func(t *testing.T, c *daemonConfig)
+}
+
+// frozenAt is a black-holed proxy to target: connections are accepted
+// and never answered.
+func frozenAt(t *testing.T, target string) string {
+	t.Helper()
+	p := faultProxy(t, target)
+	mustFreeze(t, p)
+	return p.Addr()
+}
+
+// authRegistry serves a registry that wants user bqsink with password
+// secret, and returns its URL.
+func authRegistry(t *testing.T) string {
+	t.Helper()
+	reg := srfake.NewRegistry(srfake.WithAuth("Basic " + base64.StdEncoding.EncodeToString([]byte("bqsink:secret"))))
+	srv := httptest.NewServer(reg.Handler())
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// startupCases are problems the startup check must find: some only an
+// operator can fix, some endpoints that do not answer.
+func startupCases() []startupCase {
+	set := func(key string, v func(t *testing.T, e string) any) func(*testing.T, *daemonConfig) {
+		return func(t *testing.T, c *daemonConfig) { c.set(key, v(t, fmt.Sprint(c.get(key)))) }
+	}
+	value := func(v any) func(*testing.T, string) any { return func(*testing.T, string) any { return v } }
+	closed := func(prefix string) func(*testing.T, string) any {
+		return func(t *testing.T, _ string) any { return prefix + freeAddr(t) }
+	}
+	frozen := func(prefix string) func(*testing.T, string) any {
+		return func(t *testing.T, cur string) any {
+			return prefix + frozenAt(t, strings.TrimPrefix(strings.Trim(cur, "[]"), "http://"))
+		}
+	}
+	return []startupCase{
+		{"dataset missing", []string{"bigquery.dataset"}, set("bigquery.dataset", value("no_such_dataset"))},
+		{"topic missing", []string{"kafka.topics"}, set("kafka.topics", value([]string{"no_such_topic"}))},
+		{"dead-letter topic missing", []string{"errors.dlq_topic"}, set("errors.dlq_topic", value("no_such_topic.dlq"))},
+		{"registry refuses the credentials", []string{"schema_registry.username", "password"}, func(t *testing.T, c *daemonConfig) {
+			c.set("schema_registry.url", authRegistry(t)).set("schema_registry.username", "bqsink").set("schema_registry.password", "wrong")
+		}},
+		{"registry wants credentials", []string{"schema_registry.username"}, set("schema_registry.url", func(t *testing.T, _ string) any { return authRegistry(t) })},
+		{"Storage Write endpoint closed", []string{"bigquery.grpc_endpoint"}, set("bigquery.grpc_endpoint", closed(""))},
+		{"Storage Write endpoint black-holed", []string{"bigquery.grpc_endpoint"}, set("bigquery.grpc_endpoint", frozen(""))},
+		{"REST endpoint closed", []string{"bigquery.endpoint"}, set("bigquery.endpoint", closed("http://"))},
+		{"REST endpoint black-holed", []string{"bigquery.endpoint"}, set("bigquery.endpoint", frozen("http://"))},
+		{"registry closed", []string{"schema_registry.url"}, set("schema_registry.url", closed("http://"))},
+		{"registry black-holed", []string{"schema_registry.url"}, set("schema_registry.url", frozen("http://"))},
+		{"Kafka closed", []string{"kafka.brokers"}, set("kafka.brokers", func(t *testing.T, _ string) any { return []string{freeAddr(t)} })},
+		{"Kafka black-holed", []string{"kafka.brokers"}, set("kafka.brokers", func(t *testing.T, cur string) any {
+			return []string{frozenAt(t, strings.Trim(cur, "[]"))}
+		})},
+	}
+}
+
+// A start that cannot succeed ends within 10s with exit 1 and one error
+// line naming the config key to fix: a missing dataset, topic or
+// dead-letter topic, refused credentials, an endpoint that is closed or
+// does not answer.
+func TestStartupProblemExitsWithinTenSecondsNamingTheKey(t *testing.T) {
+	skipShort(t)
+	e := newEnv(t)
+	for i, c := range startupCases() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := faultConfig(e, fmt.Sprintf("g-startup-%d", i))
+			cfg.t = t
+			c.tune(t, cfg)
+			d := startDaemon(t, cfg)
+			st := d.wait(startupBound + 10*time.Second)
+			var lines []logLine
+			for _, l := range d.logs() {
+				if !l.JSON || l.Level == "error" || l.Level == "fatal" || l.Level == "panic" {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("%v; %s", st, rawLines(lines))
+			if st.Signal != 0 || st.Code != 1 {
+				t.Errorf("%v, want exit 1", st)
+			}
+			if st.Took > startupBound {
+				t.Errorf("exit %v after the start, promised within %v", st.Took.Round(time.Millisecond), startupBound)
+			}
+			switch {
+			case len(lines) != 1:
+				t.Errorf("%d error lines, want one naming %q", len(lines), c.keys)
+			case !containsEvery(lines[0].Raw, c.keys...):
+				t.Errorf("the error line does not name %q", c.keys)
+			}
+		})
+	}
+}
+
+// startupStop is a moment during the start to send SIGTERM at.
+type startupStop struct {
+	name string
+	// tune changes the config; nil leaves it as is.
+	tune func(t *testing.T, c *daemonConfig) func() bool
+}
+
+// SIGTERM during the start is a clean stop: exit 0 within a couple of
+// seconds, never a kill by the signal, whether the startup check is done
+// or waiting on an endpoint that does not answer.
+func TestStartupSIGTERMIsACleanStop(t *testing.T) {
+	skipShort(t)
+	e := newEnv(t)
+	// via puts a black-holed proxy in front of the endpoint at key and
+	// returns a condition that holds once the daemon has connected to it.
+	via := func(key, prefix string) func(*testing.T, *daemonConfig) func() bool {
+		return func(t *testing.T, c *daemonConfig) func() bool {
+			cur := strings.TrimPrefix(strings.Trim(fmt.Sprint(c.get(key)), "[]"), "http://")
+			p := faultProxy(t, cur)
+			mustFreeze(t, p)
+			var v any = prefix + p.Addr()
+			if key == "kafka.brokers" {
+				v = []string{p.Addr()}
+			}
+			c.set(key, v)
+			return func() bool { return p.Accepted() > 0 }
+		}
+	}
+	for i, c := range []startupStop{
+		{name: "at its first line"},
+		{name: "while checking"},
+		{name: "check waiting on a black-holed Storage Write endpoint", tune: via("bigquery.grpc_endpoint", "")},
+		{name: "check waiting on a black-holed REST endpoint", tune: via("bigquery.endpoint", "http://")},
+		{name: "check waiting on a black-holed registry", tune: via("schema_registry.url", "http://")},
+		{name: "check waiting on a black-holed Kafka", tune: via("kafka.brokers", "")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := faultConfig(e, fmt.Sprintf("g-startup-term-%d", i))
+			cfg.t = t
+			waiting := func() bool { return true }
+			if c.tune != nil {
+				waiting = c.tune(t, cfg)
+			}
+			d := startDaemon(t, cfg)
+			switch {
+			case i == 0:
+				d.waitLog(10*time.Second, "a first line", func(logLine) bool { return true })
+			default:
+				d.waitLog(10*time.Second, "the startup check", msgIs("checking kafka, schema registry and bigquery"))
+				waitUntil(t, 5*time.Second, func() string { return "a connection to the black-holed endpoint" }, waiting)
+			}
+			d.terminate()
+			st := d.wait(exitBound)
+			t.Logf("SIGTERM %s: %v", c.name, st)
+			if st.Signal != 0 || st.Code != 0 {
+				t.Errorf("%v, want exit 0", st)
+			}
+			if st.Took > 2*time.Second {
+				t.Errorf("exit %v after SIGTERM during the start, want within 2s", st.Took.Round(time.Millisecond))
+			}
+			if c.tune != nil && len(d.logsMatching(msgIs("consuming"))) > 0 {
+				t.Errorf("consumed although the startup check could not have passed")
+			}
+			logProblems(t, d)
+		})
+	}
 }
