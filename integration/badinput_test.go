@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"runtime/metrics"
 	"slices"
@@ -1111,6 +1112,70 @@ func TestBadInputOldRecordIsDeadLettered(t *testing.T) {
 	}
 	checkDeadLetter(t, "an hour old", got[0], old, wantDeadLetter{reason: "wire_format",
 		table: stack.Project + "." + stack.Dataset + "." + table, version: "unknown"})
+	checkGoodRows(t, f.st, table, us)
+}
+
+// Large rejected records in a row, each within the dead-letter topic's
+// max.message.bytes (which equals the source topic's, as the README asks),
+// together beyond it: each is dead-lettered and the partition moves on.
+// Kafka checks max.message.bytes against a whole record batch (compressed),
+// so the dead-letter writes must not put more into one batch than the
+// topic takes. The values are random so that compression cannot hide it.
+func TestBadInputLargeDeadLettersInARow(t *testing.T) {
+	ctx := t.Context()
+	const topic, table, group, dlq = "bad.large", "bad_large", "g-bad-large", "bad.large.dlq"
+	const limit, n = 100 << 10, 10
+	f := newBadFixture(t, 1)
+	for _, name := range []string{topic, dlq} {
+		if err := f.st.CreateTopic(ctx, name, 1, stack.MaxMessageBytes(limit)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rng := rand.New(rand.NewChaCha8([32]byte{95}))
+	var bad []*kgo.Record
+	us := stack.StockUpdates(2, 95)
+	for i := range n {
+		v := make([]byte, limit*6/10) // 60 KiB
+		for j := range v {
+			v[j] = byte(rng.Uint32())
+		}
+		v[0] = 'x' // no magic byte
+		bad = append(bad, badRecord(topic, fmt.Sprintf("large %d", i), i, v))
+	}
+	// One record per produce: the source topic takes one of them per batch.
+	for _, r := range append(append(f.good(topic, us[:1]), bad...), f.good(topic, us[1:])...) {
+		if err := f.st.Produce(ctx, stamp([]*kgo.Record{r})...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := f.config(group, topic, table)
+	cfg.Errors.DLQTopic = dlq
+	log, logs := observedLogger(t)
+	r := startSink(ctx, t, f.st, cfg, log)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := f.st.WaitCommitted(wctx, group, topic); err != nil {
+		o, _ := f.st.GroupOffsets(ctx, group, topic)
+		var why []string
+		for _, e := range logs.FilterField(zap.String("stage", "dead_letter")).All() {
+			why = append(why, fmt.Sprintf("%s %q: %v", e.Level, e.Message, e.ContextMap()["error"]))
+		}
+		t.Fatalf("committed %v of %v within 30s (%d records of %d KiB at %d..%d, topics taking %d KiB); dead_letter retries %v; dead_letter lines: %q",
+			o.Committed, o.End, n, len(bad[0].Value)>>10, bad[0].Offset, bad[len(bad)-1].Offset, limit>>10,
+			counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
+	}
+	dls, err := f.st.ReadTopic(ctx, dlq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byOffset := indexDeadLetters(t, dls, topic)
+	for i, b := range bad {
+		if got := byOffset[b.Offset]; len(got) != 1 {
+			t.Errorf("large %d (offset %d): %d dead-letter records, want 1", i, b.Offset, len(got))
+		} else if !bytes.Equal(got[0].rec.Value, b.Value) {
+			t.Errorf("large %d (offset %d): dead-letter value differs", i, b.Offset)
+		}
+	}
 	checkGoodRows(t, f.st, table, us)
 }
 
