@@ -462,8 +462,9 @@ type runtimeFault struct {
 // faultAndHeal injects f while records flow, requires the first warning
 // within warnBound, the retry counter to grow and /readyz to fail once the
 // fault outlasts stall_timeout, heals it after its window and requires the
-// "recovered" line and /readyz 200 again.
-func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) {
+// "recovered" line and /readyz 200 again. It returns how long after the
+// injection the daemon recovered.
+func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) time.Duration {
 	t.Helper()
 	before := retriesOf(d, f.stage)
 	from := len(d.logs())
@@ -486,8 +487,10 @@ func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) {
 		t.Logf("healed %v after the fault", healed.Sub(at).Round(time.Millisecond))
 	}
 	rec := awaitRecovered(t, d, i, healed, what, f.stage, f.recoverWithin)
+	recovered := time.Since(at)
 	requireRepeatedIfLong(t, d, f.stage, first, i, failedFor(rec))
 	d.waitHTTP("/readyz", http.StatusOK, 30*time.Second)
+	return recovered
 }
 
 // faultAndTerminate injects f while records flow, waits for its first
@@ -615,12 +618,17 @@ func TestFaultStorageWriteConnectionHangsKeepaliveReplacesIt(t *testing.T) {
 	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
 	var conns int
-	faultAndHeal(t, d, runtimeFault{
+	took := faultAndHeal(t, d, runtimeFault{
 		inject: func() { conns = p.hangOpen() },
 		window: 35 * time.Second, // /readyz must fail before the keepalive fires
 		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
 		recoverWithin: 70 * time.Second,
 	})
+	// Pings every 30s, 10s to answer, then a new connection and the next
+	// retry (backoff capped at 30s, but by then about 12s).
+	if took > 60*time.Second {
+		t.Errorf("recovered %v after the connection hung; the keepalive should replace it in about 40s", took.Round(time.Millisecond))
+	}
 	t.Logf("hung %d connections; the proxy accepted %d in all", conns, p.accepted())
 	if p.accepted() <= conns {
 		t.Errorf("no new connection after the hang: %d accepted, %d hung", p.accepted(), conns)
