@@ -13,8 +13,8 @@ import (
 )
 
 // configBackoff is how often a failure only an operator can fix is retried:
-// often enough that a fix heals without a restart.
-const configBackoff = 30 * time.Second
+// often enough that a fix heals within seconds, without a restart.
+const configBackoff = 10 * time.Second
 
 // deliver writes one flight: its rows to BigQuery, resending only those not
 // written, and its rejected records to the dead-letter topic (or not, as

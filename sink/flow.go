@@ -8,8 +8,8 @@ import (
 
 // Memory accounting. What the sink holds for a record until BigQuery
 // acknowledges it is the record itself (franz-go's Record struct, key,
-// value and headers) and, once decoded, its encoded row. Both are charged
-// to the partition that holds them and to the sink-wide total, and
+// value and headers) and its encoded row. A partition admits a record by
+// charging both, the row as an estimate until it is encoded; they are
 // released together when the record's offset is acknowledged or the
 // partition is let go.
 const (
@@ -18,14 +18,9 @@ const (
 	recordOverhead = 256
 	// rowOverhead approximates an encoded row's slice and bookkeeping.
 	rowOverhead = 48
-	// minShare keeps a partition's share of memory useful when many
-	// partitions split a small cap.
-	minShare = 64 << 10
-	// concurrentFetches bounds the fetch responses franz-go keeps in
-	// flight or buffered: part of the memory bound.
-	concurrentFetches = 4
 )
 
+// recordSize is what holding r costs, its row aside.
 func recordSize(r *kgo.Record) int64 {
 	n := int64(len(r.Key) + len(r.Value) + recordOverhead)
 	for _, h := range r.Headers {
@@ -34,37 +29,49 @@ func recordSize(r *kgo.Record) int64 {
 	return n
 }
 
+// estimatedRow is what r's encoded row is expected to cost until it is
+// encoded: about its Avro body.
+func estimatedRow(r *kgo.Record) int64 { return int64(len(r.Value) + rowOverhead) }
+
 // fetchSizes derives franz-go's fetch limits from the memory cap: one
-// fetch response at most cap/64 (at least 256 KiB, at most Kafka's 50 MiB
-// default), a partition's share of it at most 1 MiB. A record larger than
-// these is still fetched, alone (Kafka returns the first batch whatever
-// its size), up to BrokerMaxReadBytes.
+// fetch response at most cap/32 (at least 256 KiB, at most Kafka's 50 MiB
+// default), one partition's part of it at most cap/128 (64 KiB to 1 MiB).
+// Kafka still returns a partition's first batch whole, whatever these say,
+// so a record larger than them is fetched too, up to BrokerMaxReadBytes.
 func fetchSizes(capBytes int64) (fetchMax, partitionMax int32) {
-	f := min(max(capBytes/64, 256<<10), 50<<20)
-	return int32(f), int32(min(f, 1<<20))
+	f := min(max(capBytes/32, 256<<10), 50<<20)
+	p := min(max(capBytes/128, 64<<10), 1<<20)
+	return int32(f), int32(p)
 }
 
-// flow holds the memory budget (memory.max_buffered_bytes). The poll loop
-// polls only while what is held plus what one poll can bring stays under
-// the cap; each partition also pauses its own fetching once it holds its
-// share, so a stalled table cannot take memory from healthy ones.
+// flow holds the memory budget (memory.max_buffered_bytes). franz-go keeps
+// one fetch response (concurrentFetches) between polls: a reserve is kept
+// for it, decompressed. The rest is split evenly: each partition admits
+// records up to three quarters of its part (its share), leaving room for
+// rows that turn out larger than estimated, and leaves the rest of a poll
+// in Kafka to be fetched again once it has room. So the sum stays under
+// the cap, and a partition that cannot progress holds its share and no
+// more: a stalled table takes no memory from healthy ones.
 // Goroutine-safe.
 type flow struct {
-	cap     int64
-	reserve int64 // what franz-go may hold and one poll may bring, rows included
-	used    atomic.Int64
-	peak    atomic.Int64
-	parts   atomic.Int64  // partitions assigned
-	freed   chan struct{} // capacity 1: "used went down"
+	cap   int64
+	avail int64 // cap minus franz-go's reserve: what partitions share
+	used  atomic.Int64
+	peak  atomic.Int64
+	parts atomic.Int64  // partitions assigned
+	freed chan struct{} // capacity 1: "used went down"
 }
+
+// concurrentFetches is how many fetch responses franz-go may have in flight
+// or buffered: one, so that what it holds between polls is bounded.
+const concurrentFetches = 1
 
 func newFlow(capBytes int64) *flow {
 	fetchMax, _ := fetchSizes(capBytes)
-	// A poll returns what franz-go buffered: at most concurrentFetches
-	// responses. Their records count about twice once decoded (record plus
-	// row), and small records cost more as Record structs than as bytes.
-	reserve := 3 * concurrentFetches * int64(fetchMax)
-	return &flow{cap: capBytes, reserve: min(reserve, capBytes/2), freed: make(chan struct{}, 1)}
+	// A response decompressed, with a Record struct per record, is several
+	// times its size on the wire.
+	reserve := min(4*concurrentFetches*int64(fetchMax), capBytes/4)
+	return &flow{cap: capBytes, avail: capBytes - reserve, freed: make(chan struct{}, 1)}
 }
 
 func (f *flow) charge(n int64) {
@@ -88,17 +95,15 @@ func (f *flow) release(n int64) {
 	}
 }
 
-// mayPoll reports whether a poll fits under the cap. With nothing held it
-// always does, so a single record larger than the cap still moves.
+// mayPoll reports whether there is room left for a poll. With nothing held
+// there always is, so a single record larger than the cap still moves.
 func (f *flow) mayPoll() bool {
 	u := f.used.Load()
-	return u == 0 || u+f.reserve <= f.cap
+	return u == 0 || u < f.avail
 }
 
-// share is how much one partition may hold before its fetching pauses:
-// half the budget split evenly, so partitions that cannot progress hold at
-// most half of it.
+// share is how much one partition admits before it leaves records in
+// Kafka and pauses its fetching.
 func (f *flow) share() int64 {
-	n := max(f.parts.Load(), 1)
-	return max((f.cap-f.reserve)/(2*n), minShare)
+	return f.avail * 3 / (4 * max(f.parts.Load(), 1))
 }

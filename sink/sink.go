@@ -440,6 +440,7 @@ func (s *Sink) poll(ctx context.Context) {
 			failing[tp] = true
 			s.health.fail(stageFetch, tp.String(), err, false)
 		})
+		var leftover map[string]map[int32]kgo.EpochOffset
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) == 0 {
 				return
@@ -448,6 +449,9 @@ func (s *Sink) poll(ctx context.Context) {
 			if failing[tp] {
 				delete(failing, tp)
 				s.health.ok(stageFetch, tp.String())
+			}
+			if _, ok := leftover[p.Topic][p.Partition]; ok {
+				return // later records of a partition that left some in Kafka
 			}
 			s.mu.Lock()
 			w := s.workers[tp]
@@ -460,9 +464,26 @@ func (s *Sink) poll(ctx context.Context) {
 					zap.String("topic", p.Topic), zap.Int32("partition", p.Partition))
 				return
 			}
-			s.metrics.consumed.WithLabelValues(p.Topic).Add(float64(len(p.Records)))
-			w.push(p.Records)
+			n := w.admit(p.Records)
+			s.metrics.consumed.WithLabelValues(p.Topic).Add(float64(n))
+			if n < len(p.Records) {
+				// Past its share of memory: the rest stays in Kafka and is
+				// fetched again, from the first record not taken, once the
+				// partition has room.
+				if leftover == nil {
+					leftover = map[string]map[int32]kgo.EpochOffset{}
+				}
+				if leftover[p.Topic] == nil {
+					leftover[p.Topic] = map[int32]kgo.EpochOffset{}
+				}
+				r := p.Records[n]
+				leftover[p.Topic][p.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset}
+			}
 		})
+		if leftover != nil {
+			// Before AllowRebalance: no revoke can run meanwhile.
+			s.cl.SetOffsets(leftover)
+		}
 		s.lastPoll.Store(time.Now().UnixNano())
 		s.cl.AllowRebalance()
 	}

@@ -158,38 +158,62 @@ func newWorker(tp topicPartition, table string, cfg workerConfig, deps workerDep
 	return w
 }
 
-// push hands records to the worker without blocking the poll loop. Once the
-// partition holds its share of memory its fetching pauses, so a slow table
-// holds back only its own partitions.
-func (w *worker) push(recs []*kgo.Record) {
-	var n int64
-	for _, r := range recs {
-		n += recordSize(r)
-	}
-	w.deps.charge(n)
-	if w.held.Add(n) == n {
-		// Idle until now: the stall clock starts with these records.
-		w.progress.Store(time.Now().UnixNano())
-		w.unacked.Store(recs[0].Offset)
-	}
-	w.next.Store(recs[len(recs)-1].Offset + 1)
+// admit hands the worker as many of recs, a poll's records of its
+// partition in offset order, as fit in its share of memory, at least one
+// when it holds nothing, and returns how many it took. It never blocks the
+// poll loop. Once the partition holds its share its fetching pauses, so a
+// slow table holds back only its own partitions; the records it did not
+// take stay in Kafka, to be fetched again.
+func (w *worker) admit(recs []*kgo.Record) int {
 	w.mu.Lock()
-	w.queue = append(w.queue, recs...)
-	if !w.paused && w.held.Load() >= w.deps.share() {
+	defer w.mu.Unlock()
+	share, held := w.deps.share(), w.held.Load()
+	var n int
+	var bytes int64
+	for _, r := range recs {
+		c := recordSize(r) + estimatedRow(r)
+		if held+bytes+c > share && !(held == 0 && n == 0) {
+			break
+		}
+		bytes += c
+		n++
+	}
+	if n > 0 {
+		w.deps.charge(bytes)
+		if w.held.Add(bytes) == bytes {
+			// Idle until now: the stall clock starts with these records.
+			w.progress.Store(time.Now().UnixNano())
+			w.unacked.Store(recs[0].Offset)
+		}
+		w.next.Store(recs[n-1].Offset + 1)
+		w.queue = append(w.queue, recs[:n]...)
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	if !w.paused && (n < len(recs) || w.held.Load() >= share) {
 		w.paused = true
 		w.deps.pause()
 	}
-	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
+	return n
 }
 
 // unstuck ends what the lag watch saw, saying so if it had warned.
 func (w *worker) unstuck() {
 	if w.stuckSince.Swap(0) != 0 && w.stuckWarned.Swap(false) {
 		w.log.Info("partition is being fetched again", zap.Int64("offset", w.next.Load()))
+	}
+}
+
+// adjust replaces a row's estimate by what it costs.
+func (w *worker) adjust(delta int64) {
+	switch {
+	case delta > 0:
+		w.held.Add(delta)
+		w.deps.charge(delta)
+	case delta < 0:
+		w.release(-delta)
 	}
 }
 
@@ -215,7 +239,11 @@ func (w *worker) takeQueue(max int) []*kgo.Record {
 	for {
 		w.mu.Lock()
 		if n := min(max, len(w.queue)); n > 0 {
-			q := w.queue[:n:n]
+			q := make([]*kgo.Record, n)
+			copy(q, w.queue)
+			// The queue's array must not keep taken records alive after
+			// they are acknowledged.
+			clear(w.queue[:n])
 			w.queue = w.queue[n:]
 			if len(w.queue) == 0 {
 				w.queue = nil
@@ -278,12 +306,12 @@ func (w *worker) decodeLoop() {
 			if !ok {
 				break
 			}
-			it.charge = recordSize(r)
+			var row int64
 			if sz := it.row.Size(); sz > 0 {
-				it.charge += int64(sz + rowOverhead)
-				w.held.Add(int64(sz + rowOverhead))
-				w.deps.charge(int64(sz + rowOverhead))
+				row = int64(sz + rowOverhead)
 			}
+			w.adjust(row - estimatedRow(r))
+			it.charge = recordSize(r) + row
 			out = append(out, it)
 			if it.rej != nil && w.cfg.policy == PolicyFail {
 				// Nothing after a record that stops the sink.
@@ -363,6 +391,7 @@ func (w *worker) writeLoop() {
 		w.settle()
 		for len(w.pending) > 0 && room() && !w.failed {
 			it := w.pending[0]
+			w.pending[0] = item{}
 			w.pending = w.pending[1:]
 			w.add(it)
 		}
@@ -457,6 +486,9 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 func (w *worker) settle() {
 	for len(w.flights) > 0 && w.flights[0].done {
 		f := w.flights[0]
+		// The slice's array must not keep the flight's rows and records
+		// alive: their memory was released.
+		w.flights[0] = nil
 		w.flights = w.flights[1:]
 		w.inflight.Add(-1)
 		w.release(f.charge)

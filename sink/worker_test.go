@@ -213,7 +213,7 @@ func equalOffsets(a []int64, b ...int64) bool {
 // past batches that are answered together with every batch before them.
 func TestWorkerAcknowledgesInOrder(t *testing.T) {
 	h := newHarness(t)
-	h.w.push(records(0, 6, "v"))
+	h.w.admit(records(0, 6, "v"))
 	first, second := h.nextCall(), h.nextCall()
 	if !equalOffsets(first.offsets, 0, 1, 2) || !equalOffsets(second.offsets, 3, 4, 5) {
 		t.Fatalf("batches %v %v, want [0 1 2] [3 4 5]", first.offsets, second.offsets)
@@ -236,7 +236,7 @@ func TestWorkerAcknowledgesInOrder(t *testing.T) {
 // answered.
 func TestWorkerBoundsInflight(t *testing.T) {
 	h := newHarness(t)
-	h.w.push(records(0, 12, "v"))
+	h.w.admit(records(0, 12, "v"))
 	a, b := h.nextCall(), h.nextCall()
 	h.noCall(100 * time.Millisecond)
 	a.complete(nil)
@@ -255,7 +255,7 @@ func TestWorkerBoundsInflight(t *testing.T) {
 // waits for them.
 func TestWorkerResendsOnlyRowsNotWritten(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 4 })
-	h.w.push(records(0, 4, "v"))
+	h.w.admit(records(0, 4, "v"))
 	first := h.nextCall()
 	first.complete(&bq.AppendError{Retry: []int{1, 3}, Err: errors.New("unavailable")})
 	retry := h.nextCall()
@@ -290,7 +290,7 @@ func TestWorkerDeadLettersRefusedRowsBeforeCommitting(t *testing.T) {
 		}
 		return nil
 	}
-	h.w.push(records(0, 3, "v"))
+	h.w.admit(records(0, 3, "v"))
 	first := h.nextCall()
 	first.complete(&bq.AppendError{
 		Rejected: map[int]error{1: fmt.Errorf("%w: Field x: too long", bq.ErrRowRejected)},
@@ -333,7 +333,7 @@ func TestWorkerAcknowledgesWhileDecodeWaits(t *testing.T) {
 	h.decodeMu.Lock()
 	h.blocked[3] = true
 	h.decodeMu.Unlock()
-	h.w.push(records(0, 6, "v"))
+	h.w.admit(records(0, 6, "v"))
 	first := h.nextCall()
 	if !equalOffsets(first.offsets, 0, 1, 2) {
 		t.Fatalf("first batch %v", first.offsets)
@@ -356,9 +356,9 @@ func TestWorkerAcknowledgesWhileDecodeWaits(t *testing.T) {
 // watermark in order; with errors.policy skip nothing is dead-lettered.
 func TestWorkerSkipPolicyCommitsPastRejections(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.policy = PolicySkip; c.maxWait = 20 * time.Millisecond })
-	h.w.push(records(0, 2, "bad"))
-	h.w.push(records(2, 3, "<nil>"))
-	h.w.push(records(3, 4, "v"))
+	h.w.admit(records(0, 2, "bad"))
+	h.w.admit(records(2, 3, "<nil>"))
+	h.w.admit(records(3, 4, "v"))
 	c := h.nextCall()
 	if !equalOffsets(c.offsets, 3) {
 		t.Fatalf("appended %v, want [3]", c.offsets)
@@ -382,9 +382,9 @@ func TestWorkerSkipPolicyCommitsPastRejections(t *testing.T) {
 // whatever comes after it, and the sink is told.
 func TestWorkerFailPolicyCommitsUpToTheRecord(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.policy = PolicyFail; c.maxRecords = 10 })
-	h.w.push(records(0, 2, "v"))
-	h.w.push(records(2, 3, "bad"))
-	h.w.push(records(3, 6, "v"))
+	h.w.admit(records(0, 2, "v"))
+	h.w.admit(records(2, 3, "bad"))
+	h.w.admit(records(3, 6, "v"))
 	c := h.nextCall()
 	if !equalOffsets(c.offsets, 0, 1) {
 		t.Fatalf("appended %v, want the rows before the bad record, [0 1]", c.offsets)
@@ -405,7 +405,7 @@ func TestWorkerFailPolicyCommitsUpToTheRecord(t *testing.T) {
 // not yet taken are left for the next owner and their memory given back.
 func TestWorkerStopFlushesAndFinishes(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 100 })
-	h.w.push(records(0, 5, "v"))
+	h.w.admit(records(0, 5, "v"))
 	eventually(t, "records taken for decoding", func() bool {
 		h.w.mu.Lock()
 		defer h.w.mu.Unlock()
@@ -439,7 +439,7 @@ func TestWorkerStopFlushesAndFinishes(t *testing.T) {
 // flights; their records are counted as abandoned.
 func TestWorkerCancelAbandons(t *testing.T) {
 	h := newHarness(t)
-	h.w.push(records(0, 3, "v"))
+	h.w.admit(records(0, 3, "v"))
 	c := h.nextCall()
 	h.w.cancel()
 	<-h.w.done
@@ -455,34 +455,56 @@ func TestWorkerCancelAbandons(t *testing.T) {
 	}
 }
 
-// A partition holding its share of memory pauses its fetching and resumes
-// once BigQuery acknowledged enough.
-func TestWorkerPausesAtItsShare(t *testing.T) {
+// A partition admits records up to its share of memory and no more: the
+// rest stays in Kafka, its fetching pauses, and it resumes once BigQuery
+// acknowledged enough.
+func TestWorkerAdmitsUpToItsShare(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 1000; c.maxWait = 10 * time.Millisecond })
 	share := h.budget.share()
-	n := share/recordSize(&kgo.Record{Value: []byte("v")}) + 1
-	h.w.push(records(0, n, "v"))
+	one := recordSize(&kgo.Record{Value: []byte("v")}) + estimatedRow(&kgo.Record{Value: []byte("v")})
+	offered := share/one + 100
+	took := h.w.admit(records(0, offered, "v"))
+	if int64(took) != share/one {
+		t.Fatalf("admitted %d of %d records, want the %d that fit a share of %d bytes", took, offered, share/one, share)
+	}
+	if held := h.w.held.Load(); held > share {
+		t.Fatalf("holds %d bytes, over its share of %d", held, share)
+	}
 	h.mu.Lock()
 	paused := h.paused
 	h.mu.Unlock()
 	if paused != 1 {
-		t.Fatalf("paused %d times after holding %d bytes of a %d share", paused, h.w.held.Load(), share)
+		t.Fatalf("paused %d times, want 1", paused)
 	}
-	for {
+	// Nothing more fits while it is full, however often the poll offers.
+	if n := h.w.admit(records(int64(took), int64(took)+1, "v")); n != 0 {
+		t.Fatalf("admitted %d more records past its share", n)
+	}
+	deadline := time.After(5 * time.Second)
+	for h.w.held.Load() > 0 {
 		select {
 		case c := <-h.calls:
 			c.complete(nil)
-			continue
-		case <-time.After(100 * time.Millisecond):
-		}
-		if h.w.held.Load() == 0 {
-			break
+		case <-time.After(10 * time.Millisecond): // the last release may still be under way
+		case <-deadline:
+			t.Fatalf("stuck holding %d bytes", h.w.held.Load())
 		}
 	}
+	h.waitMark(int64(took))
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.resumed != 1 {
 		t.Errorf("resumed %d times, want 1", h.resumed)
+	}
+}
+
+// A record larger than the whole share is still admitted when the
+// partition holds nothing, alone, so that it moves.
+func TestWorkerAdmitsOneLargeRecordWhenIdle(t *testing.T) {
+	h := newHarness(t)
+	big := &kgo.Record{Topic: "t", Offset: 0, Value: make([]byte, h.budget.share()+1)}
+	if n := h.w.admit([]*kgo.Record{big, records(1, 2, "v")[0]}); n != 1 {
+		t.Fatalf("admitted %d, want the large record alone", n)
 	}
 }
 
@@ -496,7 +518,7 @@ func TestStalledOnlyWhileHoldingRecords(t *testing.T) {
 	if st := s.stalled(); len(st) != 0 {
 		t.Fatalf("idle partition reported stalled: %v", st)
 	}
-	h.w.push(records(0, 1, "v"))
+	h.w.admit(records(0, 1, "v"))
 	if st := s.stalled(); len(st) != 0 {
 		t.Fatalf("partition reported stalled right after its first record: %v", st)
 	}
