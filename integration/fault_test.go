@@ -234,6 +234,11 @@ func requireRepeatedIfLong(t *testing.T, d *daemon, stage string, first logLine,
 			still = append(still, l)
 		}
 	}
+	prev := first
+	for _, l := range still {
+		t.Logf("%q after %v (attempts %v)", l.Msg, logTime(l).Sub(logTime(prev)).Round(time.Millisecond), l.num("attempts"))
+		prev = l
+	}
 	t.Logf("%d %q lines over a failure of %v", len(still), stage+" still failing; retrying", failedFor.Round(time.Millisecond))
 	if failedFor < 36*time.Second {
 		return
@@ -245,6 +250,12 @@ func requireRepeatedIfLong(t *testing.T, d *daemon, stage string, first logLine,
 	if still[0].num("attempts") <= first.num("attempts") {
 		t.Errorf("repeated warning's attempts %v not above the first's %v", still[0].num("attempts"), first.num("attempts"))
 	}
+}
+
+// logTime is when the daemon wrote a line, by its time field.
+func logTime(l logLine) time.Time {
+	at, _ := time.Parse("2006-01-02T15:04:05.000Z0700", l.str("time"))
+	return at
 }
 
 // failedFor is the recovered line's failed_for field, which zap writes as
@@ -295,6 +306,15 @@ func terminateDuringFault(t *testing.T, d *daemon) exitStatus {
 		t.Errorf("exit took %v after SIGTERM, promised within %v", st.Took, exitBound)
 	}
 	return st
+}
+
+// logAheadOfCommits logs, after a daemon stopped, how many rows of the
+// stock table lie beyond group's committed offsets: rows BigQuery wrote
+// whose answer never came back (they will be written again) or that were
+// acknowledged and not committed.
+func logAheadOfCommits(t *testing.T, e *env, group string) {
+	t.Helper()
+	t.Logf("after the exit, rows beyond the committed offsets: %d", rowsAheadOfCommits(t, e, group))
 }
 
 func rawLines(ls []logLine) string {
@@ -512,6 +532,14 @@ func faultAndTerminate(t *testing.T, d *daemon, f runtimeFault) {
 	}
 }
 
+// faultAndTerminateStock is faultAndTerminate for a daemon writing the
+// stock table as group, logging the rows beyond the commits after the exit.
+func faultAndTerminateStock(t *testing.T, e *env, group string, d *daemon, f runtimeFault) {
+	t.Helper()
+	faultAndTerminate(t, d, f)
+	logAheadOfCommits(t, e, group)
+}
+
 // waitOutWindow waits until the moment comes (a fault window, not a condition).
 func waitOutWindow(t *testing.T, until time.Time) {
 	t.Helper()
@@ -568,7 +596,7 @@ func TestFaultStorageWriteRefusedSIGTERM(t *testing.T) {
 	var p *netfault.Proxy
 	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, runtimeFault{
+	faultAndTerminateStock(t, e, group, d, runtimeFault{
 		inject: p.Refuse,
 		heal:   func() { mustPass(t, p) },
 		stage:  "append", target: targetIs(stockTableName),
@@ -603,7 +631,7 @@ func TestFaultStorageWriteFrozenSIGTERM(t *testing.T) {
 	var p *netfault.Proxy
 	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, runtimeFault{
+	faultAndTerminateStock(t, e, group, d, runtimeFault{
 		inject: func() { mustFreeze(t, p) },
 		heal:   func() { mustPass(t, p) },
 		stage:  "append", target: targetIs(stockTableName),
@@ -649,7 +677,7 @@ func TestFaultStorageWriteConnectionHangsSIGTERM(t *testing.T) {
 	var p *hangingProxy
 	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, runtimeFault{
+	faultAndTerminateStock(t, e, group, d, runtimeFault{
 		inject: func() { p.hangOpen() },
 		stage:  "append", target: targetIs(stockTableName),
 	})
@@ -931,7 +959,7 @@ func TestFaultRESTSlowWhileTableEvolvesSIGTERM(t *testing.T) {
 	began := time.Now()
 	e, cfg, d, start := evolveFaultEnv(t, group, nil)
 	var s *stream
-	faultAndTerminate(t, d, runtimeFault{
+	faultAndTerminateStock(t, e, group, d, runtimeFault{
 		inject: func() { e.st.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
 		heal:   func() { e.st.BigQuery.SetRESTLatency(0) },
 		stage:  "table", target: targetIs(stockTableName),
@@ -1033,7 +1061,7 @@ func TestFaultRegistryRefusedSIGTERM(t *testing.T) {
 	const group = "g-registry-refused-term"
 	began := time.Now()
 	e, cfg, s, d, inject, heal, collect, target := registryFaultEnv(t, group, (*netfault.Proxy).Refuse)
-	faultAndTerminate(t, d, runtimeFault{inject: inject, heal: heal, stage: "schema", target: target})
+	faultAndTerminateStock(t, e, group, d, runtimeFault{inject: inject, heal: heal, stage: "schema", target: target})
 	collect()
 	finishClean(t, e, s, startDaemon(t, cfg), group, began)
 }
@@ -1238,7 +1266,7 @@ func TestFaultTableDeletedAtRuntime(t *testing.T) {
 	// the stock table's keep committing, and the error comes once more.
 	otherA, stockA := committed(t, e, group, otherTopic), committed(t, e, group, stack.StockTopic)
 	again, _ := d.waitLogFrom(i+1, 80*time.Second, "the error line repeated a minute later", operatorLine(otherTableName))
-	t.Logf("error line repeated %v after the first", time.Since(at).Round(time.Millisecond))
+	t.Logf("error line repeated %v after the first", logTime(again).Sub(logTime(first)).Round(time.Millisecond))
 	otherB, stockB := committed(t, e, group, otherTopic), committed(t, e, group, stack.StockTopic)
 	if offsetSum(otherB) != offsetSum(otherA) {
 		t.Errorf("%s committed %v then %v while its table was gone", otherTopic, otherA, otherB)
@@ -1501,7 +1529,7 @@ func TestFaultKafkaCommitUnansweredSIGTERM(t *testing.T) {
 	s := startStream(t, e, 1000, flowRate, testSeed(t))
 	cfg := faultConfig(e, group)
 	d := startFlowing(t, cfg)
-	faultAndTerminate(t, d, runtimeFault{
+	faultAndTerminateStock(t, e, group, d, runtimeFault{
 		inject: func() { hang.Store(true) },
 		heal:   func() { hang.Store(false) },
 		stage:  "commit", target: targetIs("group " + group),
