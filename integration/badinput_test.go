@@ -994,6 +994,7 @@ func testDeadLetterTopicUnavailable(t *testing.T, requestTimeout time.Duration) 
 	f.topic(topic, table, 1)
 	cfg := f.config(group, topic, table)
 	cfg.Kafka.RequestTimeout = requestTimeout
+	cfg.ShutdownTimeout = 5 * time.Second // a stuck flight holds the stop this long at most
 	log, logs := observedLogger(t)
 	r := startSink(ctx, t, f.st, cfg, log)
 
@@ -1089,9 +1090,11 @@ func TestBadInputOldRecordIsDeadLettered(t *testing.T) {
 	if err := f.st.Produce(ctx, stamp(recs)...); err != nil {
 		t.Fatal(err)
 	}
+	cfg := f.config(group, topic, table)
+	cfg.ShutdownTimeout = 5 * time.Second // a stuck flight holds the stop this long at most
 	log, logs := observedLogger(t)
-	r := startSink(ctx, t, f.st, f.config(group, topic, table), log)
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	r := startSink(ctx, t, f.st, cfg, log)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if _, err := f.st.WaitCommitted(wctx, group, topic); err != nil {
 		o, _ := f.st.GroupOffsets(ctx, group, topic)
@@ -1099,7 +1102,7 @@ func TestBadInputOldRecordIsDeadLettered(t *testing.T) {
 		for _, e := range logs.FilterField(zap.String("stage", "dead_letter")).All() {
 			why = append(why, fmt.Sprintf("%s %q: %v", e.Level, e.Message, e.ContextMap()["error"]))
 		}
-		t.Fatalf("committed %v of %v within 30s (record at %d); dead_letter retries %v; dead_letter lines: %q",
+		t.Fatalf("committed %v of %v within 20s (record at %d); dead_letter retries %v; dead_letter lines: %q",
 			o.Committed, o.End, old.Offset, counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
 	}
 	dls, err := f.st.DeadLetters(ctx)
@@ -1150,9 +1153,10 @@ func TestBadInputLargeDeadLettersInARow(t *testing.T) {
 	}
 	cfg := f.config(group, topic, table)
 	cfg.Errors.DLQTopic = dlq
+	cfg.ShutdownTimeout = 5 * time.Second // a stuck flight holds the stop this long at most
 	log, logs := observedLogger(t)
 	r := startSink(ctx, t, f.st, cfg, log)
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if _, err := f.st.WaitCommitted(wctx, group, topic); err != nil {
 		o, _ := f.st.GroupOffsets(ctx, group, topic)
@@ -1160,7 +1164,7 @@ func TestBadInputLargeDeadLettersInARow(t *testing.T) {
 		for _, e := range logs.FilterField(zap.String("stage", "dead_letter")).All() {
 			why = append(why, fmt.Sprintf("%s %q: %v", e.Level, e.Message, e.ContextMap()["error"]))
 		}
-		t.Fatalf("committed %v of %v within 30s (%d records of %d KiB at %d..%d, topics taking %d KiB); dead_letter retries %v; dead_letter lines: %q",
+		t.Fatalf("committed %v of %v within 20s (%d records of %d KiB at %d..%d, topics taking %d KiB); dead_letter retries %v; dead_letter lines: %q",
 			o.Committed, o.End, n, len(bad[0].Value)>>10, bad[0].Offset, bad[len(bad)-1].Offset, limit>>10,
 			counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
 	}
