@@ -970,7 +970,7 @@ func TestBadInputPolicyFail(t *testing.T) {
 // at all.
 func TestBadInputDeadLetterTopicUnavailable(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits out the 30s retry backoff of an operator error twice")
+		t.Skip("waits out the retry backoff of an operator error twice")
 	}
 	for _, c := range []struct {
 		name           string
