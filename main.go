@@ -132,6 +132,7 @@ func watchSignals(sigs <-chan os.Signal, done <-chan struct{}, stop func(), time
 
 func serve(ctx context.Context, cfg config, log *zap.Logger) error {
 	log.Info("starting", zap.String("version", buildVersion()), zap.Any("config", cfg.summary()))
+	setMemoryLimit(cfg.WithDefaults().Memory.MaxBufferedBytes, log)
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s, err := sink.New(cfg.Config, sink.WithLogger(log), sink.WithRegisterer(metrics), sink.WithVersion(buildVersion()))
@@ -157,6 +158,25 @@ func serve(ctx context.Context, cfg config, log *zap.Logger) error {
 		log.Warn("http server", zap.Error(err))
 	}
 	return runErr
+}
+
+// memoryOverhead is what the process needs beyond memory.max_buffered_bytes:
+// runtime, clients, connections, a batch being encoded.
+const memoryOverhead = 64 << 20
+
+// setMemoryLimit makes the Go runtime collect garbage before the heap grows
+// past what the config allows, unless the GOMEMLIMIT environment variable
+// already says what the limit is. Without it the heap may grow to twice
+// what is live before a collection, so peak RSS would be about twice
+// memory.max_buffered_bytes instead of that plus a fixed overhead.
+func setMemoryLimit(buffered int64, log *zap.Logger) {
+	if v, ok := os.LookupEnv("GOMEMLIMIT"); ok {
+		log.Info("memory limit from GOMEMLIMIT", zap.String("GOMEMLIMIT", v))
+		return
+	}
+	limit := buffered + memoryOverhead
+	debug.SetMemoryLimit(limit)
+	log.Info("memory limit set from memory.max_buffered_bytes", zap.Int64("bytes", limit))
 }
 
 func handler(s *sink.Sink, metrics *prometheus.Registry) http.Handler {
