@@ -36,12 +36,9 @@ func TestMarkOnlyMovesForward(t *testing.T) {
 func TestBackoffGrowsAndIsCapped(t *testing.T) {
 	for attempt := 1; attempt < 40; attempt++ {
 		d := backoff(attempt)
-		lo := (100 * time.Millisecond << min(attempt-1, 9)) / 2
-		if lo > 15*time.Second {
-			lo = 15 * time.Second
-		}
-		if d < lo || d > 30*time.Second {
-			t.Fatalf("attempt %d: backoff %s outside [%s, 30s]", attempt, d, lo)
+		lo := min(100*time.Millisecond<<min(attempt-1, 9), 15*time.Second) / 2
+		if d < lo || d > 15*time.Second {
+			t.Fatalf("attempt %d: backoff %s outside [%s, 15s]", attempt, d, lo)
 		}
 	}
 }

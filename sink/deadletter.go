@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -30,40 +32,82 @@ type deadLetters struct {
 	topic   string
 	table   func(topic string) string
 	version string
+	timeout time.Duration // kafka.request_timeout: each attempt's bound
+	// maxBytes is the topic's max.message.bytes, read by the startup check;
+	// the producer's batches stay under it.
+	maxBytes atomic.Int32
 }
 
-// send produces rs and waits until Kafka acknowledged them or ctx ends. It
-// returns the records not acknowledged; its error is a *stageError whose
-// config flag says whether an operator must act (topic missing, record
-// larger than the topic accepts, not authorized). It does not wait for
-// answers once ctx has ended: franz-go owns those records until it gives
-// up on them.
+// defaultMaxMessageBytes is Kafka's default max.message.bytes, assumed
+// until the topic's own is read.
+const defaultMaxMessageBytes = 1_000_012
+
+// batchMaxBytes is the producer's ProducerBatchMaxBytesFn: Kafka refuses a
+// batch larger than the topic's max.message.bytes, so batches of many
+// rejected records must stay under it.
+func (d *deadLetters) batchMaxBytes(string) int32 {
+	if n := d.maxBytes.Load(); n >= 512 {
+		return n
+	}
+	return defaultMaxMessageBytes
+}
+
+// send produces rs and waits until Kafka acknowledged them, for at most
+// kafka.request_timeout, or until ctx ends. It returns the records not
+// acknowledged; its error is a *stageError whose config flag says whether an
+// operator must act (topic missing, record larger than the topic accepts,
+// not authorized). It does not wait for answers past its bound: franz-go
+// owns those records until it gives up on them, and one acknowledged after
+// all is written again by the next attempt (at-least-once).
 func (d *deadLetters) send(ctx context.Context, rs []*rejection) ([]*rejection, error) {
 	type answer struct {
 		i   int
 		err error
 	}
+	// The bound is the record's context, not franz-go's delivery timeout,
+	// which counts from the record's timestamp: an old record would time
+	// out before it was sent.
+	pctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
 	answers := make(chan answer, len(rs))
 	for i, rj := range rs {
-		d.cl.Produce(ctx, d.record(rj), func(_ *kgo.Record, err error) { answers <- answer{i, err} })
+		d.cl.Produce(pctx, d.record(rj), func(_ *kgo.Record, err error) { answers <- answer{i, err} })
 	}
-	var left []*rejection
+	done := make([]bool, len(rs))
 	var firstErr error
+wait:
 	for range rs {
 		select {
 		case a := <-answers:
-			if a.err != nil {
-				left = append(left, rs[a.i])
-				if firstErr == nil {
-					firstErr = a.err
-				}
+			if a.err == nil {
+				done[a.i] = true
+			} else if firstErr == nil {
+				firstErr = a.err
 			}
-		case <-ctx.Done():
-			return rs, ctx.Err()
+		case <-pctx.Done():
+			switch {
+			case ctx.Err() != nil:
+				firstErr = ctx.Err()
+			case firstErr == nil:
+				firstErr = fmt.Errorf("no answer within kafka.request_timeout %s", d.timeout)
+			}
+			break wait
 		}
 	}
-	if firstErr == nil {
+	var left []*rejection
+	for i, ok := range done {
+		if !ok {
+			left = append(left, rs[i])
+		}
+	}
+	if len(left) == 0 {
 		return nil, nil
+	}
+	if ctx.Err() != nil {
+		return left, ctx.Err()
+	}
+	if errors.Is(firstErr, kerr.MessageTooLarge) {
+		firstErr = fmt.Errorf("%w: the topic takes batches up to %d bytes (its max.message.bytes); raise it above the largest record", firstErr, d.batchMaxBytes(""))
 	}
 	return left, &stageError{stage: stageDeadLetter, target: d.topic, config: operatorKafkaError(firstErr),
 		err: fmt.Errorf("produce %d of %d records to dead-letter topic %s: %w", len(left), len(rs), d.topic, firstErr)}

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/bqsink/bqsink/bq"
+	"github.com/bqsink/bqsink/schema"
 )
 
 // configBackoff is how often a failure only an operator can fix is retried:
@@ -161,7 +162,9 @@ func (w *worker) appendOnce(rows []bq.Row, recs []*kgo.Record, sent func()) ([]b
 		if errors.Is(ae.Rejected[i], bq.ErrRowTooLarge) {
 			reason = reasonRowTooLarge
 		}
-		refused[k] = &rejection{rec: recs[i], reason: reason, err: ae.Rejected[i]}
+		// The record was decoded, so it has the wire format.
+		id, _, _ := schema.Split(recs[i].Value)
+		refused[k] = &rejection{rec: recs[i], reason: reason, err: ae.Rejected[i], schemaID: id}
 	}
 	var retryRows []bq.Row
 	var retryRecs []*kgo.Record
@@ -182,10 +185,11 @@ func (w *worker) appendOnce(rows []bq.Row, recs []*kgo.Record, sent func()) ([]b
 	return retryRows, retryRecs, refused, ae.Err
 }
 
-// backoff is exponential from 100ms to 30s with jitter, so that many
-// partitions failing together do not retry in lockstep.
+// backoff is exponential from 100ms to 15s with jitter, so that many
+// partitions failing together do not retry in lockstep, and a healed
+// outage is noticed within seconds.
 func backoff(attempt int) time.Duration {
-	d := min(100*time.Millisecond<<min(attempt-1, 9), 30*time.Second)
+	d := min(100*time.Millisecond<<min(attempt-1, 9), 15*time.Second)
 	return d/2 + rand.N(d/2+1)
 }
 

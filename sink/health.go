@@ -24,11 +24,12 @@ const (
 var stages = []string{stageSchema, stageTable, stageAppend, stageDeadLetter, stageCommit, stageFetch}
 
 const (
-	// repeatEvery is how often a failure that lasts is logged again.
-	repeatEvery = 30 * time.Second
+	// repeatEvery is how often a failure that lasts is logged again: at
+	// most 30 s apart, checked every monitorEvery.
+	repeatEvery = 30*time.Second - monitorEvery
 	// configEvery is how often a failure only an operator can fix is
-	// logged again (at error).
-	configEvery = time.Minute
+	// logged again (at error): once a minute.
+	configEvery = time.Minute - monitorEvery
 	// forgetAfter drops a failure nobody reported or cleared for this
 	// long: its reporter went away (a revoked partition, say). Every retry
 	// loop reports at least every 30 s plus one call's timeout.

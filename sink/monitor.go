@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +22,8 @@ import (
 func (s *Sink) monitor(ctx context.Context) {
 	t := time.NewTicker(monitorEvery)
 	defer t.Stop()
-	lagEvery := min(max(s.cfg.StallTimeout/4, monitorEvery), 30*time.Second)
+	// Two sightings at the same position make a stall: seen within 20 s.
+	lagEvery := min(max(s.cfg.StallTimeout/4, monitorEvery), 10*time.Second)
 	lastLag := time.Now()
 	for {
 		select {
@@ -49,7 +51,7 @@ func (s *Sink) watchLag(ctx context.Context) {
 	seen := map[string]bool{}
 	for tp, w := range s.workers {
 		if w.held.Load() > 0 {
-			w.unstuck()
+			s.unstuck(tp, w)
 			continue
 		}
 		idle[tp] = w
@@ -106,24 +108,31 @@ func (s *Sink) watchLag(ctx context.Context) {
 			}
 		}
 		if end.Offset <= pos {
-			w.unstuck()
+			s.unstuck(tp, w)
 			continue
 		}
 		if w.stuckSince.Load() == 0 || w.stuckAt.Load() != pos {
+			s.unstuck(tp, w)
 			w.stuckSince.Store(now.UnixNano())
 			w.stuckAt.Store(pos)
 			w.stuckEnd.Store(end.Offset)
-			w.stuckWarned.Store(false)
 			continue
 		}
 		w.stuckEnd.Store(end.Offset)
-		// Seen twice at the same position: say so now; Ready fails once it
-		// lasts stall_timeout.
-		if !w.stuckWarned.Swap(true) {
-			w.log.Warn("partition has records that are not being fetched, though nothing of it is in flight"+s.gatedNote(),
-				zap.Int64("offset", pos), zap.Int64("end_offset", end.Offset),
-				zap.Duration("for", now.Sub(time.Unix(0, w.stuckSince.Load())).Round(time.Second)))
-		}
+		// Seen twice at the same position: a fetch failure, whatever
+		// franz-go does about it; Ready fails once it lasts stall_timeout.
+		w.stuckReported.Store(true)
+		s.health.fail(stageFetch, tp.String(), fmt.Errorf("%d records from offset %d not fetched for %s though nothing of the partition is in flight%s",
+			end.Offset-pos, pos, now.Sub(time.Unix(0, w.stuckSince.Load())).Round(time.Second), s.gatedNote()), false)
+	}
+}
+
+// unstuck ends what the lag watch saw for a partition, and the fetch
+// failure it reported.
+func (s *Sink) unstuck(tp topicPartition, w *worker) {
+	w.stuckSince.Store(0)
+	if w.stuckReported.Swap(false) {
+		s.health.ok(stageFetch, tp.String())
 	}
 }
 
@@ -213,7 +222,33 @@ func (s *Sink) checkKafka(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("kafka.topics: topic %q: %w", t, terr))
 		}
 	}
+	if len(errs) == 0 && dlq {
+		s.readDLQLimit(ctx, adm)
+	}
 	return errors.Join(errs...)
+}
+
+// readDLQLimit reads the dead-letter topic's max.message.bytes, so that the
+// producer's batches stay under it. Without the right to read topic
+// configs, Kafka's default is assumed.
+func (s *Sink) readDLQLimit(ctx context.Context, adm *kadm.Client) {
+	rcs, err := adm.DescribeTopicConfigs(ctx, s.cfg.Errors.DLQTopic)
+	if err == nil {
+		var rc kadm.ResourceConfig
+		if rc, err = rcs.On(s.cfg.Errors.DLQTopic, nil); err == nil {
+			err = rc.Err
+		}
+		for _, c := range rc.Configs {
+			if c.Key == "max.message.bytes" && c.Value != nil {
+				if n, perr := strconv.ParseInt(*c.Value, 10, 32); perr == nil && n >= 512 {
+					s.dlq.maxBytes.Store(int32(n))
+					return
+				}
+			}
+		}
+	}
+	s.log.Warn("could not read the dead-letter topic's max.message.bytes; assuming Kafka's default", zap.String("topic", s.cfg.Errors.DLQTopic),
+		zap.Int("bytes", defaultMaxMessageBytes), zap.Error(err))
 }
 
 func (s *Sink) kafkaErr(err error) error {

@@ -76,12 +76,13 @@ func (l *rejectLog) record(tp topicPartition, table string, rj *rejection, polic
 	}
 }
 
-// flush writes the summaries of windows that have ended.
+// flush writes the summaries of windows that have ended by now; a zero
+// now ends them all (at shutdown).
 func (l *rejectLog) flush(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for tp, c := range l.parts {
-		if now.Sub(c.start) < rejectWindow {
+		if !now.IsZero() && now.Sub(c.start) < rejectWindow {
 			continue
 		}
 		if c.suppressed > 0 {

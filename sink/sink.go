@@ -48,9 +48,6 @@ const (
 	// maxUnknownIDs bounds the unknown schema IDs remembered for their
 	// grace before old ones are forgotten.
 	maxUnknownIDs = 1024
-	// dlqMaxRecordBytes is the largest record the dead-letter producer
-	// sends; the topic's max.message.bytes must allow what it gets.
-	dlqMaxRecordBytes = 96 << 20
 )
 
 // ErrIncomplete is returned by Run when shutdown could not finish within
@@ -238,9 +235,8 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 	return []kgo.Opt{
 		kgo.SeedBrokers(k.Brokers...),
 		kgo.ClientID(k.ClientID),
-		kgo.ProducerBatchMaxBytes(dlqMaxRecordBytes),
+		kgo.ProducerBatchMaxBytesFn(s.dlq.batchMaxBytes),
 		kgo.ProduceRequestTimeout(k.RequestTimeout),
-		kgo.RecordDeliveryTimeout(k.RequestTimeout),
 		// Dead-letter records are written at least once, like rows; an
 		// idempotent producer would need one more ACL for nothing.
 		kgo.DisableIdempotentWrite(),
@@ -305,11 +301,12 @@ func (s *Sink) Run(ctx context.Context) error {
 		return fmt.Errorf("bigquery: %w", err)
 	}
 	defer s.closeBounded("bigquery client", func() { _ = s.wh.Close() })
+	s.dlq = &deadLetters{topic: s.cfg.Errors.DLQTopic, table: s.tableName, version: s.version, timeout: s.cfg.Kafka.RequestTimeout}
 	if s.admin, err = kgo.NewClient(s.adminOpts(s.log.Named("kafka"))...); err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer s.closeBounded("kafka admin client", s.admin.Close)
-	s.dlq = &deadLetters{cl: s.admin, topic: s.cfg.Errors.DLQTopic, table: s.tableName, version: s.version}
+	s.dlq.cl = s.admin
 
 	s.log.Info("checking kafka, schema registry and bigquery")
 	if err := s.check(runCtx); err != nil {
@@ -359,6 +356,8 @@ func (s *Sink) shutdown(ctx context.Context, stopBg context.CancelFunc, bg *sync
 	stopCancel()
 	stopBg()
 	bg.Wait()
+	// Every rejection is in a log line before the process ends.
+	s.rejects.flush(time.Time{})
 	commitErr := s.commitAll(sctx, "shutdown")
 	// Rebalances stayed blocked until now: a member joining during the
 	// shutdown must not read the acknowledged records again.

@@ -59,7 +59,7 @@ type worker struct {
 	// first saw the partition hold nothing while records from stuckAt to
 	// stuckEnd waited to be fetched.
 	stuckSince, stuckAt, stuckEnd atomic.Int64
-	stuckWarned                   atomic.Bool
+	stuckReported                 atomic.Bool // reported to health as a fetch failure
 	// abandoned counts flights dropped unfinished when the worker was
 	// cancelled: their records stay uncommitted.
 	abandoned atomic.Int64
@@ -197,13 +197,6 @@ func (w *worker) admit(recs []*kgo.Record) int {
 		w.deps.pause()
 	}
 	return n
-}
-
-// unstuck ends what the lag watch saw, saying so if it had warned.
-func (w *worker) unstuck() {
-	if w.stuckSince.Swap(0) != 0 && w.stuckWarned.Swap(false) {
-		w.log.Info("partition is being fetched again", zap.Int64("offset", w.next.Load()))
-	}
 }
 
 // adjust replaces a row's estimate by what it costs.
