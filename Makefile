@@ -7,7 +7,7 @@ build:
 test:
 	test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
-	go test -race -count=1 ./...
+	go test -race -count=1 -parallel 8 ./...  # -parallel: the fault tests mostly wait
 
 demo:
 	go run ./integration/demo

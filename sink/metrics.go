@@ -96,6 +96,8 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 			func() float64 { return float64(len(s.stalled())) }),
 		gauge("bqsink_appends_inflight", "Appends sent to BigQuery and not yet answered.",
 			func() float64 { return float64(s.inflight()) }),
+		gauge("bqsink_partitions_paused", "Partitions whose fetching is paused because they hold their share of memory.max_buffered_bytes.",
+			func() float64 { return float64(s.paused()) }),
 		gauge("bqsink_buffered_bytes", "Memory held for records fetched and not yet acknowledged (records and their rows); capped by memory.max_buffered_bytes.",
 			func() float64 { return float64(s.flow.used.Load()) }),
 		gauge("bqsink_buffered_bytes_peak", "The highest bqsink_buffered_bytes since the start.",

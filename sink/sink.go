@@ -708,6 +708,21 @@ func (s *Sink) inflight() int64 {
 	return n
 }
 
+// paused counts the partitions holding their share of memory.
+func (s *Sink) paused() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, w := range s.workers {
+		w.mu.Lock()
+		if w.paused {
+			n++
+		}
+		w.mu.Unlock()
+	}
+	return n
+}
+
 // Live reports whether the poll loop is turning. A nil error means alive.
 func (s *Sink) Live() error {
 	if !s.started.Load() {
