@@ -94,7 +94,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 			func() float64 { return float64(s.flow.parts.Load()) }),
 		gauge("bqsink_partitions_stalled", "Partitions holding unacknowledged records with no progress, or with records they cannot fetch, for longer than stall_timeout.",
 			func() float64 { return float64(len(s.stalled())) }),
-		gauge("bqsink_appends_inflight", "Appends sent to BigQuery and not yet answered.",
+		gauge("bqsink_appends_inflight", "Batches sent to BigQuery and not yet delivered (answered, their rejections dead-lettered).",
 			func() float64 { return float64(s.inflight()) }),
 		gauge("bqsink_partitions_paused", "Partitions whose fetching is paused because they hold their share of memory.max_buffered_bytes.",
 			func() float64 { return float64(s.paused()) }),
