@@ -434,10 +434,15 @@ func (s *Sink) poll(ctx context.Context) {
 				return
 			}
 			// franz-go retries fetch errors itself; they are reported so
-			// that an operator sees a broker or ACL problem.
+			// that an operator sees a broker or ACL problem. An error of
+			// the group (joining, heartbeats) comes without a topic.
 			tp := topicPartition{topic, partition}
+			target := tp.String()
+			if topic == "" {
+				target = "group " + s.cfg.Kafka.GroupID
+			}
 			failing[tp] = true
-			s.health.fail(stageFetch, tp.String(), err, false)
+			s.health.fail(stageFetch, target, err, false)
 		})
 		var leftover map[string]map[int32]kgo.EpochOffset
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
@@ -448,6 +453,10 @@ func (s *Sink) poll(ctx context.Context) {
 			if failing[tp] {
 				delete(failing, tp)
 				s.health.ok(stageFetch, tp.String())
+			}
+			if failing[topicPartition{}] {
+				delete(failing, topicPartition{})
+				s.health.ok(stageFetch, "group "+s.cfg.Kafka.GroupID)
 			}
 			if _, ok := leftover[p.Topic][p.Partition]; ok {
 				return // later records of a partition that left some in Kafka
@@ -586,6 +595,9 @@ func (s *Sink) shutdownBounded(ctx context.Context, d time.Duration, fraction fl
 // lost abandons the partitions at once: another member may own them already,
 // so nothing more is committed for them.
 func (s *Sink) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	if len(lost) == 0 {
+		return // franz-go reports every failed attempt to join; nothing is lost
+	}
 	ws := s.take(lost)
 	s.callback.Store(time.Now().UnixNano())
 	defer s.callback.Store(0)
