@@ -398,8 +398,10 @@ func (s *Sink) closeBounded(what string, fn func()) {
 		fn()
 	}()
 	wait := max(min(stopGrace, time.Until(s.shutdownDeadline(1))), 100*time.Millisecond)
+	start := time.Now()
 	select {
 	case <-done:
+		s.log.Debug("closed", zap.String("client", what), zap.Duration("took", time.Since(start)))
 	case <-time.After(wait):
 		s.log.Warn("close did not finish; not waiting", zap.String("client", what))
 	}
