@@ -80,6 +80,10 @@ type KafkaConfig struct {
 	// admin request (default 10s). A call that runs out is retried and
 	// reported, never waited for without end.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
+	// LogLevel is the level from which franz-go's own log lines are
+	// written (default "warn"; "info" shows every rebalance step and
+	// connection, "debug" every request).
+	LogLevel string `yaml:"log_level"`
 }
 
 // BatchConfig bounds a partition's batch; whichever limit is hit first
@@ -143,6 +147,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Kafka.StartOffset == "" {
 		c.Kafka.StartOffset = "earliest"
+	}
+	if c.Kafka.LogLevel == "" {
+		c.Kafka.LogLevel = "warn"
 	}
 	def(&c.Kafka.SessionTimeout, 45*time.Second)
 	def(&c.Kafka.RebalanceTimeout, 60*time.Second)
@@ -210,6 +217,9 @@ func (c Config) Validate() error {
 	case "", "earliest", "latest":
 	default:
 		bad("kafka.start_offset", "%q is not earliest or latest", c.Kafka.StartOffset)
+	}
+	if _, ok := kafkaLogLevels[c.Kafka.LogLevel]; !ok && c.Kafka.LogLevel != "" {
+		bad("kafka.log_level", "%q is not debug, info, warn, error or none", c.Kafka.LogLevel)
 	}
 	for key, d := range map[string]time.Duration{
 		"kafka.session_timeout":   c.Kafka.SessionTimeout,

@@ -217,7 +217,7 @@ func (s *Sink) consumerOpts(log *zap.Logger) []kgo.Opt {
 		kgo.OnPartitionsAssigned(s.assigned),
 		kgo.OnPartitionsRevoked(s.revoked),
 		kgo.OnPartitionsLost(s.lost),
-		kgo.WithLogger(kzap.New(log, kzap.Level(kgo.LogLevelInfo))),
+		kgo.WithLogger(kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))),
 	}
 	if regex {
 		opts = append(opts, kgo.ConsumeRegex())
@@ -241,8 +241,14 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 		// idempotent producer would need one more ACL for nothing.
 		kgo.DisableIdempotentWrite(),
 		kgo.ProducerLinger(0),
-		kgo.WithLogger(kzap.New(log, kzap.Level(kgo.LogLevelWarn))),
+		kgo.WithLogger(kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))),
 	}
+}
+
+// kafkaLogLevels are the values of kafka.log_level.
+var kafkaLogLevels = map[string]kgo.LogLevel{
+	"debug": kgo.LogLevelDebug, "info": kgo.LogLevelInfo, "warn": kgo.LogLevelWarn,
+	"error": kgo.LogLevelError, "none": kgo.LogLevelNone,
 }
 
 // consumeTopics turns the configured topics into franz-go's form: with any
