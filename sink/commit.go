@@ -99,14 +99,14 @@ func (s *Sink) commitLoop(ctx context.Context) {
 }
 
 func (s *Sink) commitAll(ctx context.Context, why string) error {
-	return s.commitPartitions(ctx, nil, why)
+	return s.commitPartitions(ctx, s.cl, nil, why)
 }
 
 // commitPartitions commits the marks of the given partitions (all when nil),
 // each attempt bounded by kafka.request_timeout. A failed commit is reported
 // and its marks kept for the next round: the records stay uncommitted, so
 // nothing is lost, at worst re-read.
-func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, why string) error {
+func (s *Sink) commitPartitions(ctx context.Context, cl *kgo.Client, only map[string][]int32, why string) error {
 	s.commits.commitMu.Lock()
 	defer s.commits.commitMu.Unlock()
 	offsets := s.commits.take(only)
@@ -117,7 +117,7 @@ func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, wh
 	defer cancel()
 	var failed map[string]map[int32]kgo.EpochOffset
 	var firstErr error
-	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+	cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
 			failed, firstErr = offsets, err
 			return
@@ -143,7 +143,11 @@ func (s *Sink) commitPartitions(ctx context.Context, only map[string][]int32, wh
 	if firstErr == nil {
 		s.metrics.commits.WithLabelValues("ok").Inc()
 		s.health.ok(stageCommit, group)
-		if ce := s.log.Check(zap.DebugLevel, "committed"); ce != nil {
+		level := zap.DebugLevel
+		if why != "interval" {
+			level = zap.InfoLevel // a revoke's and the shutdown's commits are worth a line
+		}
+		if ce := s.log.Check(level, "committed"); ce != nil {
 			ce.Write(zap.Any("offsets", offsetsForLog(offsets)), zap.String("why", why))
 		}
 		return nil

@@ -55,6 +55,7 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 			rows, recs, refused, err = w.appendOnce(rows, recs, markSent)
 			for _, rj := range refused {
 				w.deps.metrics.rejected.WithLabelValues(w.tp.topic, rj.reason).Inc()
+				w.deps.stats.rejected.Add(1)
 				w.deps.rejects.record(w.tp, w.table, rj, w.cfg.policy)
 			}
 			rejects = append(rejects, refused...)
@@ -86,6 +87,7 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 				for _, rj := range rejects {
 					if !slices.Contains(left, rj) {
 						w.deps.metrics.deadLettered.WithLabelValues(w.tp.topic, rj.reason).Inc()
+						w.deps.stats.deadLettered.Add(1)
 					}
 				}
 				rejects = left
@@ -139,16 +141,14 @@ func (w *worker) appendOnce(rows []bq.Row, recs []*kgo.Record, sent func()) ([]b
 		w.deps.metrics.appendSeconds.WithLabelValues(w.table).Observe(time.Since(start).Seconds())
 	}
 	if err == nil {
-		w.deps.metrics.written.WithLabelValues(w.table).Add(float64(len(rows)))
+		w.wrote(rows, nil)
 		return nil, nil, nil, nil
 	}
 	var ae *bq.AppendError
 	if !errors.As(err, &ae) {
 		return rows, recs, nil, err
 	}
-	if n := len(rows) - len(ae.Rejected) - len(ae.Retry); n > 0 {
-		w.deps.metrics.written.WithLabelValues(w.table).Add(float64(n))
-	}
+	w.wrote(rows, ae)
 	idx := make([]int, 0, len(ae.Rejected))
 	for i := range ae.Rejected {
 		if i >= 0 && i < len(recs) {
@@ -183,6 +183,36 @@ func (w *worker) appendOnce(rows []bq.Row, recs []*kgo.Record, sent func()) ([]b
 		return retryRows, retryRecs, refused, nil
 	}
 	return retryRows, retryRecs, refused, ae.Err
+}
+
+// wrote counts the rows BigQuery took: all of rows, but those ae says were
+// rejected or are to be retried.
+func (w *worker) wrote(rows []bq.Row, ae *bq.AppendError) {
+	n, bytes := len(rows), 0
+	for _, r := range rows {
+		bytes += r.Size()
+	}
+	if ae != nil {
+		n -= len(ae.Rejected) + len(ae.Retry)
+		for i := range ae.Rejected {
+			if i >= 0 && i < len(rows) {
+				bytes -= rows[i].Size()
+			}
+		}
+		for _, i := range ae.Retry {
+			if i >= 0 && i < len(rows) {
+				bytes -= rows[i].Size()
+			}
+		}
+	}
+	if n <= 0 {
+		return
+	}
+	m := w.deps.metrics
+	m.written.WithLabelValues(w.table).Add(float64(n))
+	m.appendedBytes.WithLabelValues(w.table).Add(float64(bytes))
+	m.lastWrite.WithLabelValues(w.table).Set(float64(time.Now().UnixNano()) / 1e9)
+	w.deps.stats.rows.Add(int64(n))
 }
 
 // backoff is exponential from 100ms to 15s with jitter, so that many

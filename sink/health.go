@@ -42,8 +42,9 @@ const (
 // another every 30 s while it lasts (with the attempt count), a line when
 // it ends, the retry counter, and what Ready reports. Goroutine-safe.
 type health struct {
-	log     *zap.Logger
-	metrics *metrics
+	log      *zap.Logger
+	metrics  *metrics
+	attempts *atomic.Int64 // every failed attempt, for the progress line
 
 	n  atomic.Int64 // len(failing), for a lock-free ok when nothing fails
 	mu sync.Mutex
@@ -62,8 +63,8 @@ type failure struct {
 	config   bool // an operator must change something; retrying alone will not help
 }
 
-func newHealth(log *zap.Logger, m *metrics) *health {
-	return &health{log: log, metrics: m, failing: map[failKey]*failure{}}
+func newHealth(log *zap.Logger, m *metrics, attempts *atomic.Int64) *health {
+	return &health{log: log, metrics: m, attempts: attempts, failing: map[failKey]*failure{}}
 }
 
 // fail reports one failed attempt. config marks a failure that only an
@@ -71,6 +72,7 @@ func newHealth(log *zap.Logger, m *metrics) *health {
 // at error and makes Ready fail at once rather than after stall_timeout.
 func (h *health) fail(stage, target string, err error, config bool) {
 	h.metrics.retries.WithLabelValues(stage).Inc()
+	h.attempts.Add(1)
 	now := time.Now()
 	h.mu.Lock()
 	k := failKey{stage, target}

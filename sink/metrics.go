@@ -1,6 +1,10 @@
 package sink
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Reasons a record can never be written; they label
 // bqsink_records_rejected_total and bqsink_records_dead_lettered_total and
@@ -30,8 +34,12 @@ type metrics struct {
 	written       *prometheus.CounterVec   // table
 	retries       *prometheus.CounterVec   // stage
 	appendSeconds *prometheus.HistogramVec // table
+	appendedBytes *prometheus.CounterVec   // table
+	lastWrite     *prometheus.GaugeVec     // table
+	freshness     *prometheus.HistogramVec // table
 	batchRows     prometheus.Histogram
 	commits       *prometheus.CounterVec // result
+	rebalances    *prometheus.CounterVec // event
 }
 
 func newMetrics() *metrics {
@@ -65,6 +73,19 @@ func newMetrics() *metrics {
 			Help:    "Time from sending an append to BigQuery's answer.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
 		}, []string{"table"}),
+		appendedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_appended_bytes_total",
+			Help: "Bytes of encoded rows BigQuery acknowledged.",
+		}, []string{"table"}),
+		lastWrite: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bqsink_table_last_write_timestamp_seconds",
+			Help: "When BigQuery last acknowledged rows for the table (unix seconds).",
+		}, []string{"table"}),
+		freshness: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "bqsink_freshness_seconds",
+			Help:    "End-to-end delay per row: when its batch was delivered minus the Kafka record's timestamp.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 2, 17),
+		}, []string{"table"}),
 		batchRows: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "bqsink_batch_rows",
 			Help:    "Rows per flushed batch.",
@@ -74,6 +95,10 @@ func newMetrics() *metrics {
 			Name: "bqsink_commits_total",
 			Help: "Offset commits, by result (ok, error).",
 		}, []string{"result"}),
+		rebalances: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_rebalances_total",
+			Help: "Partitions changing hands in this member, by event (assigned, revoked, lost): one per callback that moved any.",
+		}, []string{"event"}),
 	}
 }
 
@@ -85,11 +110,15 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 	for _, r := range []string{"ok", "error"} {
 		m.commits.WithLabelValues(r)
 	}
+	for _, e := range []string{"assigned", "revoked", "lost"} {
+		m.rebalances.WithLabelValues(e)
+	}
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	cs := []prometheus.Collector{
-		m.consumed, m.rejected, m.deadLettered, m.tombstones, m.written, m.retries, m.appendSeconds, m.batchRows, m.commits,
+		m.consumed, m.rejected, m.deadLettered, m.tombstones, m.written, m.retries, m.appendSeconds, m.appendedBytes,
+		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, partitionCollector{s},
 		gauge("bqsink_partitions_assigned", "Partitions this member owns.",
 			func() float64 { return float64(s.flow.parts.Load()) }),
 		gauge("bqsink_partitions_stalled", "Partitions holding unacknowledged records with no progress, or with records they cannot fetch, for longer than stall_timeout.",
@@ -119,6 +148,12 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 	return nil
 }
 
+// initTable starts a table's counters at zero.
+func (m *metrics) initTable(table string) {
+	m.written.WithLabelValues(table)
+	m.appendedBytes.WithLabelValues(table)
+}
+
 // initTopic starts a topic's counters at zero, so that alerts see them
 // before the first event.
 func (m *metrics) initTopic(topic string) {
@@ -140,4 +175,33 @@ func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(
 func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	c.update()
 	c.vec.Collect(ch)
+}
+
+var (
+	lagDesc = prometheus.NewDesc("bqsink_partition_lag",
+		"Records of the partition not committed yet: its high watermark, as the client last saw it, minus the group's committed offset.",
+		[]string{"topic", "partition"}, nil)
+	committedDesc = prometheus.NewDesc("bqsink_partition_committed_offset",
+		"The group's committed offset of the partition: the next record to read after a restart.",
+		[]string{"topic", "partition"}, nil)
+)
+
+// partitionCollector reports each assigned partition's lag and committed
+// offset when scraped, from what the client already knows: no request to
+// Kafka per scrape.
+type partitionCollector struct{ s *Sink }
+
+func (c partitionCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- lagDesc
+	ch <- committedDesc
+}
+
+func (c partitionCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.s.partitionOffsets() {
+		labels := []string{p.tp.topic, strconv.Itoa(int(p.tp.partition))}
+		ch <- prometheus.MustNewConstMetric(committedDesc, prometheus.GaugeValue, float64(p.committed), labels...)
+		if p.hwm >= 0 {
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(max(p.hwm-p.committed, 0)), labels...)
+		}
+	}
 }

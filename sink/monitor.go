@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -16,15 +18,24 @@ import (
 	"github.com/bqsink/bqsink/schema"
 )
 
+// progressEvery is how often the progress line is written.
+const progressEvery = 30 * time.Second
+
+// stats are running totals for the progress line. Goroutine-safe.
+type stats struct {
+	rows, rejected, deadLettered, retries atomic.Int64
+}
+
 // monitor repeats the warnings of failures that last, writes the summaries
-// of rejected records and watches for partitions with records the client
-// does not fetch, until ctx ends.
+// of rejected records and a progress line, and watches for partitions with
+// records the client does not fetch, until ctx ends.
 func (s *Sink) monitor(ctx context.Context) {
 	t := time.NewTicker(monitorEvery)
 	defer t.Stop()
 	// Two sightings at the same position make a stall: seen within 20 s.
 	lagEvery := min(max(s.cfg.StallTimeout/4, monitorEvery), 10*time.Second)
-	lastLag := time.Now()
+	lastLag, lastProgress := time.Now(), time.Now()
+	var before stats
 	for {
 		select {
 		case <-ctx.Done():
@@ -36,8 +47,37 @@ func (s *Sink) monitor(ctx context.Context) {
 				lastLag = now
 				s.watchLag(ctx)
 			}
+			if now.Sub(lastProgress) >= progressEvery {
+				s.logProgress(&before, now.Sub(lastProgress))
+				lastProgress = now
+			}
 		}
 	}
+}
+
+// logProgress writes what happened since the last progress line.
+func (s *Sink) logProgress(before *stats, since time.Duration) {
+	delta := func(total, prev *atomic.Int64) int64 {
+		n := total.Load()
+		d := n - prev.Load()
+		prev.Store(n)
+		return d
+	}
+	rows := delta(&s.stats.rows, &before.rows)
+	var lag int64
+	offsets := s.partitionOffsets()
+	for _, p := range offsets {
+		if p.hwm > p.committed {
+			lag += p.hwm - p.committed
+		}
+	}
+	s.log.Info("progress",
+		zap.Int64("rows_written", rows), zap.Float64("rows_per_second", math.Round(float64(rows)/since.Seconds())),
+		zap.Int64("lag", lag), zap.Int64("partitions", s.flow.parts.Load()),
+		zap.Int64("retries", delta(&s.stats.retries, &before.retries)),
+		zap.Int64("rejected", delta(&s.stats.rejected, &before.rejected)),
+		zap.Int64("dead_lettered", delta(&s.stats.deadLettered, &before.deadLettered)),
+		zap.Int64("buffered_bytes", s.flow.used.Load()), zap.Duration("over", since.Round(time.Second)))
 }
 
 // watchLag finds partitions that hold nothing while their end offset is
@@ -80,6 +120,7 @@ func (s *Sink) watchLag(ctx context.Context) {
 		if !ok || end.Err != nil {
 			continue
 		}
+		w.sawEnd(end.Offset)
 		pos := w.next.Load()
 		if pos < 0 {
 			// Nothing arrived since assignment: the position is the

@@ -66,12 +66,14 @@ type Sink struct {
 	health  *health
 	rejects *rejectLog
 	flow    *flow
+	stats   stats
 	reg     *schema.Registry
 	kopts   []kgo.Opt
 
 	// Set by Run before anything uses them.
 	wh    *bq.Client
-	cl    *kgo.Client // the consumer
+	cl    *kgo.Client                // the consumer; group callbacks use the client they are given
+	clRef atomic.Pointer[kgo.Client] // cl, for readers outside Run's goroutine (metrics)
 	admin *kgo.Client // admin requests and dead-letter writes
 	dlq   *deadLetters
 
@@ -175,7 +177,7 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 		workers: map[topicPartition]*worker{},
 		commits: commits{marks: map[string]map[int32]kgo.EpochOffset{}},
 	}
-	s.health = newHealth(s.log, m)
+	s.health = newHealth(s.log, m, &s.stats.retries)
 	s.kopts = s.consumerOpts(o.log.Named("kafka"))
 	if o.reg != nil {
 		if err := m.register(o.reg, s); err != nil {
@@ -327,6 +329,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if s.cl, err = kgo.NewClient(s.kopts...); err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
+	s.clRef.Store(s.cl)
 	s.log.Info("consuming", zap.Strings("topics", s.cfg.Kafka.Topics), zap.String("group", s.cfg.Kafka.GroupID),
 		zap.String("errors_policy", s.cfg.Errors.Policy), zap.Int64("max_buffered_bytes", s.cfg.Memory.MaxBufferedBytes))
 
@@ -454,10 +457,16 @@ func (s *Sink) poll(ctx context.Context) {
 		})
 		var leftover map[string]map[int32]kgo.EpochOffset
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			tp := topicPartition{p.Topic, p.Partition}
+			s.mu.Lock()
+			w := s.workers[tp]
+			s.mu.Unlock()
+			if w != nil {
+				w.sawEnd(p.HighWatermark)
+			}
 			if len(p.Records) == 0 {
 				return
 			}
-			tp := topicPartition{p.Topic, p.Partition}
 			if failing[tp] {
 				delete(failing, tp)
 				s.health.ok(stageFetch, tp.String())
@@ -469,9 +478,6 @@ func (s *Sink) poll(ctx context.Context) {
 			if _, ok := leftover[p.Topic][p.Partition]; ok {
 				return // later records of a partition that left some in Kafka
 			}
-			s.mu.Lock()
-			w := s.workers[tp]
-			s.mu.Unlock()
 			if w == nil {
 				// Cannot happen with BlockRebalanceOnPoll. Dropping is safe
 				// only because these offsets were never acknowledged, but
@@ -505,17 +511,22 @@ func (s *Sink) poll(ctx context.Context) {
 	}
 }
 
-func (s *Sink) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (s *Sink) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
+	if countPartitions(assigned) == 0 {
+		return // a cooperative rebalance that gave this member nothing
+	}
+	s.metrics.rebalances.WithLabelValues("assigned").Inc()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for topic, partitions := range assigned {
 		s.metrics.initTopic(topic)
+		s.metrics.initTable(s.tableName(topic))
 		for _, p := range partitions {
 			tp := topicPartition{topic, p}
 			if s.workers[tp] != nil {
 				continue
 			}
-			w := s.newWorker(tp)
+			w := s.newWorker(cl, tp)
 			s.workers[tp] = w
 			go w.run()
 		}
@@ -524,7 +535,50 @@ func (s *Sink) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]
 	s.log.Info("partitions assigned", zap.Any("partitions", assigned), zap.Int("owned", len(s.workers)))
 }
 
-func (s *Sink) newWorker(tp topicPartition) *worker {
+func countPartitions(m map[string][]int32) int {
+	n := 0
+	for _, ps := range m {
+		n += len(ps)
+	}
+	return n
+}
+
+// partitionOffset is one assigned partition's committed offset and high
+// watermark (-1: not seen yet), for metrics and the progress line.
+type partitionOffset struct {
+	tp             topicPartition
+	committed, hwm int64
+}
+
+// consumer is the consumer client once Run created it, else nil.
+func (s *Sink) consumer() *kgo.Client { return s.clRef.Load() }
+
+// partitionOffsets lists the assigned partitions whose committed offset is
+// known: from the group's commits, or where this member started reading.
+func (s *Sink) partitionOffsets() []partitionOffset {
+	var committed map[string]map[int32]kgo.EpochOffset
+	if cl := s.consumer(); cl != nil {
+		committed = cl.CommittedOffsets()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]partitionOffset, 0, len(s.workers))
+	for tp, w := range s.workers {
+		c := int64(-1)
+		if eo, ok := committed[tp.topic][tp.partition]; ok && eo.Offset >= 0 {
+			c = eo.Offset
+		} else if f := w.first.Load(); f >= 0 {
+			c = f
+		}
+		if c < 0 {
+			continue
+		}
+		out = append(out, partitionOffset{tp: tp, committed: c, hwm: w.hwm.Load()})
+	}
+	return out
+}
+
+func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	t := s.wh.Table(s.cfg.TableFor(tp.topic))
 	log := s.log.With(zap.String("topic", tp.topic), zap.Int32("partition", tp.partition), zap.String("table", t.Name()))
 	dec := &decoder{reg: s.reg, registry: "schema registry", table: t, meta: s.cfg.MetadataColumn,
@@ -540,8 +594,8 @@ func (s *Sink) newWorker(tp topicPartition) *worker {
 			return res, nil
 		},
 		deadLetter: s.dlq.send,
-		pause:      func() { s.cl.PauseFetchPartitions(one) },
-		resume:     func() { s.cl.ResumeFetchPartitions(one) },
+		pause:      func() { cl.PauseFetchPartitions(one) },
+		resume:     func() { cl.ResumeFetchPartitions(one) },
 		mark:       func(eo kgo.EpochOffset) { s.commits.mark(tp.topic, tp.partition, eo) },
 		fatal:      s.fatal,
 		charge:     s.flow.charge,
@@ -550,6 +604,7 @@ func (s *Sink) newWorker(tp topicPartition) *worker {
 		health:     s.health,
 		rejects:    s.rejects,
 		metrics:    s.metrics,
+		stats:      &s.stats,
 	}
 	b := s.cfg.Batch
 	cfg := workerConfig{maxRecords: b.MaxRecords, maxBytes: b.MaxBytes, maxWait: b.MaxWait, maxInflight: b.MaxInflight, policy: s.cfg.Errors.Policy}
@@ -559,11 +614,12 @@ func (s *Sink) newWorker(tp topicPartition) *worker {
 // revoked stops the revoked partitions' workers, letting in-flight appends
 // finish for up to half the rebalance timeout, then commits what BigQuery
 // acknowledged before the partitions move.
-func (s *Sink) revoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+func (s *Sink) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
 	ws := s.take(revoked)
 	if len(ws) == 0 {
 		return
 	}
+	s.metrics.rebalances.WithLabelValues("revoked").Inc()
 	s.callback.Store(time.Now().UnixNano())
 	defer s.callback.Store(0)
 	dctx, cancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/2, 0.5)
@@ -572,9 +628,9 @@ func (s *Sink) revoked(ctx context.Context, _ *kgo.Client, revoked map[string][]
 	// The commit gets its own budget: dctx may have ended on a straggler.
 	cctx, ccancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/4, 0.75)
 	defer ccancel()
-	_ = s.commitPartitions(cctx, revoked, "revoke")
+	_ = s.commitPartitions(cctx, cl, revoked, "revoke")
 	// A partition paused for backpressure would stay paused if it came back.
-	s.cl.ResumeFetchPartitions(revoked)
+	cl.ResumeFetchPartitions(revoked)
 	s.log.Info("partitions revoked", zap.Any("partitions", revoked))
 }
 
@@ -602,10 +658,11 @@ func (s *Sink) shutdownBounded(ctx context.Context, d time.Duration, fraction fl
 
 // lost abandons the partitions at once: another member may own them already,
 // so nothing more is committed for them.
-func (s *Sink) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	if len(lost) == 0 {
+func (s *Sink) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
+	if countPartitions(lost) == 0 {
 		return // franz-go reports every failed attempt to join; nothing is lost
 	}
+	s.metrics.rebalances.WithLabelValues("lost").Inc()
 	ws := s.take(lost)
 	s.callback.Store(time.Now().UnixNano())
 	defer s.callback.Store(0)
@@ -620,7 +677,7 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
 		s.awaitCancelled(w)
 	}
 	s.commits.drop(lost)
-	s.cl.ResumeFetchPartitions(lost)
+	cl.ResumeFetchPartitions(lost)
 	s.log.Warn("partitions lost; their unacknowledged work is abandoned", zap.Any("partitions", lost))
 }
 

@@ -53,7 +53,10 @@ type worker struct {
 	next atomic.Int64
 	// unacked is the offset of the first record not yet acknowledged,
 	// while the partition holds any.
-	unacked  atomic.Int64
+	unacked atomic.Int64
+	// first is the offset of the first record admitted (-1: none yet),
+	// hwm the partition's high watermark as last seen (-1: not yet).
+	first, hwm atomic.Int64
 	inflight atomic.Int64 // flights sent and not yet finished
 	// stuckSince (unix nanoseconds, 0: not stuck) is when the lag watch
 	// first saw the partition hold nothing while records from stuckAt to
@@ -111,6 +114,7 @@ type workerDeps struct {
 	health  *health
 	rejects *rejectLog
 	metrics *metrics
+	stats   *stats
 }
 
 // appendResult is the answer to one append; *bq.Result is one.
@@ -154,6 +158,8 @@ func newWorker(tp topicPartition, table string, cfg workerConfig, deps workerDep
 	}
 	w.timer.Stop()
 	w.next.Store(-1)
+	w.first.Store(-1)
+	w.hwm.Store(-1)
 	w.progress.Store(time.Now().UnixNano())
 	return w
 }
@@ -180,6 +186,7 @@ func (w *worker) admit(recs []*kgo.Record) int {
 	}
 	if n > 0 {
 		w.deps.charge(bytes)
+		w.first.CompareAndSwap(-1, recs[0].Offset)
 		if w.held.Add(bytes) == bytes {
 			// Idle until now: the stall clock starts with these records.
 			w.progress.Store(time.Now().UnixNano())
@@ -197,6 +204,17 @@ func (w *worker) admit(recs []*kgo.Record) int {
 		w.deps.pause()
 	}
 	return n
+}
+
+// sawEnd records the partition's high watermark from a fetch or a lag
+// check; it only moves forward.
+func (w *worker) sawEnd(hwm int64) {
+	for {
+		cur := w.hwm.Load()
+		if hwm <= cur || w.hwm.CompareAndSwap(cur, hwm) {
+			return
+		}
+	}
 }
 
 // adjust replaces a row's estimate by what it costs.
@@ -427,6 +445,7 @@ func (w *worker) add(it item) {
 	case it.rej != nil:
 		b.rejects = append(b.rejects, it.rej)
 		w.deps.metrics.rejected.WithLabelValues(w.tp.topic, it.rej.reason).Inc()
+		w.deps.stats.rejected.Add(1)
 		w.deps.rejects.record(w.tp, w.table, it.rej, w.cfg.policy)
 	case it.tombstone:
 		w.deps.metrics.tombstones.WithLabelValues(w.tp.topic).Inc()
@@ -498,8 +517,13 @@ func (w *worker) settle() {
 			w.deps.fatal(f.failed)
 		default:
 			w.deps.mark(kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1})
-			w.progress.Store(time.Now().UnixNano())
+			now := time.Now()
+			w.progress.Store(now.UnixNano())
 			w.unacked.Store(f.last.Offset + 1)
+			fresh := w.deps.metrics.freshness.WithLabelValues(w.table)
+			for _, r := range f.rowRecs {
+				fresh.Observe(now.Sub(r.Timestamp).Seconds())
+			}
 		}
 	}
 }

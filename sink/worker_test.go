@@ -59,6 +59,7 @@ type harness struct {
 	paused  int
 	resumed int
 	budget  *flow
+	stats   stats
 
 	decodeMu sync.Mutex
 	// blocked makes the decoder answer a transient failure for these
@@ -123,9 +124,10 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		charge:  h.budget.charge,
 		release: h.budget.release,
 		share:   h.budget.share,
-		health:  newHealth(log, h.m),
+		health:  newHealth(log, h.m, &h.stats.retries),
 		rejects: newRejectLog(log),
 		metrics: h.m,
+		stats:   &h.stats,
 	}
 	h.w = newWorker(topicPartition{"t", 0}, "p.d.t", cfg, deps, context.Background(), log)
 	go h.w.run()
