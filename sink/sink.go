@@ -74,7 +74,7 @@ type Sink struct {
 	wh    *bq.Client
 	cl    *kgo.Client                // the consumer; group callbacks use the client they are given
 	clRef atomic.Pointer[kgo.Client] // cl, for readers outside Run's goroutine (metrics)
-	admin *kgo.Client // admin requests and dead-letter writes
+	admin *kgo.Client                // admin requests and dead-letter writes
 	dlq   *deadLetters
 
 	runCtx  context.Context

@@ -57,7 +57,7 @@ type worker struct {
 	// first is the offset of the first record admitted (-1: none yet),
 	// hwm the partition's high watermark as last seen (-1: not yet).
 	first, hwm atomic.Int64
-	inflight atomic.Int64 // flights sent and not yet finished
+	inflight   atomic.Int64 // flights sent and not yet finished
 	// stuckSince (unix nanoseconds, 0: not stuck) is when the lag watch
 	// first saw the partition hold nothing while records from stuckAt to
 	// stuckEnd waited to be fetched.
