@@ -15,7 +15,9 @@ import (
 // URL or refused credentials at startup. It returns nil when the registry
 // answers with a JSON object. It returns an error wrapping ErrUnauthorized
 // when the registry answers HTTP 401 or 403, naming the keys holding the
-// credentials; any other error is transient and names schema_registry.url
+// credentials, and one wrapping ErrTLS when the TLS handshake fails
+// verification on either side, naming the schema_registry.tls key to fix;
+// any other error is transient and names schema_registry.url
 // with its password redacted: no answer within the timeout or before ctx
 // ended (the error then wraps ctx's), unreachable, an error status, or an
 // answer that is not a schema registry's. Check waits at most the configured
@@ -51,6 +53,8 @@ func (r *Registry) Check(ctx context.Context) error {
 		switch {
 		case errors.As(err, &st):
 			return r.refused(st.code)
+		case r.tlsRefused(err) != nil:
+			return r.tlsRefused(err)
 		case reqCtx.Err() != nil || isTimeout(err):
 			return noAnswer(err)
 		}

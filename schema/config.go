@@ -16,8 +16,18 @@ type Config struct {
 	// e.g. "http://registry:8081".
 	URL string `yaml:"url" secret:"url"`
 	// Username and Password enable HTTP basic auth; set both or neither.
+	// Confluent Cloud takes an API key and secret here.
 	Username string `yaml:"username"`
 	Password string `yaml:"password" secret:"true"`
+	// BearerTokenFile is a file holding a token sent as "Authorization:
+	// Bearer <token>" with every request, instead of basic auth. The file
+	// is read again whenever it changes (modification time or size), so a
+	// token rotated in place (a Kubernetes projected volume, a sidecar) is
+	// used from the next request on. An empty or unreadable file fails the
+	// request; at startup, the start.
+	BearerTokenFile string `yaml:"bearer_token_file"`
+	// TLS configures the connection to an https URL.
+	TLS TLSConfig `yaml:"tls"`
 	// Timeout bounds each HTTP call (default 10s), and apart from it the
 	// wait for a free request slot when 16 calls are in flight already. A
 	// schema with references takes one call per referenced subject version
@@ -50,6 +60,14 @@ func (c Config) Validate() error {
 	if c.Password != "" && c.Username == "" {
 		errs = append(errs, errors.New("username: required when password is set"))
 	}
+	if c.BearerTokenFile != "" {
+		if c.Username != "" || c.Password != "" {
+			errs = append(errs, errors.New("bearer_token_file: set together with username/password; use one of them"))
+		} else if u, err := url.Parse(c.URL); err == nil && u.User != nil {
+			errs = append(errs, errors.New("bearer_token_file: set together with user info in url; use one of them"))
+		}
+	}
+	errs = append(errs, c.TLS.validate(c.URL)...)
 	if c.Timeout < 0 {
 		errs = append(errs, fmt.Errorf("timeout: must not be negative, got %s", c.Timeout))
 	}

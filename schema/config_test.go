@@ -23,6 +23,29 @@ func TestConfigValidate(t *testing.T) {
 		{name: "username alone", cfg: Config{URL: "http://r", Username: "u"}, want: []string{"password: required"}},
 		{name: "password alone", cfg: Config{URL: "http://r", Password: "p"}, want: []string{"username: required"}},
 		{
+			name: "https with a CA, a client certificate and a bearer token",
+			cfg: Config{URL: "https://r", BearerTokenFile: "/var/run/secrets/token",
+				TLS: TLSConfig{CAFile: "ca.pem", CertFile: "c.pem", KeyFile: "k.pem", ServerName: "registry.internal"}},
+		},
+		{
+			name: "tls keys with an http url", cfg: Config{URL: "http://r", TLS: TLSConfig{CAFile: "ca.pem", ServerName: "r", KeyFile: "k.pem", CertFile: "c.pem"}},
+			want: []string{"tls.ca_file: set, but url is http", "tls.cert_file: set, but url is http", "tls.key_file: set, but url is http", "tls.server_name: set, but url is http"},
+		},
+		{name: "certificate without key", cfg: Config{URL: "https://r", TLS: TLSConfig{CertFile: "c.pem"}}, want: []string{"tls.key_file: required when tls.cert_file is set"}},
+		{name: "key without certificate", cfg: Config{URL: "https://r", TLS: TLSConfig{KeyFile: "k.pem"}}, want: []string{"tls.cert_file: required when tls.key_file is set"}},
+		{
+			name: "CA file and no verification", cfg: Config{URL: "https://r", TLS: TLSConfig{CAFile: "ca.pem", InsecureSkipVerify: true}},
+			want: []string{"tls.insecure_skip_verify: turns off the verification tls.ca_file is for"},
+		},
+		{
+			name: "bearer token and basic auth", cfg: Config{URL: "https://r", Username: "u", Password: "p", BearerTokenFile: "t"},
+			want: []string{"bearer_token_file: set together with username/password"},
+		},
+		{
+			name: "bearer token and user info", cfg: Config{URL: "https://u:p@r", BearerTokenFile: "t"},
+			want: []string{"bearer_token_file: set together with user info in url"},
+		},
+		{
 			name: "every bad key is reported",
 			cfg:  Config{Username: "u", Timeout: -time.Second},
 			want: []string{"url: required", "password: required", "timeout: must not be negative"},

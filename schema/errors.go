@@ -6,8 +6,8 @@ import "errors"
 // fails with ErrWireFormat, ErrNotFound, ErrUnsupported, ErrIncompatible or
 // ErrDecode can never be written, however often it is retried.
 // ErrUnsupported and ErrIncompatible from Registry.Schema are for every record
-// of that schema ID; ErrDecode is for one record. ErrUnauthorized is a
-// configuration problem, not the record's. Any other error from
+// of that schema ID; ErrDecode is for one record. ErrUnauthorized and ErrTLS
+// are configuration problems, not the record's. Any other error from
 // Registry.Schema or Registry.Check is transient (network, timeout, 5xx,
 // registry busy, cancelled context) and the record should be retried.
 var (
@@ -30,6 +30,15 @@ var (
 	// for the same backoff as ErrNotFound; Registry.Check returns it at
 	// startup.
 	ErrUnauthorized = errors.New("the registry refused the credentials")
+
+	// ErrTLS: the TLS handshake with the registry failed verification: its
+	// certificate is not signed by a trusted CA or not for the name checked,
+	// or the registry refused ours (or wanted one). Like ErrUnauthorized it
+	// is a configuration problem, not the record's; the message names the
+	// key to fix (schema_registry.tls.ca_file, server_name, cert_file).
+	// Registry.Check returns it at startup; Registry.Schema remembers it
+	// for the same backoff as ErrNotFound.
+	ErrTLS = errors.New("TLS verification failed")
 
 	// ErrUnsupported: the writer schema cannot be parsed or has no BigQuery
 	// mapping (a null-only field, a recursive type, column names that clash

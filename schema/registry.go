@@ -54,9 +54,11 @@ type Registry struct {
 	now        func() time.Time
 
 	// Error text: the config keys an operator fixes.
-	where   string // "schema_registry.url <url, password redacted>"
-	authKey string // the key(s) holding the credentials
-	noCreds bool   // none are configured
+	where      string // "schema_registry.url <url, password redacted>"
+	authKey    string // the key(s) holding the credentials
+	noCreds    bool   // none are configured
+	roots      string // who signs the certificates we trust
+	clientCert string // what the registry gets from us in a TLS handshake
 
 	mu       sync.Mutex
 	schemas  map[int]cached
@@ -92,8 +94,10 @@ type refText struct {
 }
 
 // NewRegistry validates cfg and returns a Registry. It does no network I/O:
-// the first Schema or Check call is the first request. A nil logger means
-// zap.NewNop().
+// the first Schema or Check call is the first request. It reads the files
+// of schema_registry.tls and schema_registry.bearer_token_file; one that
+// cannot be read, or holds no certificate or token, is an error naming the
+// key and the file. A nil logger means zap.NewNop().
 func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("schema registry config: %w", err)
@@ -110,7 +114,20 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	// requests in flight.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = maxRequests
-	hc := &http.Client{Timeout: cfg.timeout(), Transport: statusTransport{base: tr}}
+	if tr.TLSClientConfig, err = cfg.TLS.build(); err != nil {
+		return nil, err
+	}
+	var rt http.RoundTripper = tr
+	var bearer *tokenFile
+	if cfg.BearerTokenFile != "" {
+		// Read now, so that a missing or empty file fails the start.
+		bearer = &tokenFile{path: cfg.BearerTokenFile}
+		if _, err := bearer.get(); err != nil {
+			return nil, err
+		}
+		rt = bearerTransport{base: rt, token: bearer}
+	}
+	hc := &http.Client{Timeout: cfg.timeout(), Transport: statusTransport{base: rt}}
 	client := srclient.NewSchemaRegistryClient(base, srclient.WithClient(hc), srclient.WithSemaphoreWeight(maxRequests))
 	// We parse with hamba/avro ourselves; goavro codecs would be built and thrown away.
 	client.CodecCreationEnabled(false)
@@ -124,8 +141,18 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 		auth = func(req *http.Request) { req.SetBasicAuth(user, pass) }
 	}
 	authKey := "schema_registry.username/password"
-	if cfg.Username == "" && u.User != nil {
+	switch {
+	case bearer != nil:
+		authKey = "schema_registry.bearer_token_file"
+	case cfg.Username == "" && u.User != nil:
 		authKey = "schema_registry.url user info"
+	}
+	roots, clientCert := "the system's root CAs", "the connection without a client certificate (none is set)"
+	if cfg.TLS.CAFile != "" {
+		roots = "a CA of " + cfg.TLS.CAFile
+	}
+	if cfg.TLS.CertFile != "" {
+		clientCert = "the client certificate of " + cfg.TLS.CertFile
 	}
 	return &Registry{
 		client:     client,
@@ -138,7 +165,9 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 		now:        time.Now,
 		where:      "schema_registry.url " + u.Redacted(),
 		authKey:    authKey,
-		noCreds:    cfg.Username == "" && u.User == nil,
+		noCreds:    cfg.Username == "" && u.User == nil && bearer == nil,
+		roots:      roots,
+		clientCert: clientCert,
 		schemas:    make(map[int]cached),
 		pending:    make(map[int]built),
 		refs:       make(map[refKey]refText),
@@ -150,9 +179,10 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 // compiling it and checking it against its subjects' previous versions on
 // first use. Errors wrap ErrNotFound, ErrUnsupported or ErrIncompatible when
 // the schema can never be used, and ErrUnauthorized when the registry
-// refuses the credentials (a configuration problem, not the record's);
-// anything else (network, timeout, registry 5xx, registry busy, ctx done) is
-// transient. ErrNotFound, ErrUnauthorized and transient failures are
+// refuses the credentials or ErrTLS when TLS with it fails verification
+// (configuration problems, not the record's); anything else (network,
+// timeout, registry 5xx, registry busy, ctx done) is transient. ErrNotFound,
+// ErrUnauthorized, ErrTLS and transient failures are
 // remembered per ID for a backoff (1s doubling to 10s, see Registry): until
 // it passes, Schema returns the same error, of the same class, without a
 // request, and every such error ends in "; not asked again for <time left>".
@@ -345,8 +375,8 @@ func (r *Registry) referenced(k refKey) (refText, error) {
 
 // classify wraps a registry error: ErrNotFound when the registry itself said
 // so (its JSON error code 404 or 404xx: 40401 subject, 40402 version, 40403
-// schema), ErrUnauthorized when it answered HTTP 401 or 403, transient
-// otherwise. A bare 404 without the registry's JSON body comes from a proxy
+// schema), ErrUnauthorized when it answered HTTP 401 or 403, ErrTLS when
+// the TLS handshake failed verification, transient otherwise. A bare 404 without the registry's JSON body comes from a proxy
 // or a wrong URL, not from the registry: treating it as permanent would
 // discard every record, so it stays transient.
 func (r *Registry) classify(what string, err error) error {
@@ -357,6 +387,9 @@ func (r *Registry) classify(what string, err error) error {
 	var st *statusError
 	if errors.As(err, &st) {
 		return fmt.Errorf("%s: %w", what, r.refused(st.code))
+	}
+	if terr := r.tlsRefused(err); terr != nil {
+		return fmt.Errorf("%s: %w", what, terr)
 	}
 	if errors.As(err, &se) {
 		// Its text is the raw JSON body, newline included.
