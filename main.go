@@ -2,6 +2,7 @@
 //
 //	bqsink -config config.yaml          run
 //	bqsink -config config.yaml -check   validate the config and exit
+//	bqsink -version                     print the version and exit
 //
 // main only wires: config, logger, sink, HTTP server for /metrics, /healthz
 // and /readyz, and signals. The work lives in the sink, schema and bq
@@ -9,7 +10,8 @@
 //
 // Exit codes: 0 after a clean stop (everything acknowledged was committed),
 // 1 when the config is invalid, a startup check fails, a record fails under
-// errors.policy fail, or the shutdown could not finish, 2 for bad flags.
+// errors.policy fail, or the shutdown could not finish, 2 for bad flags or
+// arguments.
 package main
 
 import (
@@ -17,11 +19,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -35,17 +42,24 @@ import (
 	"github.com/bqsink/bqsink/sink"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3";
-// otherwise it comes from the module's build info.
-var version = ""
+// Stamped at build time, e.g.
+//
+//	go build -ldflags "-X main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD) -X main.date=$(date -u +%FT%TZ)"
+//
+// What is left empty comes from the binary's build info: the module
+// version, and the commit and its time when built from a git checkout.
+var version, commit, date string
 
 // exitGrace is how long past shutdown_timeout the process may take before
 // it exits regardless.
 const exitGrace = 500 * time.Millisecond
 
-func main() { os.Exit(run(os.Args[1:])) }
+// readme is where an operator reads about configuration and operation.
+const readme = "https://github.com/bqsink/bqsink#readme"
 
-func run(args []string) int {
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
 	// Signals are caught from the first moments (see earlysignal), so that
 	// a SIGTERM at any moment after start is a clean stop, never a kill by
 	// the signal.
@@ -62,18 +76,32 @@ func run(args []string) int {
 	go watchSignals(sigs, done, stop, &shutdownTimeout, &logger)
 
 	fs := flag.NewFlagSet("bqsink", flag.ContinueOnError)
-	configPath := fs.String("config", "config.yaml", "path to the YAML config file")
+	configPath := fs.String("config", "config.yaml", "the YAML config `FILE`")
 	check := fs.Bool("check", false, "validate the config, print every problem, and exit")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.SetOutput(io.Discard) // errors and usage are printed below
+	fs.Usage = func() {}
+	switch err := fs.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		usage(stdout, fs)
+		return 0
+	case err != nil:
+		return usageError(stderr, err.Error())
+	case fs.NArg() > 0:
+		return usageError(stderr, strayArgs(fs.Args()))
+	}
+	build := currentBuild()
+	if *showVersion {
+		fmt.Fprintln(stdout, build)
+		return 0
 	}
 	cfg, err := loadConfig(*configPath)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	if *check {
-		fmt.Printf("%s: ok\n", *configPath)
+		fmt.Fprintf(stdout, "%s: ok\n", *configPath)
 		return 0
 	}
 	shutdownTimeout.Store(int64(cfg.ShutdownTimeout))
@@ -82,7 +110,7 @@ func run(args []string) int {
 	}
 	log, err := newLogger(cfg.Log.Level)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(stderr, err)
 		return 1
 	}
 	defer func() { _ = log.Sync() }()
@@ -90,7 +118,7 @@ func run(args []string) int {
 	if ctx.Err() != nil {
 		log.Info("signal received while starting; stopping")
 	}
-	if err := serve(ctx, cfg, log); err != nil {
+	if err := serve(ctx, cfg, build, log); err != nil {
 		log.Error("bqsink stopped with an error", zap.Error(err))
 		return 1
 	}
@@ -130,12 +158,161 @@ func watchSignals(sigs <-chan os.Signal, done <-chan struct{}, stop func(), time
 	}
 }
 
-func serve(ctx context.Context, cfg config, log *zap.Logger) error {
-	log.Info("starting", zap.String("version", buildVersion()), zap.Any("config", cfg.summary()))
+// usage prints the help that -h and -help ask for.
+func usage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `Usage:
+  bqsink [-config FILE]          run until SIGTERM or SIGINT
+  bqsink [-config FILE] -check   validate the config, print every problem, exit
+  bqsink -version                print the version and exit
+
+bqsink streams Avro records from Kafka into BigQuery. It reads one YAML
+config file (every key, with its default, is in config.yaml and the README;
+${VAR} and ${VAR:-default} in values come from the environment), writes JSON
+log lines to stdout and serves /metrics, /healthz and /readyz on http.listen.
+
+Flags:
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		arg, text := flag.UnquoteUsage(f)
+		name := "-" + f.Name
+		if arg != "" {
+			name += " " + arg
+		}
+		if f.DefValue != "" && f.DefValue != "false" {
+			text += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintf(w, "  %-14s %s\n", name, text)
+	})
+	fmt.Fprintf(w, "  %-14s %s\n", "-help", "print this help and exit")
+	fmt.Fprint(w, `
+Exit codes:
+  0  stopped cleanly: everything sent to BigQuery was answered and what was
+     delivered is committed; with -check: the config is valid
+  1  the config is invalid (every problem is listed, by key and line), a
+     startup check failed, a record failed under errors.policy: fail, or the
+     shutdown was incomplete; one error line says which
+  2  bad flags or arguments
+
+Configuration, deployment, metrics and failure modes: `+readme+"\n")
+}
+
+// usageError reports bad flags or arguments and returns their exit code.
+func usageError(w io.Writer, msg string) int {
+	fmt.Fprintf(w, "bqsink: %s\nusage: bqsink [-config FILE] [-check] | bqsink -version\nRun 'bqsink -help' for more.\n", msg)
+	return 2
+}
+
+// strayArgs explains arguments left after the flags: the flag package
+// stops at the first one, so a flag after it was not read either.
+func strayArgs(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = strconv.Quote(a)
+	}
+	msg := fmt.Sprintf("unexpected argument %s: bqsink takes flags only", q[0])
+	if len(args) > 1 {
+		msg = fmt.Sprintf("unexpected arguments %s: bqsink takes flags only", strings.Join(q, " "))
+	}
+	if slices.ContainsFunc(args[1:], func(a string) bool { return strings.HasPrefix(a, "-") }) {
+		msg += ", and reads none after an argument"
+	}
+	return msg
+}
+
+// buildInfo says which build of bqsink this is.
+type buildInfo struct {
+	Version   string // v1.2.3, a Go pseudo-version, or "devel"
+	Commit    string // short commit hash, "-dirty" when built from a modified checkout
+	Date      string // build date when stamped, else the commit's time
+	GoVersion string
+}
+
+// String is what -version prints.
+func (b buildInfo) String() string {
+	return fmt.Sprintf("bqsink %s (commit %s, built %s, %s)", b.Version, b.Commit, b.Date, b.GoVersion)
+}
+
+func currentBuild() buildInfo {
+	bi, _ := debug.ReadBuildInfo()
+	return describeBuild(bi, version, commit, date)
+}
+
+// describeBuild fills what was not stamped at build time from the
+// binary's build info.
+func describeBuild(bi *debug.BuildInfo, version, commit, date string) buildInfo {
+	b := buildInfo{Version: version, Commit: commit, Date: date, GoVersion: runtime.Version()}
+	if bi != nil {
+		var revision, modified, vcsTime string
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				revision = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			case "vcs.time":
+				vcsTime = s.Value
+			}
+		}
+		if b.Version == "" && bi.Main.Version != "(devel)" {
+			b.Version = bi.Main.Version
+		}
+		if b.Commit == "" && revision != "" {
+			b.Commit = revision
+			if modified == "true" {
+				b.Commit += "-dirty"
+			}
+		}
+		if b.Date == "" {
+			b.Date = vcsTime
+		}
+		if bi.GoVersion != "" {
+			b.GoVersion = bi.GoVersion
+		}
+	}
+	b.Commit = shortCommit(b.Commit)
+	for _, s := range []*string{&b.Version, &b.Commit, &b.Date} {
+		if *s == "" {
+			*s = "unknown"
+		}
+	}
+	if b.Version == "unknown" && bi != nil {
+		b.Version = "devel"
+	}
+	return b
+}
+
+// shortCommit cuts a full commit hash to 12 characters, keeping a suffix
+// such as -dirty.
+func shortCommit(c string) string {
+	hex := len(c) - len(strings.TrimLeft(c, "0123456789abcdef"))
+	if hex > 12 {
+		return c[:12] + c[hex:]
+	}
+	return c
+}
+
+// newRegistry returns the Prometheus registry main serves: Go runtime and
+// process metrics, and bqsink_build_info saying which build runs.
+func newRegistry(b buildInfo) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "bqsink_build_info",
+			Help:        "Always 1; its labels say which build of bqsink runs.",
+			ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "go_version": b.GoVersion},
+		}, func() float64 { return 1 }),
+	)
+	return reg
+}
+
+func serve(ctx context.Context, cfg config, build buildInfo, log *zap.Logger) error {
+	log.Info("starting", zap.String("version", build.Version), zap.String("commit", build.Commit),
+		zap.String("built", build.Date), zap.String("go_version", build.GoVersion), zap.Any("config", cfg.summary()))
 	setMemoryLimit(cfg.WithDefaults().Memory.MaxBufferedBytes, log)
-	metrics := prometheus.NewRegistry()
-	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s, err := sink.New(cfg.Config, sink.WithLogger(log), sink.WithRegisterer(metrics), sink.WithVersion(buildVersion()))
+	metrics := newRegistry(build)
+	s, err := sink.New(cfg.Config, sink.WithLogger(log), sink.WithRegisterer(metrics), sink.WithVersion(build.Version))
 	if err != nil {
 		return err
 	}
@@ -213,16 +390,6 @@ func newLogger(level string) (*zap.Logger, error) {
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	return zc.Build()
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "unknown"
 }
 
 // redactURL hides the password a URL may carry (https://user:xxxxx@host).

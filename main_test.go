@@ -2,9 +2,17 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,8 +42,9 @@ func TestCommittedConfigLoads(t *testing.T) {
 	if cfg.BigQuery.Endpoint != "http://localhost:9050" || cfg.BigQuery.GRPCEndpoint != "localhost:9060" {
 		t.Errorf("config.yaml must point at the demo stack, got %q %q", cfg.BigQuery.Endpoint, cfg.BigQuery.GRPCEndpoint)
 	}
-	if code := run([]string{"-config", "config.yaml", "-check"}); code != 0 {
-		t.Errorf("-check on config.yaml exited %d", code)
+	var stdout, stderr strings.Builder
+	if code := run([]string{"-config", "config.yaml", "-check"}, &stdout, &stderr); code != 0 || stdout.String() != "config.yaml: ok\n" {
+		t.Errorf("-check on config.yaml exited %d: %s%s", code, stdout.String(), stderr.String())
 	}
 }
 
@@ -60,8 +69,10 @@ bigquery: {project: p, dataset: d}
 	}
 }
 
-// -check must list every problem, each under its full key, so a user fixes
-// the file in one go.
+// -check must list every problem in one pass, each under its full key, on
+// its own line, in the order of the file, so a user fixes it in one go:
+// unknown keys, values of the wrong type and what Validate refuses,
+// together; keys missing from the file last.
 func TestCheckListsEveryProblemByKey(t *testing.T) {
 	p := writeConfig(t, `
 kafka:
@@ -69,9 +80,10 @@ kafka:
   topics: ["^orders(", "a.b", "a_b"]
   start_offset: middle
   session_timeout: -1s
+  brokerz: [k:9092]
 schema_registry: {url: "ftp://sr"}
-bigquery: {dataset: "bad-name!"}
-batch: {max_records: -5}
+bigquery: {dataset: "bad-name!", auto_create_tables: maybe}
+batch: {max_records: lots, max_wait: 1sec}
 http: {listen: "nope"}
 log: {level: loud}
 `)
@@ -88,8 +100,32 @@ log: {level: loud}
 			t.Errorf("error does not name %s:\n%v", key, err)
 		}
 	}
-	if code := run([]string{"-config", p, "-check"}); code != 1 {
+	var stdout, stderr strings.Builder
+	if code := run([]string{"-config", p, "-check"}, &stdout, &stderr); code != 1 {
 		t.Errorf("-check exited %d, want 1", code)
+	}
+	want := p + `: 15 problems:
+  kafka.brokers: required (line 3)
+  kafka.topics: a.b, a_b all map to table "a_b"; name their tables under tables: (line 4)
+  kafka.topics[0]: bad regular expression: error parsing regexp: missing closing ): ` + "`^orders(`" + ` (line 4)
+  kafka.start_offset: "middle" is not earliest or latest (line 5)
+  kafka.session_timeout: must not be negative (line 6)
+  kafka.brokerz: unknown key (line 7; did you mean kafka.brokers?)
+  schema_registry.url: scheme must be http or https, got "ftp" (line 8)
+  bigquery.dataset: "bad-name!" must be 1-1024 letters, digits or underscores (line 9)
+  bigquery.auto_create_tables: want true or false, got "maybe" (line 9)
+  batch.max_records: want an integer, got "lots" (line 10)
+  batch.max_wait: "1sec" is not a duration (line 10; write 1s, 500ms, 5m)
+  http.listen: "nope" is not host:port (line 11)
+  log.level: "loud" is not debug, info, warn or error (line 12)
+  bigquery.project: required
+  kafka.group_id: required
+`
+	if stderr.String() != want {
+		t.Errorf("-check printed\n%s\nwant\n%s", stderr.String(), want)
+	}
+	if stdout.String() != "" {
+		t.Errorf("-check wrote to stdout: %s", stdout.String())
 	}
 }
 
@@ -126,14 +162,23 @@ batch: {max_records: "${BQSINK_TEST_RECORDS}"}
 		t.Errorf("${VAR} holding a number must decode into an int key, quoted or not: got %d", cfg.Batch.MaxRecords)
 	}
 
-	// A reference in a comment is documentation, not a value.
+	// A reference in a comment is documentation, not a value. An unset
+	// variable is named with the key and line that use it.
 	p = writeConfig(t, `
 # set ${BQSINK_TEST_IN_COMMENT} to ...
-kafka: {brokers: ["${BQSINK_TEST_UNSET_A}"], group_id: "${BQSINK_TEST_UNSET_B}"} # or ${BQSINK_TEST_IN_COMMENT}
+kafka: {brokers: ["${BQSINK_TEST_UNSET_A}"], group_id: "${BQSINK_TEST_UNSET_B}-${BQSINK_TEST_UNSET_C}"} # or ${BQSINK_TEST_IN_COMMENT}
 `)
 	_, err = loadConfig(p)
-	if err == nil || !strings.HasSuffix(err.Error(), ": BQSINK_TEST_UNSET_A, BQSINK_TEST_UNSET_B") {
-		t.Fatalf("want exactly the two unset variables named, got %v", err)
+	for _, want := range []string{
+		"kafka.brokers[0]: environment variable BQSINK_TEST_UNSET_A is not set (line 3; write ${BQSINK_TEST_UNSET_A:-default} if it may be unset)",
+		"kafka.group_id: environment variables BQSINK_TEST_UNSET_B, BQSINK_TEST_UNSET_C are not set (line 3; write ${NAME:-default} for one that may be unset)",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want+"\n") {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+	if err != nil && (strings.Contains(err.Error(), "IN_COMMENT") || strings.Contains(err.Error(), "kafka.group_id: required")) {
+		t.Errorf("a comment was expanded, or a key with an unset variable reported as missing too:\n%v", err)
 	}
 }
 
@@ -177,7 +222,11 @@ bigquery:
 batchs: {max_records: 1}
 `)
 	_, err := loadConfig(p)
-	for _, want := range []string{"schema_registry.passwd: unknown key (line 3)", "bigquery.grpc_endpont: unknown key (line 7)", "batchs: unknown key (line 8)"} {
+	for _, want := range []string{
+		"schema_registry.passwd: unknown key (line 3; did you mean schema_registry.password?)",
+		"bigquery.grpc_endpont: unknown key (line 7; did you mean bigquery.grpc_endpoint?)",
+		"batchs: unknown key (line 8; did you mean batch?)",
+	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not say %q:\n%v", want, err)
 		}
@@ -270,4 +319,319 @@ func hasKey(doc map[string]any, path []string) bool {
 	}
 	sub, ok := v.(map[string]any)
 	return ok && hasKey(sub, path[1:])
+}
+
+// configProblems loads body and returns its problems as -check prints them.
+func configProblems(t *testing.T, body string) []string {
+	t.Helper()
+	_, err := loadConfig(writeConfig(t, body))
+	var ce *configError
+	if !errors.As(err, &ce) {
+		t.Fatalf("want a *configError, got %v", err)
+	}
+	var got []string
+	for _, p := range ce.problems {
+		got = append(got, p.String())
+	}
+	return got
+}
+
+const (
+	validKafka = "kafka: {brokers: [k:9092], group_id: g, topics: [t]}\n"
+	validSR    = `schema_registry: {url: "http://sr"}` + "\n"
+	validBQ    = "bigquery: {project: p, dataset: d}\n"
+)
+
+// Each kind of config error, word for word: the key, what is wrong, the
+// line, and a hint where one helps. A value that cannot be decoded is
+// reported once: not again as a missing key.
+func TestConfigErrorMessages(t *testing.T) {
+	t.Setenv("BQSINK_TEST_WAIT", "1sec")
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, body string
+		want       []string
+	}{
+		{"unknown key close to a known one", validKafka + validSR + validBQ + "batch: {max_recods: 5}",
+			[]string{"batch.max_recods: unknown key (line 4; did you mean batch.max_records?)"}},
+		{"unknown key misspelt", "kafka:\n  brokerz: [k:9092]\n  group_id: g\n  topics: [t]\n" + validSR + validBQ,
+			[]string{"kafka.brokerz: unknown key (line 2; did you mean kafka.brokers?)", "kafka.brokers: required"}},
+		{"unknown key, the start of a known one", validKafka + validSR + validBQ + "errors: {dlq: x}",
+			[]string{"errors.dlq: unknown key (line 4; did you mean errors.dlq_topic?)"}},
+		{"unknown key of another section", validKafka + validSR + validBQ + `listen: ":9090"`,
+			[]string{"listen: unknown key (line 4; did you mean http.listen?)"}},
+		{"unknown key like nothing", validKafka + validSR + validBQ + "batch: {size: 5}",
+			[]string{"batch.size: unknown key (line 4)"}},
+		{"integer", validKafka + validSR + validBQ + "batch: {max_records: lots}",
+			[]string{`batch.max_records: want an integer, got "lots" (line 4)`}},
+		{"integer out of range", validKafka + validSR + validBQ + "batch: {max_records: 99999999999999999999}",
+			[]string{`batch.max_records: want an integer from -9223372036854775808 to 9223372036854775807, got "99999999999999999999" (line 4)`}},
+		{"byte size", validKafka + validSR + validBQ + "memory: {max_buffered_bytes: 128MiB}",
+			[]string{`memory.max_buffered_bytes: want an integer, got "128MiB" (line 4; a number of bytes: 8388608 is 8 MiB)`}},
+		{"duration", validKafka + validSR + validBQ + "batch: {max_wait: 1sec}",
+			[]string{`batch.max_wait: "1sec" is not a duration (line 4; write 1s, 500ms, 5m)`}},
+		{"duration without a unit", validKafka + validSR + validBQ + "shutdown_timeout: 30",
+			[]string{`shutdown_timeout: "30" is not a duration (line 4; write 1s, 500ms, 5m)`}},
+		{"duration from the environment", validKafka + validSR + validBQ + `batch: {max_wait: "${BQSINK_TEST_WAIT}"}`,
+			[]string{`batch.max_wait: "1sec" is not a duration (line 4; write 1s, 500ms, 5m)`}},
+		{"boolean", validKafka + validSR + "bigquery: {project: p, dataset: d, auto_update_schema: sometimes}",
+			[]string{`bigquery.auto_update_schema: want true or false, got "sometimes" (line 3)`}},
+		{"list", `kafka: {brokers: "k:9092", group_id: g, topics: [t]}` + "\n" + validSR + validBQ,
+			[]string{`kafka.brokers: want a list, got "k:9092" (line 1; write [a, b], or one "- a" line per entry)`}},
+		{"string", "kafka: {brokers: [k:9092], group_id: {a: b}, topics: [t, [u]]}\n" + validSR + validBQ,
+			[]string{"kafka.group_id: want a string, got a mapping (line 1)", "kafka.topics[1]: want a string, got a list (line 1)"}},
+		{"section", validKafka + validSR + validBQ + "batch: 5",
+			[]string{`batch: want a mapping of keys to values, got "5" (line 4)`}},
+		{"section missing its keys", "kafka: localhost:9092\n" + validSR + validBQ,
+			[]string{`kafka: want a mapping of keys to values, got "localhost:9092" (line 1)`}},
+		{"map", validKafka + validSR + validBQ + "tables: [a, b]",
+			[]string{"tables: want a mapping, got a list (line 4)"}},
+		{"key given twice", validKafka + validSR + validBQ + "batch: {max_records: 5}\nbatch: {max_wait: 2s}",
+			[]string{"batch: given twice (line 5; first on line 4)"}},
+		{"unset variable", validKafka + `schema_registry: {url: "http://sr", username: u, password: "${BQSINK_TEST_UNSET_PW}"}` + "\n" + validBQ,
+			[]string{"schema_registry.password: environment variable BQSINK_TEST_UNSET_PW is not set (line 2; write ${BQSINK_TEST_UNSET_PW:-default} if it may be unset)"}},
+		{"credentials file missing", validKafka + validSR + "bigquery: {project: p, dataset: d, credentials_file: /nonexistent/sa.json}",
+			[]string{`bigquery.credentials_file: "/nonexistent/sa.json" does not exist (line 3)`}},
+		{"credentials file a directory", validKafka + validSR + "bigquery: {project: p, dataset: d, credentials_file: " + dir + "}",
+			[]string{`bigquery.credentials_file: "` + dir + `" is a directory, not a file (line 3)`}},
+		{"not a mapping", "- kafka\n- bigquery",
+			[]string{"want a mapping of keys to values, got a list (line 1)"}},
+		{"empty", "# nothing yet\n",
+			[]string{"bigquery.dataset: required", "bigquery.project: required", "kafka.brokers: required", "kafka.group_id: required", "kafka.topics: required", "schema_registry.url: required"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := configProblems(t, c.body)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("problems:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
+			}
+		})
+	}
+
+	// Not YAML at all, and no file: one line each.
+	_, err := loadConfig(writeConfig(t, "kafka: [\n"))
+	if err == nil || !strings.Contains(err.Error(), "config.yaml: not valid YAML: line 1: did not find expected node content") {
+		t.Errorf("broken YAML: %v", err)
+	}
+	_, err = loadConfig("/nonexistent/bqsink.yaml")
+	if err == nil || err.Error() != `-config: "/nonexistent/bqsink.yaml" does not exist` {
+		t.Errorf("missing config file: %v", err)
+	}
+}
+
+// What YAML writes for numbers, booleans and anchors keeps working now that
+// main decodes every scalar itself.
+func TestConfigValueForms(t *testing.T) {
+	p := writeConfig(t, validSR+`
+timeouts: &t {session_timeout: 20s}
+kafka:
+  <<: *t
+  brokers: [k:9092]
+  group_id: g
+  topics: [t]
+  commit_interval: 0
+bigquery: {project: p, dataset: d, auto_create_tables: no, auto_update_schema: False, max_request_bytes: 1e6}
+batch: {max_records: 1_000, max_bytes: 0x100000, max_inflight: "8"}
+tables: {t: tt}
+shutdown_timeout: 1m30s
+`)
+	_, err := loadConfig(p)
+	if err == nil || !strings.Contains(err.Error(), "timeouts: unknown key (line 3)") {
+		t.Fatalf("want only the anchor's own key refused, got %v", err)
+	}
+	p = writeConfig(t, validSR+`
+kafka:
+  <<: {session_timeout: 20s, group_id: merged}
+  brokers: [k:9092]
+  group_id: g
+  topics: [t]
+  commit_interval: 0
+bigquery: {project: p, dataset: d, auto_create_tables: no, auto_update_schema: False, max_request_bytes: 1e6}
+batch: {max_records: 1_000, max_bytes: 0x100000, max_inflight: "8"}
+tables: {t: tt}
+shutdown_timeout: 1m30s
+`)
+	cfg, err := loadConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, bq, b := cfg.Kafka, cfg.BigQuery, cfg.Batch
+	if k.SessionTimeout != 20*time.Second || k.GroupID != "g" || k.CommitInterval != 0 ||
+		bq.AutoCreateTables || bq.AutoUpdateSchema || bq.MaxRequestBytes != 1_000_000 ||
+		b.MaxRecords != 1000 || b.MaxBytes != 1<<20 || b.MaxInflight != 8 ||
+		cfg.Tables["t"] != "tt" || cfg.ShutdownTimeout != 90*time.Second {
+		t.Errorf("decoded wrong: %+v", cfg)
+	}
+}
+
+// Every string key ending in _file names a file that must be readable,
+// wherever it sits: the packages add such keys (TLS, tokens) and main
+// finds them by their name.
+func TestFileKeysMustBeReadable(t *testing.T) {
+	type tlsConfig struct {
+		Enabled bool   `yaml:"enabled"`
+		CAFile  string `yaml:"ca_file"`
+	}
+	var v struct {
+		Kafka struct {
+			TLS  *tlsConfig `yaml:"tls"`
+			SASL struct {
+				TokenFile string `yaml:"token_file"`
+			} `yaml:"sasl"`
+		} `yaml:"kafka"`
+		Registry struct {
+			TLS tlsConfig `yaml:"tls"`
+		} `yaml:"schema_registry"`
+	}
+	ok := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ok, []byte("x"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(`
+kafka:
+  tls: {enabled: true, ca_file: /nonexistent/ca.pem}
+  sasl: {token_file: /nonexistent/token}
+schema_registry:
+  tls: {ca_file: `+ok+`}
+`), &doc); err != nil {
+		t.Fatal(err)
+	}
+	d := decoder{lookup: os.LookupEnv, lines: map[string]*yaml.Node{}}
+	rv := reflect.ValueOf(&v).Elem()
+	d.decode(doc.Content[0], rv, "")
+	d.checkFiles(rv, "")
+	var got []string
+	for _, p := range sortProblems(d.problems) {
+		got = append(got, p.String())
+	}
+	want := []string{
+		`kafka.tls.ca_file: "/nonexistent/ca.pem" does not exist (line 3)`,
+		`kafka.sasl.token_file: "/nonexistent/token" does not exist (line 4)`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("problems:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+
+	// A file the process may not read is named with the uid that tried.
+	if os.Getuid() == 0 {
+		t.Log("running as root: every file is readable, the permission case is not tested")
+		return
+	}
+	secret := filepath.Join(t.TempDir(), "sa.json")
+	if err := os.WriteFile(secret, []byte("{}"), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	got = configProblems(t, validKafka+validSR+"bigquery: {project: p, dataset: d, credentials_file: "+secret+"}")
+	want = []string{fmt.Sprintf(`bigquery.credentials_file: %q cannot be read by uid %d: permission denied (line 3)`, secret, os.Getuid())}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// A stranger's mistakes on the command line get exit code 2 and a pointer
+// to -help; -help and -version answer and exit 0. Nothing starts.
+func TestCommandLine(t *testing.T) {
+	p := writeConfig(t, validKafka+validSR+validBQ)
+	for _, c := range []struct {
+		args           []string
+		code           int
+		stdout, stderr string // a prefix of each
+	}{
+		{[]string{"-config", p, "extra", "-check"}, 2, "",
+			`bqsink: unexpected arguments "extra" "-check": bqsink takes flags only, and reads none after an argument` + "\nusage: bqsink [-config FILE] [-check] | bqsink -version\nRun 'bqsink -help' for more.\n"},
+		{[]string{"run"}, 2, "", `bqsink: unexpected argument "run": bqsink takes flags only` + "\n"},
+		{[]string{"-chek"}, 2, "", "bqsink: flag provided but not defined: -chek\nusage: "},
+		{[]string{"-check=maybe"}, 2, "", `bqsink: invalid boolean value "maybe" for -check: parse error` + "\n"},
+		{[]string{"-config"}, 2, "", "bqsink: flag needs an argument: -config\n"},
+		{[]string{"-version", "extra"}, 2, "", "bqsink: unexpected argument"},
+		{[]string{"-h"}, 0, "Usage:\n  bqsink [-config FILE]", ""},
+		{[]string{"-help"}, 0, "Usage:\n", ""},
+		{[]string{"--help"}, 0, "Usage:\n", ""},
+		{[]string{"-version"}, 0, "bqsink ", ""},
+		{[]string{"-config", p, "-check"}, 0, p + ": ok\n", ""},
+	} {
+		var stdout, stderr strings.Builder
+		code := run(c.args, &stdout, &stderr)
+		if code != c.code || !strings.HasPrefix(stdout.String(), c.stdout) || (c.stdout == "") != (stdout.Len() == 0) ||
+			!strings.HasPrefix(stderr.String(), c.stderr) || (c.stderr == "") != (stderr.Len() == 0) {
+			t.Errorf("bqsink %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(c.args, " "), code, c.code, stdout.String(), stderr.String())
+		}
+	}
+
+	var help strings.Builder
+	run([]string{"-help"}, &help, io.Discard)
+	for _, want := range []string{
+		"  -check         validate the config, print every problem, and exit\n",
+		"  -config FILE   the YAML config FILE (default config.yaml)\n",
+		"  -version       print the version and exit\n",
+		"  -help          print this help and exit\n",
+		"Exit codes:\n  0  ", "\n  1  the config is invalid", "\n  2  bad flags or arguments\n",
+		"https://github.com/bqsink/bqsink#readme\n",
+	} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("-help lacks %q:\n%s", want, help.String())
+		}
+	}
+
+	var v strings.Builder
+	run([]string{"-version"}, &v, io.Discard)
+	if !regexp.MustCompile(`^bqsink \S+ \(commit \S+, built \S+, go1\.\S+\)\n$`).MatchString(v.String()) {
+		t.Errorf("-version printed %q", v.String())
+	}
+}
+
+// -version and the metrics say which build runs: what was stamped with
+// -ldflags -X, else what Go recorded from the module and the checkout.
+func TestDescribeBuild(t *testing.T) {
+	vcs := &debug.BuildInfo{
+		GoVersion: "go1.26.8",
+		Main:      debug.Module{Path: "github.com/bqsink/bqsink", Version: "v0.0.0-20261202011825-c57b7db12345+dirty"},
+		Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "c57b7db1234567890abcdef1234567890abcdef0"},
+			{Key: "vcs.time", Value: "2026-12-02T01:18:25Z"},
+			{Key: "vcs.modified", Value: "true"},
+		},
+	}
+	for _, c := range []struct {
+		name                  string
+		bi                    *debug.BuildInfo
+		version, commit, date string
+		want                  string
+	}{
+		{"stamped", vcs, "v1.4.0", "0123456789abcdef0123456789abcdef01234567", "2026-12-03T10:00:00Z",
+			"bqsink v1.4.0 (commit 0123456789ab, built 2026-12-03T10:00:00Z, go1.26.8)"},
+		{"stamped short commit", nil, "v1.4.0", "0123abc", "", "bqsink v1.4.0 (commit 0123abc, built unknown, " + runtime.Version() + ")"},
+		{"from a checkout", vcs, "", "", "",
+			"bqsink v0.0.0-20261202011825-c57b7db12345+dirty (commit c57b7db12345-dirty, built 2026-12-02T01:18:25Z, go1.26.8)"},
+		{"no version control", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}}, "", "", "",
+			"bqsink devel (commit unknown, built unknown, go1.26.8)"},
+		{"go install of a release", &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.4.0"}}, "", "", "",
+			"bqsink v1.4.0 (commit unknown, built unknown, go1.26.8)"},
+	} {
+		if got := describeBuild(c.bi, c.version, c.commit, c.date).String(); got != c.want {
+			t.Errorf("%s:\n got %s\nwant %s", c.name, got, c.want)
+		}
+	}
+}
+
+func TestBuildInfoMetric(t *testing.T) {
+	mfs, err := newRegistry(buildInfo{Version: "v1.4.0", Commit: "0123456789ab", GoVersion: "go1.26.8"}).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "bqsink_build_info" {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if m.GetGauge().GetValue() != 1 || !maps.Equal(labels, map[string]string{"version": "v1.4.0", "commit": "0123456789ab", "go_version": "go1.26.8"}) {
+			t.Errorf("bqsink_build_info = %v %v", m.GetGauge().GetValue(), labels)
+		}
+		return
+	}
+	t.Error("no bqsink_build_info")
 }
