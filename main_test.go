@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -14,6 +18,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -634,4 +639,270 @@ func TestBuildInfoMetric(t *testing.T) {
 		return
 	}
 	t.Error("no bqsink_build_info")
+}
+
+// dockerfile is the Dockerfile as instructions, continuation lines joined,
+// comments dropped.
+func dockerfile(t *testing.T) []string {
+	t.Helper()
+	raw, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	cur := ""
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "#") || line == "" && cur == "" {
+			continue
+		}
+		if s, ok := strings.CutSuffix(line, "\\"); ok {
+			cur += s + " "
+			continue
+		}
+		if cur += line; cur != "" {
+			out = append(out, cur)
+		}
+		cur = ""
+	}
+	return out
+}
+
+// The image runs the static binary as distroless' non-root user, with the
+// config expected at /etc/bqsink/config.yaml and none baked in:
+// config.yaml points at the local test stack with authentication off.
+func TestDockerfile(t *testing.T) {
+	var stage string
+	var final []string
+	args := map[string]string{}
+	for _, in := range dockerfile(t) {
+		op, rest, _ := strings.Cut(in, " ")
+		switch strings.ToUpper(op) {
+		case "FROM":
+			stage, final = rest, nil
+		case "ARG":
+			name, def, ok := strings.Cut(rest, "=")
+			if !ok {
+				t.Errorf("ARG %s has no default", name)
+			}
+			args[name] = def
+		}
+		final = append(final, in)
+		if strings.Contains(in, "config.yaml") && strings.ToUpper(op) != "ENTRYPOINT" {
+			t.Errorf("the image must not carry a config: %s", in)
+		}
+	}
+	if !strings.HasPrefix(stage, "gcr.io/distroless/static") || !strings.HasSuffix(stage, ":nonroot") {
+		t.Errorf("final stage FROM %s, want distroless static nonroot", stage)
+	}
+	var user, entrypoint string
+	for _, in := range final[1:] {
+		op, rest, _ := strings.Cut(in, " ")
+		switch strings.ToUpper(op) {
+		case "COPY", "ADD":
+			if !strings.HasPrefix(rest, "--from=build /bqsink ") {
+				t.Errorf("the final stage copies only the binary: %s", in)
+			}
+		case "USER":
+			user = rest
+		case "ENTRYPOINT":
+			entrypoint = rest
+		}
+	}
+	// Numeric: Kubernetes' runAsNonRoot cannot check a user name.
+	if user != "65532:65532" {
+		t.Errorf("USER %q, want 65532:65532 (distroless nonroot)", user)
+	}
+	var ep []string
+	if err := json.Unmarshal([]byte(entrypoint), &ep); err != nil || !slices.Equal(ep, []string{"/bqsink", "-config", "/etc/bqsink/config.yaml"}) {
+		t.Errorf("ENTRYPOINT %s, want [\"/bqsink\", \"-config\", \"/etc/bqsink/config.yaml\"]", entrypoint)
+	}
+	build := dockerBuildCommand(t)
+	for _, want := range []string{"CGO_ENABLED=0 go build -trimpath ", "-X main.version=${VERSION}", "-X main.commit=${COMMIT}", "-X main.date=${BUILD_DATE}", "-o /bqsink ."} {
+		if !strings.Contains(build, want) {
+			t.Errorf("the build command lacks %q: %s", want, build)
+		}
+	}
+	for _, a := range []string{"VERSION", "COMMIT", "BUILD_DATE"} {
+		if _, ok := args[a]; !ok {
+			t.Errorf("no ARG %s", a)
+		}
+	}
+}
+
+// dockerBuildCommand is the build stage's RUN that builds the binary.
+func dockerBuildCommand(t *testing.T) string {
+	t.Helper()
+	for _, in := range dockerfile(t) {
+		if cmd, ok := strings.CutPrefix(in, "RUN "); ok && strings.Contains(cmd, "go build") {
+			return cmd
+		}
+	}
+	t.Fatal("no RUN with go build in the Dockerfile")
+	return ""
+}
+
+// dockerignore reads .dockerignore as Docker does: a path is excluded by
+// the last pattern matching it or a directory above it; ! re-includes.
+func dockerignore(t *testing.T) func(path string) bool {
+	t.Helper()
+	raw, err := os.ReadFile(".dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type rule struct {
+		re     *regexp.Regexp
+		negate bool
+	}
+	var rules []rule
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		neg := strings.HasPrefix(line, "!")
+		pat := filepath.ToSlash(filepath.Clean(strings.TrimPrefix(strings.TrimPrefix(line, "!"), "/")))
+		var re strings.Builder
+		for i := 0; i < len(pat); i++ {
+			switch {
+			case strings.HasPrefix(pat[i:], "**/"):
+				re.WriteString("(.*/)?")
+				i += 2
+			case strings.HasPrefix(pat[i:], "**"):
+				re.WriteString(".*")
+				i++
+			case pat[i] == '*':
+				re.WriteString("[^/]*")
+			case pat[i] == '?':
+				re.WriteString("[^/]")
+			default:
+				re.WriteString(regexp.QuoteMeta(pat[i : i+1]))
+			}
+		}
+		rules = append(rules, rule{regexp.MustCompile("^" + re.String() + "$"), neg})
+	}
+	return func(path string) bool {
+		excluded := false
+		for _, r := range rules {
+			for p := path; p != "."; p = filepath.Dir(p) {
+				if r.re.MatchString(p) {
+					excluded = !r.negate
+					break
+				}
+			}
+		}
+		return excluded
+	}
+}
+
+// The Docker build context, as .dockerignore leaves it, holds every file
+// the binary is built from and no config or credentials; built with the
+// Dockerfile's own command it is a static binary that reports the version
+// and commit it was stamped with, on -version and in its first log line.
+func TestDockerBuildContext(t *testing.T) {
+	ignored := dockerignore(t)
+	out, err := exec.Command("go", "list", "-deps", "-f", `{{if not .Standard}}{{.Dir}}{{range .GoFiles}} {{.}}{{end}}{{range .EmbedFiles}} {{.}}{{end}}{{end}}`, ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	root, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	needed := []string{"go.mod", "go.sum"}
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		rel, err := filepath.Rel(root, fields[0])
+		if err != nil || strings.HasPrefix(rel, "..") {
+			continue // another module's
+		}
+		for _, f := range fields[1:] {
+			needed = append(needed, filepath.Join(rel, f))
+		}
+	}
+	for _, f := range needed {
+		if ignored(f) {
+			t.Errorf(".dockerignore leaves out %s, which the binary is built from: add its directory with !", f)
+		}
+	}
+	for _, f := range []string{".git", "config.yaml", "prod.yaml", "sa.json", "integration/stack/stack.go", "deploy/kustomization.yaml", "main_test.go", "sink/config_test.go", "schema/testdata/x.avsc", "Dockerfile", "README.md"} {
+		if !ignored(f) {
+			t.Errorf(".dockerignore lets %s into the build context", f)
+		}
+	}
+
+	if testing.Short() {
+		t.Skip("-short: the context is not built")
+	}
+	ctxDir := t.TempDir()
+	err = filepath.WalkDir(".", func(path string, e fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case path == ".git":
+			return filepath.SkipDir
+		case e.IsDir() || ignored(path):
+			return nil
+		}
+		if strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".json") {
+			t.Errorf("build context holds %s", path)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(ctxDir, path)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(dst, b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(t.TempDir(), "bqsink")
+	cmd := exec.Command("sh", "-c", strings.ReplaceAll(dockerBuildCommand(t), " /bqsink", " "+bin))
+	cmd.Dir = ctxDir
+	cmd.Env = append(os.Environ(), "VERSION=v9.9.9-test", "COMMIT=0123456789abcdef0123456789abcdef01234567", "BUILD_DATE=2026-12-02T00:00:00Z")
+	got, err := cmd.CombinedOutput()
+	want := "bqsink v9.9.9-test (commit 0123456789ab, built 2026-12-02T00:00:00Z, " + runtime.Version() + ")\n"
+	if err != nil || string(got) != want {
+		t.Fatalf("the Dockerfile's build command: %v\n%s\nwant output %q", err, got, want)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("the binary is not static: it has a %v program header", p.Type)
+		}
+	}
+	f.Close()
+
+	// Started, its first line says which build runs.
+	cfgPath := writeConfig(t, "kafka: {brokers: [127.0.0.1:1], group_id: g, topics: [t]}\n"+validSR+validBQ+"http: {listen: \"127.0.0.1:0\"}\n")
+	daemon := exec.Command(bin, "-config", cfgPath)
+	stdout, err := daemon.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = daemon.Process.Signal(syscall.SIGTERM)
+		_ = daemon.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first map[string]any
+	if err := json.Unmarshal([]byte(line), &first); err != nil {
+		t.Fatal(err)
+	}
+	if first["msg"] != "starting" || first["version"] != "v9.9.9-test" || first["commit"] != "0123456789ab" || first["go_version"] != runtime.Version() {
+		t.Errorf("first log line: %s", line)
+	}
 }
