@@ -84,6 +84,64 @@ type KafkaConfig struct {
 	// written (default "warn"; "info" shows every rebalance step and
 	// connection, "debug" every request).
 	LogLevel string `yaml:"log_level"`
+	// TLS and SASL secure the connections of both Kafka clients, the
+	// consumer and the one for admin requests and dead letters.
+	TLS  KafkaTLSConfig  `yaml:"tls"`
+	SASL KafkaSASLConfig `yaml:"sasl"`
+}
+
+// KafkaTLSConfig turns on TLS to the brokers. With only Enabled set, the
+// brokers' certificates are verified against the system's roots and the
+// name dialed. The files are read when the first connection is made; one
+// that cannot be read fails it, and so the startup check, naming the key
+// and the file. Replacing them takes a restart.
+type KafkaTLSConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// CAFile holds the PEM certificates of the CAs that sign the brokers'
+	// certificates, used instead of the system's roots (Aiven, Strimzi,
+	// a company CA).
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile hold a PEM client certificate and its key, for
+	// brokers that authenticate clients by certificate (mutual TLS); set
+	// both or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the name the brokers' certificates must hold, when it
+	// is not the host dialed.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate a broker shows, leaving
+	// the connection open to whoever sits in between: for tests.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// SASL mechanisms of kafka.sasl.mechanism.
+const (
+	SASLPlain       = "plain"
+	SASLScramSHA256 = "scram-sha-256"
+	SASLScramSHA512 = "scram-sha-512"
+	SASLOAuthBearer = "oauthbearer"
+	SASLAWSMSKIAM   = "aws-msk-iam"
+)
+
+// KafkaSASLConfig authenticates to the brokers with SASL. Zero means none.
+type KafkaSASLConfig struct {
+	// Mechanism is SASLPlain, SASLScramSHA256, SASLScramSHA512 (each with
+	// Username and Password), SASLOAuthBearer (with TokenFile) or
+	// SASLAWSMSKIAM (credentials from the default AWS chain: environment,
+	// shared files and AWS_PROFILE, web identity, container or instance
+	// role; the region from the broker's host name, else AWS_REGION).
+	Mechanism string `yaml:"mechanism"`
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password" secret:"true"`
+	// TokenFile holds the OAuth bearer token of oauthbearer. It is read
+	// for every authentication, again whenever it changes (modification
+	// time or size), so a token rotated in place is used by the next
+	// connection or re-authentication.
+	TokenFile string `yaml:"token_file"`
+	// AllowPlaintext lets plain and oauthbearer send their secret, and
+	// aws-msk-iam its signed request, without kafka.tls.enabled. Without
+	// it, such a config is refused.
+	AllowPlaintext bool `yaml:"allow_plaintext"`
 }
 
 // BatchConfig bounds a partition's batch; whichever limit is hit first
@@ -221,6 +279,8 @@ func (c Config) Validate() error {
 	if _, ok := kafkaLogLevels[c.Kafka.LogLevel]; !ok && c.Kafka.LogLevel != "" {
 		bad("kafka.log_level", "%q is not debug, info, warn, error or none", c.Kafka.LogLevel)
 	}
+	errs = append(errs, c.Kafka.TLS.problems()...)
+	errs = append(errs, c.Kafka.SASL.problems(c.Kafka.TLS.Enabled)...)
 	for key, d := range map[string]time.Duration{
 		"kafka.session_timeout":   c.Kafka.SessionTimeout,
 		"kafka.rebalance_timeout": c.Kafka.RebalanceTimeout,
@@ -372,6 +432,86 @@ func (c Config) tableCollisions() []error {
 			sort.Strings(topics)
 			errs = append(errs, fmt.Errorf("kafka.topics: %s all map to table %q; name their tables under tables:", strings.Join(topics, ", "), table))
 		}
+	}
+	return errs
+}
+
+// problems lists the bad kafka.tls keys.
+func (t KafkaTLSConfig) problems() []error {
+	var errs []error
+	if !t.Enabled {
+		for _, k := range []struct {
+			key   string
+			isSet bool
+		}{
+			{"kafka.tls.ca_file", t.CAFile != ""}, {"kafka.tls.cert_file", t.CertFile != ""}, {"kafka.tls.key_file", t.KeyFile != ""},
+			{"kafka.tls.server_name", t.ServerName != ""}, {"kafka.tls.insecure_skip_verify", t.InsecureSkipVerify},
+		} {
+			if k.isSet {
+				errs = append(errs, fmt.Errorf("%s: set, but kafka.tls.enabled is false", k.key))
+			}
+		}
+	}
+	if t.CertFile != "" && t.KeyFile == "" {
+		errs = append(errs, errors.New("kafka.tls.key_file: required when kafka.tls.cert_file is set"))
+	}
+	if t.KeyFile != "" && t.CertFile == "" {
+		errs = append(errs, errors.New("kafka.tls.cert_file: required when kafka.tls.key_file is set"))
+	}
+	if t.InsecureSkipVerify && t.CAFile != "" {
+		errs = append(errs, errors.New("kafka.tls.insecure_skip_verify: turns off the verification kafka.tls.ca_file is for; set one of them"))
+	}
+	return errs
+}
+
+// problems lists the bad kafka.sasl keys; tls says whether kafka.tls is on.
+func (s KafkaSASLConfig) problems(tls bool) []error {
+	var errs []error
+	bad := func(key, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("kafka.sasl.%s: %s", key, fmt.Sprintf(format, a...)))
+	}
+	m := s.Mechanism
+	switch m {
+	case "":
+		for _, k := range []struct {
+			key   string
+			isSet bool
+		}{{"username", s.Username != ""}, {"password", s.Password != ""}, {"token_file", s.TokenFile != ""}} {
+			if k.isSet {
+				bad("mechanism", "required when kafka.sasl.%s is set", k.key)
+			}
+		}
+		return errs
+	case SASLPlain, SASLScramSHA256, SASLScramSHA512:
+		if s.Username == "" {
+			bad("username", "required with mechanism %s", m)
+		}
+		if s.Password == "" {
+			bad("password", "required with mechanism %s", m)
+		}
+		if s.TokenFile != "" {
+			bad("token_file", "not used with mechanism %s (only oauthbearer)", m)
+		}
+	case SASLOAuthBearer, SASLAWSMSKIAM:
+		if s.Username != "" {
+			bad("username", "not used with mechanism %s", m)
+		}
+		if s.Password != "" {
+			bad("password", "not used with mechanism %s", m)
+		}
+		if m == SASLOAuthBearer && s.TokenFile == "" {
+			bad("token_file", "required with mechanism oauthbearer")
+		}
+		if m == SASLAWSMSKIAM && s.TokenFile != "" {
+			bad("token_file", "not used with mechanism aws-msk-iam (only oauthbearer)")
+		}
+	default:
+		bad("mechanism", "%q is not plain, scram-sha-256, scram-sha-512, oauthbearer or aws-msk-iam", m)
+		return errs
+	}
+	if !tls && !s.AllowPlaintext && m != SASLScramSHA256 && m != SASLScramSHA512 {
+		what := map[string]string{SASLPlain: "the password", SASLOAuthBearer: "the token", SASLAWSMSKIAM: "its signed request (replayable for 15 minutes)"}[m]
+		bad("mechanism", "%s would send %s unencrypted: set kafka.tls.enabled, or kafka.sasl.allow_plaintext: true to accept that", m, what)
 	}
 	return errs
 }

@@ -221,10 +221,13 @@ func (s *Sink) check(ctx context.Context) error {
 // topic that does not exist.
 var errTopicMissing = errors.New("topic does not exist")
 
+// permanent reports whether a startup check's error will not pass by
+// itself: a missing topic or dataset, refused credentials, a certificate
+// not trusted or refused, a file that cannot be read.
 func permanent(err error) bool {
-	return errors.Is(err, errTopicMissing) || errors.Is(err, schema.ErrUnauthorized) || needsOperator(err) ||
-		errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) ||
-		errors.Is(err, kerr.SaslAuthenticationFailed)
+	return errors.Is(err, errTopicMissing) || errors.Is(err, schema.ErrUnauthorized) || errors.Is(err, schema.ErrTLS) ||
+		needsOperator(err) || errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) ||
+		errors.Is(err, kerr.SaslAuthenticationFailed) || errors.As(err, new(*kafkaSetupError))
 }
 
 // checkKafka asks the brokers for the literal topics and, under
@@ -292,12 +295,23 @@ func (s *Sink) readDLQLimit(ctx context.Context, adm *kadm.Client) {
 		zap.Int("bytes", defaultMaxMessageBytes), zap.Error(err))
 }
 
+// kafkaErr names the key to fix in an error of the startup check's Kafka
+// requests: the kafka.tls or kafka.sasl key when only an operator can fix
+// it (see KafkaConfig.setupProblem), kafka.brokers otherwise.
 func (s *Sink) kafkaErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("kafka.brokers %s: no answer within %s: %w", strings.Join(s.cfg.Kafka.Brokers, ","), startupTimeout, err)
+	brokers := strings.Join(s.cfg.Kafka.Brokers, ",")
+	if setup := s.cfg.Kafka.setupProblem(err); setup != nil {
+		return fmt.Errorf("%w (kafka.brokers %s)", setup, brokers)
 	}
-	return fmt.Errorf("kafka.brokers %s: %w", strings.Join(s.cfg.Kafka.Brokers, ","), err)
+	if errors.Is(err, context.DeadlineExceeded) {
+		hint := ""
+		if s.cfg.Kafka.TLS.Enabled {
+			hint = "; kafka.tls.enabled is true: do the brokers listen with TLS there?"
+		}
+		return fmt.Errorf("kafka.brokers %s: no answer within %s: %w%s", brokers, startupTimeout, err, hint)
+	}
+	return fmt.Errorf("kafka.brokers %s: %w", brokers, err)
 }

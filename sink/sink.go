@@ -227,14 +227,14 @@ func (s *Sink) consumerOpts(log *zap.Logger) []kgo.Opt {
 	if k.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(k.InstanceID))
 	}
-	return opts
+	return append(opts, k.securityOpts()...)
 }
 
 // adminOpts configure the client for admin requests (the startup checks,
 // the lag watch) and dead-letter writes. It joins no group.
 func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 	k := s.cfg.Kafka
-	return []kgo.Opt{
+	return append([]kgo.Opt{
 		kgo.SeedBrokers(k.Brokers...),
 		kgo.ClientID(k.ClientID),
 		kgo.ProducerBatchMaxBytesFn(s.dlq.batchMaxBytes),
@@ -244,7 +244,7 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 		kgo.DisableIdempotentWrite(),
 		kgo.ProducerLinger(0),
 		kgo.WithLogger(kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))),
-	}
+	}, k.securityOpts()...)
 }
 
 // kafkaLogLevels are the values of kafka.log_level.
