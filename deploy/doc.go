@@ -1,0 +1,13 @@
+// Package deploy holds bqsink's deployment files and the tests that keep
+// them honest: kubernetes/ (applied with kubectl apply -k), monitoring/
+// (alert rules and the Grafana dashboard) and config.example.yaml (the
+// production config the ConfigMap carries).
+//
+// It is a module of its own so that what its tests need (Kubernetes API
+// types, Prometheus' PromQL parser) stays out of the daemon's go.mod. It
+// imports nothing of the daemon: the tests build the daemon and the local
+// stack from the parent module (go build in ..) and talk to them as a user
+// would, through `bqsink -check` and /metrics.
+//
+//	cd deploy && go test ./...
+package deploy
