@@ -1,5 +1,5 @@
 # bqsink developer commands. `make test` is what CI runs.
-.PHONY: build test demo serve fmt fuzz bench
+.PHONY: build test test-deploy demo serve fmt fuzz bench
 
 build:
 	go build -o bqsink .
@@ -8,6 +8,10 @@ test:
 	test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
 	go test -race -count=1 -parallel 8 ./...  # -parallel: the fault tests mostly wait
+
+# The deployment files' checks (deploy/ is a module of its own; CI runs this too).
+test-deploy:
+	cd deploy && go vet ./... && go test -count=1 ./...
 
 demo:
 	go run ./integration/demo
