@@ -307,11 +307,14 @@ func (k KafkaConfig) setupProblem(err error) *kafkaSetupError {
 	case errors.As(err, &record):
 		return &kafkaSetupError{key: "kafka.tls.enabled", problem: "a broker does not answer in TLS", err: err}
 	case errors.As(err, &first) && !kgo.IsRetryableBrokerErr(err):
-		mech := k.SASL.Mechanism
+		tls, mech := "off", k.SASL.Mechanism
+		if k.TLS.Enabled {
+			tls = "on"
+		}
 		if mech == "" {
 			mech = "none"
 		}
-		return &kafkaSetupError{key: "kafka.tls.enabled", problem: fmt.Sprintf("a broker closed the connection at once: does its listener want what kafka.tls.enabled (%v) and kafka.sasl.mechanism (%s) say?", k.TLS.Enabled, mech), err: err}
+		return &kafkaSetupError{key: "kafka.tls.enabled, kafka.sasl.mechanism", problem: fmt.Sprintf("a broker closed the connection at once, as brokers do to clients without the TLS or SASL their listener wants (here TLS is %s, SASL %s)", tls, mech), err: err}
 	}
 	return nil
 }
@@ -335,4 +338,14 @@ func (s KafkaSASLConfig) refused(err error) *kafkaSetupError {
 // unexported alert type).
 func isTLSAlert(e *net.OpError) bool {
 	return e.Op == "remote error" && e.Err != nil && reflect.TypeOf(e.Err).PkgPath() == "crypto/tls"
+}
+
+// warnCap writes franz-go's error lines at warn, for a client every
+// failure of which the sink gets back and reports itself (the admin
+// client: a refused handshake at startup is the startup check's one error
+// line, not also franz-go's "unable to initialize sasl").
+type warnCap struct{ kgo.Logger }
+
+func (l warnCap) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	l.Logger.Log(max(level, kgo.LogLevelWarn), msg, keyvals...)
 }

@@ -243,7 +243,9 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 		// idempotent producer would need one more ACL for nothing.
 		kgo.DisableIdempotentWrite(),
 		kgo.ProducerLinger(0),
-		kgo.WithLogger(kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))),
+		// Every failure of this client is returned to the sink, which
+		// reports it once: franz-go's own copy stays below error.
+		kgo.WithLogger(warnCap{kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))}),
 	}, k.securityOpts()...)
 }
 
