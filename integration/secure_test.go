@@ -774,8 +774,9 @@ func awsEnv(t *testing.T, cfg *daemonConfig, accessKey, secretKey string) {
 // aws-msk-iam takes the credentials of the default AWS chain (static ones
 // in the environment here) and signs MSK's request with them; a broker
 // checking the signature as MSK does lets records through. A secret it
-// does not match ends the start naming kafka.sasl.mechanism. (kfake does
-// not speak AWS_MSK_IAM: the gate checks the signature in front of it.)
+// does not match, or a mechanism it does not enable, ends the start naming
+// kafka.sasl.mechanism. (kfake does not speak AWS_MSK_IAM: the gate checks
+// the signature in front of it.)
 func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 	e := newEnv(t)
 	ca := newTestCA(t, "kafka CA")
@@ -801,6 +802,13 @@ func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 		cfg.mergeYAML(mskConfig)
 		awsEnv(t, cfg, accessKey, "not-the-secret")
 		requireStartupRefused(t, cfg, "kafka.sasl.mechanism", "aws-msk-iam", "default AWS credential chain", "SASL_AUTHENTICATION_FAILED", "signature")
+	})
+	t.Run("mechanism-not-enabled", func(t *testing.T) {
+		_, cfg := newSecureCase(t, e, k, "msk-iam-oauth")
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		writeSecret(t, tokenFile, []byte("a-token"))
+		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.file, tokenFile))
+		requireStartupRefused(t, cfg, "kafka.sasl.mechanism", "the brokers do not enable oauthbearer", "UNSUPPORTED_SASL_MECHANISM")
 	})
 }
 
