@@ -246,7 +246,11 @@ type awsCredentials struct {
 const awsChain = "the default AWS credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the shared files, web identity, the container or instance role)"
 
 func (c *awsCredentials) auth(ctx context.Context) (kaws.Auth, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	timeout := c.timeout
+	if timeout <= 0 {
+		timeout = dialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c.mu.Lock()
 	if c.provider == nil {
