@@ -113,7 +113,7 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	case errors.Is(err, schema.ErrIncompatible):
 		return reject(reasonIncompatible, id, err)
 	case err != nil:
-		return it, &stageError{stage: stageSchema, target: d.registry, config: errors.Is(err, schema.ErrUnauthorized), err: err}
+		return it, &stageError{stage: stageSchema, target: d.registry, config: registryNeedsOperator(err), err: err}
 	}
 	row, err := sch.Decode(body)
 	if err != nil {
@@ -123,7 +123,7 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	if d.meta != "" {
 		var meta map[string]any
 		if meta, pair.key, err = d.metadata(ctx, r); err != nil {
-			return it, &stageError{stage: stageSchema, target: d.registry, config: errors.Is(err, schema.ErrUnauthorized), err: err}
+			return it, &stageError{stage: stageSchema, target: d.registry, config: registryNeedsOperator(err), err: err}
 		}
 		row[d.meta] = meta
 	}
@@ -150,6 +150,12 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 		}
 	}
 	return reject(reasonEncode, id, err)
+}
+
+// registryNeedsOperator reports whether a registry error lasts until someone
+// changes the credentials or the TLS settings.
+func registryNeedsOperator(err error) bool {
+	return errors.Is(err, schema.ErrUnauthorized) || errors.Is(err, schema.ErrTLS)
 }
 
 // needsOperator reports whether a BigQuery error will last until someone
