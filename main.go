@@ -119,9 +119,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Info("signal received while starting; stopping")
 	}
 	if err := serve(ctx, cfg, build, log); err != nil {
-		log.Error("bqsink stopped with an error", zap.Error(err))
+		log.Error("bqsink stopped with an error", zap.Error(err), zap.Int("exit_code", 1))
 		return 1
 	}
+	log.Info("exiting: everything acknowledged is committed", zap.Int("exit_code", 0))
 	return 0
 }
 
