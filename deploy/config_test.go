@@ -11,7 +11,6 @@ import (
 	"math/big"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -190,15 +189,6 @@ func TestProductionConfig(t *testing.T) {
 	}
 }
 
-// pendingKeys are config sections being added to the daemon now. Until
-// the daemon knows them, `bqsink -check` rejects them as unknown keys; the
-// full check below is skipped for exactly that reason and no other, and the
-// config without them is checked meanwhile. Once they exist the full check
-// runs by itself; then this list can go.
-var pendingKeys = []string{"kafka.tls", "kafka.sasl", "schema_registry.tls", "schema_registry.bearer_token_file"}
-
-var unknownKeyLine = regexp.MustCompile(`^\s+([A-Za-z0-9_.]+): unknown key\b`)
-
 // TestConfigPassesCheck runs `bqsink -check` (the daemon built from the
 // parent module) on the ConfigMap's config, with every variable it reads
 // set and every file it names present.
@@ -208,65 +198,19 @@ func TestConfigPassesCheck(t *testing.T) {
 	if d.configMap.Data["config.yaml"] != string(cfg.raw) {
 		t.Fatal("the ConfigMap's config differs from config.example.yaml (TestConfigMapMatchesExample)")
 	}
-	out, err := runCheck(t, cfg, nil)
-	if err == nil {
-		return
-	}
-	// bqsink prints a line naming the file, then one indented line per
-	// problem: "  KEY: unknown key (line N...)".
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	var unknown []string
-	onlyPending := strings.HasSuffix(lines[0], ":")
-	for _, line := range lines[1:] {
-		m := unknownKeyLine.FindStringSubmatch(line)
-		if m == nil || !slices.Contains(pendingKeys, m[1]) {
-			onlyPending = false
-			break
-		}
-		unknown = append(unknown, m[1])
-	}
-	if onlyPending && len(unknown) > 0 {
-		t.Skipf("bqsink -check does not know %s yet (being added to the daemon); TestConfigWithoutPendingKeysPassesCheck checks the rest:\n%s",
-			strings.Join(unknown, ", "), out)
-	}
-	t.Fatalf("bqsink -check failed on the ConfigMap's config: %v\n%s", err, out)
-}
-
-// TestConfigWithoutPendingKeysPassesCheck runs `bqsink -check` on the
-// config without the sections of pendingKeys, which every daemon version
-// must accept today.
-func TestConfigWithoutPendingKeysPassesCheck(t *testing.T) {
-	cfg := readConfig(t, "config.example.yaml")
-	if out, err := runCheck(t, cfg, pendingKeys); err != nil {
-		t.Fatalf("bqsink -check failed: %v\n%s", err, out)
+	if out, err := runCheck(t, cfg); err != nil {
+		t.Fatalf("bqsink -check failed on the ConfigMap's config: %v\n%s", err, out)
 	}
 }
 
-// runCheck writes cfg without the keys in drop, with each file it names
-// replaced by a generated one in a temporary directory (a CA, a
-// certificate, a key, a token), and runs bqsink -check on it with every
-// variable it reads set to a placeholder.
-func runCheck(t *testing.T, cfg configDoc, drop []string) (string, error) {
+// runCheck writes cfg with each file it names replaced by a generated one
+// in a temporary directory (a CA, a certificate, a key, a token), and runs
+// bqsink -check on it with every variable it reads set to a placeholder.
+func runCheck(t *testing.T, cfg configDoc) (string, error) {
 	t.Helper()
 	bin := daemonBinaries(t).bqsink
 	dir := t.TempDir()
 	tree := cloneTree(cfg.tree).(map[string]any)
-	for _, key := range drop {
-		parent, last := path.Split(strings.ReplaceAll(key, ".", "/"))
-		m := tree
-		for part := range strings.SplitSeq(strings.Trim(parent, "/"), "/") {
-			if part == "" {
-				continue
-			}
-			m, _ = m[part].(map[string]any)
-			if m == nil {
-				break
-			}
-		}
-		if m != nil {
-			delete(m, last)
-		}
-	}
 	files := testFiles(t, dir)
 	for key, value := range (configDoc{tree: tree}).fileKeys() {
 		m := tree
