@@ -15,6 +15,8 @@ import (
 	"github.com/riferrei/srclient"
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/bqsink/bqsink/internal/tokenfile"
 )
 
 // Registry fetches writer schemas by ID from a Confluent-compatible Schema
@@ -118,12 +120,12 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 		return nil, err
 	}
 	var rt http.RoundTripper = tr
-	var bearer *tokenFile
+	var bearer *tokenfile.File
 	if cfg.BearerTokenFile != "" {
 		// Read now, so that a missing or empty file fails the start.
-		bearer = &tokenFile{path: cfg.BearerTokenFile}
-		if _, err := bearer.get(); err != nil {
-			return nil, err
+		bearer = &tokenfile.File{Path: cfg.BearerTokenFile}
+		if _, err := bearer.Token(); err != nil {
+			return nil, fmt.Errorf("schema_registry.bearer_token_file: %w", err)
 		}
 		rt = bearerTransport{base: rt, token: bearer}
 	}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"reflect"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,6 +26,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/bqsink/bqsink/internal/tokenfile"
 )
 
 // dialTimeout bounds a connection to a broker, TLS handshake included, as
@@ -183,11 +184,11 @@ func (s KafkaSASLConfig) mechanism(timeout time.Duration) sasl.Mechanism {
 	case SASLScramSHA512:
 		return scram.Auth{User: s.Username, Pass: s.Password}.AsSha512Mechanism()
 	case SASLOAuthBearer:
-		f := &tokenFile{path: s.TokenFile}
+		f := &tokenfile.File{Path: s.TokenFile}
 		return oauth.Oauth(func(context.Context) (oauth.Auth, error) {
-			token, err := f.get()
+			token, err := f.Token()
 			if err != nil {
-				return oauth.Auth{}, err
+				return oauth.Auth{}, &kafkaSetupError{key: "kafka.sasl.token_file", err: err}
 			}
 			return oauth.Auth{Token: token}, nil
 		})
@@ -196,41 +197,6 @@ func (s KafkaSASLConfig) mechanism(timeout time.Duration) sasl.Mechanism {
 		return kaws.ManagedStreamingIAM(c.auth)
 	}
 	return nil
-}
-
-// tokenFile is the token of oauthbearer, read again whenever the file
-// changes (modification time or size). Safe for concurrent use.
-type tokenFile struct {
-	path string
-
-	mu    sync.Mutex
-	mod   time.Time
-	size  int64
-	token string
-}
-
-// get returns the file's token; an unreadable or empty file is an error
-// naming the key and the file.
-func (f *tokenFile) get() (string, error) {
-	fi, err := os.Stat(f.path)
-	if err != nil {
-		return "", &kafkaSetupError{key: "kafka.sasl.token_file", err: err}
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.token != "" && fi.ModTime().Equal(f.mod) && fi.Size() == f.size {
-		return f.token, nil
-	}
-	b, err := os.ReadFile(f.path)
-	if err != nil {
-		return "", &kafkaSetupError{key: "kafka.sasl.token_file", err: err}
-	}
-	token := strings.TrimSpace(string(b))
-	if token == "" {
-		return "", &kafkaSetupError{key: "kafka.sasl.token_file", err: fmt.Errorf("%s is empty", f.path)}
-	}
-	f.token, f.mod, f.size = token, fi.ModTime(), fi.Size()
-	return token, nil
 }
 
 // awsCredentials takes aws-msk-iam's credentials from the default AWS
