@@ -27,6 +27,7 @@ type encoder struct {
 	dpSize  int                           // its encoded size, part of every request budget
 	root    *msgPlan
 	scratch sync.Pool // *encodeState, so concurrent appends do not share buffers
+	format  *Format   // its exported face
 }
 
 // encodeState is one encode call's scratch, reused across calls.
@@ -95,7 +96,9 @@ func newEncoder(schema bigquery.Schema) (*encoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &encoder{schema: schema, dp: dp, dpSize: proto.Size(dp), root: root}, nil
+	enc := &encoder{schema: schema, dp: dp, dpSize: proto.Size(dp), root: root}
+	enc.format = &Format{enc: enc, columns: writable}
+	return enc, nil
 }
 
 var writableTypes = map[bigquery.FieldType]bool{
@@ -350,6 +353,9 @@ func (f *fieldPlan) missingErr() error {
 func (f *fieldPlan) appendValue(st *encodeState, b []byte, v any) ([]byte, error) {
 	if !f.repeated {
 		if f.sub != nil {
+			if msg, ok := v.(Message); ok {
+				return protowire.AppendBytes(f.appendTag(b), msg), nil
+			}
 			m, ok := v.(map[string]any)
 			if !ok {
 				return b, fmt.Errorf("column %q: RECORD wants map[string]any, got %T", f.path, v)
@@ -376,6 +382,10 @@ func (f *fieldPlan) appendValue(st *encodeState, b []byte, v any) ([]byte, error
 		var err error
 		switch {
 		case f.sub != nil:
+			if msg, ok := el.(Message); ok {
+				b = protowire.AppendBytes(f.appendTag(b), msg)
+				continue
+			}
 			m, ok := el.(map[string]any)
 			if !ok {
 				return b, fmt.Errorf("column %q: element %d: RECORD wants map[string]any, got %T", f.path, i, el)

@@ -250,6 +250,10 @@ func (t *Table) Encode(row map[string]any) (Row, error) {
 	if err != nil {
 		return Row{}, err
 	}
+	return t.row(enc, b)
+}
+
+func (t *Table) row(enc *encoder, b []byte) (Row, error) {
 	limit := t.c.cfg.maxRequestBytes()
 	if overhead := t.overhead(enc); overhead+rowWireSize(len(b)) > limit {
 		return Row{}, fmt.Errorf("%w: %d bytes encoded; with the request overhead of %d bytes it exceeds max_request_bytes %d",

@@ -1,0 +1,93 @@
+package bq
+
+import (
+	"fmt"
+
+	"cloud.google.com/go/bigquery"
+)
+
+// Format is the wire format of rows for one version of a table's schema:
+// the protobuf message BigQuery receives, with field i+1 for column i of
+// Columns (recursively for RECORD columns). Rows built by other code (a
+// transcoder writing the same message) and rows from Encode are
+// interchangeable. A Format is immutable and goroutine-safe; a schema
+// change makes a new one.
+type Format struct {
+	enc     *encoder
+	columns bigquery.Schema // writable columns, canonical types, field order
+}
+
+// NewFormat builds the wire format of rows of schema. Columns of types bq
+// cannot write (INTERVAL, RANGE, ...) are left out: BigQuery leaves them
+// NULL. It fails only if no column can be written.
+func NewFormat(schema bigquery.Schema) (*Format, error) {
+	enc, err := newEncoder(schema)
+	if err != nil {
+		return nil, err
+	}
+	return enc.format, nil
+}
+
+// Columns returns the columns a row of this format holds, in field-number
+// order (field i+1 is column i, recursively), with canonical type names
+// (INTEGER, FLOAT, BOOLEAN, RECORD, ...). The result is shared: do not
+// modify it.
+func (f *Format) Columns() bigquery.Schema { return f.columns }
+
+// Encode encodes row (the row value contract: column name to value, NULL
+// an absent key) as this format's message. Errors name the column: a value
+// that does not fit its column, a missing REQUIRED value, or an unknown
+// column (wrapping ErrUnknownColumn).
+func (f *Format) Encode(row map[string]any) ([]byte, error) { return f.enc.encode(row) }
+
+// Message is the encoded content of a RECORD value (its fields, without
+// key or length), accepted by Encode and AppendColumn in place of a
+// map[string]any for a RECORD column and written as is. It lets a caller
+// build part of a row with a faster encoder of its own.
+type Message []byte
+
+// AppendColumn appends the complete encoded field (key, length, value) of
+// the top-level column name holding v, the form a transcoder takes for a
+// column it does not write itself. A nil v appends nothing (NULL).
+func (f *Format) AppendColumn(dst []byte, name string, v any) ([]byte, error) {
+	col := f.enc.root.lookup(name)
+	if col == nil {
+		return dst, &unknownColumnError{fmt.Sprintf("unknown column %q", name)}
+	}
+	if v == nil {
+		return dst, nil
+	}
+	st, _ := f.enc.scratch.Get().(*encodeState)
+	if st == nil {
+		st = &encodeState{}
+	}
+	dst, err := col.appendValue(st, dst, v)
+	clear(st.slots[:cap(st.slots)])
+	st.slots = st.slots[:0]
+	f.enc.scratch.Put(st)
+	return dst, err
+}
+
+// Format returns the format Encode uses now, as EnsureSchema last left it,
+// or nil if EnsureSchema never succeeded for this table.
+func (t *Table) Format() *Format {
+	if enc := t.enc.Load(); enc != nil {
+		return enc.format
+	}
+	return nil
+}
+
+// Row makes b, a message of format f encoded by the caller, a Row of this
+// table. b is not copied: it must not change while a Result of an Append
+// it was passed to is pending. Errors: ErrNoSchema if f is nil,
+// ErrRowTooLarge if the row alone cannot fit a request under
+// max_request_bytes.
+func (t *Table) Row(f *Format, b []byte) (Row, error) {
+	if t.nameErr != nil {
+		return Row{}, t.nameErr
+	}
+	if f == nil {
+		return Row{}, fmt.Errorf("row for %s: %w: call EnsureSchema first", t.Name(), ErrNoSchema)
+	}
+	return t.row(f.enc, b)
+}
