@@ -26,6 +26,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -328,7 +329,9 @@ func serve(ctx context.Context, cfg config, build buildInfo, log *zap.Logger) er
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("http listening", zap.String("addr", ln.Addr().String()))
 
+	stopProfile := startCPUProfile(log)
 	runErr := s.Run(ctx)
+	stopProfile()
 
 	// Probes and metrics stay up through the shutdown; now they may go.
 	_ = srv.Close()
@@ -336,6 +339,33 @@ func serve(ctx context.Context, cfg config, build buildInfo, log *zap.Logger) er
 		log.Warn("http server", zap.Error(err))
 	}
 	return runErr
+}
+
+// startCPUProfile writes a CPU profile of the run to the file named by
+// BQSINK_CPUPROFILE, if set, for `go tool pprof`; the bench harness uses it.
+// A file that cannot be written costs the profile, not the run.
+func startCPUProfile(log *zap.Logger) (stop func()) {
+	path := os.Getenv("BQSINK_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		if err = pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+		}
+	}
+	if err != nil {
+		log.Warn("BQSINK_CPUPROFILE: not profiling", zap.Error(err))
+		return func() {}
+	}
+	log.Info("writing a CPU profile", zap.String("BQSINK_CPUPROFILE", path))
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			log.Warn("BQSINK_CPUPROFILE: profile incomplete", zap.Error(err))
+		}
+	}
 }
 
 // memoryOverhead is what the process needs beyond memory.max_buffered_bytes:
