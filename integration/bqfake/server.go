@@ -81,6 +81,9 @@ type Server struct {
 	faults   faults
 	closed   bool // REST handlers started after this refuse to run
 	restHeld int  // REST responses held by SetRESTLatency
+
+	// bench is bench mode's state (bench.go); nil: off.
+	bench *benchState
 }
 
 type faults struct {
@@ -130,6 +133,8 @@ type table struct {
 	views   []schemaView
 	version int64 // version of the newest schema
 	rows    []map[string]any
+	// benchRows counts the rows appended in bench mode, which are not kept.
+	benchRows int64
 }
 
 // schemaView is a schema version together with the moment the write path
@@ -311,12 +316,13 @@ func (s *Server) SetSchemaDelay(d time.Duration) {
 }
 
 // RowCount returns the number of committed (readable) rows of the table, or 0
-// if it does not exist.
+// if it does not exist. Rows counted in bench mode (see SetBench) are
+// included although they were not kept.
 func (s *Server) RowCount(project, dataset, table string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t, ok := s.tables[tableKey{project, dataset, table}]; ok {
-		return len(t.rows)
+		return len(t.rows) + int(t.benchRows)
 	}
 	return 0
 }

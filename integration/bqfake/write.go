@@ -142,6 +142,9 @@ func (w *writeService) CreateWriteStream(_ context.Context, req *storagepb.Creat
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if st := s.benchRefusesLocked(typ); st != nil {
+		return nil, st.Err()
+	}
 	t, v, st := s.visibleTableLocked(key, now)
 	if st != nil {
 		return nil, st.Err()
@@ -292,6 +295,8 @@ type connStream struct {
 	planTbl     *table
 	planVersion int64
 	planDescVer int
+
+	bench connBench // bench mode only
 }
 
 // streamLevelFault reports whether an injected code ends the whole AppendRows
@@ -408,6 +413,7 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 		s.faults.appendsLeft--
 		fault = s.faults.appendCode
 	}
+	bench := s.bench
 	s.mu.Unlock()
 
 	name := req.GetWriteStream()
@@ -451,6 +457,9 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 	}
 	if n := proto.Size(req); n > maxRequestBytes {
 		return failed(resp, status.New(codes.InvalidArgument, fmt.Sprintf("AppendRows request too large: %d limit %d Entity: %s", n, maxRequestBytes, name))), nil
+	}
+	if bench != nil {
+		return w.benchAppend(cs, req, name, resp, bench), nil
 	}
 
 	now := time.Now()

@@ -1,0 +1,362 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/bqsink/bqsink/integration/stack"
+)
+
+// daemonOutcome is what one daemon run measured.
+type daemonOutcome struct {
+	result result
+	notes  []string
+}
+
+// daemonConfig is the daemon's config file: the defaults, except what
+// points it at the stack (brokers, group, topic, registry, BigQuery
+// endpoints, the table, the stack's dead-letter topic, a free port for
+// /metrics), then extra, then -set.
+func (h *harness) daemonConfig(group string, extra map[string]any, listen string) (string, error) {
+	doc := map[string]any{
+		"kafka": map[string]any{
+			"brokers":  h.st.Brokers(),
+			"group_id": group,
+			"topics":   []string{h.fx.topic},
+		},
+		"schema_registry": map[string]any{"url": h.st.RegistryURL()},
+		"bigquery": map[string]any{
+			"project":       stack.Project,
+			"dataset":       stack.Dataset,
+			"endpoint":      h.st.BigQuery.RESTEndpoint(),
+			"grpc_endpoint": h.st.BigQuery.GRPCEndpoint(),
+		},
+		"tables": map[string]any{h.fx.topic: h.fx.table},
+		"errors": map[string]any{"dlq_topic": stack.DLQTopic},
+		"http":   map[string]any{"listen": listen},
+	}
+	for k, v := range extra {
+		setKey(doc, k, v)
+	}
+	for _, kv := range h.o.set {
+		setKey(doc, kv.key, kv.value)
+	}
+	text, err := yaml.Marshal(doc)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(h.tmp, "config.yaml")
+	return path, os.WriteFile(path, text, 0o600)
+}
+
+// setKey sets a dotted key in a document of nested maps.
+func setKey(doc map[string]any, key string, v any) {
+	parts := strings.Split(key, ".")
+	m := doc
+	for _, p := range parts[:len(parts)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			m[p] = next
+		}
+		m = next
+	}
+	m[parts[len(parts)-1]] = v
+}
+
+// setFlags are -set key=value flags.
+type setFlags []struct {
+	key   string
+	value any
+}
+
+func (s *setFlags) String() string { return fmt.Sprint(*s) }
+
+func (s *setFlags) Set(kv string) error {
+	k, v, ok := strings.Cut(kv, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", kv)
+	}
+	var val any
+	if err := yaml.Unmarshal([]byte(v), &val); err != nil {
+		return fmt.Errorf("%s: %w", k, err)
+	}
+	*s = append(*s, struct {
+		key   string
+		value any
+	}{k, val})
+	return nil
+}
+
+// lookup is the -set value of key, if given.
+func (s setFlags) lookup(key string) (any, bool) {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i].key == key {
+			return s[i].value, true
+		}
+	}
+	return nil, false
+}
+
+// maxWait is the daemon's batch.max_wait: -set's, else the default that the
+// repository's config.yaml lists.
+func (h *harness) maxWait() time.Duration {
+	if v, ok := h.o.set.lookup("batch.max_wait"); ok {
+		if d, err := time.ParseDuration(fmt.Sprint(v)); err == nil {
+			return d
+		}
+	}
+	var doc struct {
+		Batch struct {
+			MaxWait string `yaml:"max_wait"`
+		} `yaml:"batch"`
+	}
+	if text, err := os.ReadFile(filepath.Join(h.root, "config.yaml")); err == nil {
+		if yaml.Unmarshal(text, &doc) == nil {
+			if d, err := time.ParseDuration(doc.Batch.MaxWait); err == nil {
+				return d
+			}
+		}
+	}
+	return time.Second
+}
+
+// daemonEnv is the harness's environment without the memory settings that
+// would change what is measured: the daemon sets its own Go memory limit.
+func daemonEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GOMEMLIMIT=") && !strings.HasPrefix(kv, "GOGC=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// runDaemon runs the daemon as group until its committed lag on the topic
+// is 0 and the table holds want() rows, then stops it with SIGTERM and
+// checks it exited 0 and the table holds exactly want() rows. The wall time
+// runs from the daemon's start; with during, the daemon's readiness is
+// awaited first, then during (the steady producer) runs while the daemon
+// runs, and the wall time starts at the time it returns; want is asked
+// after.
+func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]any, want func() int, during func(context.Context) (time.Time, error)) (daemonOutcome, error) {
+	var out daemonOutcome
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return out, err
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+	cfg, err := h.daemonConfig(group, extra, listen)
+	if err != nil {
+		return out, err
+	}
+	logPath := filepath.Join(h.tmp, "bqsink.log")
+	c, err := launch(ctx, "bqsink", logPath, daemonEnv(), h.bin, "-config", cfg)
+	if err != nil {
+		return out, err
+	}
+	defer c.kill()
+	logf("bqsink started (pid %d), output in %s", c.pid, logPath)
+	fail := func(format string, args ...any) (daemonOutcome, error) {
+		msg := fmt.Sprintf(format, args...)
+		if c.done() {
+			msg += fmt.Sprintf(" (bqsink exited with code %d%s)", c.report.Exit, signalNote(c.report.Signal))
+		}
+		return out, fmt.Errorf("bqsink (pid %d): %s%s", c.pid, msg, tailNote(logPath))
+	}
+
+	from := c.started
+	if during != nil {
+		if err := waitReady(ctx, c, "http://"+listen+"/readyz", time.Minute); err != nil {
+			return fail("%v", err)
+		}
+		logf("bqsink ready after %.1f s", time.Since(c.started).Seconds())
+		if from, err = during(ctx); err != nil {
+			return fail("while it ran: %v", err)
+		}
+		if c.done() {
+			return fail("exited while records were produced")
+		}
+	}
+
+	n := want()
+	// Until lag 0 and every row landed; records that went elsewhere (the
+	// dead-letter topic) would leave lag 0 with rows missing: give up 15s
+	// after lag 0 without the rows.
+	var landedAt, lagZeroAt, lagZeroShort time.Time
+	var lastLag int64 = -1
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	stop := progress(ctx, 10*time.Second, func() {
+		logf("bqsink: %d of %d rows in BigQuery, lag %s (%.0f s)", h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table), n, lagText(lastLag), time.Since(c.started).Seconds())
+	})
+	defer stop()
+	for lagZeroAt.IsZero() {
+		select {
+		case <-ctx.Done():
+			return fail("waiting for lag 0 and %d rows: %v (lag %s, %d rows)", n, context.Cause(ctx), lagText(lastLag),
+				h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table))
+		case <-c.exited:
+			return fail("exited before catching up: lag %s, %d of %d rows", lagText(lastLag),
+				h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table), n)
+		case <-tick.C:
+		}
+		now := time.Now()
+		rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table)
+		if rows >= n && landedAt.IsZero() {
+			landedAt = now
+		}
+		o, err := h.st.GroupOffsets(ctx, group, h.fx.topic)
+		if err != nil || len(o.End) != h.o.partitions {
+			continue
+		}
+		lastLag = o.Lag()
+		switch {
+		case lastLag != 0:
+			lagZeroShort = time.Time{}
+		case rows >= n:
+			lagZeroAt = now
+		case lagZeroShort.IsZero():
+			lagZeroShort = now
+		case now.Sub(lagZeroShort) > 15*time.Second:
+			dlq, _ := h.st.GroupOffsets(ctx, group, stack.DLQTopic)
+			var dead int64
+			for _, e := range dlq.End {
+				dead += e
+			}
+			return fail("lag 0 but %d of %d rows in BigQuery for 15s; %d records in the dead-letter topic %s", rows, n, dead, stack.DLQTopic)
+		}
+	}
+	stop()
+	wall := lagZeroAt.Sub(from)
+	if landedAt.IsZero() {
+		landedAt = lagZeroAt
+	}
+	logf("bqsink caught up: lag 0 after %.2f s (every row acknowledged by BigQuery after %.2f s)", wall.Seconds(), landedAt.Sub(from).Seconds())
+
+	hwm, hwmErr := procStatusKiB(c.pid, "VmHWM")
+	termAt := time.Now()
+	c.signal(syscall.SIGTERM)
+	rep, err := c.wait(ctx, time.Minute)
+	if err != nil {
+		return fail("after SIGTERM: %v", err)
+	}
+	if rep.Exit != 0 {
+		return fail("exit code %d%s after SIGTERM, want 0", rep.Exit, signalNote(rep.Signal))
+	}
+	logf("bqsink exited 0 %.2f s after SIGTERM", time.Since(termAt).Seconds())
+	if rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table); rows != n {
+		return fail("%d rows in %s.%s for %d records: want exactly one row per record", rows, stack.Dataset, h.fx.table, n)
+	}
+	cpu := time.Duration(rep.UserUS+rep.SysUS) * time.Microsecond
+	out.result = newResult("bqsink", n, wall, cpu, rep.MaxRSSKiB)
+	if hwmErr == nil {
+		out.result.VmHWMMiB = float64(hwm) / 1024
+	}
+	out.notes = append(out.notes,
+		fmt.Sprintf("bqsink: every row acknowledged by BigQuery after %.2f s, lag 0 seen after %.2f s (it commits every kafka.commit_interval); CPU s is the process's whole life, startup to exit after SIGTERM",
+			landedAt.Sub(from).Seconds(), wall.Seconds()),
+		rssNote("bqsink", out.result, "before SIGTERM"))
+	return out, nil
+}
+
+// waitReady polls url until it answers 200.
+func waitReady(ctx context.Context, c *child, url string, within time.Duration) error {
+	cl := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	last := "no answer"
+	for {
+		resp, err := cl.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", url, context.Cause(ctx))
+		case <-c.exited:
+			return fmt.Errorf("exited before %s answered 200", url)
+		case <-deadline.C:
+			return fmt.Errorf("%s not 200 within %v: %s", url, within, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// runFloor runs the floor over the topic's first N records.
+func (h *harness) runFloor(ctx context.Context) (result, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return result{}, err
+	}
+	logPath := filepath.Join(h.tmp, "floor.log")
+	c, err := launch(ctx, "floor", logPath, daemonEnv(), self, "-floor",
+		"-brokers", strings.Join(h.st.Brokers(), ","), "-registry", h.st.RegistryURL(),
+		"-topic", h.fx.topic, "-n", strconv.Itoa(h.o.n), "-schema", h.fx.name, "-timeout", h.o.timeout.String())
+	if err != nil {
+		return result{}, err
+	}
+	defer c.kill()
+	logf("floor started (pid %d)", c.pid)
+	rep, err := c.wait(ctx, h.o.timeout)
+	wall := time.Since(c.started)
+	if err != nil {
+		return result{}, fmt.Errorf("floor: %v%s", err, tailNote(logPath))
+	}
+	if rep.Exit != 0 {
+		return result{}, fmt.Errorf("floor: exit code %d%s%s", rep.Exit, signalNote(rep.Signal), tailNote(logPath))
+	}
+	text, err := os.ReadFile(logPath)
+	if err != nil {
+		return result{}, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(text)), "\n")
+	var fr floorResult
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &fr); err != nil {
+		return result{}, fmt.Errorf("floor: its last line is not its result: %v%s", err, tailNote(logPath))
+	}
+	if fr.Records != h.o.n {
+		return result{}, fmt.Errorf("floor: read %d records, want %d", fr.Records, h.o.n)
+	}
+	logf("floor read and decoded %d records (%d writer schemas) in %.2f s", fr.Records, fr.Schemas, wall.Seconds())
+	cpu := time.Duration(rep.UserUS+rep.SysUS) * time.Microsecond
+	r := newResult("floor", fr.Records, wall, cpu, rep.MaxRSSKiB)
+	r.VmHWMMiB = float64(fr.VmHWMKiB) / 1024
+	return r, nil
+}
+
+// lagText is a lag, or "unknown" before the group's offsets were read.
+func lagText(lag int64) string {
+	if lag < 0 {
+		return "unknown"
+	}
+	return strconv.FormatInt(lag, 10)
+}
+
+func signalNote(sig string) string {
+	if sig == "" {
+		return ""
+	}
+	return " (" + sig + ")"
+}

@@ -1,0 +1,338 @@
+// Command bench measures the bqsink daemon, the real binary as its own
+// process, against the local stack (kfake, srfake and bqfake, in this
+// process), and compares it with a floor: the least any consumer of the
+// same records must do.
+//
+//	go run ./integration/bench                         # 1,000,000 stock updates waiting, then bqsink, then the floor
+//	go run ./integration/bench -schema delivery -n 200000
+//	go run ./integration/bench -rate 20000 -duration 60s   # steady: freshness at a fixed rate
+//	go run ./integration/bench -short                  # CI: 20,000 records, fails unless all landed exactly once
+//	go run ./integration/bench -rev HEAD               # the daemon as committed, not the working tree
+//
+// Backlog mode (the default): the harness builds bqsink (go build from the
+// repository root, or takes -bin), starts the stack with bqfake in bench
+// mode (rows are counted, not decoded or stored: the server is never the
+// bottleneck), produces N records on a topic of -partitions partitions, and
+// then runs bqsink with a config file at the defaults, except what points it
+// at the stack, until its group's committed lag is 0 and the table holds N
+// rows; then SIGTERM, which must end it with exit code 0. It measures the
+// daemon's wall time (start until lag 0), CPU (user+sys from its rusage),
+// CPU µs per record and peak RSS (ru_maxrss, cross-checked with VmHWM).
+// Then the floor: this binary re-executed with -floor reads the same N
+// records with franz-go and decodes each into a Go struct with hamba/avro
+// (see floor.go); measured the same way. One table compares the two.
+//
+// Steady mode (-rate R): the daemon starts first, with metadata_column
+// _kafka; once it is ready the harness produces R records per second for
+// -duration, each stamped with the time it was produced, and bqfake records
+// per row the time of BigQuery's acknowledgement minus the row's
+// _kafka.timestamp. It reports p50, p99 and max of that freshness next to
+// the daemon's batch.max_wait (the target is p99 ≤ max_wait + 250ms; it is
+// reported, not enforced).
+//
+// Every mode fails (exit 1) unless the daemon reached lag 0, exited 0 on
+// SIGTERM and the table's row count equals the records produced exactly.
+// Progress goes to stderr, results to stdout (-json for JSON).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/bqsink/bqsink/integration/bqfake"
+	"github.com/bqsink/bqsink/integration/stack"
+)
+
+type options struct {
+	n          int
+	schema     string
+	partitions int
+	short      bool
+	rate       int
+	duration   time.Duration
+	timeout    time.Duration
+	json       bool
+	bin        string
+	seed       uint64
+	noFloor    bool
+	rev        string
+	set        setFlags
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "-floor", "--floor":
+			os.Exit(floorMain(os.Args[2:]))
+		case "-launch", "--launch":
+			os.Exit(launchMain(os.Args[2:]))
+		}
+	}
+	var o options
+	flag.IntVar(&o.n, "n", 1_000_000, "records in the backlog (default 20000 with -short)")
+	flag.StringVar(&o.schema, "schema", "seed", "records: seed (stock updates, v1 and v2 mixed) or delivery (nested DeliveryCreated with references)")
+	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the topic")
+	flag.BoolVar(&o.short, "short", false, "CI mode: 20,000 records unless -n is given")
+	flag.IntVar(&o.rate, "rate", 0, "steady mode: produce this many records per second while the daemon runs (0: backlog mode)")
+	flag.DurationVar(&o.duration, "duration", 60*time.Second, "steady mode: how long to produce")
+	flag.DurationVar(&o.timeout, "timeout", 30*time.Minute, "give up on the whole run after this")
+	flag.BoolVar(&o.json, "json", false, "print the results as JSON instead of a table")
+	flag.StringVar(&o.bin, "bin", "", "a bqsink binary to measure instead of building the repository's")
+	flag.StringVar(&o.rev, "rev", "", "build bqsink from this git revision (e.g. HEAD, a commit) instead of the working tree")
+	flag.Uint64Var(&o.seed, "seed", 42, "seed of the generated records")
+	flag.BoolVar(&o.noFloor, "no-floor", false, "backlog mode: skip the floor")
+	flag.Var(&o.set, "set", "key=value: set a daemon config key (dotted, e.g. batch.max_wait=500ms; the value is YAML); repeatable")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+	nSet := false
+	flag.Visit(func(f *flag.Flag) { nSet = nSet || f.Name == "n" })
+	if o.short && !nSet {
+		o.n = 20_000
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeoutCause(ctx, o.timeout, fmt.Errorf("-timeout %v reached", o.timeout))
+	err := run(ctx, o)
+	cancel()
+	stop()
+	killChildren()
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (%v)", err, cause)
+		}
+		fmt.Fprintln(os.Stderr, "bench: FAIL:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func run(ctx context.Context, o options) (err error) {
+	fx, ok := fixtures[o.schema]
+	if !ok {
+		return fmt.Errorf("-schema %q: want seed or delivery", o.schema)
+	}
+	switch {
+	case o.n <= 0:
+		return fmt.Errorf("-n %d: want a positive number", o.n)
+	case o.partitions <= 0:
+		return fmt.Errorf("-partitions %d: want a positive number", o.partitions)
+	case o.rate < 0:
+		return fmt.Errorf("-rate %d: want a positive number", o.rate)
+	case o.rate > 0 && o.duration <= 0:
+		return fmt.Errorf("-duration %v: want a positive duration", o.duration)
+	}
+	root, err := repoRoot(ctx)
+	if err != nil {
+		return err
+	}
+	commit := daemonCommit(ctx, root)
+	tmp, err := os.MkdirTemp("", "bqsink-bench-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err == nil {
+			_ = os.RemoveAll(tmp)
+			return
+		}
+		_ = os.Remove(filepath.Join(tmp, "bqsink"))
+		_ = os.RemoveAll(filepath.Join(tmp, "src"))
+		logf("logs kept in %s", tmp)
+	}()
+
+	bin := o.bin
+	switch {
+	case bin != "":
+		commit = "given binary " + bin
+	default:
+		src := root
+		if o.rev != "" {
+			if src, commit, err = exportRev(ctx, root, o.rev, filepath.Join(tmp, "src")); err != nil {
+				return err
+			}
+		}
+		bin = filepath.Join(tmp, "bqsink")
+		began := time.Now()
+		build := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+		build.Dir = src
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build bqsink in %s: %v\n%s", src, err, out)
+		}
+		logf("built bqsink (commit %s) in %.1f s", commit, time.Since(began).Seconds())
+	}
+
+	st, err := stack.Start(stack.Options{Partitions: int32(o.partitions), Topics: []string{fx.topic}})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	bopts := &bqfake.BenchOptions{}
+	if o.rate > 0 {
+		bopts.Freshness = metadataColumn + ".timestamp"
+	}
+	st.BigQuery.SetBench(bopts)
+
+	h := &harness{o: o, fx: fx, st: st, bin: bin, tmp: tmp, root: root, commit: commit}
+	if o.rate > 0 {
+		return h.steady(ctx)
+	}
+	return h.backlog(ctx)
+}
+
+// harness is one run's shared state.
+type harness struct {
+	o      options
+	fx     fixture
+	st     *stack.Stack
+	bin    string
+	tmp    string
+	root   string
+	commit string
+}
+
+// backlog is the default mode: N records waiting, then bqsink, then the
+// floor.
+func (h *harness) backlog(ctx context.Context) error {
+	rec, err := h.fx.register(h.st, h.o.n, h.o.seed)
+	if err != nil {
+		return err
+	}
+	began := time.Now()
+	if err := produceBacklog(ctx, h.st, h.fx.topic, h.o.n, rec); err != nil {
+		return err
+	}
+	took := time.Since(began)
+	logf("produced %d %s records on %d partitions in %.2f s (%.0f records/s)", h.o.n, h.fx.name, h.o.partitions, took.Seconds(), float64(h.o.n)/took.Seconds())
+	rec = nil
+
+	d, err := h.runDaemon(ctx, "bqsink-bench", nil, func() int { return h.o.n }, nil)
+	if err != nil {
+		return err
+	}
+	rep := report{Mode: "backlog", Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: h.o.n, Bqsink: d.result}
+	rep.Notes = append(rep.Notes, d.notes...)
+	if !h.o.noFloor {
+		f, err := h.runFloor(ctx)
+		if err != nil {
+			return err
+		}
+		rep.Floor = &f
+		rep.Notes = append(rep.Notes, rssNote("floor", f, "at its exit"))
+		if f.CPUUsPerRecord > 0 {
+			rep.Ratio = d.result.CPUUsPerRecord / f.CPUUsPerRecord
+		}
+	}
+	return rep.print(os.Stdout, h.o.json)
+}
+
+// steady is -rate mode: the daemon first, then records at a fixed rate.
+func (h *harness) steady(ctx context.Context) error {
+	total := int(float64(h.o.rate) * h.o.duration.Seconds())
+	if total <= 0 {
+		return fmt.Errorf("-rate %d for %v is no records", h.o.rate, h.o.duration)
+	}
+	poolSize := min(total, 50_000)
+	rec, err := h.fx.register(h.st, poolSize, h.o.seed)
+	if err != nil {
+		return err
+	}
+	pool := make([]*kgo.Record, poolSize)
+	for i := range pool {
+		if pool[i], err = rec(i); err != nil {
+			return err
+		}
+	}
+	var produced steadyProduced
+	produce := func(ctx context.Context) (time.Time, error) {
+		logf("producing %d records/s for %v", h.o.rate, h.o.duration)
+		var err error
+		produced, err = produceSteady(ctx, h.st, h.fx.topic, h.o.rate, h.o.duration, pool)
+		return produced.first, err
+	}
+	d, err := h.runDaemon(ctx, "bqsink-bench-steady", map[string]any{"metadata_column": metadataColumn},
+		func() int { return produced.records }, produce)
+	if err != nil {
+		return err
+	}
+	span := produced.last.Sub(produced.first)
+	rep := report{Mode: "steady", Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: produced.records, Bqsink: d.result}
+	rep.Notes = append(rep.Notes, d.notes...)
+	rep.Notes = append(rep.Notes, fmt.Sprintf("produced %d records in %.1f s (%.0f records/s, asked %d/s) once the daemon was ready; wall s runs from the first record produced",
+		produced.records, span.Seconds(), float64(produced.records)/max(span.Seconds(), 1e-9), h.o.rate))
+
+	stats := h.st.BigQuery.BenchStats()
+	if stats.NoTimestamp > 0 || len(stats.Freshness) != produced.records {
+		return fmt.Errorf("freshness: %d rows carried %s.timestamp and %d did not, of %d records: is metadata_column %s still the daemon's key?",
+			len(stats.Freshness), metadataColumn, stats.NoTimestamp, produced.records, metadataColumn)
+	}
+	maxWait := h.maxWait()
+	rep.Freshness = freshnessOf(stats.Freshness, maxWait)
+	return rep.print(os.Stdout, h.o.json)
+}
+
+// metadataColumn is the metadata_column steady mode configures.
+const metadataColumn = "_kafka"
+
+// repoRoot is the module root: the directory of `go env GOMOD`.
+func repoRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("run from within the bqsink module (go env GOMOD is empty)")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// exportRev writes the tree of a git revision to dir (git archive) and
+// returns dir and the revision's short hash.
+func exportRev(ctx context.Context, root, rev, dir string) (string, string, error) {
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "--short=12", "--verify", rev+"^{commit}").Output()
+	if err != nil {
+		return "", "", fmt.Errorf("-rev %s: not a commit of %s", rev, root)
+	}
+	commit := strings.TrimSpace(string(out))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	archive := exec.CommandContext(ctx, "sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh", root, commit, dir)
+	if out, err := archive.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("git archive %s: %v\n%s", commit, err, out)
+	}
+	return dir, commit, nil
+}
+
+// daemonCommit is the repository's HEAD, marked when the daemon's sources
+// differ from it.
+func daemonCommit(ctx context.Context, root string) string {
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return "unknown (no git)"
+	}
+	commit := strings.TrimSpace(string(out))
+	dirty, err := exec.CommandContext(ctx, "git", "-C", root, "status", "--porcelain", "--",
+		"main.go", "config.go", "go.mod", "go.sum", "bq", "schema", "sink", "internal").Output()
+	if err == nil && len(strings.TrimSpace(string(dirty))) > 0 {
+		commit += " + uncommitted changes"
+	}
+	return commit
+}
