@@ -64,7 +64,9 @@ func compile(id int, root avro.Schema, logger *zap.Logger) (*Schema, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: schema %d: %v", ErrUnsupported, id, err)
 	}
-	return newSchema(id, c.fields, c.dec), nil
+	s := newSchema(id, c.fields, c.dec)
+	s.writer = rec
+	return s, nil
 }
 
 type mapper struct {

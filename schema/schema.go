@@ -15,7 +15,8 @@ type Schema struct {
 	id       int
 	columns  bigquery.Schema
 	root     decodeFunc
-	decoders sync.Pool // *decoder, each owning a reusable *avro.Reader
+	decoders sync.Pool          // *decoder, each owning a reusable *avro.Reader
+	writer   *avro.RecordSchema // the parsed writer schema, for Transcoder
 }
 
 func newSchema(id int, columns bigquery.Schema, root decodeFunc) *Schema {
