@@ -66,6 +66,13 @@ type decoder struct {
 	// nil) or known not to be able to hold, so that the per-record path
 	// asks BigQuery nothing once a schema is known.
 	ensured map[schemaPair]ensured
+
+	format      *bq.Format // the table format transcoders were compiled for
+	transcoders map[*schema.Schema]*schema.Transcoder
+	arena       []byte // the chunk rows are transcoded into; see rowBuf
+
+	keyFormat      *bq.Format // the same for the metadata column's key
+	keyTranscoders map[*schema.Schema]*schema.Transcoder
 }
 
 // schemaPair identifies what a row's columns come from: the value's writer
@@ -115,17 +122,12 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	case err != nil:
 		return it, &stageError{stage: stageSchema, target: d.registry, config: registryNeedsOperator(err), err: err}
 	}
-	row, err := sch.Decode(body)
-	if err != nil {
-		return reject(reasonDecode, id, err)
-	}
 	pair := schemaPair{value: sch}
+	var key []byte // the key's Avro body when its schema is pair.key
 	if d.meta != "" {
-		var meta map[string]any
-		if meta, pair.key, err = d.metadata(ctx, r); err != nil {
+		if pair.key, key, err = d.keySchema(ctx, r); err != nil {
 			return it, &stageError{stage: stageSchema, target: d.registry, config: registryNeedsOperator(err), err: err}
 		}
-		row[d.meta] = meta
 	}
 	for range 2 {
 		if err := d.ensure(ctx, pair); err != nil {
@@ -134,22 +136,93 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 			}
 			return it, &stageError{stage: stageTable, target: d.table.Name(), config: needsOperator(err), err: err}
 		}
-		it.row, err = d.table.Encode(row)
+		f := d.table.Format()
+		tc, err := d.transcoder(pair.value, f)
+		if errors.Is(err, schema.ErrTableMismatch) {
+			// The table lost or retyped a column since it was ensured
+			// (recreated by hand, say): ensure it again once.
+			delete(d.ensured, pair)
+			continue
+		} else if err != nil {
+			return reject(reasonIncompatible, id, err)
+		}
+		var extra []byte
+		if d.meta != "" {
+			extra, err = d.metadata(f, r, pair.key, key)
+			if errors.Is(err, errKeyUndecodable) {
+				// Keep the key raw, as for a key without a schema.
+				pair.key, key = nil, nil
+				continue
+			} else if err != nil {
+				delete(d.ensured, pair)
+				continue
+			}
+		}
+		b, err := tc.Append(d.rowBuf(), body, extra)
+		switch {
+		case errors.Is(err, schema.ErrDecode):
+			return reject(reasonDecode, id, err)
+		case err != nil:
+			return reject(reasonEncode, id, err)
+		}
+		d.keep(b)
+		it.row, err = d.table.Row(f, b[:len(b):len(b)])
 		switch {
 		case err == nil:
 			return it, nil
 		case errors.Is(err, bq.ErrRowTooLarge):
 			return reject(reasonRowTooLarge, id, err)
-		case errors.Is(err, bq.ErrUnknownColumn), errors.Is(err, bq.ErrNoSchema):
-			// The table lost a column since it was ensured (recreated by
-			// hand, say): ensure it again once.
-			delete(d.ensured, pair)
-			continue
 		default:
 			return reject(reasonEncode, id, err)
 		}
 	}
-	return reject(reasonEncode, id, err)
+	return reject(reasonIncompatible, id, fmt.Errorf("table %s does not take the columns of schema %d after ensuring it twice", d.table.Name(), id))
+}
+
+// transcoder returns the transcoder of rows of s for format f, compiled once
+// per pair. Only the current format's transcoders are kept: a schema change
+// of the table makes the old ones unreachable.
+func (d *decoder) transcoder(s *schema.Schema, f *bq.Format) (*schema.Transcoder, error) {
+	if f != d.format {
+		clear(d.transcoders)
+		d.format = f
+	}
+	if tc, ok := d.transcoders[s]; ok {
+		return tc, nil
+	}
+	tc, err := s.Transcoder(f.Columns(), d.meta)
+	if err != nil {
+		return nil, fmt.Errorf("table %s: %w", d.table.Name(), err)
+	}
+	if d.transcoders == nil {
+		d.transcoders = make(map[*schema.Schema]*schema.Transcoder)
+	}
+	d.transcoders[s] = tc
+	return tc, nil
+}
+
+// rowArena is the size of the chunks rows are transcoded into: one
+// allocation serves hundreds of rows, and a chunk is small enough that the
+// rows of one partition pin little beyond themselves.
+const rowArena = 64 << 10
+
+// rowBuf returns the free tail of the current chunk, as an empty slice for
+// Append. A row that outgrows it is allocated by Append on its own.
+func (d *decoder) rowBuf() []byte {
+	if cap(d.arena)-len(d.arena) < rowArena/16 {
+		d.arena = make([]byte, 0, rowArena)
+	}
+	return d.arena[len(d.arena):]
+}
+
+// keep marks b, just appended to rowBuf's tail, as taken: its bytes are
+// never written again. A row that did not fit the chunk was allocated
+// apart and takes nothing from it.
+func (d *decoder) keep(b []byte) {
+	tail := d.arena[len(d.arena):cap(d.arena)]
+	if len(b) > 0 && len(b) <= len(tail) && &tail[0] == &b[0] {
+		d.arena = d.arena[:len(d.arena)+len(b)]
+	}
 }
 
 // registryNeedsOperator reports whether a registry error lasts until someone

@@ -3,11 +3,13 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 
 	"cloud.google.com/go/bigquery"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/schema"
 )
 
@@ -42,31 +44,52 @@ func metadataColumn(name string, key *schema.Schema) *bigquery.FieldSchema {
 	}
 }
 
-// metadata builds the metadata value of r. A key that looks framed but whose
-// schema is unknown or cannot be decoded is kept raw: keys are often plain
-// bytes that happen to start with 0. Only a transient registry failure is
-// returned, to be retried.
-func (d *decoder) metadata(ctx context.Context, r *kgo.Record) (map[string]any, *schema.Schema, error) {
+// errKeyUndecodable is a key whose registry schema does not decode it; the
+// key is then kept raw.
+var errKeyUndecodable = errors.New("key does not decode with its schema")
+
+// keySchema returns the registry schema of r's key and its Avro body, or
+// nil if the key is not framed or its schema is unknown or unusable: keys
+// are often plain bytes that happen to start with 0. Only a transient
+// registry failure is returned, to be retried.
+func (d *decoder) keySchema(ctx context.Context, r *kgo.Record) (*schema.Schema, []byte, error) {
+	id, body, err := schema.Split(r.Key)
+	if err != nil {
+		return nil, nil, nil
+	}
+	sch, err := d.reg.Schema(ctx, id)
+	switch {
+	case err == nil:
+		return sch, body, nil
+	case errors.Is(err, schema.ErrNotFound), errors.Is(err, schema.ErrUnsupported), errors.Is(err, schema.ErrIncompatible):
+		return nil, nil, nil
+	}
+	return nil, nil, err
+}
+
+// metadata encodes the metadata column of r for format f: the complete
+// field, as a transcoder takes it. With keySchema the key is transcoded
+// into its RECORD; a key that does not decode returns errKeyUndecodable.
+func (d *decoder) metadata(f *bq.Format, r *kgo.Record, keySchema *schema.Schema, keyBody []byte) ([]byte, error) {
 	m := map[string]any{
 		"topic":     r.Topic,
 		"partition": int64(r.Partition),
 		"offset":    r.Offset,
 		"timestamp": r.Timestamp.UnixMicro(),
 	}
-	var keySchema *schema.Schema
 	if r.Key != nil {
 		m["key"] = r.Key
 	}
-	if id, body, err := schema.Split(r.Key); err == nil {
-		sch, err := d.reg.Schema(ctx, id)
-		switch {
-		case err == nil:
-			if key, err := sch.Decode(body); err == nil {
-				m["key"], keySchema = key, sch
-			}
-		case !errors.Is(err, schema.ErrNotFound) && !errors.Is(err, schema.ErrUnsupported) && !errors.Is(err, schema.ErrIncompatible):
-			return nil, nil, err
+	if keySchema != nil {
+		tc, err := d.keyTranscoder(keySchema, f)
+		if err != nil {
+			return nil, err
 		}
+		key, err := tc.Append(nil, keyBody, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", errKeyUndecodable, err)
+		}
+		m["key"] = bq.Message(key)
 	}
 	if len(r.Headers) > 0 {
 		hs := make([]any, len(r.Headers))
@@ -76,5 +99,39 @@ func (d *decoder) metadata(ctx context.Context, r *kgo.Record) (map[string]any, 
 		}
 		m["headers"] = hs
 	}
-	return m, keySchema, nil
+	return f.AppendColumn(nil, d.meta, m)
+}
+
+// keyTranscoder returns the transcoder of keys of s into the key RECORD of
+// the metadata column of f.
+func (d *decoder) keyTranscoder(s *schema.Schema, f *bq.Format) (*schema.Transcoder, error) {
+	if f != d.keyFormat {
+		clear(d.keyTranscoders)
+		d.keyFormat = f
+	}
+	if tc, ok := d.keyTranscoders[s]; ok {
+		return tc, nil
+	}
+	var cols bigquery.Schema
+	for _, c := range f.Columns() {
+		if strings.EqualFold(c.Name, d.meta) {
+			for _, k := range c.Schema {
+				if strings.EqualFold(k.Name, "key") && k.Type == bigquery.RecordFieldType {
+					cols = k.Schema
+				}
+			}
+		}
+	}
+	if cols == nil {
+		return nil, fmt.Errorf("table %s: column %s.key is not a RECORD", d.table.Name(), d.meta)
+	}
+	tc, err := s.Transcoder(cols, "")
+	if err != nil {
+		return nil, fmt.Errorf("table %s: %s.key: %w", d.table.Name(), d.meta, err)
+	}
+	if d.keyTranscoders == nil {
+		d.keyTranscoders = make(map[*schema.Schema]*schema.Transcoder)
+	}
+	d.keyTranscoders[s] = tc
+	return tc, nil
 }
