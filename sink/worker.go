@@ -460,7 +460,10 @@ func (w *worker) add(it item) {
 	}
 	b.last = it.rec
 	b.charge += it.charge
-	full := len(b.rows) >= w.cfg.maxRecords || b.bytes >= w.cfg.maxBytes
+	// A batch also closes at a quarter of the partition's memory share:
+	// the share stops admitting records before a larger batch could fill,
+	// and waiting for max_wait then would idle the partition.
+	full := len(b.rows) >= w.cfg.maxRecords || b.bytes >= w.cfg.maxBytes || b.charge >= w.deps.share()/shareBatches
 	if full || it.rej != nil && w.cfg.policy == PolicyFail {
 		w.flush()
 	}
@@ -468,6 +471,10 @@ func (w *worker) add(it item) {
 		w.failed = true
 	}
 }
+
+// shareBatches is how many batches a partition's memory share holds, so
+// that a small share still keeps several flights moving.
+const shareBatches = 4
 
 // flush sends the open batch as a flight. A batch without rows (only
 // rejections or tombstones) is a flight too, so that its offsets are

@@ -538,3 +538,27 @@ func TestStalledOnlyWhileHoldingRecords(t *testing.T) {
 		t.Fatalf("stall persists after the acknowledgement: %v", st)
 	}
 }
+
+// A partition whose memory share is smaller than max_records' worth still
+// keeps its batches moving: a batch closes at a quarter of the share, not
+// at max_wait, so that a small memory.max_buffered_bytes costs batch size,
+// not throughput.
+func TestWorkerClosesBatchesAtAQuarterOfItsShare(t *testing.T) {
+	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 1 << 30; c.maxWait = time.Hour; c.maxInflight = 8 })
+	share := h.budget.share()
+	one := recordSize(&kgo.Record{Value: []byte("v")}) + estimatedRow(&kgo.Record{Value: []byte("v")})
+	took := h.w.admit(records(0, share/one+100, "v"))
+	var c *appendCall
+	select {
+	case c = <-h.calls:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no batch sent within 5s of admitting %d records (share %d bytes); max_wait is an hour", took, share)
+	}
+	// A row's estimate gives way to its size while decoding, so a quarter
+	// of the share holds at least this many records.
+	if min := int(share / shareBatches / one); len(c.offsets) < min || len(c.offsets) >= took {
+		t.Errorf("first batch has %d records, want at least %d (a quarter of the share) and fewer than the %d admitted", len(c.offsets), min, took)
+	}
+	c.complete(nil)
+	h.waitMark(c.offsets[len(c.offsets)-1] + 1)
+}
