@@ -255,7 +255,7 @@ func TestSummaryRedactsSecrets(t *testing.T) {
 		}
 	}
 	// The summary shows what runs: keys as in the file, defaults filled in.
-	for _, want := range []string{`"max_buffered_bytes":134217728`, `"append_timeout":"20s"`, `"policy":"dlq"`, `"password":"[redacted]"`} {
+	for _, want := range []string{`"max_buffered_bytes":67108864`, `"append_timeout":"20s"`, `"policy":"dlq"`, `"password":"[redacted]"`} {
 		if !strings.Contains(got, want) {
 			t.Errorf("summary lacks %s: %s", want, got)
 		}

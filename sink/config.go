@@ -177,7 +177,7 @@ type ErrorsConfig struct {
 type MemoryConfig struct {
 	// MaxBufferedBytes caps the memory holding records fetched and not yet
 	// acknowledged, across all partitions: their Kafka bytes, their
-	// encoded rows and the client's fetch buffers (default 128 MiB).
+	// encoded rows and the client's fetch buffers (default 64 MiB).
 	// Fetching stops when it is reached and resumes as BigQuery
 	// acknowledges rows. A single record larger than the cap is still
 	// processed, alone.
@@ -185,7 +185,7 @@ type MemoryConfig struct {
 }
 
 const (
-	defaultMaxBufferedBytes = 128 << 20
+	defaultMaxBufferedBytes = 64 << 20
 	minMaxBufferedBytes     = 4 << 20
 )
 
