@@ -22,6 +22,7 @@ serve:
 fuzz:
 	go test ./schema -run '^$$' -fuzz FuzzSplit -fuzztime 60s
 	go test ./schema -run '^$$' -fuzz FuzzDecode -fuzztime 60s
+	go test ./schema -run '^$$' -fuzz FuzzTranscode -fuzztime 60s
 
 # The daemon binary against 1,000,000 waiting records on the local stack,
 # next to the floor (read and decode only): wall, CPU per record, peak RSS.
