@@ -11,6 +11,7 @@ import (
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // requestSlack covers what an AppendRows request carries besides rows, the
@@ -63,6 +64,36 @@ type Result struct {
 	retry    []int
 	cause    error
 	err      error // set before done is closed
+
+	existing [][]int // requests answered "first offset already written" (explicit streams)
+	existed  int     // rows found already written, counted as written
+}
+
+// recordExisting notes a request whose first row was already in the
+// stream; Stream.Append resolves where the stream ends within it.
+func (r *Result) recordExisting(idx []int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(idx) == 1 {
+		r.existed++
+		return
+	}
+	r.existing = append(r.existing, idx)
+}
+
+func (r *Result) addExisting(n int) {
+	r.mu.Lock()
+	r.existed += n
+	r.mu.Unlock()
+}
+
+// Existing returns how many rows of a Stream append were found already
+// written (by an earlier attempt whose answer was lost, or by another
+// writer of the stream) rather than written now. Call it once Done.
+func (r *Result) Existing() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.existed
 }
 
 func newResult() *Result {
@@ -146,10 +177,11 @@ func (r *Result) release() {
 // batch is the rows of one AppendRows request: consecutive rows of one
 // encoder, under max_request_bytes.
 type batch struct {
-	enc  *encoder
-	rows [][]byte
-	idx  []int
-	size int
+	enc    *encoder
+	rows   [][]byte
+	idx    []int
+	size   int
+	offset int64 // stream offset of the first row; -1 on the default stream
 }
 
 // Append sends rows (from this Table's Encode) on the table's default
@@ -169,6 +201,13 @@ func (t *Table) Append(ctx context.Context, rows []Row) (*Result, error) {
 	if t.nameErr != nil {
 		return nil, t.nameErr
 	}
+	return t.def.append(ctx, rows, -1)
+}
+
+// append sends rows on w, at stream offset offset (-1: none, the default
+// stream), as Table.Append describes.
+func (w *writer) append(ctx context.Context, rows []Row, offset int64) (*Result, error) {
+	t := w.t
 	if t.c.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -181,14 +220,21 @@ func (t *Table) Append(ctx context.Context, rows []Row) (*Result, error) {
 		r.release()
 		return r, nil
 	}
+	if offset >= 0 {
+		next := offset
+		for _, b := range batches {
+			b.offset = next
+			next += int64(len(b.rows))
+		}
+	}
 	select {
-	case t.sendMu <- struct{}{}:
+	case w.sendMu <- struct{}{}:
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	defer func() { <-t.sendMu }()
+	defer func() { <-w.sendMu }()
 	for k, b := range batches {
-		sent, err := t.send(ctx, r, b)
+		sent, err := w.send(ctx, r, b)
 		if err == nil {
 			continue
 		}
@@ -232,7 +278,7 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 			continue
 		}
 		if cur == nil || cur.enc != row.enc || cur.size+sz > limit {
-			cur = &batch{enc: row.enc, size: overhead}
+			cur = &batch{enc: row.enc, size: overhead, offset: -1}
 			batches = append(batches, cur)
 		}
 		cur.rows = append(cur.rows, row.b)
@@ -242,20 +288,20 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 	return batches
 }
 
-// send hands one batch to the table's stream, opening one if there is none
-// or it ended. sent reports whether the request reached a stream, whose
-// answer (or end) then settles it; err says why sending stops. Callers hold
-// the send slot.
-func (t *Table) send(ctx context.Context, r *Result, b *batch) (sent bool, err error) {
+// send hands one batch to the writer's stream, opening one if there is
+// none or it ended. sent reports whether the request reached a stream,
+// whose answer (or end) then settles it; err says why sending stops.
+// Callers hold the send slot.
+func (w *writer) send(ctx context.Context, r *Result, b *batch) (sent bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	st := t.stream
+	st := w.stream
 	if st == nil || st.ended() != nil {
-		if st, err = t.openStream(ctx); err != nil {
+		if st, err = w.t.openStream(ctx); err != nil {
 			return false, err
 		}
-		t.stream = st
+		w.stream = st
 	}
 	data := &storagepb.AppendRowsRequest_ProtoData{Rows: &storagepb.ProtoRows{SerializedRows: b.rows}}
 	msg := &storagepb.AppendRowsRequest{Rows: &storagepb.AppendRowsRequest_ProtoRows{ProtoRows: data}}
@@ -265,11 +311,14 @@ func (t *Table) send(ctx context.Context, r *Result, b *batch) (sent bool, err e
 	// The first request names the stream and the schema; so does one that
 	// changes the schema, as BigQuery requires on the default stream.
 	if st.resendSchema.Swap(false) || st.lastEnc != b.enc {
-		msg.WriteStream = t.streamName
+		msg.WriteStream = w.name
 		data.WriterSchema = &storagepb.ProtoSchema{ProtoDescriptor: b.enc.dp}
 	}
+	if b.offset >= 0 {
+		msg.Offset = wrapperspb.Int64(b.offset)
+	}
 	r.hold()
-	registered, err := st.send(ctx, &request{res: r, idx: b.idx}, msg)
+	registered, err := st.send(ctx, &request{res: r, idx: b.idx, named: w.named, offset: b.offset}, msg)
 	if !registered {
 		r.release()
 		return false, err
@@ -288,6 +337,24 @@ func (t *Table) answer(req *request, resp *storagepb.AppendRowsResponse) {
 		return
 	}
 	cause := fmt.Errorf("append to %s: %w", t.Name(), status.ErrorProto(e))
+	if req.offset >= 0 {
+		switch storageErrorCode(e) {
+		case storagepb.StorageError_OFFSET_ALREADY_EXISTS:
+			// The request's first row is in the stream already: written by
+			// an earlier attempt or another writer. The rest may not be.
+			req.res.recordExisting(req.idx)
+			req.res.release()
+			return
+		case storagepb.StorageError_STREAM_FINALIZED:
+			req.res.record(req.idx, nil, withClass(cause, ErrStreamFinalized))
+			req.res.release()
+			return
+		case storagepb.StorageError_STREAM_NOT_FOUND:
+			req.res.record(req.idx, nil, withClass(cause, ErrStreamNotFound))
+			req.res.release()
+			return
+		}
+	}
 	rowErrs := resp.GetRowErrors()
 	if len(rowErrs) == 0 {
 		t.retry(req, cause)
@@ -326,7 +393,11 @@ func (t *Table) answer(req *request, resp *storagepb.AppendRowsResponse) {
 func (t *Table) retry(req *request, cause error) {
 	settle := func(verdict error) {
 		if verdict == nil {
-			verdict = withClass(cause, grpcClass(cause))
+			class := grpcClass(cause)
+			if req.named && status.Code(cause) == codes.NotFound {
+				class = ErrStreamNotFound // the table is there, the stream is not
+			}
+			verdict = withClass(cause, class)
 		}
 		req.res.record(req.idx, nil, verdict)
 		req.res.release()

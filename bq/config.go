@@ -67,7 +67,25 @@ type Config struct {
 	// BigQuery may have written some of those rows already, so a retry can
 	// duplicate them (at-least-once). The next append opens a new stream.
 	AppendTimeout time.Duration `yaml:"append_timeout"`
+	// Delivery is DeliveryAtLeastOnce (the default, also for "") or
+	// DeliveryExactlyOnce. bq itself offers both kinds of stream whatever
+	// it says (Table.Append, Table.CreateStream); the caller picks by it.
+	Delivery string `yaml:"delivery"`
 }
+
+// Delivery guarantees, the values of Config.Delivery.
+const (
+	// DeliveryAtLeastOnce writes through the table's default stream: a
+	// retried append may write rows twice.
+	DeliveryAtLeastOnce = "at_least_once"
+	// DeliveryExactlyOnce writes through explicit COMMITTED streams at
+	// stream offsets (Stream), so that a retried append writes nothing
+	// twice.
+	DeliveryExactlyOnce = "exactly_once"
+)
+
+// ExactlyOnce reports whether Delivery asks for exactly-once.
+func (c Config) ExactlyOnce() bool { return c.Delivery == DeliveryExactlyOnce }
 
 // DefaultConfig returns the defaults: tables created and evolved
 // automatically, requests capped at 9 MiB, 10s per call, 20s per append
@@ -118,6 +136,11 @@ func (c Config) Validate() error {
 	if c.AppendTimeout < 0 {
 		bad("append_timeout", "%v is negative (0 means the default %v)", c.AppendTimeout, defaultAppendTimeout)
 	}
+	switch c.Delivery {
+	case "", DeliveryAtLeastOnce, DeliveryExactlyOnce:
+	default:
+		bad("delivery", "%q is not %s or %s", c.Delivery, DeliveryAtLeastOnce, DeliveryExactlyOnce)
+	}
 	return errors.Join(errs...)
 }
 
@@ -126,6 +149,9 @@ func (c Config) Validate() error {
 // see DefaultConfig).
 func (c Config) WithDefaults() Config {
 	c.Timeout, c.AppendTimeout, c.MaxRequestBytes = c.timeout(), c.appendTimeout(), c.maxRequestBytes()
+	if c.Delivery == "" {
+		c.Delivery = DeliveryAtLeastOnce
+	}
 	return c
 }
 

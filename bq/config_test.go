@@ -48,6 +48,7 @@ func TestConfigValidate(t *testing.T) {
 		{"max over BigQuery's limit", func(c *Config) { c.MaxRequestBytes = 10_000_001 }, []string{"max_request_bytes: "}},
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Second }, []string{"timeout: "}},
 		{"negative append timeout", func(c *Config) { c.AppendTimeout = -time.Second }, []string{"append_timeout: "}},
+		{"unknown delivery", func(c *Config) { c.Delivery = "exactly-once" }, []string{"delivery: "}},
 		{"everything", func(c *Config) {
 			*c = Config{Endpoint: "ftp://x", GRPCEndpoint: "x", MaxRequestBytes: -5, Timeout: -1, AppendTimeout: -1}
 		}, []string{"project: ", "dataset: ", "endpoint: ", "grpc_endpoint: ", "max_request_bytes: ", "timeout: ", "append_timeout: "}},

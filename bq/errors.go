@@ -50,6 +50,13 @@ var (
 	// they are. AppendError.Err wraps it when the Retry rows failed only for
 	// sharing a request with such rows: they may be sent again at once.
 	ErrRowRejected = errors.New("row rejected by BigQuery")
+
+	// ErrStreamNotFound: the explicit write stream does not exist (never
+	// did, or BigQuery garbage-collected it). Open or create another.
+	ErrStreamNotFound = errors.New("write stream not found")
+	// ErrStreamFinalized: the explicit write stream was finalized and takes
+	// no more rows. Open or create another.
+	ErrStreamFinalized = errors.New("write stream finalized")
 )
 
 // classError gives err a class without changing its message.
@@ -69,7 +76,8 @@ func withClass(err, class error) error {
 // permanent reports whether err belongs to a class an operator must fix,
 // which a cause should not hide behind a transient one.
 func permanent(err error) bool {
-	return errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrTableNotFound) || errors.Is(err, ErrDatasetNotFound)
+	return errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrTableNotFound) || errors.Is(err, ErrDatasetNotFound) ||
+		errors.Is(err, ErrStreamNotFound) || errors.Is(err, ErrStreamFinalized)
 }
 
 // quotaReasons are 403 reasons that mean "slow down", not "not allowed".

@@ -293,7 +293,7 @@ func TestAppendCallerGivesUpDuringOpen(t *testing.T) {
 		_, err := tbl.Append(t.Context(), rows) // holds the slot for up to a minute
 		done <- err
 	}()
-	eventually(t, 5*time.Second, "the first append to hold the send slot", func() bool { return len(tbl.sendMu) == 1 })
+	eventually(t, 5*time.Second, "the first append to hold the send slot", func() bool { return len(tbl.def.sendMu) == 1 })
 	ctx2, cancel2 := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel2()
 	err = within(t, slack, "a waiting Append", func() error {

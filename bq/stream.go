@@ -58,6 +58,8 @@ type request struct {
 	res    *Result
 	idx    []int
 	sentAt time.Time
+	named  bool  // on an explicit stream, where NOT_FOUND may mean the stream
+	offset int64 // stream offset of its first row, -1 for none
 }
 
 // openStream opens a new AppendRows stream for the table, bounded by

@@ -34,7 +34,7 @@ type Table struct {
 	ref     *bigquery.Table
 	log     *zap.Logger
 
-	streamName string // the table's default write stream
+	def *writer // the table's default write stream
 
 	// schemaSem serializes EnsureSchema, honouring ctx.
 	schemaSem chan struct{}
@@ -42,12 +42,6 @@ type Table struct {
 	known     map[fingerprint]bool // want-schemas known to be contained
 
 	enc atomic.Pointer[encoder] // built from the table's latest known schema
-
-	// sendMu (capacity 1) serializes sends so each request carries the
-	// descriptor its rows were encoded with, in order. A channel rather
-	// than a mutex so that a caller whose context ends stops waiting.
-	sendMu chan struct{}
-	stream *stream // the current AppendRows stream; guarded by sendMu
 
 	lookupMu sync.Mutex
 	lookup   *lookup // the latest table lookup after a NOT_FOUND
@@ -66,12 +60,11 @@ func newTable(c *Client, dataset, table string, nameErr error) *Table {
 		nameErr:   nameErr,
 		schemaSem: make(chan struct{}, 1),
 		known:     make(map[fingerprint]bool),
-		sendMu:    make(chan struct{}, 1),
 	}
 	if nameErr == nil {
 		t.ref = c.rest.DatasetInProject(t.project, dataset).Table(table)
 	}
-	t.streamName = fmt.Sprintf("projects/%s/datasets/%s/tables/%s/streams/_default", t.project, dataset, table)
+	t.def = newWriter(t, t.streamPrefix()+"_default", false)
 	t.log = c.logger.With(zap.String("table", t.Name()))
 	return t
 }
@@ -266,7 +259,7 @@ func (t *Table) row(enc *encoder, b []byte) (Row, error) {
 // them. Every request may carry the descriptor and stream name: the first
 // on a new stream does, and which one that is is not known in advance.
 func (t *Table) overhead(enc *encoder) int {
-	return enc.dpSize + len(t.streamName) + requestSlack
+	return enc.dpSize + len(t.def.name) + maxStreamIDLen + requestSlack
 }
 
 // rowWireSize is what a row of n bytes adds to a request.
