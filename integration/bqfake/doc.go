@@ -34,8 +34,28 @@
 // AppendRows, FinalizeWriteStream, BatchCommitWriteStreams and FlushRows.
 // Every table has the default stream "projects/P/datasets/D/tables/T/streams/_default",
 // which commits on append and takes no offsets. Explicit streams honour
-// offsets: ALREADY_EXISTS for an offset already written, OUT_OF_RANGE past the
-// end, both as a response error with a StorageError detail.
+// offsets: an append whose offset equals the stream's end is written; below
+// the end it fails with ALREADY_EXISTS (StorageError OFFSET_ALREADY_EXISTS)
+// and nothing is written; past the end with OUT_OF_RANGE
+// (OFFSET_OUT_OF_RANGE); an append without an offset goes to the end. Both
+// errors are response errors: the connection stays open. Rows of a
+// COMMITTED stream are readable once their append is acknowledged, and
+// GetWriteStream reports its commit_time equal to its create_time. Appends
+// to a finalized stream fail with INVALID_ARGUMENT and the StorageError
+// STREAM_FINALIZED, as BigQuery's docs describe; to a stream that does not
+// exist (never created, or lost: see LoseStream), with NOT_FOUND and
+// STREAM_NOT_FOUND. Explicit streams follow the table's schema as the
+// default stream does: CreateWriteStream answers NOT_FOUND for a table the
+// write path cannot see yet (SetSchemaDelay), and updated_schema works the
+// same on both (below).
+//
+// The order of checks for one request, where BigQuery's documentation is
+// silent, is: the stream (NOT_FOUND; committed or finalized; an offset on the
+// default stream), then the writer schema against the table, then every
+// row (row_errors), and only then the offset. So a request whose offset is
+// already written but which carries a row BigQuery now rejects fails with
+// row_errors, not ALREADY_EXISTS: a writer learns that a row's fate
+// changed.
 //
 // One AppendRows connection carries requests in order, answered in order.
 // The first request for a stream on a connection must name write_stream and
@@ -100,6 +120,25 @@
 // whether or not the path exists. The Go bigquery client
 // silently retries 5xx and rateLimitExceeded with a backoff starting at about
 // one second, so only other codes (or n larger than its patience) surface.
+//
+// LoseAnswers(n) processes the next n append requests as usual (rows
+// written, offsets advanced, errors decided) and then, instead of answering,
+// ends their connection with UNAVAILABLE, as when a connection breaks after
+// BigQuery did the work; requests pipelined behind such a request are not
+// processed. A writer that retries at the same offset then meets
+// ALREADY_EXISTS. AnswersLost counts them.
+//
+// RejectRows(pred) rejects every row pred matches (it sees the decoded row
+// as Rows returns it) with row_errors, as for an invalid row; nil clears it.
+// With a predicate that matches a row only from its second appearance on,
+// a test makes a row's fate change between two attempts. Bench mode does
+// not decode rows and ignores it.
+//
+// LoseStream(name) and FinalizeStream(name) do to an explicit stream what
+// BigQuery may do behind a writer's back (garbage-collect it; finalize it):
+// NOT_FOUND, or STREAM_FINALIZED, from then on; the rows stay. WriteStreams
+// lists the explicit streams created for a table, StreamLength a stream's
+// end offset.
 //
 // FailUnary(n, code) fails the next n unary Storage Write calls
 // (GetWriteStream, CreateWriteStream, ...) with code, e.g. UNAUTHENTICATED.

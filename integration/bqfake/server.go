@@ -77,6 +77,7 @@ type Server struct {
 	datasets map[datasetKey]*dataset
 	tables   map[tableKey]*table
 	streams  map[string]*writeStream // explicit streams by name
+	created  []string                // names of every explicit stream created, in order
 	nextID   int64                   // streams and etags
 	faults   faults
 	closed   bool // REST handlers started after this refuse to run
@@ -96,6 +97,9 @@ type faults struct {
 	appendLatency time.Duration
 	restLatency   time.Duration
 	schemaDelay   time.Duration
+	loseLeft      int                       // LoseAnswers: requests still to process without answering
+	answersLost   int                       // requests processed whose answer LoseAnswers dropped
+	rejectRows    func(map[string]any) bool // RejectRows; nil: none
 }
 
 type datasetKey struct{ project, dataset string }

@@ -115,6 +115,11 @@ func (s *Server) streamProto(name string, typ storagepb.WriteStream_Type, create
 		CreateTime: timestamppb.New(created),
 		WriteMode:  storagepb.WriteStream_INSERT,
 	}
+	if typ == storagepb.WriteStream_COMMITTED {
+		// "If a stream is of COMMITTED type, then it will have a
+		// commit_time same as create_time."
+		ws.CommitTime = timestamppb.New(created)
+	}
 	if d, ok := s.datasets[key.datasetKey()]; ok {
 		ws.Location = d.res.Location
 	}
@@ -152,6 +157,7 @@ func (w *writeService) CreateWriteStream(_ context.Context, req *storagepb.Creat
 	s.nextID++
 	name := fmt.Sprintf("%s/streams/bqfake%06d", key.parent(), s.nextID)
 	s.streams[name] = &writeStream{name: name, tbl: t, typ: typ, created: now}
+	s.created = append(s.created, name)
 	s.log.Debug("create write stream", zap.String("stream", name), zap.Stringer("type", typ))
 	return s.streamProto(name, typ, now, v, true), nil
 }
@@ -398,6 +404,28 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 	}
 }
 
+// rejectedRowMessage is the row error of a row RejectRows rejects.
+const rejectedRowMessage = "Field _row: rejected by the test (bqfake.RejectRows)"
+
+// requestStateLocked is the error of a request that its stream refuses
+// whatever its rows: an offset on the default stream, or an explicit
+// stream that was committed or finalized; s.mu must be held.
+func requestStateLocked(ws *writeStream, req *storagepb.AppendRowsRequest, name string) *status.Status {
+	if ws == nil {
+		if req.GetOffset() != nil {
+			return status.New(codes.InvalidArgument, "Offset is not supported on the _default stream. Entity: "+name)
+		}
+		return nil
+	}
+	switch {
+	case !ws.committed.IsZero():
+		return storageStatus(codes.InvalidArgument, storagepb.StorageError_STREAM_ALREADY_COMMITTED, name, "Stream is already committed.")
+	case ws.finalized:
+		return storageStatus(codes.InvalidArgument, storagepb.StorageError_STREAM_FINALIZED, name, "Stream is finalized.")
+	}
+	return nil
+}
+
 func failed(resp *storagepb.AppendRowsResponse, st *status.Status) *storagepb.AppendRowsResponse {
 	resp.Response = &storagepb.AppendRowsResponse_Error{Error: st.Proto()}
 	return resp
@@ -413,9 +441,36 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 		s.faults.appendsLeft--
 		fault = s.faults.appendCode
 	}
+	lose := false
+	if fault == codes.OK && s.faults.loseLeft > 0 {
+		s.faults.loseLeft--
+		lose = true
+	}
 	bench := s.bench
+	reject := s.faults.rejectRows
 	s.mu.Unlock()
 
+	resp, err := w.processAppend(conn, req, fault, bench, reject)
+	if !lose {
+		return resp, err
+	}
+	s.mu.Lock()
+	s.faults.answersLost++
+	s.mu.Unlock()
+	outcome := "ok"
+	switch {
+	case err != nil:
+		outcome = err.Error()
+	case resp.GetError() != nil:
+		outcome = codes.Code(resp.GetError().GetCode()).String() + ": " + resp.GetError().GetMessage()
+	}
+	s.log.Debug("append processed, answer lost", zap.String("stream", conn.current), zap.String("outcome", outcome))
+	return nil, status.Error(codes.Unavailable, "bqfake: the connection broke after the request was processed (LoseAnswers). Entity: "+conn.current)
+}
+
+// processAppend is handleAppend without the lost answers.
+func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRowsRequest, fault codes.Code, bench *benchState, reject func(map[string]any) bool) (*storagepb.AppendRowsResponse, error) {
+	s := w.s
 	name := req.GetWriteStream()
 	if name == "" {
 		name = conn.current
@@ -465,6 +520,9 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 	now := time.Now()
 	s.mu.Lock()
 	tbl, ws, view, st := s.targetLocked(name, now)
+	if st == nil {
+		st = requestStateLocked(ws, req, name)
+	}
 	s.mu.Unlock()
 	if st != nil {
 		return failed(resp, st), nil
@@ -497,7 +555,17 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 			rowErrs = append(rowErrs, &storagepb.RowError{Index: int64(i), Code: storagepb.RowError_FIELDS_ERROR, Message: err.Error()})
 			continue
 		}
+		if reject != nil && reject(row) {
+			rowErrs = append(rowErrs, &storagepb.RowError{Index: int64(i), Code: storagepb.RowError_FIELDS_ERROR, Message: rejectedRowMessage})
+			continue
+		}
 		rows = append(rows, row)
+	}
+	// Rows are validated before the offset is checked: a request with a bad
+	// row fails with row_errors even if its offset is already written.
+	if len(rowErrs) > 0 {
+		resp.RowErrors = rowErrs
+		return failed(resp, status.New(codes.InvalidArgument, "Errors found while processing rows. Please refer to the row_errors field for details. The list may not be complete because of the size limitations. Entity: "+name)), nil
 	}
 
 	s.mu.Lock()
@@ -508,16 +576,10 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 		}
 		return failed(resp, st), nil
 	}
-	if ws == nil && req.GetOffset() != nil {
-		return failed(resp, status.New(codes.InvalidArgument, "Offset is not supported on the _default stream. Entity: "+name)), nil
+	if st := requestStateLocked(ws, req, name); st != nil {
+		return failed(resp, st), nil // finalized meanwhile
 	}
 	if ws != nil {
-		switch {
-		case !ws.committed.IsZero():
-			return failed(resp, storageStatus(codes.InvalidArgument, storagepb.StorageError_STREAM_ALREADY_COMMITTED, name, "Stream is already committed.")), nil
-		case ws.finalized:
-			return failed(resp, storageStatus(codes.InvalidArgument, storagepb.StorageError_STREAM_FINALIZED, name, "Stream is finalized.")), nil
-		}
 		if off := req.GetOffset(); off != nil {
 			switch {
 			case off.GetValue() < ws.appended:
@@ -528,10 +590,6 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 					fmt.Sprintf("The offset is beyond stream, expected offset %d, received %d.", ws.appended, off.GetValue()))), nil
 			}
 		}
-	}
-	if len(rowErrs) > 0 {
-		resp.RowErrors = rowErrs
-		return failed(resp, status.New(codes.InvalidArgument, "Errors found while processing rows. Please refer to the row_errors field for details. The list may not be complete because of the size limitations. Entity: "+name)), nil
 	}
 
 	result := &storagepb.AppendRowsResponse_AppendResult{}
