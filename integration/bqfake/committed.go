@@ -105,3 +105,12 @@ func (s *Server) RejectRows(pred func(row map[string]any) bool) {
 	defer s.mu.Unlock()
 	s.faults.rejectRows = pred
 }
+
+// OffsetConflicts counts the appends refused for their offset so far:
+// ALREADY_EXISTS (the offset was written before) and OUT_OF_RANGE (past the
+// stream's end).
+func (s *Server) OffsetConflicts() (alreadyExists, outOfRange int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults.alreadyExists, s.faults.outOfRange
+}

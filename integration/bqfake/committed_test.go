@@ -204,6 +204,10 @@ func TestCommittedStreamSemantics(t *testing.T) {
 	wantRefused(t, cn2.append(name, 3, rows(3)), codes.AlreadyExists, storagepb.StorageError_OFFSET_ALREADY_EXISTS)
 	wantWritten(t, cn2.append(name, 4, rows(4)), 4)
 
+	if ae, oor := srv.OffsetConflicts(); ae != 3 || oor != 1 {
+		t.Fatalf("OffsetConflicts = %d, %d; want 3 ALREADY_EXISTS and 1 OUT_OF_RANGE", ae, oor)
+	}
+
 	// Finalized behind the writer's back.
 	srv.FinalizeStream(name)
 	if !srv.StreamFinalized(name) {

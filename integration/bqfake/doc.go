@@ -138,7 +138,8 @@
 // BigQuery may do behind a writer's back (garbage-collect it; finalize it):
 // NOT_FOUND, or STREAM_FINALIZED, from then on; the rows stay. WriteStreams
 // lists the explicit streams created for a table, StreamLength a stream's
-// end offset.
+// end offset, OffsetConflicts how many appends met ALREADY_EXISTS and
+// OUT_OF_RANGE.
 //
 // FailUnary(n, code) fails the next n unary Storage Write calls
 // (GetWriteStream, CreateWriteStream, ...) with code, e.g. UNAUTHENTICATED.

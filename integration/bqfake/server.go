@@ -100,6 +100,8 @@ type faults struct {
 	loseLeft      int                       // LoseAnswers: requests still to process without answering
 	answersLost   int                       // requests processed whose answer LoseAnswers dropped
 	rejectRows    func(map[string]any) bool // RejectRows; nil: none
+	alreadyExists int                       // appends answered ALREADY_EXISTS
+	outOfRange    int                       // appends answered OUT_OF_RANGE
 }
 
 type datasetKey struct{ project, dataset string }

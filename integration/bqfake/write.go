@@ -583,9 +583,11 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 		if off := req.GetOffset(); off != nil {
 			switch {
 			case off.GetValue() < ws.appended:
+				s.faults.alreadyExists++
 				return failed(resp, storageStatus(codes.AlreadyExists, storagepb.StorageError_OFFSET_ALREADY_EXISTS, name,
 					fmt.Sprintf("The offset is within stream, expected offset %d, received %d.", ws.appended, off.GetValue()))), nil
 			case off.GetValue() > ws.appended:
+				s.faults.outOfRange++
 				return failed(resp, storageStatus(codes.OutOfRange, storagepb.StorageError_OFFSET_OUT_OF_RANGE, name,
 					fmt.Sprintf("The offset is beyond stream, expected offset %d, received %d.", ws.appended, off.GetValue()))), nil
 			}
