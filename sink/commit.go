@@ -22,10 +22,12 @@ type commits struct {
 
 	mu    sync.Mutex
 	marks map[string]map[int32]kgo.EpochOffset
+	meta  map[string]map[int32]string // exactly-once metadata of the marks
 }
 
-// mark records a watermark; it only ever moves forward.
-func (c *commits) mark(topic string, partition int32, eo kgo.EpochOffset) {
+// mark records a watermark and its commit metadata; it only ever moves
+// forward.
+func (c *commits) mark(topic string, partition int32, eo kgo.EpochOffset, meta string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ps := c.marks[topic]
@@ -35,6 +37,13 @@ func (c *commits) mark(topic string, partition int32, eo kgo.EpochOffset) {
 	}
 	if old, ok := ps[partition]; !ok || old.Offset < eo.Offset {
 		ps[partition] = eo
+		if c.meta == nil {
+			c.meta = map[string]map[int32]string{}
+		}
+		if c.meta[topic] == nil {
+			c.meta[topic] = map[int32]string{}
+		}
+		c.meta[topic][partition] = meta
 	}
 }
 
@@ -71,12 +80,27 @@ func (c *commits) take(only map[string][]int32) map[string]map[int32]kgo.EpochOf
 
 // restore puts back marks whose commit failed, unless a newer mark arrived
 // meanwhile.
-func (c *commits) restore(failed map[string]map[int32]kgo.EpochOffset) {
+func (c *commits) restore(failed map[string]map[int32]kgo.EpochOffset, meta map[string]map[int32]string) {
 	for topic, ps := range failed {
 		for p, eo := range ps {
-			c.mark(topic, p, eo)
+			c.mark(topic, p, eo, meta[topic][p])
 		}
 	}
+}
+
+// takeWithMeta is take, with the commit metadata of the marks taken.
+func (c *commits) takeWithMeta(only map[string][]int32) (map[string]map[int32]kgo.EpochOffset, map[string]map[int32]string) {
+	offsets := c.take(only)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	meta := make(map[string]map[int32]string, len(offsets))
+	for topic, ps := range offsets {
+		meta[topic] = make(map[int32]string, len(ps))
+		for p := range ps {
+			meta[topic][p] = c.meta[topic][p]
+		}
+	}
+	return offsets, meta
 }
 
 func (c *commits) drop(only map[string][]int32) {
@@ -109,12 +133,26 @@ func (s *Sink) commitAll(ctx context.Context, why string) error {
 func (s *Sink) commitPartitions(ctx context.Context, cl *kgo.Client, only map[string][]int32, why string) error {
 	s.commits.commitMu.Lock()
 	defer s.commits.commitMu.Unlock()
-	offsets := s.commits.take(only)
+	offsets, meta := s.commits.takeWithMeta(only)
 	if len(offsets) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
 	defer cancel()
+	if s.cfg.BigQuery.ExactlyOnce() {
+		ctx = kgo.PreCommitFnContext(ctx, func(req *kmsg.OffsetCommitRequest) error {
+			for i := range req.Topics {
+				t := &req.Topics[i]
+				for j := range t.Partitions {
+					p := &t.Partitions[j]
+					if m, ok := meta[t.Topic][p.Partition]; ok && offsets[t.Topic][p.Partition].Offset == p.Offset {
+						p.Metadata = kmsg.StringPtr(m)
+					}
+				}
+			}
+			return nil
+		})
+	}
 	var failed map[string]map[int32]kgo.EpochOffset
 	var firstErr error
 	cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
@@ -156,7 +194,7 @@ func (s *Sink) commitPartitions(ctx context.Context, cl *kgo.Client, only map[st
 	// Marks of a revoked partition are not put back: it belongs to another
 	// member now and must not be committed by us again.
 	if only == nil {
-		s.commits.restore(failed)
+		s.commits.restore(failed, meta)
 	}
 	err := fmt.Errorf("commit offsets %v (%s): %w", offsetsForLog(failed), why, firstErr)
 	s.health.fail(stageCommit, group, err, false)

@@ -11,19 +11,22 @@ import (
 // rewind the group and re-deliver acknowledged records.
 func TestMarkOnlyMovesForward(t *testing.T) {
 	c := commits{marks: map[string]map[int32]kgo.EpochOffset{}}
-	c.mark("t", 0, kgo.EpochOffset{Offset: 10})
-	c.mark("t", 0, kgo.EpochOffset{Offset: 7})
-	c.mark("t", 1, kgo.EpochOffset{Offset: 3})
-	got := c.take(map[string][]int32{"t": {0}})
+	c.mark("t", 0, kgo.EpochOffset{Offset: 10}, "m10")
+	c.mark("t", 0, kgo.EpochOffset{Offset: 7}, "m7")
+	c.mark("t", 1, kgo.EpochOffset{Offset: 3}, "")
+	got, meta := c.takeWithMeta(map[string][]int32{"t": {0}})
 	if got["t"][0].Offset != 10 {
 		t.Fatalf("mark went backwards: %v", got)
+	}
+	if meta["t"][0] != "m10" {
+		t.Fatalf("the metadata of offset 10 is %q, want the one marked with it", meta["t"][0])
 	}
 	if _, still := c.marks["t"][0]; still {
 		t.Fatal("take must remove what it returns")
 	}
 	// A failed commit puts its marks back, but not over a newer one.
-	c.mark("t", 1, kgo.EpochOffset{Offset: 9})
-	c.restore(map[string]map[int32]kgo.EpochOffset{"t": {1: {Offset: 3}, 0: {Offset: 10}}})
+	c.mark("t", 1, kgo.EpochOffset{Offset: 9}, "")
+	c.restore(map[string]map[int32]kgo.EpochOffset{"t": {1: {Offset: 3}, 0: {Offset: 10}}}, nil)
 	all := c.take(nil)
 	if all["t"][1].Offset != 9 || all["t"][0].Offset != 10 {
 		t.Fatalf("restore: %v", all)

@@ -33,17 +33,25 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 	}
 	defer func() {
 		markSent()
+		if w.eo != nil {
+			f.meta = w.eo.meta()
+		}
+		close(f.finished)
 		select {
 		case w.results <- f:
 		case <-w.ctx.Done():
 		}
 	}()
 	// Appends of one partition go out in order; only the first attempt
-	// waits, retries do not hold the next flight back.
+	// waits, retries do not hold the next flight back (in exactly-once
+	// they do: see flush).
 	select {
 	case <-prev:
 	case <-w.ctx.Done():
 		return
+	}
+	if w.eo != nil {
+		w.eo.beginFlight(f.first.Offset)
 	}
 	rows, recs, rejects := f.rows, f.rowRecs, f.rejects
 	var appendFailing, dlqFailing *stageError

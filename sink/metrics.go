@@ -40,6 +40,8 @@ type metrics struct {
 	batchRows     prometheus.Histogram
 	commits       *prometheus.CounterVec // result
 	rebalances    *prometheus.CounterVec // event
+	eoFallbacks   *prometheus.CounterVec // topic, reason
+	eoExisting    *prometheus.CounterVec // topic
 }
 
 func newMetrics() *metrics {
@@ -56,6 +58,14 @@ func newMetrics() *metrics {
 			Name: "bqsink_records_dead_lettered_total",
 			Help: "Rejected records the dead-letter topic acknowledged, by reason.",
 		}, []string{"topic", "reason"}),
+		eoFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_exactly_once_fallbacks_total",
+			Help: "Times exactly-once could not be kept for a window of a partition and a new write stream took over, by reason; rows of that window may be written twice.",
+		}, []string{"topic", "reason"}),
+		eoExisting: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_exactly_once_rows_existing_total",
+			Help: "Rows appended again (after a restart, rebalance or lost answer) that BigQuery already held at their stream offset, and so did not write twice.",
+		}, []string{"topic"}),
 		tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_tombstones_total",
 			Help: "Records with a null value (tombstones): no row, offset committed.",
@@ -118,7 +128,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 	}
 	cs := []prometheus.Collector{
 		m.consumed, m.rejected, m.deadLettered, m.tombstones, m.written, m.retries, m.appendSeconds, m.appendedBytes,
-		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, partitionCollector{s},
+		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, m.eoFallbacks, m.eoExisting, partitionCollector{s},
 		gauge("bqsink_partitions_assigned", "Partitions this member owns.",
 			func() float64 { return float64(s.flow.parts.Load()) }),
 		gauge("bqsink_partitions_stalled", "Partitions holding unacknowledged records with no progress, or with records they cannot fetch, for longer than stall_timeout.",
@@ -159,6 +169,7 @@ func (m *metrics) initTable(table string) {
 func (m *metrics) initTopic(topic string) {
 	m.consumed.WithLabelValues(topic)
 	m.tombstones.WithLabelValues(topic)
+	m.eoExisting.WithLabelValues(topic)
 	for _, r := range reasons {
 		m.rejected.WithLabelValues(topic, r)
 		m.deadLettered.WithLabelValues(topic, r)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 	"github.com/twmb/franz-go/plugin/kzap"
@@ -598,7 +599,7 @@ func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 		deadLetter: s.dlq.send,
 		pause:      func() { cl.PauseFetchPartitions(one) },
 		resume:     func() { cl.ResumeFetchPartitions(one) },
-		mark:       func(eo kgo.EpochOffset) { s.commits.mark(tp.topic, tp.partition, eo) },
+		mark:       func(eo kgo.EpochOffset, meta string) { s.commits.mark(tp.topic, tp.partition, eo, meta) },
 		fatal:      s.fatal,
 		charge:     s.flow.charge,
 		release:    s.flow.release,
@@ -608,9 +609,37 @@ func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 		metrics:    s.metrics,
 		stats:      &s.stats,
 	}
+	var eo *exactlyOnce
+	if s.cfg.BigQuery.ExactlyOnce() {
+		eo = &exactlyOnce{table: t, tp: tp, log: log, metrics: s.metrics, committed: s.committedFunc(tp)}
+		deps.append = eo.appendRows
+	}
 	b := s.cfg.Batch
 	cfg := workerConfig{maxRecords: b.MaxRecords, maxBytes: b.MaxBytes, maxWait: b.MaxWait, maxInflight: b.MaxInflight, policy: s.cfg.Errors.Policy}
-	return newWorker(tp, t.Name(), cfg, deps, s.base, log)
+	w := newWorker(tp, t.Name(), cfg, deps, s.base, log)
+	w.eo = eo
+	return w
+}
+
+// committedFunc reads the group's committed offset of tp, with its
+// metadata, bounded by kafka.request_timeout.
+func (s *Sink) committedFunc(tp topicPartition) committedFunc {
+	return func(ctx context.Context) (int64, string, bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+		defer cancel()
+		offsets, err := kadm.NewClient(s.admin).FetchOffsets(ctx, s.cfg.Kafka.GroupID)
+		if err != nil {
+			return 0, "", false, err
+		}
+		o, ok := offsets.Lookup(tp.topic, tp.partition)
+		if !ok || o.At < 0 {
+			return -1, "", false, nil
+		}
+		if o.Err != nil {
+			return 0, "", false, o.Err
+		}
+		return o.At, o.Metadata, true, nil
+	}
 }
 
 // revoked stops the revoked partitions' workers, letting in-flight appends

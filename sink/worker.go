@@ -30,6 +30,7 @@ type worker struct {
 	cfg   workerConfig
 	deps  workerDeps
 	log   *zap.Logger
+	eo    *exactlyOnce // nil in at-least-once
 
 	ctx     context.Context // ends when the worker must drop everything
 	cancel  context.CancelFunc
@@ -102,8 +103,9 @@ type workerDeps struct {
 	deadLetter func(ctx context.Context, rs []*rejection) ([]*rejection, error)
 	// pause and resume stop and restart fetching the partition.
 	pause, resume func()
-	// mark moves the partition's commit watermark forward.
-	mark func(kgo.EpochOffset)
+	// mark moves the partition's commit watermark forward, with the commit
+	// metadata exactly-once needs ("" for none).
+	mark func(eo kgo.EpochOffset, meta string)
 	// fatal reports a record that failed under errors.policy fail.
 	fatal func(*rejection)
 	// charge and release account memory sink-wide; share is how much one
@@ -139,9 +141,11 @@ type batch struct {
 // until it sends it on results; then the write stage does.
 type flight struct {
 	batch
-	sent   chan struct{} // closed once its first append was sent: the next flight's goes after it
-	failed *rejection    // errors.policy fail: the first record that could not be written
-	done   bool          // delivered; set by the write stage when the flight comes back
+	sent     chan struct{} // closed once its first append was sent: the next flight's goes after it
+	finished chan struct{} // closed once delivered: in exactly-once the next flight goes after it
+	meta     string        // exactly-once: commit metadata for the offset after the flight
+	failed   *rejection    // errors.policy fail: the first record that could not be written
+	done     bool          // delivered; set by the write stage when the flight comes back
 }
 
 func newWorker(tp topicPartition, table string, cfg workerConfig, deps workerDeps, parent context.Context, log *zap.Logger) *worker {
@@ -290,6 +294,9 @@ func (w *worker) run() {
 	<-decDone
 	w.cancel() // flights still running are abandoned
 	w.fwg.Wait()
+	if w.eo != nil {
+		w.eo.close()
+	}
 	w.timer.Stop()
 	w.abandoned.Add(int64(len(w.flights)))
 	w.inflight.Store(0)
@@ -484,11 +491,16 @@ func (w *worker) flush() {
 	if w.batch.first == nil {
 		return
 	}
-	f := &flight{batch: w.batch, sent: make(chan struct{})}
+	f := &flight{batch: w.batch, sent: make(chan struct{}), finished: make(chan struct{})}
 	w.batch = batch{}
 	prev := closedChan
 	if n := len(w.flights); n > 0 {
 		prev = w.flights[n-1].sent
+		if w.eo != nil {
+			// Stream offsets follow from the rows every earlier flight
+			// wrote: one flight at a time.
+			prev = w.flights[n-1].finished
+		}
 	}
 	w.flights = append(w.flights, f)
 	if len(f.rows) > 0 {
@@ -519,11 +531,13 @@ func (w *worker) settle() {
 		case f.failed != nil:
 			// Everything before the record is written: commit up to it,
 			// not past it, and stop.
-			w.deps.mark(kgo.EpochOffset{Epoch: f.failed.rec.LeaderEpoch, Offset: f.failed.rec.Offset})
+			// No exactly-once metadata: the flight's rows after the record
+			// are written, so the next owner cannot continue the stream.
+			w.deps.mark(kgo.EpochOffset{Epoch: f.failed.rec.LeaderEpoch, Offset: f.failed.rec.Offset}, "")
 			w.halted, w.failed = true, true
 			w.deps.fatal(f.failed)
 		default:
-			w.deps.mark(kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1})
+			w.deps.mark(kgo.EpochOffset{Epoch: f.last.LeaderEpoch, Offset: f.last.Offset + 1}, f.meta)
 			now := time.Now()
 			w.progress.Store(now.UnixNano())
 			w.unacked.Store(f.last.Offset + 1)

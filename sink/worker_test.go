@@ -119,7 +119,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		},
 		pause:   func() { h.mu.Lock(); h.paused++; h.mu.Unlock() },
 		resume:  func() { h.mu.Lock(); h.resumed++; h.mu.Unlock() },
-		mark:    func(eo kgo.EpochOffset) { h.mu.Lock(); h.marks = append(h.marks, eo.Offset); h.mu.Unlock() },
+		mark:    func(eo kgo.EpochOffset, _ string) { h.mu.Lock(); h.marks = append(h.marks, eo.Offset); h.mu.Unlock() },
 		fatal:   func(rj *rejection) { h.mu.Lock(); h.fatals = append(h.fatals, rj); h.mu.Unlock() },
 		charge:  h.budget.charge,
 		release: h.budget.release,
