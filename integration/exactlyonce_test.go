@@ -1,0 +1,915 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/bqsink/bqsink/integration/stack"
+)
+
+// Exactly-once delivery (bigquery.delivery: exactly_once): each partition
+// writes through its own COMMITTED write stream at explicit stream offsets,
+// and its Kafka commit carries "bqsink-eo/1 <stream> <next stream offset>"
+// as metadata. These tests run the real binary through crashes,
+// rebalances, a zombie owner and every documented fallback, and count the
+// rows of each (topic, partition, offset) in the table.
+
+const (
+	// eoMetaPrefix starts the commit metadata of exactly-once.
+	eoMetaPrefix = "bqsink-eo/1 "
+	// eoFallbackMsg is the warning of a window written at least once.
+	eoFallbackMsg = "exactly-once not kept for a window; writing it at least once"
+	// eoFallbacks is the counter of those windows, by topic and reason.
+	eoFallbacks = "bqsink_exactly_once_fallbacks_total"
+)
+
+// eoConfig is newDaemonConfig in exactly-once mode, with the metadata
+// column that attributes rows to records.
+func eoConfig(e *env, group string) *daemonConfig {
+	return newDaemonConfig(e, group).set("metadata_column", "_kafka").set("bigquery.delivery", "exactly_once")
+}
+
+// eoCommit is one partition's committed offset and its metadata.
+type eoCommit struct {
+	Offset int64
+	Meta   string
+	Stream string // from Meta; "" if it is not exactly-once metadata
+	Next   int64  // from Meta
+}
+
+func (c eoCommit) String() string {
+	return fmt.Sprintf("%d %q", c.Offset, c.Meta)
+}
+
+// parseEOMeta reads "bqsink-eo/1 <stream> <next>".
+func parseEOMeta(meta string) (stream string, next int64, ok bool) {
+	rest, found := strings.CutPrefix(meta, eoMetaPrefix)
+	if !found {
+		return "", 0, false
+	}
+	f := strings.Fields(rest)
+	if len(f) != 2 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil || n < 0 {
+		return "", 0, false
+	}
+	return f[0], n, true
+}
+
+// adminClient is a kadm client on e's Kafka, closed when the test ends.
+func adminClient(t *testing.T, e *env) *kadm.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
+}
+
+// eoCommits reads group's committed offsets on the stock topic with their
+// metadata, by partition.
+func eoCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	resps, err := adminClient(t, e).FetchOffsets(ctx, group)
+	if err != nil {
+		t.Fatalf("fetch offsets of %s: %v", group, err)
+	}
+	out := map[int32]eoCommit{}
+	resps.Each(func(r kadm.OffsetResponse) {
+		if r.Topic != stack.StockTopic || r.Err != nil || r.At < 0 {
+			return
+		}
+		c := eoCommit{Offset: r.At, Meta: r.Metadata}
+		if s, n, ok := parseEOMeta(r.Metadata); ok {
+			c.Stream, c.Next = s, n
+		}
+		out[r.Partition] = c
+	})
+	return out
+}
+
+// commitWithMetadata commits offsets for group (which must have no live
+// member) as a tool would, replacing their metadata.
+func commitWithMetadata(t *testing.T, e *env, group string, at map[int32]int64, meta string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	os := kadm.Offsets{}
+	for p, o := range at {
+		os.Add(kadm.Offset{Topic: stack.StockTopic, Partition: p, At: o, LeaderEpoch: -1, Metadata: meta})
+	}
+	resps, err := adminClient(t, e).CommitOffsets(ctx, group, os)
+	if err == nil {
+		err = resps.Error()
+	}
+	if err != nil {
+		t.Fatalf("commit %v with metadata %q for %s: %v", at, meta, group, err)
+	}
+}
+
+// checkEOCommits checks the commits of a group that has caught up and whose
+// members have shut down: every partition that committed records names an
+// exactly-once stream of the stock table, and that stream ends at the
+// recorded offset (no row was written past the commit). It returns them.
+func checkEOCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
+	t.Helper()
+	commits := eoCommits(t, e, group)
+	created := e.st.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)
+	for _, p := range slices.Sorted(maps.Keys(commits)) {
+		c := commits[p]
+		if c.Offset == 0 {
+			continue
+		}
+		if c.Stream == "" {
+			t.Errorf("partition %d: committed %v without exactly-once metadata (want %q<stream> <next>)", p, c, eoMetaPrefix)
+			continue
+		}
+		if len(c.Meta) > 1024 {
+			t.Errorf("partition %d: metadata of %d bytes", p, len(c.Meta))
+		}
+		if !slices.Contains(created, c.Stream) {
+			t.Errorf("partition %d: metadata names %s, which is none of the stock table's streams %v", p, c.Stream, created)
+			continue
+		}
+		n, ok := e.st.BigQuery.StreamLength(c.Stream)
+		switch {
+		case !ok:
+			t.Errorf("partition %d: metadata names %s, which BigQuery no longer has", p, c.Stream)
+		case n != c.Next:
+			t.Errorf("partition %d: committed %v, but the stream holds %d rows: the metadata's next offset must be the stream's end once everything is committed", p, c, n)
+		}
+	}
+	return commits
+}
+
+// streamOffsets is what a stream produced, by partition.
+func streamOffsets(s *stream) map[int32][]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[int32][]int64, len(s.offsets))
+	for p, o := range s.offsets {
+		out[p] = slices.Clone(o)
+	}
+	return out
+}
+
+// eoCount is how the stock table's rows cover the produced records.
+type eoCount struct {
+	coverage
+	extra map[origin]int // records with more than one row: rows beyond the first
+}
+
+// countRows reads the stock table back and counts its rows per produced
+// (topic, partition, offset). It fails the test if a record has no row
+// (unless allowedMissing says it may) or a row belongs to no produced
+// record; duplicates are the caller's to judge.
+func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing func(origin) bool) eoCount {
+	t.Helper()
+	rows := readOrigins(t, e, stack.StockTable, "_kafka")
+	want := map[origin]int{}
+	for p, offs := range produced {
+		for _, o := range offs {
+			want[origin{stack.StockTopic, p, o}] = 0
+		}
+	}
+	c := eoCount{extra: map[origin]int{}}
+	c.Records = len(want)
+	c.Rows = len(rows)
+	var unexpected []string
+	for _, o := range rows {
+		n, ok := want[o]
+		if !ok {
+			c.Unexpected++
+			if len(unexpected) < 10 {
+				unexpected = append(unexpected, fmt.Sprintf("%s/%d@%d", o.topic, o.partition, o.offset))
+			}
+			continue
+		}
+		want[o] = n + 1
+	}
+	for o, n := range want {
+		switch {
+		case n == 0 && (allowedMissing == nil || !allowedMissing(o)):
+			c.Missing++
+			if len(c.missing) < 10 {
+				c.missing = append(c.missing, fmt.Sprintf("%d@%d", o.partition, o.offset))
+			}
+		case n > 1:
+			c.Duplicates += n - 1
+			c.extra[o] = n - 1
+		}
+	}
+	if c.Missing > 0 || c.Unexpected > 0 {
+		slices.Sort(c.missing)
+		t.Errorf("%v; first missing (partition@offset): %v; first unexpected: %v", c.coverage, c.missing, unexpected)
+	}
+	return c
+}
+
+// firstExtra lists up to n duplicated records, for messages.
+func (c eoCount) firstExtra(n int) []string {
+	var out []string
+	for _, o := range slices.SortedFunc(maps.Keys(c.extra), func(a, b origin) int {
+		if a.partition != b.partition {
+			return int(a.partition - b.partition)
+		}
+		return int(a.offset - b.offset)
+	}) {
+		if len(out) == n {
+			break
+		}
+		out = append(out, fmt.Sprintf("%d@%d×%d", o.partition, o.offset, c.extra[o]+1))
+	}
+	return out
+}
+
+// fallbackLines is every exactly-once fallback warning of the daemons.
+func fallbackLines(ds ...*daemon) []logLine {
+	var out []logLine
+	for _, d := range ds {
+		out = append(out, d.logsMatching(msgIs(eoFallbackMsg))...)
+	}
+	return out
+}
+
+func describeFallbacks(ls []logLine) string {
+	if len(ls) == 0 {
+		return "none"
+	}
+	var b strings.Builder
+	for _, l := range ls {
+		fmt.Fprintf(&b, "\n  %s", l.Raw)
+	}
+	return b.String()
+}
+
+// checkFallbackLine checks a fallback warning's level and fields.
+func checkFallbackLine(t *testing.T, l logLine, reason string, partition int32) {
+	t.Helper()
+	if l.Level != "warn" {
+		t.Errorf("fallback logged at %q, want warn: %s", l.Level, l.Raw)
+	}
+	for _, k := range []string{"topic", "partition", "table", "reason", "from_offset"} {
+		if _, ok := l.Fields[k]; !ok {
+			t.Errorf("fallback line lacks field %q: %s", k, l.Raw)
+		}
+	}
+	if got := l.str("topic"); got != stack.StockTopic {
+		t.Errorf("fallback topic %q, want %q: %s", got, stack.StockTopic, l.Raw)
+	}
+	if got := l.str("table"); !strings.Contains(got, stack.StockTable) {
+		t.Errorf("fallback table %q, want the stock table %s: %s", got, stack.StockTable, l.Raw)
+	}
+	if got := l.str("reason"); got != reason {
+		t.Errorf("fallback reason %q, want %q: %s", got, reason, l.Raw)
+	}
+	if got := l.num("partition"); partition >= 0 && got != float64(partition) {
+		t.Errorf("fallback partition %v, want %d: %s", got, partition, l.Raw)
+	}
+}
+
+// checkWindows fails the test for every duplicated record that no
+// fallback warning announced: a warning for its partition whose from_offset
+// is at or below the record's offset.
+func checkWindows(t *testing.T, c eoCount, warns []logLine) {
+	t.Helper()
+	var outside []string
+	for _, o := range slices.SortedFunc(maps.Keys(c.extra), func(a, b origin) int {
+		if a.partition != b.partition {
+			return int(a.partition - b.partition)
+		}
+		return int(a.offset - b.offset)
+	}) {
+		announced := false
+		for _, l := range warns {
+			if _, ok := l.Fields["from_offset"]; ok && l.num("partition") == float64(o.partition) && int64(l.num("from_offset")) <= o.offset {
+				announced = true
+				break
+			}
+		}
+		if !announced {
+			outside = append(outside, fmt.Sprintf("%d@%d×%d", o.partition, o.offset, c.extra[o]+1))
+		}
+	}
+	if len(outside) > 0 {
+		if len(outside) > 20 {
+			outside = append(outside[:20], fmt.Sprintf("... %d more", len(outside)-20))
+		}
+		t.Errorf("%d duplicated records outside every announced window: %v; fallbacks: %s", len(outside), outside, describeFallbacks(warns))
+	}
+}
+
+// checkExactlyOnce requires every record exactly once: no fallback
+// announced and no duplicate.
+func checkExactlyOnce(t *testing.T, c eoCount, warns []logLine) {
+	t.Helper()
+	if len(warns) > 0 {
+		t.Errorf("%d exactly-once fallbacks, want none: %s", len(warns), describeFallbacks(warns))
+	}
+	if c.Duplicates > 0 {
+		t.Errorf("%d duplicate rows, want none; first duplicated (partition@offset×rows): %v", c.Duplicates, c.firstExtra(20))
+	}
+}
+
+// checkStreamsBounded requires at most one stream per partition, plus one
+// per fallback.
+func checkStreamsBounded(t *testing.T, e *env, partitions int, fallbacks int) []string {
+	t.Helper()
+	created := e.st.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)
+	if limit := partitions * (1 + fallbacks); len(created) > limit {
+		t.Errorf("%d write streams created, want at most %d (%d partitions × (1 + %d fallbacks))", len(created), limit, partitions, fallbacks)
+	}
+	return created
+}
+
+// logConflicts logs the appends BigQuery refused for their offset so far.
+func logConflicts(t *testing.T, e *env, when string) {
+	t.Helper()
+	ae, oor := e.st.BigQuery.OffsetConflicts()
+	t.Logf("%s: %d appends answered ALREADY_EXISTS, %d OUT_OF_RANGE", when, ae, oor)
+}
+
+// The crash test of the reliability issue in exactly-once mode: the real
+// binary, SIGKILLed at random moments while records flow and started again
+// each time, writes every (topic, partition, offset) exactly once.
+func TestExactlyOnceCrashLoop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills and restarts the daemon for about half a minute")
+	}
+	const (
+		group      = "g-eo-crash"
+		records    = 50000
+		kills      = 3
+		partitions = 6
+	)
+	began := time.Now()
+	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
+	rng := rand.New(rand.NewPCG(testSeed(t), 0))
+	e := newEnvPartitions(t, partitions)
+	cfg := eoConfig(e, group)
+
+	s := startStream(t, e, records, 3000, rng.Uint64())
+	d := startDaemon(t, cfg)
+	all := []*daemon{d}
+	for i := 1; i <= kills; i++ {
+		waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
+			m, err := d.metrics()
+			return err == nil && m.sum("bqsink_rows_written_total") > 0
+		})
+		wait := jitter(rng, 0, 2*time.Second)
+		select {
+		case <-time.After(wait):
+		case <-t.Context().Done():
+			return
+		}
+		if !s.running() {
+			t.Fatalf("the stream ended before kill %d: records must be flowing", i)
+		}
+		rows := d.metric("bqsink_rows_written_total")
+		st := d.kill()
+		logProblems(t, d)
+		t.Logf("kill %d at %v, %v after %s wrote its first rows; it wrote %.0f rows; %d records produced; %v; table rows beyond the committed offsets: %d",
+			i, since(), wait.Round(time.Millisecond), d.name, rows, s.produced(), st, rowsAheadOfCommits(t, e, group))
+		d = startDaemon(t, cfg)
+		all = append(all, d)
+	}
+
+	s.finish(60 * time.Second)
+	t.Logf("stream done at %v: %d records", since(), s.produced())
+	waitCaughtUp(t, e, group, 60*time.Second)
+	t.Logf("caught up at %v", since())
+	st := d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	t.Logf("last daemon %s: %v", d.name, st)
+	logConflicts(t, e, "after the crash loop")
+
+	warns := fallbackLines(all...)
+	c := countRows(t, e, streamOffsets(s), nil)
+	t.Logf("exactly-once crash loop: %v (read back at %v)", c.coverage, since())
+	checkExactlyOnce(t, c, warns)
+	created := checkStreamsBounded(t, e, partitions, len(warns))
+	t.Logf("%d write streams created for %d partitions, %d fallbacks", len(created), partitions, len(warns))
+	commits := checkEOCommits(t, e, group)
+	if len(warns) == 0 {
+		// One stream per partition from its first record, one row per
+		// record: the stream offset is the Kafka offset.
+		for p, cm := range commits {
+			if cm.Stream != "" && cm.Next != cm.Offset {
+				t.Errorf("partition %d: committed %v: with one stream from the partition's start, the next stream offset should equal the Kafka offset", p, cm)
+			}
+		}
+	}
+}
+
+// Two members share the partitions while records flow; one is SIGKILLed
+// and the other takes over its partitions from their committed metadata;
+// then a third joins and takes some over in a cooperative hand-over.
+// Every record has exactly one row.
+func TestExactlyOnceRebalance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs three daemon processes through two rebalances")
+	}
+	const (
+		group      = "g-eo-members"
+		records    = 20000
+		partitions = 6
+	)
+	began := time.Now()
+	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
+	rng := rand.New(rand.NewPCG(testSeed(t), 0))
+	e := newEnvPartitions(t, partitions)
+	cfg := eoConfig(e, group)
+
+	s := startStream(t, e, records, 2500, rng.Uint64())
+	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
+	waitShared(t, []*daemon{a, b}, 60*time.Second)
+	t.Logf("two members share the partitions at %v", since())
+
+	wait := jitter(rng, 0, 1500*time.Millisecond)
+	select {
+	case <-time.After(wait):
+	case <-t.Context().Done():
+		return
+	}
+	if rng.IntN(2) == 0 {
+		a, b = b, a
+	}
+	victim, survivor := b, a
+	if !s.running() {
+		t.Fatal("the stream ended before the kill: records must be flowing")
+	}
+	owned := victim.metric("bqsink_partitions_assigned")
+	st := victim.kill()
+	logProblems(t, victim)
+	t.Logf("killed %s (owning %v partitions) at %v, %v after the group settled: %v", victim.name, owned, since(), wait.Round(time.Millisecond), st)
+	waitShared(t, []*daemon{survivor}, 60*time.Second)
+	t.Logf("%s owns every partition at %v", survivor.name, since())
+	logConflicts(t, e, "after the takeover")
+
+	select {
+	case <-time.After(jitter(rng, 300*time.Millisecond, 1500*time.Millisecond)):
+	case <-t.Context().Done():
+		return
+	}
+	if !s.running() {
+		t.Fatal("the stream ended before the join: records must be flowing")
+	}
+	third := startDaemon(t, cfg)
+	waitShared(t, []*daemon{survivor, third}, 60*time.Second)
+	t.Logf("%s joined; it and %s share the partitions at %v", third.name, survivor.name, since())
+
+	s.finish(60 * time.Second)
+	t.Logf("stream done at %v: %d records", since(), s.produced())
+	waitCaughtUp(t, e, group, 60*time.Second)
+	t.Logf("caught up at %v", since())
+	if n := third.metric("bqsink_rows_written_total"); n == 0 {
+		t.Errorf("%s owns partitions but wrote no rows", third.name)
+	}
+	members := []*daemon{survivor, third}
+	for _, d := range members {
+		d.terminate()
+	}
+	for _, d := range members {
+		if st := d.wait(15 * time.Second); st.Code != 0 {
+			t.Errorf("%s after SIGTERM: %v, want exit 0", d.name, st)
+		}
+		logProblems(t, d)
+	}
+	logConflicts(t, e, "at the end")
+
+	warns := fallbackLines(victim, survivor, third)
+	c := countRows(t, e, streamOffsets(s), nil)
+	t.Logf("exactly-once with a member killed and one added: %v (read back at %v)", c.coverage, since())
+	checkExactlyOnce(t, c, warns)
+	created := checkStreamsBounded(t, e, partitions, len(warns))
+	t.Logf("%d write streams created for %d partitions", len(created), partitions)
+	checkEOCommits(t, e, group)
+}
+
+// A zombie: member A is frozen (SIGSTOP) with work in flight until its
+// session expires and B takes its partitions, continuing A's streams from
+// the committed metadata while records keep flowing; then A thaws
+// (SIGCONT) and, before it learns it lost them, finishes what it had in
+// flight and may append rows of records B already wrote. Both write the
+// same rows at the same stream offsets, so the table still holds each
+// record once.
+func TestExactlyOnceZombie(t *testing.T) {
+	if testing.Short() {
+		t.Skip("freezes a member past its session timeout")
+	}
+	const (
+		group      = "g-eo-zombie"
+		records    = 20000
+		partitions = 6
+	)
+	began := time.Now()
+	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
+	rng := rand.New(rand.NewPCG(testSeed(t), 0))
+	e := newEnvPartitions(t, partitions)
+	cfg := eoConfig(e, group)
+	// Slow answers keep appends in flight when A freezes: BigQuery writes
+	// them while A sleeps, and A reads their answers when it wakes.
+	e.st.BigQuery.SetAppendLatency(150 * time.Millisecond)
+
+	s := startStream(t, e, records, 2500, rng.Uint64())
+	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
+	waitShared(t, []*daemon{a, b}, 60*time.Second)
+	t.Logf("%s and %s share the partitions at %v", a.name, b.name, since())
+	select {
+	case <-time.After(jitter(rng, 300*time.Millisecond, 1500*time.Millisecond)):
+	case <-t.Context().Done():
+		return
+	}
+	owned := a.metric("bqsink_partitions_assigned")
+	rowsBefore := a.metric("bqsink_rows_written_total")
+	stopped := time.Now()
+	a.signal(syscall.SIGSTOP)
+	t.Logf("froze %s (owning %v partitions, %.0f rows written) at %v", a.name, owned, rowsBefore, since())
+
+	waitShared(t, []*daemon{b}, 60*time.Second)
+	t.Logf("%s owns every partition at %v, %v after the freeze", b.name, since(), time.Since(stopped).Round(time.Millisecond))
+	waitUntil(t, 30*time.Second, func() string { return b.name + " to write rows of the partitions it took" }, func() bool {
+		return len(b.logsMatching(assignedSome)) >= 2 && b.metric("bqsink_rows_written_total") > 0
+	})
+	select {
+	case <-time.After(jitter(rng, 500*time.Millisecond, 1500*time.Millisecond)):
+	case <-t.Context().Done():
+		return
+	}
+	logConflicts(t, e, "before the thaw")
+	aeBefore, _ := e.st.BigQuery.OffsetConflicts()
+	linesBefore := len(a.logs())
+	if !s.running() {
+		t.Fatal("the stream ended before the thaw: records must be flowing")
+	}
+	a.signal(syscall.SIGCONT)
+	t.Logf("thawed %s at %v, %v after the freeze", a.name, since(), time.Since(stopped).Round(time.Millisecond))
+
+	waitShared(t, []*daemon{a, b}, 60*time.Second)
+	t.Logf("%s rejoined; both share the partitions again at %v", a.name, since())
+	aeAfter, _ := e.st.BigQuery.OffsetConflicts()
+	var aLost int
+	for _, l := range a.logs()[linesBefore:] {
+		if strings.HasPrefix(l.Msg, "partitions lost") {
+			aLost++
+		}
+	}
+	t.Logf("after the thaw: %d more appends met ALREADY_EXISTS; %s logged %d partition losses; it has written %.0f rows (%.0f before the freeze)",
+		aeAfter-aeBefore, a.name, aLost, a.metric("bqsink_rows_written_total"), rowsBefore)
+
+	s.finish(60 * time.Second)
+	t.Logf("stream done at %v: %d records", since(), s.produced())
+	waitCaughtUp(t, e, group, 60*time.Second)
+	t.Logf("caught up at %v", since())
+	for _, d := range []*daemon{a, b} {
+		d.terminate()
+	}
+	for _, d := range []*daemon{a, b} {
+		if st := d.wait(15 * time.Second); st.Code != 0 {
+			t.Errorf("%s after SIGTERM: %v, want exit 0", d.name, st)
+		}
+		logProblems(t, d)
+	}
+	logConflicts(t, e, "at the end")
+
+	warns := fallbackLines(a, b)
+	c := countRows(t, e, streamOffsets(s), nil)
+	t.Logf("exactly-once with a zombie owner: %v (read back at %v)", c.coverage, since())
+	checkExactlyOnce(t, c, warns)
+	created := checkStreamsBounded(t, e, partitions, len(warns))
+	t.Logf("%d write streams created for %d partitions", len(created), partitions)
+	checkEOCommits(t, e, group)
+}
+
+// eoFallbackEnv is a small stack for the fallback tests: a few partitions,
+// records produced to chosen partitions, and what was produced.
+type eoFallbackEnv struct {
+	t          *testing.T
+	e          *env
+	group      string
+	cfg        *daemonConfig
+	partitions int32
+	prod       *kgo.Client
+	seed       uint64
+
+	mu       sync.Mutex
+	produced map[int32][]int64
+}
+
+func newEOFallbackEnv(t *testing.T, group string) *eoFallbackEnv {
+	t.Helper()
+	const partitions = 3
+	e := newEnvPartitions(t, partitions)
+	prod, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ProducerLinger(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prod.Close)
+	return &eoFallbackEnv{t: t, e: e, group: group, cfg: eoConfig(e, group), partitions: partitions, prod: prod,
+		seed: testSeed(t), produced: map[int32][]int64{}}
+}
+
+// produce writes n stock updates in one synchronous batch, to partition p,
+// or round robin over the partitions if p < 0, and returns them with their
+// offsets.
+func (f *eoFallbackEnv) produce(n int, p int32) []*kgo.Record {
+	f.t.Helper()
+	f.seed++
+	var recs []*kgo.Record
+	for i, u := range stack.StockUpdates(n, f.seed) {
+		r, err := f.e.schemas.Record(u)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		r.Partition = p
+		if p < 0 {
+			r.Partition = int32(i) % f.partitions
+		}
+		recs = append(recs, r)
+	}
+	ctx, cancel := context.WithTimeout(f.t.Context(), 10*time.Second)
+	defer cancel()
+	if err := f.prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		f.t.Fatalf("produce: %v", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, r := range recs {
+		f.produced[r.Partition] = append(f.produced[r.Partition], r.Offset)
+	}
+	return recs
+}
+
+func (f *eoFallbackEnv) producedOffsets() map[int32][]int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[int32][]int64{}
+	for p, o := range f.produced {
+		out[p] = slices.Clone(o)
+	}
+	return out
+}
+
+// firstRun starts a daemon, lets it write and commit a first round of
+// records over every partition, shuts it down, and returns the group's
+// commits, each of which must carry exactly-once metadata.
+func (f *eoFallbackEnv) firstRun() (map[int32]eoCommit, *daemon) {
+	t := f.t
+	t.Helper()
+	d := startDaemon(t, f.cfg)
+	f.produce(60, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	commits := eoCommits(t, f.e, f.group)
+	for p := range f.partitions {
+		if c, ok := commits[p]; !ok || c.Stream == "" {
+			t.Fatalf("after the first run, partition %d committed %v; want exactly-once metadata %q<stream> <next> (all commits: %v)", p, c, eoMetaPrefix, commits)
+		}
+	}
+	if ls := fallbackLines(d); len(ls) > 0 {
+		t.Fatalf("fallbacks on a fresh group: %s", describeFallbacks(ls))
+	}
+	return commits, d
+}
+
+// secondRun starts a daemon again, lets it write another round of records
+// over every partition, and returns it, still running, with its fallback
+// counter scraped once caught up.
+func (f *eoFallbackEnv) secondRun() *daemon {
+	t := f.t
+	t.Helper()
+	d := startDaemon(t, f.cfg)
+	f.produce(60, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	return d
+}
+
+// checkFallback checks a run that had to fall back once, for reason, on
+// partition p: one warning, the counter, nothing lost, duplicates only in
+// the announced window, one new stream, and commits naming it.
+func (f *eoFallbackEnv) checkFallback(d *daemon, reason string, p int32, before map[int32]eoCommit, allowedMissing func(origin) bool) {
+	t := f.t
+	t.Helper()
+	m, err := d.metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	warns := fallbackLines(d)
+	t.Logf("fallbacks: %s", describeFallbacks(warns))
+	if len(warns) != 1 {
+		t.Errorf("%d fallback warnings, want exactly one (%s, partition %d)", len(warns), reason, p)
+	}
+	for _, l := range warns {
+		checkFallbackLine(t, l, reason, p)
+	}
+	if got := m.sum(eoFallbacks, "topic", stack.StockTopic, "reason", reason); got != 1 {
+		t.Errorf("%s{topic=%q,reason=%q} = %v, want 1", eoFallbacks, stack.StockTopic, reason, got)
+	}
+	if got := m.sum(eoFallbacks); got != 1 {
+		t.Errorf("%s summed over every label = %v, want 1", eoFallbacks, got)
+	}
+	c := countRows(t, f.e, f.producedOffsets(), allowedMissing)
+	t.Logf("%s: %v; duplicated: %v", reason, c.coverage, c.firstExtra(20))
+	checkWindows(t, c, warns)
+	created := checkStreamsBounded(t, f.e, int(f.partitions), 1)
+	if len(created) != int(f.partitions)+1 {
+		t.Errorf("%d streams created, want %d: one per partition and one for the fallback", len(created), f.partitions+1)
+	}
+	after := checkEOCommits(t, f.e, f.group)
+	for q := range f.partitions {
+		switch {
+		case q == p && after[q].Stream == before[q].Stream:
+			t.Errorf("partition %d fell back but still commits its old stream: %v", q, after[q])
+		case q != p && after[q].Stream != before[q].Stream:
+			t.Errorf("partition %d changed stream without a fallback: %v, then %v", q, before[q], after[q])
+		}
+	}
+}
+
+// The stream named in a partition's commit is gone (BigQuery garbage
+// collects idle streams) when the daemon starts again.
+func TestExactlyOnceFallbackStreamLost(t *testing.T) {
+	f := newEOFallbackEnv(t, "g-eo-lost")
+	before, _ := f.firstRun()
+	const p = 0
+	f.e.st.BigQuery.LoseStream(before[p].Stream)
+	t.Logf("lost %s, named by partition %d's commit %v", before[p].Stream, p, before[p])
+	d := f.secondRun()
+	f.checkFallback(d, "stream_lost", p, before, nil)
+}
+
+// The stream named in a partition's commit was finalized when the daemon
+// starts again.
+func TestExactlyOnceFallbackStreamFinalized(t *testing.T) {
+	f := newEOFallbackEnv(t, "g-eo-finalized")
+	before, _ := f.firstRun()
+	const p = 1
+	f.e.st.BigQuery.FinalizeStream(before[p].Stream)
+	t.Logf("finalized %s, named by partition %d's commit %v", before[p].Stream, p, before[p])
+	d := f.secondRun()
+	f.checkFallback(d, "stream_finalized", p, before, nil)
+}
+
+// The stream is lost while the daemon writes to it.
+func TestExactlyOnceFallbackStreamLostWhileWriting(t *testing.T) {
+	f := newEOFallbackEnv(t, "g-eo-lost-live")
+	before, _ := f.firstRun()
+	d := startDaemon(t, f.cfg)
+	f.produce(30, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	const p = 2
+	cur := eoCommits(t, f.e, f.group)
+	if cur[p].Stream != before[p].Stream {
+		t.Fatalf("partition %d changed streams on restart: %v, then %v", p, before[p], cur[p])
+	}
+	f.e.st.BigQuery.LoseStream(cur[p].Stream)
+	t.Logf("lost %s while %s uses it", cur[p].Stream, d.name)
+	f.produce(60, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	f.checkFallback(d, "stream_lost", p, before, nil)
+}
+
+// A partition's commit lost its metadata, or carries metadata the daemon
+// cannot read, when the daemon starts again (an operator reset offsets
+// with a tool, or a newer bqsink wrote them).
+func TestExactlyOnceFallbackMetadata(t *testing.T) {
+	for _, tc := range []struct {
+		name, meta, reason string
+	}{
+		{"wiped", "", "metadata_missing"},
+		{"newer version", "bqsink-eo/9 projects/p/datasets/d/tables/t/streams/s 12 extra", "metadata_unreadable"},
+		{"malformed", eoMetaPrefix + "no-offset-here", "metadata_unreadable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newEOFallbackEnv(t, "g-eo-meta-"+strings.ReplaceAll(tc.name, " ", "-"))
+			before, _ := f.firstRun()
+			const p = 2
+			commitWithMetadata(t, f.e, f.group, map[int32]int64{p: before[p].Offset}, tc.meta)
+			got := eoCommits(t, f.e, f.group)[p]
+			if got.Offset != before[p].Offset || got.Meta != tc.meta {
+				t.Fatalf("after rewriting partition %d's commit: %v, want %d %q", p, got, before[p].Offset, tc.meta)
+			}
+			t.Logf("partition %d: commit %v rewritten to %v", p, before[p], got)
+			d := f.secondRun()
+			f.checkFallback(d, tc.reason, p, before, nil)
+		})
+	}
+}
+
+// A row's fate changes between two attempts: the first append of a range
+// of records is written but its answer is lost; when the daemon sends it
+// again, BigQuery rejects one of its rows. The rows that range produces
+// are no longer what may be in the stream, so the daemon falls back.
+func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
+	f := newEOFallbackEnv(t, "g-eo-fate")
+	before, _ := f.firstRun()
+	srv := f.e.st.BigQuery
+	d := startDaemon(t, f.cfg)
+	// Warm up: the daemon continues its streams.
+	f.produce(30, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+
+	// From here the only rows sent are those of the next produce, to one
+	// partition. The first request's answer is lost; from the second
+	// sighting on, its second row is rejected.
+	const p = 1
+	var (
+		mu     sync.Mutex
+		target *origin
+		order  []origin
+		seen   = map[origin]int{}
+	)
+	srv.RejectRows(func(row map[string]any) bool {
+		o, ok := rowOrigin(row)
+		if !ok {
+			return false
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[o] == 0 {
+			order = append(order, o)
+			if len(order) == 2 {
+				target = &o
+			}
+		}
+		seen[o]++
+		return target != nil && o == *target && seen[o] > 1
+	})
+	t.Cleanup(func() { srv.RejectRows(nil) })
+	srv.LoseAnswers(1)
+	recs := f.produce(20, p)
+	t.Logf("produced %d records to partition %d, offsets %d..%d; the first append's answer will be lost", len(recs), p, recs[0].Offset, recs[len(recs)-1].Offset)
+	d.waitLog(30*time.Second, "an exactly-once fallback", msgIs(eoFallbackMsg))
+	f.produce(60, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	srv.RejectRows(nil)
+
+	mu.Lock()
+	tg := target
+	sightings := 0
+	if tg != nil {
+		sightings = seen[*tg]
+	}
+	mu.Unlock()
+	if n := srv.AnswersLost(); n != 1 {
+		t.Errorf("%d answers lost, want 1", n)
+	}
+	if tg == nil || sightings < 2 {
+		t.Fatalf("the row to reject (%v) was sent %d times, want at least 2", tg, sightings)
+	}
+	t.Logf("rejected %s/%d@%d on its sightings after the first (%d in all)", tg.topic, tg.partition, tg.offset, sightings)
+	dlq, err := f.e.st.ReadTopic(t.Context(), f.group+".dlq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d records in the dead-letter topic", len(dlq))
+	f.checkFallback(d, "row_fate_changed", p, before, nil)
+	// The first attempt wrote the rejected row: it is in the table.
+	rows := readOrigins(t, f.e, stack.StockTable, "_kafka")
+	n := 0
+	for _, o := range rows {
+		if o == *tg {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the row whose fate changed is in the table %d times, want once (from the attempt whose answer was lost)", n)
+	}
+}
+
+// rowOrigin is the (topic, partition, offset) of a row as the test server
+// decoded it.
+func rowOrigin(row map[string]any) (origin, bool) {
+	k, ok := row["_kafka"].(map[string]any)
+	if !ok {
+		return origin{}, false
+	}
+	topic, _ := k["topic"].(string)
+	p, ok1 := k["partition"].(int64)
+	o, ok2 := k["offset"].(int64)
+	if !ok1 || !ok2 {
+		return origin{}, false
+	}
+	return origin{topic, int32(p), o}, true
+}
