@@ -52,6 +52,24 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 	}
 	if w.eo != nil {
 		w.eo.beginFlight(f.first.Offset)
+		// The stream is found on the first flight, rows or not, so that
+		// every commit carries its metadata.
+		for attempt := 1; w.eo.stream == nil; attempt++ {
+			err := w.eo.open(w.ctx)
+			if err == nil {
+				if attempt > 1 {
+					w.deps.health.ok(stageAppend, w.table)
+				}
+				break
+			}
+			if w.ctx.Err() != nil {
+				return
+			}
+			w.deps.health.fail(stageAppend, w.table, err, needsOperator(err))
+			if !sleep(w.ctx, backoff(attempt)) {
+				return
+			}
+		}
 	}
 	rows, recs, rejects := f.rows, f.rowRecs, f.rejects
 	var appendFailing, dlqFailing *stageError
