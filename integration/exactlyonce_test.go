@@ -180,9 +180,14 @@ type eoCount struct {
 // (topic, partition, offset). It fails the test if a record has no row
 // (unless allowedMissing says it may) or a row belongs to no produced
 // record; duplicates are the caller's to judge.
+//
+// It reads the rows from the test server in process rather than through
+// the BigQuery client: tens of thousands of rows over REST take several
+// seconds under -race, and reading back through the real client is the
+// subject of other tests (checkCoverage), not of these.
 func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing func(origin) bool) eoCount {
 	t.Helper()
-	rows := readOrigins(t, e, stack.StockTable, "_kafka")
+	rows := tableOrigins(e)
 	want := map[origin]int{}
 	for p, offs := range produced {
 		for _, o := range offs {
@@ -610,21 +615,24 @@ type eoFallbackEnv struct {
 	seed       uint64
 
 	mu       sync.Mutex
-	produced map[int32][]int64
+	produced map[int32][]int64 // records that make rows
+	bad      map[int32][]int64 // records that cannot be decoded
 }
 
 func newEOFallbackEnv(t *testing.T, group string) *eoFallbackEnv {
 	t.Helper()
 	const partitions = 3
 	e := newEnvPartitions(t, partitions)
+	// A linger lets one ProduceSync go out as one batch, which the daemon
+	// fetches at once.
 	prod, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.ProducerLinger(0))
+		kgo.ProducerLinger(20*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(prod.Close)
 	return &eoFallbackEnv{t: t, e: e, group: group, cfg: eoConfig(e, group), partitions: partitions, prod: prod,
-		seed: testSeed(t), produced: map[int32][]int64{}}
+		seed: testSeed(t), produced: map[int32][]int64{}, bad: map[int32][]int64{}}
 }
 
 // produce writes n stock updates in one synchronous batch, to partition p,
@@ -632,12 +640,30 @@ func newEOFallbackEnv(t *testing.T, group string) *eoFallbackEnv {
 // offsets.
 func (f *eoFallbackEnv) produce(n int, p int32) []*kgo.Record {
 	f.t.Helper()
+	recs, err := f.produceMixed(n, p, nil)
+	if err != nil {
+		f.t.Fatalf("produce: %v", err)
+	}
+	return recs
+}
+
+// produceMixed is produce where the i-th record is undecodable bytes (a
+// record for the dead-letter topic) if bad(i); goroutine-safe.
+func (f *eoFallbackEnv) produceMixed(n int, p int32, bad func(i int) bool) ([]*kgo.Record, error) {
+	f.mu.Lock()
 	f.seed++
+	seed := f.seed
+	f.mu.Unlock()
 	var recs []*kgo.Record
-	for i, u := range stack.StockUpdates(n, f.seed) {
+	isBad := map[*kgo.Record]bool{}
+	for i, u := range stack.StockUpdates(n, seed) {
 		r, err := f.e.schemas.Record(u)
 		if err != nil {
-			f.t.Fatal(err)
+			return nil, err
+		}
+		if bad != nil && bad(i) {
+			r.Value = []byte("not the Confluent wire format")
+			isBad[r] = true
 		}
 		r.Partition = p
 		if p < 0 {
@@ -648,14 +674,18 @@ func (f *eoFallbackEnv) produce(n int, p int32) []*kgo.Record {
 	ctx, cancel := context.WithTimeout(f.t.Context(), 10*time.Second)
 	defer cancel()
 	if err := f.prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		f.t.Fatalf("produce: %v", err)
+		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, r := range recs {
-		f.produced[r.Partition] = append(f.produced[r.Partition], r.Offset)
+		if isBad[r] {
+			f.bad[r.Partition] = append(f.bad[r.Partition], r.Offset)
+		} else {
+			f.produced[r.Partition] = append(f.produced[r.Partition], r.Offset)
+		}
 	}
-	return recs
+	return recs, nil
 }
 
 func (f *eoFallbackEnv) producedOffsets() map[int32][]int64 {
@@ -743,6 +773,161 @@ func (f *eoFallbackEnv) checkFallback(d *daemon, reason string, p int32, before 
 			t.Errorf("partition %d fell back but still commits its old stream: %v", q, after[q])
 		case q != p && after[q].Stream != before[q].Stream:
 			t.Errorf("partition %d changed stream without a fallback: %v, then %v", q, before[q], after[q])
+		}
+	}
+}
+
+// Records that produce no row (undecodable, sent to the dead-letter topic)
+// are mixed into the flow when the daemon is SIGKILLed: the next owner
+// derives the same rows from the same records, so the stream offsets still
+// match and every good record has exactly one row.
+func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills the daemon and waits out its session")
+	}
+	f := newEOFallbackEnv(t, "g-eo-dlq")
+	rng := rand.New(rand.NewPCG(f.seed, 0))
+	began := time.Now()
+	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
+
+	// About 1,200 records a second, one in nine undecodable.
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(25 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			case <-t.Context().Done():
+				done <- nil
+				return
+			case <-tick.C:
+			}
+			if _, err := f.produceMixed(30, -1, func(i int) bool { return i%9 == 4 }); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	stopProducing := func() {
+		t.Helper()
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		close(stop)
+		if err := <-done; err != nil {
+			t.Fatalf("produce: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+			<-done
+		}
+	})
+
+	d := startDaemon(t, f.cfg)
+	waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
+		m, err := d.metrics()
+		return err == nil && m.sum("bqsink_rows_written_total") > 0
+	})
+	select {
+	case <-time.After(jitter(rng, 300*time.Millisecond, 1500*time.Millisecond)):
+	case <-t.Context().Done():
+		return
+	}
+	rejected := d.metric("bqsink_records_rejected_total")
+	st := d.kill()
+	logProblems(t, d)
+	t.Logf("killed %s at %v after it rejected %.0f records: %v", d.name, since(), rejected, st)
+	if rejected == 0 {
+		t.Errorf("%s rejected no record before the kill: the dead-letter path was not exercised", d.name)
+	}
+	d2 := startDaemon(t, f.cfg)
+	waitUntil(t, 30*time.Second, func() string { return d2.name + " to write rows" }, func() bool {
+		m, err := d2.metrics()
+		return err == nil && m.sum("bqsink_rows_written_total") > 0
+	})
+	time.Sleep(500 * time.Millisecond)
+	stopProducing()
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	t.Logf("caught up at %v", since())
+	d2.shutdown(15 * time.Second)
+	logProblems(t, d2)
+	logConflicts(t, f.e, "at the end")
+
+	warns := fallbackLines(d, d2)
+	c := countRows(t, f.e, f.producedOffsets(), nil)
+	f.mu.Lock()
+	bad := map[origin]int{}
+	for p, offs := range f.bad {
+		for _, o := range offs {
+			bad[origin{stack.StockTopic, p, o}] = 0
+		}
+	}
+	f.mu.Unlock()
+	dlq, err := f.e.st.ReadTopic(t.Context(), f.group+".dlq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range dlq {
+		var o origin
+		for _, h := range r.Headers {
+			switch h.Key {
+			case "bqsink.topic":
+				o.topic = string(h.Value)
+			case "bqsink.partition":
+				p, _ := strconv.Atoi(string(h.Value))
+				o.partition = int32(p)
+			case "bqsink.offset":
+				o.offset, _ = strconv.ParseInt(string(h.Value), 10, 64)
+			}
+		}
+		if _, ok := bad[o]; ok {
+			bad[o]++
+		} else {
+			t.Errorf("dead letter for %v, which is no undecodable record", o)
+		}
+	}
+	var missing, twice int
+	for _, n := range bad {
+		switch {
+		case n == 0:
+			missing++
+		case n > 1:
+			twice++
+		}
+	}
+	t.Logf("exactly-once with dead letters across a kill: %v; %d undecodable records, %d dead letters (%d records dead-lettered more than once)", c.coverage, len(bad), len(dlq), twice)
+	if missing > 0 {
+		t.Errorf("%d undecodable records are neither in the table nor in the dead-letter topic", missing)
+	}
+	checkExactlyOnce(t, c, warns)
+	checkStreamsBounded(t, f.e, int(f.partitions), len(warns))
+	commits := checkEOCommits(t, f.e, f.group)
+	if len(warns) == 0 {
+		// One stream per partition from its start, one row per good
+		// record: the stream offset counts the good records below the
+		// committed offset.
+		for p, cm := range commits {
+			f.mu.Lock()
+			good := int64(0)
+			for _, o := range f.produced[p] {
+				if o < cm.Offset {
+					good++
+				}
+			}
+			f.mu.Unlock()
+			if cm.Stream != "" && cm.Next != good {
+				t.Errorf("partition %d: committed %v, but %d good records lie below the committed offset", p, cm, good)
+			}
 		}
 	}
 }
@@ -886,9 +1071,8 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 	t.Logf("%d records in the dead-letter topic", len(dlq))
 	f.checkFallback(d, "row_fate_changed", p, before, nil)
 	// The first attempt wrote the rejected row: it is in the table.
-	rows := readOrigins(t, f.e, stack.StockTable, "_kafka")
 	n := 0
-	for _, o := range rows {
+	for _, o := range tableOrigins(f.e) {
 		if o == *tg {
 			n++
 		}
@@ -896,6 +1080,17 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 	if n != 1 {
 		t.Errorf("the row whose fate changed is in the table %d times, want once (from the attempt whose answer was lost)", n)
 	}
+}
+
+// tableOrigins is the origin of every row of the stock table, read from
+// the test server; rows without a metadata column have the zero origin.
+func tableOrigins(e *env) []origin {
+	rows := e.st.BigQuery.Rows(stack.Project, stack.Dataset, stack.StockTable)
+	out := make([]origin, len(rows))
+	for i, r := range rows {
+		out[i], _ = rowOrigin(r)
+	}
+	return out
 }
 
 // rowOrigin is the (topic, partition, offset) of a row as the test server
