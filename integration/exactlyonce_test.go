@@ -932,6 +932,68 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 	}
 }
 
+// A group that ran at least once switches to exactly once: its commits
+// carry no exactly-once metadata, so each partition falls back once, for
+// the reason metadata_missing, and then commits its stream; switching back
+// to at least once ignores that metadata.
+func TestExactlyOnceAfterAtLeastOnce(t *testing.T) {
+	f := newEOFallbackEnv(t, "g-eo-switch")
+	alo := f.cfg.clone().set("bigquery.delivery", "at_least_once")
+
+	d := startDaemon(t, alo)
+	f.produce(60, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	for p, c := range eoCommits(t, f.e, f.group) {
+		if c.Stream != "" {
+			t.Errorf("at least once, partition %d committed exactly-once metadata: %v", p, c)
+		}
+	}
+	if n := len(f.e.st.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)); n != 0 {
+		t.Errorf("at least once created %d explicit streams, want none", n)
+	}
+
+	d = f.secondRun()
+	m, err := d.metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	warns := fallbackLines(d)
+	t.Logf("fallbacks: %s", describeFallbacks(warns))
+	byPartition := map[int32]int{}
+	for _, l := range warns {
+		checkFallbackLine(t, l, "metadata_missing", -1)
+		byPartition[int32(l.num("partition"))]++
+	}
+	for p := range f.partitions {
+		if byPartition[p] != 1 {
+			t.Errorf("partition %d: %d fallback warnings, want 1", p, byPartition[p])
+		}
+	}
+	if got := m.sum(eoFallbacks, "topic", stack.StockTopic, "reason", "metadata_missing"); got != float64(f.partitions) {
+		t.Errorf("%s{reason=metadata_missing} = %v, want %d", eoFallbacks, got, f.partitions)
+	}
+	checkEOCommits(t, f.e, f.group)
+	if n := len(checkStreamsBounded(t, f.e, int(f.partitions), 0)); n != int(f.partitions) {
+		t.Errorf("%d streams, want one per partition", n)
+	}
+
+	d = startDaemon(t, alo)
+	f.produce(60, -1)
+	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	c := countRows(t, f.e, f.producedOffsets(), nil)
+	t.Logf("at least once, exactly once, at least once: %v", c.coverage)
+	checkWindows(t, c, warns)
+	if c.Duplicates > 0 {
+		t.Errorf("%d duplicates across graceful restarts: %v", c.Duplicates, c.firstExtra(20))
+	}
+}
+
 // The stream named in a partition's commit is gone (BigQuery garbage
 // collects idle streams) when the daemon starts again.
 func TestExactlyOnceFallbackStreamLost(t *testing.T) {
