@@ -528,10 +528,12 @@ func TestExactlyOnceZombie(t *testing.T) {
 	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
 	rng := rand.New(rand.NewPCG(testSeed(t), 0))
 	e := newEnvPartitions(t, partitions)
-	cfg := eoConfig(e, group)
-	// Slow answers keep appends in flight when A freezes: BigQuery writes
-	// them while A sleeps, and A reads their answers when it wakes.
-	e.st.BigQuery.SetAppendLatency(150 * time.Millisecond)
+	// One append in flight per partition, answered slowly: when A freezes,
+	// an append is in flight (BigQuery writes it while A sleeps, and A reads
+	// its answer when it wakes) and fetched records wait behind it (A
+	// appends them when it wakes, after B wrote them).
+	cfg := eoConfig(e, group).set("batch.max_inflight", 1)
+	e.st.BigQuery.SetAppendLatency(300 * time.Millisecond)
 
 	s := startStream(t, e, records, 2500, rng.Uint64())
 	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
@@ -578,6 +580,14 @@ func TestExactlyOnceZombie(t *testing.T) {
 	}
 	t.Logf("after the thaw: %d more appends met ALREADY_EXISTS; %s logged %d partition losses; it has written %.0f rows (%.0f before the freeze)",
 		aeAfter-aeBefore, a.name, aLost, a.metric("bqsink_rows_written_total"), rowsBefore)
+	if aeAfter == aeBefore {
+		// B owned A's partitions for seconds and committed past what A had
+		// fetched: A's appends after the thaw meet rows B wrote.
+		t.Errorf("no append met ALREADY_EXISTS after the thaw: the zombie wrote nothing, so the test did not exercise two owners writing")
+	}
+	if aLost == 0 {
+		t.Errorf("%s never logged that it lost its partitions after the thaw", a.name)
+	}
 
 	s.finish(60 * time.Second)
 	t.Logf("stream done at %v: %d records", since(), s.produced())
