@@ -228,6 +228,10 @@ var (
 
 const durationHint = "write 1s, 500ms, 5m"
 
+// shortFormer is a mapping that a bare scalar may stand for, setting the
+// key ShortForm names (tables: `topic: table`).
+type shortFormer interface{ ShortForm() string }
+
 // decode sets v from node n, found under key. A null value leaves v as it
 // is (its default), as yaml.v3 does, except that it empties a list, map or
 // pointer.
@@ -278,6 +282,13 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) {
 	}
 	switch v.Kind() {
 	case reflect.Struct:
+		if sf, ok := v.Addr().Interface().(shortFormer); ok && n.Kind == yaml.ScalarNode {
+			// The short form: a scalar sets one key of the mapping.
+			if f, ok := yamlFields(t)[sf.ShortForm()]; ok {
+				d.decode(n, v.FieldByIndex(f.Index), key)
+				return
+			}
+		}
 		d.decodeStruct(n, v, key)
 	case reflect.Map:
 		d.decodeMap(n, v, key)

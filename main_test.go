@@ -463,7 +463,7 @@ shutdown_timeout: 1m30s
 	if k.SessionTimeout != 20*time.Second || k.GroupID != "g" || k.CommitInterval != 0 ||
 		bq.AutoCreateTables || bq.AutoUpdateSchema || bq.MaxRequestBytes != 1_000_000 ||
 		b.MaxRecords != 1000 || b.MaxBytes != 1<<20 || b.MaxInflight != 8 ||
-		cfg.Tables["t"] != "tt" || cfg.ShutdownTimeout != 90*time.Second {
+		cfg.Tables["t"].Table != "tt" || cfg.ShutdownTimeout != 90*time.Second {
 		t.Errorf("decoded wrong: %+v", cfg)
 	}
 }

@@ -77,7 +77,7 @@ func withClass(err, class error) error {
 // which a cause should not hide behind a transient one.
 func permanent(err error) bool {
 	return errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrTableNotFound) || errors.Is(err, ErrDatasetNotFound) ||
-		errors.Is(err, ErrStreamNotFound) || errors.Is(err, ErrStreamFinalized)
+		errors.Is(err, ErrStreamNotFound) || errors.Is(err, ErrStreamFinalized) || errors.Is(err, ErrTableConfig)
 }
 
 // quotaReasons are 403 reasons that mean "slow down", not "not allowed".

@@ -40,6 +40,8 @@ type Table struct {
 	schemaSem chan struct{}
 	knownMu   sync.Mutex
 	known     map[fingerprint]bool // want-schemas known to be contained
+	opts      TableOptions         // how to create it; guarded by knownMu
+	warned    atomic.Bool          // its settings differ from opts, said once
 
 	enc atomic.Pointer[encoder] // built from the table's latest known schema
 
@@ -115,6 +117,9 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 			if !t.c.cfg.AutoCreateTables {
 				return fmt.Errorf("table %s: %w (auto_create_tables is off)", t.Name(), ErrTableNotFound)
 			}
+			if err := checkOptions(t.options(), want); err != nil {
+				return fmt.Errorf("create table %s: %w", t.Name(), err)
+			}
 			switch err := t.create(ctx, want); {
 			case err == nil:
 				t.log.Info("created table", zap.Int("columns", len(want)))
@@ -128,6 +133,7 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 		if err != nil {
 			return err
 		}
+		t.warnIfDifferent(md)
 		merged, changes, err := mergeSchema(t.Name(), md.Schema, want)
 		if err != nil {
 			return err
@@ -169,7 +175,7 @@ func (t *Table) metadata(ctx context.Context) (md *bigquery.TableMetadata, err e
 
 func (t *Table) create(ctx context.Context, schema bigquery.Schema) error {
 	return t.c.call(ctx, "create table "+t.Name(), func(ctx context.Context) error {
-		return t.ref.Create(ctx, &bigquery.TableMetadata{Schema: schema})
+		return t.ref.Create(ctx, t.options().metadataFor(schema))
 	})
 }
 

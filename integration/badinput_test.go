@@ -136,7 +136,7 @@ func (f *badFixture) topic(name, table string, partitions int32) {
 // config is the stack's sink config for group consuming topic into table.
 func (f *badFixture) config(group, topic, table string) sink.Config {
 	cfg := f.st.Config(group, topic)
-	cfg.Tables = map[string]string{topic: table}
+	cfg.Tables = map[string]sink.TableRoute{topic: sink.Route(table)}
 	return cfg
 }
 

@@ -57,7 +57,7 @@ func BenchmarkPipeline(b *testing.B) {
 			b.Fatal(err)
 		}
 		cfg := st.Config(topic, topic)
-		cfg.Tables = map[string]string{topic: stack.StockTable}
+		cfg.Tables = map[string]sink.TableRoute{topic: sink.Route(stack.StockTable)}
 		cfg.Batch = sink.BatchConfig{} // production defaults
 		cfg.Kafka.FetchMaxWait = 0     // likewise
 		b.StartTimer()

@@ -23,6 +23,7 @@ import (
 
 	"github.com/bqsink/bqsink/integration/netfault"
 	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/sink"
 )
 
 // Fault tests: the real binary keeps its promises when the network or a
@@ -1107,7 +1108,7 @@ func deletedTableEnv(t *testing.T, group string) (*env, *daemonConfig, *stream, 
 		t.Fatal(err)
 	}
 	warm := e.st.Config(group, stack.StockTopic, otherTopic)
-	warm.Tables = map[string]string{stack.StockTopic: stack.StockTable, otherTopic: otherTable}
+	warm.Tables = map[string]sink.TableRoute{stack.StockTopic: sink.Route(stack.StockTable), otherTopic: sink.Route(otherTable)}
 	warm.MetadataColumn = "_kafka"
 	r := startSink(ctx, t, e.st, warm, zap.NewNop())
 	for _, topic := range []string{stack.StockTopic, otherTopic} {

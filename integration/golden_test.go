@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/sink"
 )
 
 // Golden tests: a schema's records go through the whole pipeline (Kafka,
@@ -47,7 +48,7 @@ func runSink(ctx context.Context, t *testing.T, st *stack.Stack, group, topic, t
 	core, logs := observer.New(zap.ErrorLevel)
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
 	cfg := st.Config(group, topic)
-	cfg.Tables = map[string]string{topic: table}
+	cfg.Tables = map[string]sink.TableRoute{topic: sink.Route(table)}
 	r := startSink(ctx, t, st, cfg, log)
 	return goldenSink{metrics: r.metrics, errors: logs, stop: r.stop}
 }

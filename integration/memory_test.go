@@ -162,7 +162,7 @@ func TestMemoryStalledTableDoesNotStarveOthers(t *testing.T) {
 	}
 
 	cfg := st.Config(group, stack.StockTopic, stalledTopic)
-	cfg.Tables = map[string]string{stack.StockTopic: stack.StockTable, stalledTopic: stalledTable}
+	cfg.Tables = map[string]sink.TableRoute{stack.StockTopic: sink.Route(stack.StockTable), stalledTopic: sink.Route(stalledTable)}
 	cfg.BigQuery.AutoCreateTables = false
 	cfg.Memory.MaxBufferedBytes = limit
 	watch := &memFetchWatch{}

@@ -23,11 +23,16 @@ type Config struct {
 	SchemaRegistry schema.Config `yaml:"schema_registry"`
 	BigQuery       bq.Config     `yaml:"bigquery"`
 	// Tables routes a topic to a table ("table" in bigquery.dataset, or
-	// "dataset.table"). A topic not listed goes to DefaultTable(topic).
-	Tables map[string]string `yaml:"tables"`
-	Batch  BatchConfig       `yaml:"batch"`
-	Errors ErrorsConfig      `yaml:"errors"`
-	Memory MemoryConfig      `yaml:"memory"`
+	// "dataset.table") and says how it is created. A topic not listed goes
+	// to DefaultTable(topic).
+	Tables map[string]TableRoute `yaml:"tables"`
+	// TableDefaults are the creation settings of every topic's table where
+	// its entry under Tables does not set them, including topics matched by
+	// a regular expression.
+	TableDefaults TableSettings `yaml:"table_defaults"`
+	Batch         BatchConfig   `yaml:"batch"`
+	Errors        ErrorsConfig  `yaml:"errors"`
+	Memory        MemoryConfig  `yaml:"memory"`
 	// ShutdownTimeout bounds how long Run spends flushing and committing
 	// after its context ends (default 30s); writes still unanswered then are
 	// abandoned uncommitted and are read again by the next owner.
@@ -322,11 +327,7 @@ func (c Config) Validate() error {
 	if c.MetadataColumn != "" && !columnName.MatchString(c.MetadataColumn) {
 		bad("metadata_column", "%q is not a BigQuery column name (letters, digits, _; not starting with a digit)", c.MetadataColumn)
 	}
-	for topic, table := range c.Tables {
-		if !validTable(table) {
-			bad("tables."+topic, "%q is not a table name or dataset.table", table)
-		}
-	}
+	errs = append(errs, c.tableProblems()...)
 	errs = append(errs, c.tableCollisions()...)
 	errs = append(errs, prefixed("schema_registry.", c.SchemaRegistry.Validate())...)
 	errs = append(errs, prefixed("bigquery.", c.BigQuery.Validate())...)
@@ -380,8 +381,8 @@ func DefaultTable(topic string) string {
 
 // TableFor returns the table a topic's records go to.
 func (c Config) TableFor(topic string) string {
-	if t, ok := c.Tables[topic]; ok {
-		return t
+	if r, ok := c.Tables[topic]; ok && r.Table != "" {
+		return r.Table
 	}
 	return DefaultTable(topic)
 }
@@ -421,7 +422,7 @@ func (c Config) literalTopics() []string {
 func (c Config) tableCollisions() []error {
 	byTable := map[string][]string{}
 	for _, t := range c.literalTopics() {
-		if _, explicit := c.Tables[t]; explicit {
+		if r, explicit := c.Tables[t]; explicit && r.Table != "" {
 			continue
 		}
 		byTable[DefaultTable(t)] = append(byTable[DefaultTable(t)], t)

@@ -26,7 +26,7 @@ func TestDefaultTableSanitizesTopic(t *testing.T) {
 		}
 	}
 	c := validConfig()
-	c.Tables = map[string]string{"orders": "sales.orders_raw"}
+	c.Tables = map[string]TableRoute{"orders": Route("sales.orders_raw")}
 	if got := c.TableFor("orders"); got != "sales.orders_raw" {
 		t.Errorf("configured table ignored: %q", got)
 	}
@@ -42,7 +42,7 @@ func TestTableCollisionsRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "orders.v1, orders_v1") {
 		t.Fatalf("want a collision naming both topics, got %v", err)
 	}
-	c.Tables = map[string]string{"orders.v1": "orders_v1"}
+	c.Tables = map[string]TableRoute{"orders.v1": Route("orders_v1")}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("explicit routing to one table is allowed: %v", err)
 	}
@@ -52,7 +52,7 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 	c := Config{
 		Kafka:  KafkaConfig{Topics: []string{"", "^bad("}, StartOffset: "newest", RebalanceTimeout: -time.Second},
 		Batch:  BatchConfig{MaxBytes: -1, MaxInflight: -1},
-		Tables: map[string]string{"t": "a.b.c"},
+		Tables: map[string]TableRoute{"t": Route("a.b.c")},
 	}
 	err := c.Validate()
 	for _, key := range []string{"kafka.brokers", "kafka.group_id", "kafka.topics[0]", "kafka.topics[1]",

@@ -234,7 +234,8 @@ func registryNeedsOperator(err error) bool {
 // needsOperator reports whether a BigQuery error will last until someone
 // changes the configuration, the credentials or the dataset.
 func needsOperator(err error) bool {
-	return errors.Is(err, bq.ErrTableNotFound) || errors.Is(err, bq.ErrDatasetNotFound) || errors.Is(err, bq.ErrPermissionDenied)
+	return errors.Is(err, bq.ErrTableNotFound) || errors.Is(err, bq.ErrDatasetNotFound) || errors.Is(err, bq.ErrPermissionDenied) ||
+		errors.Is(err, bq.ErrTableConfig)
 }
 
 // ensure makes the table able to hold rows of pair: created, or evolved by

@@ -583,6 +583,8 @@ func (s *Sink) partitionOffsets() []partitionOffset {
 
 func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	t := s.wh.Table(s.cfg.TableFor(tp.topic))
+	settings, keys := s.cfg.SettingsFor(tp.topic)
+	t.SetOptions(settings.tableOptions(keys))
 	log := s.log.With(zap.String("topic", tp.topic), zap.Int32("partition", tp.partition), zap.String("table", t.Name()))
 	dec := &decoder{reg: s.reg, registry: "schema registry", table: t, meta: s.cfg.MetadataColumn,
 		grace: s.withinUnknownGrace, log: log}

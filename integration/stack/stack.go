@@ -178,7 +178,7 @@ func (st *Stack) Config(group string, topics ...string) sink.Config {
 	cfg.BigQuery.Dataset = Dataset
 	cfg.BigQuery.Endpoint = st.BigQuery.RESTEndpoint()
 	cfg.BigQuery.GRPCEndpoint = st.BigQuery.GRPCEndpoint()
-	cfg.Tables = map[string]string{StockTopic: StockTable} // as in config.yaml
+	cfg.Tables = map[string]sink.TableRoute{StockTopic: sink.Route(StockTable)} // as in config.yaml
 	cfg.Batch = sink.BatchConfig{MaxRecords: 500, MaxWait: 100 * time.Millisecond}
 	cfg.Errors.DLQTopic = DLQTopic
 	cfg.UnknownSchemaGrace = 300 * time.Millisecond
