@@ -12,13 +12,13 @@
 //
 // # REST
 //
-// datasets.insert/get/delete, tables.insert/get/list/patch/delete and
+// datasets.insert/get/delete, tables.insert/get/list/patch/update/delete and
 // tabledata.list (paged with pageToken/maxResults, f/v cells, TIMESTAMP as
 // int64 µs when formatOptions.useInt64Timestamp is set, which the Go client
 // always does). Errors use Google's JSON error format (the Go client returns
 // *googleapi.Error): 404 notFound, 409 duplicate, 400 invalid, 412
 // conditionNotMet when If-Match does not carry the table's current etag.
-// Every tables.insert/patch changes the etag; appending rows does not.
+// Every tables.insert/patch/update changes the etag; appending rows does not.
 // Schema patches follow BigQuery: columns may be added (NULLABLE or REPEATED,
 // nested RECORD fields too) and REQUIRED relaxed to NULLABLE; dropping,
 // renaming, retyping, tightening a mode or adding a REQUIRED column is
@@ -27,6 +27,93 @@
 // STRING and BYTES columns may carry maxLength (BigQuery's parameterized
 // STRING(10)); it is stored and returned by tables.get, and refused on other
 // types.
+//
+// # Table layout
+//
+// tables.insert, get, list, patch and update (PUT) store and return, as
+// BigQuery's REST API does, timePartitioning (type DAY, HOUR, MONTH or YEAR;
+// field; expirationMs, an int64 and so a JSON string such as "34560000000"),
+// requirePartitionFilter, clustering.fields, description and labels, so the
+// Go client's TableMetadata round-trips. A timePartitioning without field is
+// ingestion-time partitioning (the _PARTITIONTIME pseudo column): stored,
+// not simulated. The deprecated timePartitioning.requirePartitionFilter sets
+// the table's requirePartitionFilter and is echoed where it was sent; false
+// there clears only a requirement set there (the Go client sends false with
+// every partitioning update). rangePartitioning is stored unchecked.
+//
+// Refused with 400 "invalid" (nothing is created or changed); messages
+// marked * are BigQuery's as reported from its answers, the others follow
+// their pattern, BigQuery's documentation not quoting its errors:
+//   - partitioning field absent*: "The field specified for partitioning
+//     cannot be found in the schema."; a RECORD subfield ("rec.ts")*: "The
+//     field specified for partitioning can only be a top-level field.";
+//   - not TIMESTAMP, DATE or DATETIME*: "The field specified for time
+//     partitioning can only be of type TIMESTAMP, DATE or DATETIME. The type
+//     found is: STRING."; REPEATED: "The field specified for time
+//     partitioning can only be NULLABLE or REQUIRED. The mode found is:
+//     REPEATED."; HOUR on a DATE: "The field specified for hourly
+//     partitioning can only be of type TIMESTAMP or DATETIME. The type found
+//     is: DATE.";
+//   - another type: "Invalid value for timePartitioning.type: WEEK. The
+//     supported types are DAY, HOUR, MONTH and YEAR." (none: "Missing required
+//     field: timePartitioning.type"); a negative expirationMs;
+//   - requirePartitionFilter without partitioning*: "Either interval
+//     partition or range partition should be specified.";
+//   - more than four clustering fields: "Too many clustering fields: 5. At
+//     most 4 clustering fields are allowed."; a clustering field absent*: "The
+//     field specified for clustering cannot be found in the schema. Invalid
+//     field: x."; a RECORD subfield*: "Fields specified for clustering can
+//     only be top-level fields. Invalid field: rec.x."; a type BigQuery does
+//     not cluster on (FLOAT, BYTES, TIME, JSON, RECORD; it clusters on
+//     BIGNUMERIC, BOOL, DATE, DATETIME, GEOGRAPHY, INT64, NUMERIC, STRING,
+//     TIMESTAMP)*: "Field price has type FLOAT, which is not supported for
+//     clustering."; REPEATED: "Fields specified for clustering can only be
+//     NULLABLE or REQUIRED. Invalid field: tags.";
+//   - labels (keys of 1 to 63 characters starting with a lowercase or
+//     international letter, values of up to 63, both of lowercase or
+//     international letters, digits, '_' and '-'): `Label key "Team" has
+//     invalid characters.`, `Label value "Supply" has invalid characters.`*
+//     (also when too long); more than 64: "Too many labels: 65. A table can
+//     have at most 64 labels."
+//
+// tables.patch keeps what it does not send: a patch of the schema alone
+// keeps the layout. It may change description, labels (merged; a null value
+// deletes one), clustering (null or no fields removes it; checked against
+// the patched schema), requirePartitionFilter and
+// timePartitioning.expirationMs. A different partitioning type or field is
+// refused with "Cannot change partitioning/clustering spec."*, a
+// timePartitioning on an unpartitioned table with "Cannot convert non
+// partitioned table to partitioned table."*, a null one on a partitioned
+// table with "Cannot change partitioned table to non partitioned table."*;
+// an omitted type or field means unchanged. tables.update replaces the
+// resource: it clears the description, friendlyName, expirationTime,
+// labels, clustering and requirePartitionFilter it omits; an omitted schema
+// or timePartitioning is kept.
+//
+// # Expired partitions
+//
+// BigQuery documents (Manage partitioned tables, "Set the partition
+// expiration") that a partition's expiration counts from its boundary in
+// UTC: a DAY partition with a 6 h expiration expires at 06:00 UTC the day
+// after, i.e. expirationMs after the partition's end. It deletes an expired
+// partition, and "if data is being copied or inserted to a table partitioned
+// by time-unit column, any partitions older than partition expiration
+// configured for the table are expired immediately". Nothing documents an
+// error for such rows, and reported measurements agree: the write succeeds,
+// the rows are gone at once, and rows in __NULL__ (a NULL partitioning
+// value) and __UNPARTITIONED__ (before 1960-01-01 or from 2160-01-01) are
+// kept, those partitions having no time to expire. So bqfake accepts an
+// append whose rows fall in an expired partition (default stream or any
+// other: no row error, offsets advance) and drops those rows when they are
+// committed; rows also go when their partition ages past the expiration or a
+// patch shortens it. tabledata.list, numRows, Rows and RowCount never show
+// them; ExpiredRows counts them. Whether BigQuery shows such rows briefly,
+// while streamed data waits in __UNPARTITIONED__, is not documented; bqfake
+// never does. Ingestion-time partitions are not expired (their rows land in
+// the current partition). The Storage Write API documentation also limits
+// time-unit column partitioned tables to values from 10 years in the past to
+// 1 year in the future without saying what happens outside; bqfake accepts
+// them.
 //
 // # Storage Write API
 //
@@ -162,7 +249,9 @@
 // client pinging every 30 s keeps its connection; faster pings get GOAWAY
 // too_many_pings.
 //
-// Not modelled: SQL queries and jobs, tabledata.insertAll, the Storage Read
-// API, Arrow rows, missing-value interpretations and default values,
-// partitioning semantics, quotas other than the 10 MB request limit.
+// Not modelled: SQL queries and jobs (so neither partition pruning nor the
+// requirePartitionFilter check of queries), tabledata.insertAll, partition
+// decorators, the Storage Read API, Arrow rows, missing-value
+// interpretations and default values, integer-range partitioning rules,
+// quotas other than the 10 MB request limit.
 package bqfake

@@ -30,7 +30,8 @@ func (s *Server) restHandler() http.Handler {
 	mux.HandleFunc("GET "+ds+"/tables", s.listTables)
 	mux.HandleFunc("POST "+ds+"/tables", s.insertTable)
 	mux.HandleFunc("GET "+tbl, s.getTable)
-	mux.HandleFunc("PATCH "+tbl, s.patchTable)
+	mux.HandleFunc("PATCH "+tbl, func(w http.ResponseWriter, r *http.Request) { s.changeTable(w, r, false) })
+	mux.HandleFunc("PUT "+tbl, func(w http.ResponseWriter, r *http.Request) { s.changeTable(w, r, true) })
 	mux.HandleFunc("DELETE "+tbl, s.deleteTable)
 	mux.HandleFunc("GET "+tbl+"/data", s.listTableData)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -313,11 +314,20 @@ func (s *Server) listTables(w http.ResponseWriter, r *http.Request) {
 	slices.SortFunc(keys, func(a, b tableKey) int { return strings.Compare(a.table, b.table) })
 	list := &bq.TableList{Kind: "bigquery#tableList", TotalItems: int64(len(keys))}
 	for _, k := range keys {
+		res := s.tables[k].res
 		list.Tables = append(list.Tables, &bq.TableListTables{
-			Kind:           "bigquery#table",
-			Id:             k.legacyID(),
-			TableReference: &bq.TableReference{ProjectId: k.project, DatasetId: k.dataset, TableId: k.table},
-			Type:           "TABLE",
+			Kind:                   "bigquery#table",
+			Id:                     k.legacyID(),
+			TableReference:         &bq.TableReference{ProjectId: k.project, DatasetId: k.dataset, TableId: k.table},
+			Type:                   "TABLE",
+			FriendlyName:           res.FriendlyName,
+			CreationTime:           millis(s.tables[k].created),
+			ExpirationTime:         res.ExpirationTime,
+			Labels:                 res.Labels,
+			TimePartitioning:       res.TimePartitioning,
+			RangePartitioning:      res.RangePartitioning,
+			RequirePartitionFilter: res.RequirePartitionFilter,
+			Clustering:             res.Clustering,
 		})
 	}
 	writeJSON(w, list)
@@ -348,6 +358,10 @@ func (s *Server) insertTable(w http.ResponseWriter, r *http.Request) {
 		schema.Fields = fields
 	}
 	body.Schema = schema
+	if err := checkNewTableLayout(&body, schema.Fields); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	key := tableKey{project, ds, ref.TableId}
 
 	s.mu.Lock()
@@ -374,6 +388,7 @@ func (s *Server) insertTable(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) renderTableLocked(t *table) *bq.Table {
+	s.purgeExpiredLocked(t, time.Now())
 	r := *t.res
 	r.Kind = "bigquery#table"
 	r.Id = t.key.legacyID()
@@ -404,7 +419,15 @@ func tableKeyOf(r *http.Request) tableKey {
 	return tableKey{r.PathValue("project"), r.PathValue("dataset"), r.PathValue("table")}
 }
 
-func (s *Server) patchTable(w http.ResponseWriter, r *http.Request) {
+// replacedByUpdate are the table fields tables.update clears when its
+// request omits them (it replaces the resource; tables.patch leaves omitted
+// fields alone). An omitted schema or timePartitioning is kept, since
+// neither can be dropped.
+var replacedByUpdate = []string{"description", "friendlyName", "expirationTime", "labels", "clustering", "requirePartitionFilter"}
+
+// changeTable serves tables.patch (replace false) and tables.update (replace
+// true).
+func (s *Server) changeTable(w http.ResponseWriter, r *http.Request, replace bool) {
 	key := tableKeyOf(r)
 	var body bq.Table
 	raw, ok := readBody(w, r, &body)
@@ -415,6 +438,16 @@ func (s *Server) patchTable(w http.ResponseWriter, r *http.Request) {
 	if err := json.Unmarshal(raw, &present); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid", "Invalid JSON payload received: "+err.Error())
 		return
+	}
+	if present == nil {
+		present = make(map[string]json.RawMessage)
+	}
+	if replace {
+		for _, k := range replacedByUpdate {
+			if _, ok := present[k]; !ok {
+				present[k] = json.RawMessage("null")
+			}
+		}
 	}
 
 	s.mu.Lock()
@@ -446,6 +479,10 @@ func (s *Server) patchTable(w http.ResponseWriter, r *http.Request) {
 		schemaChanged = !schemaEqual(t.res.Schema.Fields, norm)
 		upd.Schema = &bq.TableSchema{Fields: norm}
 	}
+	if err := (layoutChange{body: &body, present: present}).applyLayout(&upd, t.res); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	if _, ok := present["description"]; ok {
 		upd.Description = body.Description
 	}
@@ -456,15 +493,16 @@ func (s *Server) patchTable(w http.ResponseWriter, r *http.Request) {
 		upd.ExpirationTime = body.ExpirationTime
 	}
 	if rawLabels, ok := present["labels"]; ok {
-		// A null label value deletes the label, as in BigQuery.
+		// A null label value deletes the label, as in BigQuery; patch merges
+		// the labels it names into the table's, update replaces them.
 		var labels map[string]*string
 		if err := json.Unmarshal(rawLabels, &labels); err != nil {
 			writeError(w, http.StatusBadRequest, "invalid", "Invalid labels: "+err.Error())
 			return
 		}
-		merged := maps.Clone(upd.Labels)
-		if merged == nil {
-			merged = make(map[string]string)
+		merged := make(map[string]string)
+		if !replace {
+			maps.Copy(merged, upd.Labels)
 		}
 		for k, v := range labels {
 			if v == nil {
@@ -472,6 +510,10 @@ func (s *Server) patchTable(w http.ResponseWriter, r *http.Request) {
 			} else {
 				merged[k] = *v
 			}
+		}
+		if err := checkLabels(merged); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid", err.Error())
+			return
 		}
 		upd.Labels = merged
 	}
@@ -549,6 +591,7 @@ func (s *Server) listTableData(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.purgeExpiredLocked(t, time.Now())
 	start = min(start, len(t.rows))
 	end := min(start+limit, len(t.rows))
 	type page struct {

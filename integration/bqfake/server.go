@@ -139,6 +139,8 @@ type table struct {
 	views   []schemaView
 	version int64 // version of the newest schema
 	rows    []map[string]any
+	// expired counts the rows dropped because their partition had expired.
+	expired int
 	// benchRows counts the rows appended in bench mode, which are not kept.
 	benchRows int64
 }
@@ -322,12 +324,14 @@ func (s *Server) SetSchemaDelay(d time.Duration) {
 }
 
 // RowCount returns the number of committed (readable) rows of the table, or 0
-// if it does not exist. Rows counted in bench mode (see SetBench) are
+// if it does not exist; rows of expired partitions are not counted (see
+// ExpiredRows). Rows counted in bench mode (see SetBench) are
 // included although they were not kept.
 func (s *Server) RowCount(project, dataset, table string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t, ok := s.tables[tableKey{project, dataset, table}]; ok {
+		s.purgeExpiredLocked(t, time.Now())
 		return len(t.rows) + int(t.benchRows)
 	}
 	return 0
@@ -345,6 +349,7 @@ func (s *Server) Rows(project, dataset, table string) []map[string]any {
 	if !ok {
 		return nil
 	}
+	s.purgeExpiredLocked(t, time.Now())
 	out := make([]map[string]any, len(t.rows))
 	for i, r := range t.rows {
 		out[i] = copyValue(r).(map[string]any)

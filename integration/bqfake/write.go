@@ -249,6 +249,7 @@ func (w *writeService) BatchCommitWriteStreams(_ context.Context, req *storagepb
 		ws.pending = nil
 		ws.committed = now
 	}
+	s.purgeExpiredLocked(t, now)
 	return &storagepb.BatchCommitWriteStreamsResponse{CommitTime: timestamppb.New(now)}, nil
 }
 
@@ -277,6 +278,7 @@ func (w *writeService) FlushRows(_ context.Context, req *storagepb.FlushRowsRequ
 		t.rows = append(t.rows, ws.pending[:n]...)
 		ws.pending = ws.pending[n:]
 		ws.flushed = off + 1
+		s.purgeExpiredLocked(t, time.Now())
 	}
 	return &storagepb.FlushRowsResponse{Offset: off}, nil
 }
@@ -606,6 +608,9 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 			ws.pending = append(ws.pending, rows...)
 		}
 	}
+	// Rows of partitions that have already expired are accepted and
+	// dropped at once, as BigQuery expires them on insert.
+	s.purgeExpiredLocked(tbl, time.Now())
 	resp.Response = &storagepb.AppendRowsResponse_AppendResult_{AppendResult: result}
 	return resp, nil
 }
