@@ -947,6 +947,7 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 // the reason metadata_missing, and then commits its stream; switching back
 // to at least once ignores that metadata.
 func TestExactlyOnceAfterAtLeastOnce(t *testing.T) {
+	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-switch")
 	alo := f.cfg.clone().set("bigquery.delivery", "at_least_once")
 
@@ -1007,6 +1008,7 @@ func TestExactlyOnceAfterAtLeastOnce(t *testing.T) {
 // The stream named in a partition's commit is gone (BigQuery garbage
 // collects idle streams) when the daemon starts again.
 func TestExactlyOnceFallbackStreamLost(t *testing.T) {
+	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-lost")
 	before, _ := f.firstRun()
 	const p = 0
@@ -1019,6 +1021,7 @@ func TestExactlyOnceFallbackStreamLost(t *testing.T) {
 // The stream named in a partition's commit was finalized when the daemon
 // starts again.
 func TestExactlyOnceFallbackStreamFinalized(t *testing.T) {
+	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-finalized")
 	before, _ := f.firstRun()
 	const p = 1
@@ -1030,6 +1033,7 @@ func TestExactlyOnceFallbackStreamFinalized(t *testing.T) {
 
 // The stream is lost while the daemon writes to it.
 func TestExactlyOnceFallbackStreamLostWhileWriting(t *testing.T) {
+	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-lost-live")
 	before, _ := f.firstRun()
 	d := startDaemon(t, f.cfg)
@@ -1051,6 +1055,7 @@ func TestExactlyOnceFallbackStreamLostWhileWriting(t *testing.T) {
 // cannot read, when the daemon starts again (an operator reset offsets
 // with a tool, or a newer bqsink wrote them).
 func TestExactlyOnceFallbackMetadata(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, meta, reason string
 	}{
@@ -1059,6 +1064,7 @@ func TestExactlyOnceFallbackMetadata(t *testing.T) {
 		{"malformed", eoMetaPrefix + "no-offset-here", "metadata_unreadable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			f := newEOFallbackEnv(t, "g-eo-meta-"+strings.ReplaceAll(tc.name, " ", "-"))
 			before, _ := f.firstRun()
 			const p = 2
@@ -1079,6 +1085,7 @@ func TestExactlyOnceFallbackMetadata(t *testing.T) {
 // again, BigQuery rejects one of its rows. The rows that range produces
 // are no longer what may be in the stream, so the daemon falls back.
 func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
+	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-fate")
 	before, _ := f.firstRun()
 	srv := f.e.st.BigQuery
