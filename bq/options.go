@@ -1,9 +1,11 @@
 package bq
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -61,6 +63,25 @@ func (t *Table) options() TableOptions {
 	t.knownMu.Lock()
 	defer t.knownMu.Unlock()
 	return t.opts
+}
+
+// CheckSettings reads the table and, if it exists with other partitioning
+// or clustering than SetOptions gave, logs the one warning EnsureSchema
+// would. A table that does not exist is not an error: bq creates it. The
+// read is bounded by Timeout.
+func (t *Table) CheckSettings(ctx context.Context) error {
+	if t.nameErr != nil {
+		return t.nameErr
+	}
+	md, err := t.metadata(ctx)
+	if httpStatus(err) == http.StatusNotFound {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	t.warnIfDifferent(md)
+	return nil
 }
 
 // clusterableTypes are the column types BigQuery clusters on.

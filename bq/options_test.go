@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"cloud.google.com/go/bigquery"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func optionsSchema() bigquery.Schema {
@@ -78,5 +80,41 @@ func TestCreateWithOptions(t *testing.T) {
 	bad.SetOptions(TableOptions{Partitioning: &Partitioning{Type: "DAY", Field: "price"}})
 	if err := bad.EnsureSchema(t.Context(), optionsSchema()); !errors.Is(err, ErrTableConfig) || !permanent(err) {
 		t.Errorf("EnsureSchema with a FLOAT partitioning field: %v, want a permanent ErrTableConfig", err)
+	}
+}
+
+// CheckSettings reports an existing table's other layout without waiting
+// for a row (bqsink calls it at startup), once; a missing table is fine.
+func TestCheckSettingsWarnsOnceForAnExistingTable(t *testing.T) {
+	s := newFake(t)
+	core, logs := observer.New(zap.WarnLevel)
+	cfg := DefaultConfig()
+	cfg.Project, cfg.Dataset = testProject, testDataset
+	cfg.Endpoint, cfg.GRPCEndpoint = s.RESTEndpoint(), s.GRPCEndpoint()
+	c, err := NewClient(t.Context(), cfg, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := restClient(t, s).Dataset(testDataset).Table("plain").Create(t.Context(), &bigquery.TableMetadata{Schema: optionsSchema()}); err != nil {
+		t.Fatal(err)
+	}
+	opts := TableOptions{Partitioning: &Partitioning{Type: "DAY", Field: "at"}, Clustering: []string{"id"}}
+	for _, name := range []string{"plain", "not_yet_created"} {
+		tbl := c.Table(name)
+		tbl.SetOptions(opts)
+		for range 2 {
+			if err := tbl.CheckSettings(t.Context()); err != nil {
+				t.Fatalf("CheckSettings(%s): %v", name, err)
+			}
+		}
+	}
+	warns := logs.FilterMessageSnippet("other partitioning or clustering").All()
+	if len(warns) != 1 {
+		t.Fatalf("%d warnings, want 1 (for the existing table, once): %v", len(warns), warns)
+	}
+	f := warns[0].ContextMap()
+	if f["configured_partitioning"] != "DAY on at" || f["table_partitioning"] != "none" || f["configured_clustering"] != "id" || f["table_clustering"] != "none" {
+		t.Errorf("warning fields %v", f)
 	}
 }

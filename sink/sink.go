@@ -327,6 +327,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	s.checkTableSettings(runCtx)
 	// The consumer joins the group as soon as it exists, so it is created
 	// only now, when workers have everything they need.
 	if s.cl, err = kgo.NewClient(s.kopts...); err != nil {
@@ -621,6 +622,26 @@ func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	w := newWorker(tp, t.Name(), cfg, deps, s.base, log)
 	w.eo = eo
 	return w
+}
+
+// checkTableSettings compares, in the background, the tables of the
+// literal topics that configure partitioning or clustering with what
+// exists, so that a table created otherwise is reported at startup rather
+// than at its first record. Failures to read are left to the write path.
+func (s *Sink) checkTableSettings(ctx context.Context) {
+	for _, topic := range s.cfg.literalTopics() {
+		settings, keys := s.cfg.SettingsFor(topic)
+		if settings.Partitioning == nil && len(settings.Clustering) == 0 {
+			continue
+		}
+		t := s.wh.Table(s.cfg.TableFor(topic))
+		t.SetOptions(settings.tableOptions(keys))
+		go func() {
+			if err := t.CheckSettings(ctx); err != nil {
+				s.log.Debug("could not compare the table's settings at startup", zap.String("table", t.Name()), zap.Error(err))
+			}
+		}()
+	}
 }
 
 // committedFunc reads the group's committed offset of tp, with its
