@@ -21,7 +21,7 @@ import (
 
 // Exactly-once delivery (bigquery.delivery: exactly_once): each partition
 // writes through its own COMMITTED write stream at explicit stream offsets,
-// and its Kafka commit carries "bqsink-eo/1 <stream> <next stream offset>"
+// and its Kafka commit carries "bqsink-eo/1 <stream> <next stream offset> <kafka offset>"
 // as metadata. These tests run the real binary through crashes,
 // rebalances, a zombie owner and every documented fallback, and count the
 // rows of each (topic, partition, offset) in the table.
@@ -53,14 +53,14 @@ func (c eoCommit) String() string {
 	return fmt.Sprintf("%d %q", c.Offset, c.Meta)
 }
 
-// parseEOMeta reads "bqsink-eo/1 <stream> <next>".
+// parseEOMeta reads "bqsink-eo/1 <stream> <next> [<kafka offset>]".
 func parseEOMeta(meta string) (stream string, next int64, ok bool) {
 	rest, found := strings.CutPrefix(meta, eoMetaPrefix)
 	if !found {
 		return "", 0, false
 	}
 	f := strings.Fields(rest)
-	if len(f) != 2 {
+	if len(f) != 2 && len(f) != 3 {
 		return "", 0, false
 	}
 	n, err := strconv.ParseInt(f[1], 10, 64)
@@ -1078,6 +1078,22 @@ func TestExactlyOnceFallbackMetadata(t *testing.T) {
 			f.checkFallback(d, tc.reason, p, before, nil)
 		})
 	}
+}
+
+// Another tool moves a partition's committed offset back and leaves the
+// metadata as it was: the stream offset in it belongs to another record, so
+// the daemon falls back (commit_moved) rather than take the records from
+// the new offset for written; they are written again, at least once.
+func TestExactlyOnceFallbackOffsetMovedBack(t *testing.T) {
+	t.Parallel()
+	f := newEOFallbackEnv(t, "g-eo-moved")
+	before, _ := f.firstRun()
+	const p = 1
+	back := before[p].Offset - 5
+	commitWithMetadata(t, f.e, f.group, map[int32]int64{p: back}, before[p].Meta)
+	t.Logf("partition %d: commit %v moved back to %d, metadata kept", p, before[p], back)
+	d := f.secondRun()
+	f.checkFallback(d, "commit_moved", p, before, nil)
 }
 
 // A row's fate changes between two attempts: the first append of a range

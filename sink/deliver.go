@@ -34,7 +34,7 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 	defer func() {
 		markSent()
 		if w.eo != nil {
-			f.meta = w.eo.meta()
+			f.meta = w.eo.meta(f.last.Offset + 1)
 		}
 		close(f.finished)
 		select {

@@ -38,10 +38,12 @@ const (
 	fallbackRowFateChanged     = "row_fate_changed"    // rows possibly written, then refused
 )
 
-// encodeEOMeta is the commit metadata for stream name at stream offset
-// next; "" if it would not fit.
-func encodeEOMeta(stream string, next int64) string {
-	m := eoMetaPrefix + stream + " " + strconv.FormatInt(next, 10)
+// encodeEOMeta is the commit metadata of Kafka offset at: the row of the
+// record at it goes to stream at stream offset next; "" if it would not
+// fit. The Kafka offset is repeated so that an offset moved by another tool,
+// with the metadata left as it was, is noticed.
+func encodeEOMeta(stream string, next, at int64) string {
+	m := eoMetaPrefix + stream + " " + strconv.FormatInt(next, 10) + " " + strconv.FormatInt(at, 10)
 	if len(m) > maxEOMeta {
 		return ""
 	}
@@ -51,25 +53,32 @@ func encodeEOMeta(stream string, next int64) string {
 // errNotEOMeta is metadata that is not exactly-once's at all.
 var errNotEOMeta = errors.New("not bqsink exactly-once metadata")
 
-// decodeEOMeta reads commit metadata. Metadata of another writer, or none,
-// is errNotEOMeta; another version of the format, or a malformed one, is
-// another error.
-func decodeEOMeta(m string) (stream string, next int64, err error) {
+// decodeEOMeta reads commit metadata: the stream, the stream offset and the
+// Kafka offset it was committed with (-1 if the metadata does not say).
+// Metadata of another writer, or none, is errNotEOMeta; another version of
+// the format, or a malformed one, is another error.
+func decodeEOMeta(m string) (stream string, next, at int64, err error) {
 	if !strings.HasPrefix(m, "bqsink-eo/") {
-		return "", 0, errNotEOMeta
+		return "", 0, 0, errNotEOMeta
 	}
 	if !strings.HasPrefix(m, eoMetaPrefix) {
-		return "", 0, fmt.Errorf("metadata %.40q is a version of the format this bqsink does not read", m)
+		return "", 0, 0, fmt.Errorf("metadata %.40q is a version of the format this bqsink does not read", m)
 	}
 	fields := strings.Fields(m[len(eoMetaPrefix):])
-	if len(fields) != 2 {
-		return "", 0, fmt.Errorf("metadata %.80q: want a stream name and an offset", m)
+	if len(fields) != 2 && len(fields) != 3 {
+		return "", 0, 0, fmt.Errorf("metadata %.80q: want a stream name, a stream offset and a Kafka offset", m)
 	}
 	next, err = strconv.ParseInt(fields[1], 10, 64)
 	if err != nil || next < 0 {
-		return "", 0, fmt.Errorf("metadata %.80q: bad stream offset %q", m, fields[1])
+		return "", 0, 0, fmt.Errorf("metadata %.80q: bad stream offset %q", m, fields[1])
 	}
-	return fields[0], next, nil
+	at = -1
+	if len(fields) == 3 {
+		if at, err = strconv.ParseInt(fields[2], 10, 64); err != nil || at < 0 {
+			return "", 0, 0, fmt.Errorf("metadata %.80q: bad Kafka offset %q", m, fields[2])
+		}
+	}
+	return fields[0], next, at, nil
 }
 
 // committedFunc reads the partition's committed offset and its metadata;
@@ -105,13 +114,13 @@ func (e *exactlyOnce) beginFlight(first int64) {
 	e.uncertain = false
 }
 
-// meta is the commit metadata for the offset after the flight just
-// delivered.
-func (e *exactlyOnce) meta() string {
+// meta is the commit metadata for Kafka offset at, the offset after the
+// flight just delivered.
+func (e *exactlyOnce) meta(at int64) string {
 	if e.stream == nil {
 		return ""
 	}
-	return encodeEOMeta(e.stream.Name(), e.next)
+	return encodeEOMeta(e.stream.Name(), e.next, at)
 }
 
 // open finds the stream to continue, on the first append of the worker.
@@ -122,29 +131,35 @@ func (e *exactlyOnce) open(ctx context.Context) error {
 	}
 	if !ok {
 		// A partition this group never committed: nothing was written for it.
-		return e.create(ctx, "", committed)
+		return e.create(ctx, "", committed, "")
 	}
-	name, next, err := decodeEOMeta(meta)
+	name, next, at, err := decodeEOMeta(meta)
 	switch {
 	case errors.Is(err, errNotEOMeta):
-		return e.create(ctx, fallbackMetadataMissing, committed)
+		return e.create(ctx, fallbackMetadataMissing, committed, "")
 	case err != nil:
 		e.log.Warn("unreadable exactly-once commit metadata", zap.Error(err))
-		return e.create(ctx, fallbackMetadataUnreadable, committed)
+		return e.create(ctx, fallbackMetadataUnreadable, committed, "")
+	case at >= 0 && at != committed:
+		// Another tool moved the committed offset and left the metadata:
+		// the stream offset belongs to another record.
+		e.log.Warn("the committed offset was moved without its exactly-once metadata",
+			zap.Int64("committed", committed), zap.Int64("metadata_offset", at))
+		return e.create(ctx, fallbackCommitMoved, min(committed, at), name)
 	case committed != e.flightStart:
 		// Consumption does not start where the metadata's offset is (the
 		// offset was committed again since it was read, or records expired):
 		// the stream offset of this flight is unknown.
 		e.log.Warn("the committed offset is not where consumption starts",
 			zap.Int64("committed", committed), zap.Int64("first_record", e.flightStart))
-		return e.create(ctx, fallbackCommitMoved, min(committed, e.flightStart))
+		return e.create(ctx, fallbackCommitMoved, min(committed, e.flightStart), name)
 	}
 	s, err := e.table.OpenStream(ctx, name)
 	switch {
 	case errors.Is(err, bq.ErrStreamNotFound):
-		return e.create(ctx, fallbackStreamLost, committed)
+		return e.create(ctx, fallbackStreamLost, committed, name)
 	case errors.Is(err, bq.ErrStreamFinalized):
-		return e.create(ctx, fallbackStreamFinalized, committed)
+		return e.create(ctx, fallbackStreamFinalized, committed, name)
 	case err != nil:
 		return err
 	}
@@ -154,18 +169,15 @@ func (e *exactlyOnce) open(ctx context.Context) error {
 }
 
 // create opens a new stream; with a reason it is a fallback: rows of the
-// records from offset from on may have been written to the old stream, and
-// are written again.
-func (e *exactlyOnce) create(ctx context.Context, reason string, from int64) error {
+// records from offset from on may have been written to the old stream
+// (named old, or the current one), and are written again.
+func (e *exactlyOnce) create(ctx context.Context, reason string, from int64, old string) error {
 	s, err := e.table.CreateStream(ctx)
 	if err != nil {
 		return err
 	}
 	if e.stream != nil {
 		e.stream.Close()
-	}
-	old := ""
-	if e.stream != nil {
 		old = e.stream.Name()
 	}
 	e.stream, e.next = s, 0
@@ -190,7 +202,7 @@ func (e *exactlyOnce) appendRows(ctx context.Context, rows []bq.Row, _ []*kgo.Re
 	}
 	if e.newStream != "" {
 		reason := e.newStream
-		if err := e.create(ctx, reason, e.fallbackFrom); err != nil {
+		if err := e.create(ctx, reason, e.fallbackFrom, ""); err != nil {
 			return nil, err
 		}
 		e.newStream = ""
