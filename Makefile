@@ -7,7 +7,7 @@ build:
 test:
 	test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	go vet ./...
-	go test -race -count=1 -parallel 8 ./...  # -parallel: the fault tests mostly wait
+	go test -race -count=1 -parallel 8 -timeout 12m ./...  # -parallel: the fault tests mostly wait; the integration package takes about 8 of the 12 minutes
 
 # The deployment files' checks (deploy/ is a module of its own; CI runs this too).
 test-deploy:
