@@ -67,12 +67,10 @@ type decoder struct {
 	// asks BigQuery nothing once a schema is known.
 	ensured map[schemaPair]ensured
 
-	format      *bq.Format // the table format transcoders were compiled for
-	transcoders map[*schema.Schema]*schema.Transcoder
-	arena       []byte // the chunk rows are transcoded into; see rowBuf
+	rows  transcoders // of values into rows
+	arena []byte      // the chunk rows are transcoded into; see rowBuf
 
-	keyFormat      *bq.Format // the same for the metadata column's key
-	keyTranscoders map[*schema.Schema]*schema.Transcoder
+	keys transcoders // of keys into the metadata column's key RECORD
 }
 
 // schemaPair identifies what a row's columns come from: the value's writer
@@ -179,26 +177,43 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	return reject(reasonIncompatible, id, fmt.Errorf("table %s does not take the columns of schema %d after ensuring it twice", d.table.Name(), id))
 }
 
-// transcoder returns the transcoder of rows of s for format f, compiled once
-// per pair. Only the current format's transcoders are kept: a schema change
-// of the table makes the old ones unreachable.
-func (d *decoder) transcoder(s *schema.Schema, f *bq.Format) (*schema.Transcoder, error) {
-	if f != d.format {
-		clear(d.transcoders)
-		d.format = f
+// transcoders caches transcoders compiled for one table format. Only the
+// current format's are kept: a schema change of the table makes the old
+// ones unreachable.
+type transcoders struct {
+	format *bq.Format
+	m      map[*schema.Schema]*schema.Transcoder
+}
+
+// get returns the transcoder of s for f, compiling it once per pair.
+func (c *transcoders) get(s *schema.Schema, f *bq.Format, compile func() (*schema.Transcoder, error)) (*schema.Transcoder, error) {
+	if f != c.format {
+		clear(c.m)
+		c.format = f
 	}
-	if tc, ok := d.transcoders[s]; ok {
+	if tc, ok := c.m[s]; ok {
 		return tc, nil
 	}
-	tc, err := s.Transcoder(f.Columns(), d.meta)
+	tc, err := compile()
 	if err != nil {
-		return nil, fmt.Errorf("table %s: %w", d.table.Name(), err)
+		return nil, err
 	}
-	if d.transcoders == nil {
-		d.transcoders = make(map[*schema.Schema]*schema.Transcoder)
+	if c.m == nil {
+		c.m = make(map[*schema.Schema]*schema.Transcoder)
 	}
-	d.transcoders[s] = tc
+	c.m[s] = tc
 	return tc, nil
+}
+
+// transcoder returns the transcoder of rows of s for format f.
+func (d *decoder) transcoder(s *schema.Schema, f *bq.Format) (*schema.Transcoder, error) {
+	return d.rows.get(s, f, func() (*schema.Transcoder, error) {
+		tc, err := s.Transcoder(f.Columns(), d.meta)
+		if err != nil {
+			return nil, fmt.Errorf("table %s: %w", d.table.Name(), err)
+		}
+		return tc, nil
+	})
 }
 
 // rowArena is the size of the chunks rows are transcoded into: one

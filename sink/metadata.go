@@ -105,33 +105,24 @@ func (d *decoder) metadata(f *bq.Format, r *kgo.Record, keySchema *schema.Schema
 // keyTranscoder returns the transcoder of keys of s into the key RECORD of
 // the metadata column of f.
 func (d *decoder) keyTranscoder(s *schema.Schema, f *bq.Format) (*schema.Transcoder, error) {
-	if f != d.keyFormat {
-		clear(d.keyTranscoders)
-		d.keyFormat = f
-	}
-	if tc, ok := d.keyTranscoders[s]; ok {
-		return tc, nil
-	}
-	var cols bigquery.Schema
-	for _, c := range f.Columns() {
-		if strings.EqualFold(c.Name, d.meta) {
-			for _, k := range c.Schema {
-				if strings.EqualFold(k.Name, "key") && k.Type == bigquery.RecordFieldType {
-					cols = k.Schema
+	return d.keys.get(s, f, func() (*schema.Transcoder, error) {
+		var cols bigquery.Schema
+		for _, c := range f.Columns() {
+			if strings.EqualFold(c.Name, d.meta) {
+				for _, k := range c.Schema {
+					if strings.EqualFold(k.Name, "key") && k.Type == bigquery.RecordFieldType {
+						cols = k.Schema
+					}
 				}
 			}
 		}
-	}
-	if cols == nil {
-		return nil, fmt.Errorf("table %s: column %s.key is not a RECORD", d.table.Name(), d.meta)
-	}
-	tc, err := s.Transcoder(cols, "")
-	if err != nil {
-		return nil, fmt.Errorf("table %s: %s.key: %w", d.table.Name(), d.meta, err)
-	}
-	if d.keyTranscoders == nil {
-		d.keyTranscoders = make(map[*schema.Schema]*schema.Transcoder)
-	}
-	d.keyTranscoders[s] = tc
-	return tc, nil
+		if cols == nil {
+			return nil, fmt.Errorf("table %s: column %s.key is not a RECORD", d.table.Name(), d.meta)
+		}
+		tc, err := s.Transcoder(cols, "")
+		if err != nil {
+			return nil, fmt.Errorf("table %s: %s.key: %w", d.table.Name(), d.meta, err)
+		}
+		return tc, nil
+	})
 }
