@@ -205,11 +205,14 @@ func (s *Stream) resolveGroup(rows []Row, offset int64, idx []int, out *Result) 
 			hi = max(m-1, lo)
 		default:
 			// Refused or unanswered: what is in the stream from lo on is
-			// not known; the caller appends it again.
-			for k, err := range rj {
-				out.record(nil, map[int]error{i + k: err}, nil)
+			// not known; the caller appends it again, but for the probed
+			// row if BigQuery refused it.
+			retry := slices.Clone(idx[lo:])
+			if err, refused := rj[0]; refused {
+				out.record(nil, map[int]error{i: err}, nil)
+				retry = slices.DeleteFunc(retry, func(j int) bool { return j == i })
 			}
-			out.record(slices.DeleteFunc(slices.Clone(idx[lo:]), func(j int) bool { _, bad := rj[j-i]; return bad }), nil, c)
+			out.record(retry, nil, c)
 			return
 		}
 	}
