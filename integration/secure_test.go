@@ -3,24 +3,17 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -44,6 +37,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/internal/testcert"
 )
 
 // This file tests the daemon against secured endpoints: Kafka (kfake) with
@@ -57,92 +51,6 @@ import (
 // Records per case: enough for several batches, few enough to take a
 // second.
 const secureRecords = 300
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	dir  string
-	file string // its certificate, PEM
-}
-
-var certSerial atomic.Int64
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(certSerial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, pool: x509.NewCertPool(), dir: t.TempDir()}
-	ca.pool.AddCert(cert)
-	ca.file = filepath.Join(ca.dir, "ca.pem")
-	writeSecret(t, ca.file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	return ca
-}
-
-// issue makes a server certificate for 127.0.0.1, or a client certificate.
-func (ca *testCA) issue(t *testing.T, server bool) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(certSerial.Add(1)), Subject: pkix.Name{CommonName: "bqsink"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// clientFiles issues a client certificate and writes it and its key as PEM.
-func (ca *testCA) clientFiles(t *testing.T) (cert tls.Certificate, certFile, keyFile string) {
-	t.Helper()
-	cert = ca.issue(t, false)
-	key, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := certSerial.Add(1)
-	certFile, keyFile = filepath.Join(ca.dir, fmt.Sprintf("client-%d.pem", n)), filepath.Join(ca.dir, fmt.Sprintf("client-%d-key.pem", n))
-	writeSecret(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
-	writeSecret(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: key}))
-	return cert, certFile, keyFile
-}
-
-// serverTLS is a listener's TLS config with a certificate of ca; with
-// clients set it requires a client certificate signed by clients.
-func (ca *testCA) serverTLS(t *testing.T, clients *testCA) *tls.Config {
-	t.Helper()
-	c := &tls.Config{Certificates: []tls.Certificate{ca.issue(t, true)}}
-	if clients != nil {
-		c.ClientAuth, c.ClientCAs = tls.RequireAndVerifyClientCert, clients.pool
-	}
-	return c
-}
 
 func writeSecret(t *testing.T, path string, b []byte) {
 	t.Helper()
@@ -365,16 +273,16 @@ func requireStartupRefused(t *testing.T, cfg *daemonConfig, keys ...string) {
 // oauthbearer and aws-msk-iam tests below see the latter.)
 func TestSecureKafkaSASLOverTLS(t *testing.T) {
 	e := newEnv(t)
-	ca, other := newTestCA(t, "kafka CA"), newTestCA(t, "other CA")
+	ca, other := testcert.NewCA(t, "kafka CA"), testcert.NewCA(t, "other CA")
 	k := startKfake(t, []kfake.Opt{
-		kfake.TLS(ca.serverTLS(t, nil)), kfake.EnableSASL(),
+		kfake.TLS(ca.ServerTLS(t, nil)), kfake.EnableSASL(),
 		kfake.Superuser("SCRAM-SHA-256", "admin", "admin-secret"),
 		kfake.User("PLAIN", "bqsink", "bqsink-secret"),
 		kfake.User("SCRAM-SHA-256", "bqsink", "bqsink-secret"),
 		kfake.User("SCRAM-SHA-512", "bqsink", "bqsink-secret"),
-	}, kgo.DialTLSConfig(&tls.Config{RootCAs: ca.pool}), kgo.SASL(scram.Auth{User: "admin", Pass: "admin-secret"}.AsSha256Mechanism()))
+	}, kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool}), kgo.SASL(scram.Auth{User: "admin", Pass: "admin-secret"}.AsSha256Mechanism()))
 	secure := func(mech, user string) string {
-		return fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: %s, username: %s, password: '${KAFKA_PASSWORD}'}}", ca.file, mech, user)
+		return fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: %s, username: %s, password: '${KAFKA_PASSWORD}'}}", ca.File, mech, user)
 	}
 	for _, c := range []struct {
 		name string
@@ -389,8 +297,8 @@ func TestSecureKafkaSASLOverTLS(t *testing.T) {
 		{name: "scram-256-wrong-password", yaml: secure("scram-sha-256", "bqsink"), pass: "wrong", keys: []string{"kafka.sasl.password", "scram-sha-256"}},
 		{name: "scram-512-unknown-user", yaml: secure("scram-sha-512", "nobody"), keys: []string{"kafka.sasl.password", `kafka.sasl.username \"nobody\"`}},
 		{
-			name: "unknown-ca", keys: []string{"kafka.tls.ca_file", other.file, "certificate signed by unknown authority"},
-			yaml: fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: plain, username: bqsink, password: bqsink-secret}}", other.file),
+			name: "unknown-ca", keys: []string{"kafka.tls.ca_file", other.File, "certificate signed by unknown authority"},
+			yaml: fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: plain, username: bqsink, password: bqsink-secret}}", other.File),
 		},
 		{
 			name: "system-roots", keys: []string{"kafka.tls.ca_file", "the system's root CAs"},
@@ -398,11 +306,11 @@ func TestSecureKafkaSASLOverTLS(t *testing.T) {
 		},
 		{
 			name: "wrong-server-name", keys: []string{"kafka.tls.server_name", "kafka.example.com"},
-			yaml: fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q, server_name: kafka.example.com}, sasl: {mechanism: plain, username: bqsink, password: bqsink-secret}}", ca.file),
+			yaml: fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q, server_name: kafka.example.com}, sasl: {mechanism: plain, username: bqsink, password: bqsink-secret}}", ca.File),
 		},
 		{
 			name: "no-sasl", keys: []string{"kafka.tls.enabled, kafka.sasl.mechanism", "TLS is on, SASL none", "is SASL missing?"},
-			yaml: fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}}", ca.file),
+			yaml: fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}}", ca.File),
 		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -427,12 +335,12 @@ func TestSecureKafkaSASLOverTLS(t *testing.T) {
 // ends the start naming kafka.tls.cert_file.
 func TestSecureKafkaMutualTLS(t *testing.T) {
 	e := newEnv(t)
-	ca, other := newTestCA(t, "kafka CA"), newTestCA(t, "other CA")
-	admin, _, _ := ca.clientFiles(t)
-	k := startKfake(t, []kfake.Opt{kfake.TLS(ca.serverTLS(t, ca))},
-		kgo.DialTLSConfig(&tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{admin}}))
-	_, certFile, keyFile := ca.clientFiles(t)
-	_, strangerCert, strangerKey := other.clientFiles(t)
+	ca, other := testcert.NewCA(t, "kafka CA"), testcert.NewCA(t, "other CA")
+	admin, _, _ := ca.ClientFiles(t)
+	k := startKfake(t, []kfake.Opt{kfake.TLS(ca.ServerTLS(t, ca))},
+		kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool, Certificates: []tls.Certificate{admin}}))
+	_, certFile, keyFile := ca.ClientFiles(t)
+	_, strangerCert, strangerKey := other.ClientFiles(t)
 	for _, c := range []struct {
 		name string
 		tls  map[string]any
@@ -445,7 +353,7 @@ func TestSecureKafkaMutualTLS(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			sc, cfg := newSecureCase(t, e, k, c.name)
-			c.tls["enabled"], c.tls["ca_file"] = true, ca.file
+			c.tls["enabled"], c.tls["ca_file"] = true, ca.File
 			cfg.set("kafka.tls", c.tls)
 			if len(c.keys) > 0 {
 				requireStartupRefused(t, cfg, c.keys...)
@@ -660,10 +568,10 @@ func oauthToken(auth []byte) (string, error) {
 // start naming kafka.sasl.token_file.
 func TestSecureKafkaOAuthBearerTokenFile(t *testing.T) {
 	e := newEnv(t)
-	ca := newTestCA(t, "kafka CA")
+	ca := testcert.NewCA(t, "kafka CA")
 	var valid atomic.Value
 	valid.Store("token-1")
-	gate := newSASLGate("OAUTHBEARER", ca.serverTLS(t, nil), func(auth []byte) (string, error) {
+	gate := newSASLGate("OAUTHBEARER", ca.ServerTLS(t, nil), func(auth []byte) (string, error) {
 		token, err := oauthToken(auth)
 		switch {
 		case err != nil:
@@ -674,9 +582,9 @@ func TestSecureKafkaOAuthBearerTokenFile(t *testing.T) {
 		return "", errors.New("invalid token")
 	})
 	k := startKfake(t, []kfake.Opt{kfake.ListenFn(gate.listen)},
-		kgo.DialTLSConfig(&tls.Config{RootCAs: ca.pool}), kgo.SASL(oauth.Auth{Token: "admin-token"}.AsMechanism()))
+		kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool}), kgo.SASL(oauth.Auth{Token: "admin-token"}.AsMechanism()))
 	oauthConfig := func(cfg *daemonConfig, tokenFile string) {
-		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.file, tokenFile))
+		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.File, tokenFile))
 	}
 
 	t.Run("rotated", func(t *testing.T) {
@@ -779,14 +687,14 @@ func awsEnv(t *testing.T, cfg *daemonConfig, accessKey, secretKey string) {
 // the signature in front of it.)
 func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 	e := newEnv(t)
-	ca := newTestCA(t, "kafka CA")
+	ca := testcert.NewCA(t, "kafka CA")
 	const accessKey, secretKey = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 	const adminKey, adminSecret = "AKIAADMINEXAMPLE", "admin/secret/EXAMPLEKEY"
-	gate := newSASLGate("AWS_MSK_IAM", ca.serverTLS(t, nil), mskVerifier(map[string]string{accessKey: secretKey, adminKey: adminSecret}))
-	k := startKfake(t, []kfake.Opt{kfake.ListenFn(gate.listen)}, kgo.DialTLSConfig(&tls.Config{RootCAs: ca.pool}),
+	gate := newSASLGate("AWS_MSK_IAM", ca.ServerTLS(t, nil), mskVerifier(map[string]string{accessKey: secretKey, adminKey: adminSecret}))
+	k := startKfake(t, []kfake.Opt{kfake.ListenFn(gate.listen)}, kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool}),
 		kgo.SASL(kaws.Auth{AccessKey: adminKey, SecretKey: adminSecret}.AsManagedStreamingIAMMechanism()))
 	t.Setenv("AWS_REGION", "eu-west-1") // for the test's own client: 127.0.0.1 names no region
-	mskConfig := fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: aws-msk-iam}}", ca.file)
+	mskConfig := fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: aws-msk-iam}}", ca.File)
 
 	t.Run("default-chain", func(t *testing.T) {
 		sc, cfg := newSecureCase(t, e, k, "msk-iam")
@@ -807,7 +715,7 @@ func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 		_, cfg := newSecureCase(t, e, k, "msk-iam-oauth")
 		tokenFile := filepath.Join(t.TempDir(), "token")
 		writeSecret(t, tokenFile, []byte("a-token"))
-		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.file, tokenFile))
+		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.File, tokenFile))
 		requireStartupRefused(t, cfg, "kafka.sasl.mechanism", "the brokers do not enable oauthbearer", "UNSUPPORTED_SASL_MECHANISM")
 	})
 }
@@ -837,17 +745,17 @@ func registryAuth(next http.Handler, token *atomic.Value) http.Handler {
 // token the registry refuses each end the start naming the key to fix.
 func TestSecureRegistry(t *testing.T) {
 	e := newEnv(t)
-	ca, other := newTestCA(t, "registry CA"), newTestCA(t, "other CA")
+	ca, other := testcert.NewCA(t, "registry CA"), testcert.NewCA(t, "other CA")
 	var token atomic.Value
 	token.Store("token-1")
 	srv := httptest.NewUnstartedServer(registryAuth(e.st.Registry.Handler(), &token))
-	srv.TLS = ca.serverTLS(t, ca)
+	srv.TLS = ca.ServerTLS(t, ca)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the tests'
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	k := newTestKafka(t, e.st.Brokers())
-	_, certFile, keyFile := ca.clientFiles(t)
-	mtls := map[string]any{"ca_file": ca.file, "cert_file": certFile, "key_file": keyFile}
+	_, certFile, keyFile := ca.ClientFiles(t)
+	mtls := map[string]any{"ca_file": ca.File, "cert_file": certFile, "key_file": keyFile}
 	registry := func(cfg *daemonConfig, tlsKeys map[string]any, auth map[string]any) {
 		reg := map[string]any{"url": srv.URL, "tls": tlsKeys}
 		for k, v := range auth {
@@ -886,18 +794,18 @@ func TestSecureRegistry(t *testing.T) {
 	t.Run("refused", func(t *testing.T) {
 		tokenFile := filepath.Join(t.TempDir(), "expired")
 		writeSecret(t, tokenFile, []byte("expired-token"))
-		_, strangerCert, strangerKey := other.clientFiles(t)
+		_, strangerCert, strangerKey := other.ClientFiles(t)
 		for _, c := range []struct {
 			name string
 			tls  map[string]any
 			auth map[string]any
 			keys []string
 		}{
-			{"unknown-ca", map[string]any{"ca_file": other.file, "cert_file": certFile, "key_file": keyFile}, basic,
-				[]string{"schema_registry.tls.ca_file", other.file, "certificate signed by unknown authority"}},
-			{"no-client-certificate", map[string]any{"ca_file": ca.file}, basic,
+			{"unknown-ca", map[string]any{"ca_file": other.File, "cert_file": certFile, "key_file": keyFile}, basic,
+				[]string{"schema_registry.tls.ca_file", other.File, "certificate signed by unknown authority"}},
+			{"no-client-certificate", map[string]any{"ca_file": ca.File}, basic,
 				[]string{"schema_registry.tls.cert_file", "none is set", "certificate required"}},
-			{"certificate-of-another-ca", map[string]any{"ca_file": ca.file, "cert_file": strangerCert, "key_file": strangerKey}, basic,
+			{"certificate-of-another-ca", map[string]any{"ca_file": ca.File, "cert_file": strangerCert, "key_file": strangerKey}, basic,
 				[]string{"schema_registry.tls.cert_file", strangerCert}},
 			{"token-refused", mtls, map[string]any{"bearer_token_file": tokenFile},
 				[]string{"schema_registry.bearer_token_file", "the registry refused the credentials (HTTP 401)"}},

@@ -2,19 +2,9 @@ package schema
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
 	"log"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,87 +15,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/sr/srfake"
+
+	"github.com/bqsink/bqsink/internal/testcert"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	dir  string
-}
-
-var serial atomic.Int64
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, pool: x509.NewCertPool(), dir: t.TempDir()}
-	ca.pool.AddCert(cert)
-	return ca
-}
-
-// caFile writes the CA's certificate as PEM and returns its path.
-func (ca *testCA) caFile(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(ca.dir, "ca.pem")
-	writeFile(t, p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}))
-	return p
-}
-
-// issue makes a certificate for 127.0.0.1 (a server's) or a client's.
-func (ca *testCA) issue(t *testing.T, server bool) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: "bqsink test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.DNSNames = []string{"registry.test"}
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// files writes a certificate and its key as PEM and returns their paths.
-func (ca *testCA) files(t *testing.T, cert tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	key, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := serial.Add(1)
-	certFile, keyFile = filepath.Join(ca.dir, fmt.Sprintf("cert-%d.pem", n)), filepath.Join(ca.dir, fmt.Sprintf("key-%d.pem", n))
-	writeFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
-	writeFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: key}))
-	return certFile, keyFile
-}
 
 func writeFile(t *testing.T, path string, b []byte) {
 	t.Helper()
@@ -116,13 +28,10 @@ func writeFile(t *testing.T, path string, b []byte) {
 
 // tlsRegistry serves handler over TLS with a certificate of ca; with
 // clients set, it requires a client certificate signed by that CA.
-func tlsRegistry(t *testing.T, ca *testCA, handler http.Handler, clients *testCA) string {
+func tlsRegistry(t *testing.T, ca *testcert.CA, handler http.Handler, clients *testcert.CA) string {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(handler)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{ca.issue(t, true)}}
-	if clients != nil {
-		srv.TLS.ClientAuth, srv.TLS.ClientCAs = tls.RequireAndVerifyClientCert, clients.pool
-	}
+	srv.TLS = ca.ServerTLS(t, clients, "registry.test")
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what the tests make
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
@@ -134,12 +43,12 @@ func tlsRegistry(t *testing.T, ca *testCA, handler http.Handler, clients *testCA
 // (system roots or ca_file), one not for the name checked, and a client
 // certificate the registry refuses or wants.
 func TestRegistryCheckTLS(t *testing.T) {
-	ca, other := newTestCA(t, "registry CA"), newTestCA(t, "other CA")
+	ca, other := testcert.NewCA(t, "registry CA"), testcert.NewCA(t, "other CA")
 	reg := srfake.NewRegistry()
 	plainURL := tlsRegistry(t, ca, reg.Handler(), nil)
 	mtlsURL := tlsRegistry(t, ca, reg.Handler(), ca)
-	clientCert, clientKey := ca.files(t, ca.issue(t, false))
-	strangerCert, strangerKey := other.files(t, other.issue(t, false))
+	clientCert, clientKey := ca.WriteFiles(t, ca.Client(t))
+	strangerCert, strangerKey := other.WriteFiles(t, other.Client(t))
 
 	tests := []struct {
 		name string
@@ -147,28 +56,28 @@ func TestRegistryCheckTLS(t *testing.T) {
 		tls  TLSConfig
 		want string // "" means Check passes; otherwise the start of its error
 	}{
-		{name: "CA file", url: plainURL, tls: TLSConfig{CAFile: ca.caFile(t)}},
-		{name: "server name", url: plainURL, tls: TLSConfig{CAFile: ca.caFile(t), ServerName: "registry.test"}},
+		{name: "CA file", url: plainURL, tls: TLSConfig{CAFile: ca.File}},
+		{name: "server name", url: plainURL, tls: TLSConfig{CAFile: ca.File, ServerName: "registry.test"}},
 		{name: "insecure", url: plainURL, tls: TLSConfig{InsecureSkipVerify: true}},
-		{name: "client certificate", url: mtlsURL, tls: TLSConfig{CAFile: ca.caFile(t), CertFile: clientCert, KeyFile: clientKey}},
+		{name: "client certificate", url: mtlsURL, tls: TLSConfig{CAFile: ca.File, CertFile: clientCert, KeyFile: clientKey}},
 		{
 			name: "system roots", url: plainURL,
 			want: "schema_registry.tls.ca_file: TLS verification failed: the registry's certificate is not signed by the system's root CAs (schema_registry.url https://127.0.0.1:",
 		},
 		{
-			name: "another CA", url: plainURL, tls: TLSConfig{CAFile: other.caFile(t)},
-			want: "schema_registry.tls.ca_file: TLS verification failed: the registry's certificate is not signed by a CA of " + other.caFile(t),
+			name: "another CA", url: plainURL, tls: TLSConfig{CAFile: other.File},
+			want: "schema_registry.tls.ca_file: TLS verification failed: the registry's certificate is not signed by a CA of " + other.File,
 		},
 		{
-			name: "wrong server name", url: plainURL, tls: TLSConfig{CAFile: ca.caFile(t), ServerName: "elsewhere.test"},
+			name: "wrong server name", url: plainURL, tls: TLSConfig{CAFile: ca.File, ServerName: "elsewhere.test"},
 			want: "schema_registry.tls.server_name: TLS verification failed: the registry's certificate is not for the name checked",
 		},
 		{
-			name: "no client certificate", url: mtlsURL, tls: TLSConfig{CAFile: ca.caFile(t)},
+			name: "no client certificate", url: mtlsURL, tls: TLSConfig{CAFile: ca.File},
 			want: "schema_registry.tls.cert_file: TLS verification failed: the registry ended the TLS handshake, refusing the connection without a client certificate (none is set)",
 		},
 		{
-			name: "client certificate of another CA", url: mtlsURL, tls: TLSConfig{CAFile: ca.caFile(t), CertFile: strangerCert, KeyFile: strangerKey},
+			name: "client certificate of another CA", url: mtlsURL, tls: TLSConfig{CAFile: ca.File, CertFile: strangerCert, KeyFile: strangerKey},
 			want: "schema_registry.tls.cert_file: TLS verification failed: the registry ended the TLS handshake, refusing the client certificate of " + strangerCert,
 		},
 	}
@@ -199,11 +108,11 @@ func TestRegistryCheckTLS(t *testing.T) {
 // A schema fetched at runtime from a registry whose certificate is not
 // trusted fails with ErrTLS too, not as a transient error.
 func TestRegistrySchemaTLSRefused(t *testing.T) {
-	ca, other := newTestCA(t, "registry CA"), newTestCA(t, "other CA")
+	ca, other := testcert.NewCA(t, "registry CA"), testcert.NewCA(t, "other CA")
 	f := newFakeRegistry(t)
 	f.seedShared(t)
 	url := tlsRegistry(t, ca, f.Registry.Handler(), nil)
-	r, err := NewRegistry(Config{URL: url, TLS: TLSConfig{CAFile: other.caFile(t)}}, nil)
+	r, err := NewRegistry(Config{URL: url, TLS: TLSConfig{CAFile: other.File}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +120,7 @@ func TestRegistrySchemaTLSRefused(t *testing.T) {
 	if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "schema_registry.tls.ca_file") {
 		t.Fatalf("Schema = %v, want ErrTLS naming schema_registry.tls.ca_file", err)
 	}
-	r, err = NewRegistry(Config{URL: url, TLS: TLSConfig{CAFile: ca.caFile(t)}}, nil)
+	r, err = NewRegistry(Config{URL: url, TLS: TLSConfig{CAFile: ca.File}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +132,8 @@ func TestRegistrySchemaTLSRefused(t *testing.T) {
 // The files are read when the Registry is made; one that cannot be read or
 // holds nothing usable fails NewRegistry, naming the key and the file.
 func TestNewRegistryTLSFiles(t *testing.T) {
-	ca := newTestCA(t, "registry CA")
-	cert, _ := ca.files(t, ca.issue(t, false))
+	ca := testcert.NewCA(t, "registry CA")
+	cert, _ := ca.WriteFiles(t, ca.Client(t))
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing.pem")
 	garbage := filepath.Join(dir, "garbage.pem")
@@ -270,7 +179,7 @@ func containsAll(s string, subs ...string) bool {
 // from the next request on, by Check and by schema fetches alike. A token
 // the registry refuses is ErrUnauthorized naming bearer_token_file.
 func TestRegistryBearerTokenFile(t *testing.T) {
-	ca := newTestCA(t, "registry CA")
+	ca := testcert.NewCA(t, "registry CA")
 	f := newFakeRegistry(t)
 	f.seedShared(t)
 	var valid atomic.Value
@@ -289,7 +198,7 @@ func TestRegistryBearerTokenFile(t *testing.T) {
 	url := tlsRegistry(t, ca, handler, nil)
 	tokenPath := filepath.Join(t.TempDir(), "token")
 	writeFile(t, tokenPath, []byte("token-1\n"))
-	r, err := NewRegistry(Config{URL: url, BearerTokenFile: tokenPath, TLS: TLSConfig{CAFile: ca.caFile(t)}}, nil)
+	r, err := NewRegistry(Config{URL: url, BearerTokenFile: tokenPath, TLS: TLSConfig{CAFile: ca.File}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

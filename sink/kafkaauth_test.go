@@ -2,22 +2,13 @@ package sink
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +16,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/bqsink/bqsink/internal/testcert"
 )
 
 func TestKafkaSecurityValidate(t *testing.T) {
@@ -113,85 +106,6 @@ func TestKafkaSecurityValidate(t *testing.T) {
 	}
 }
 
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	dir  string
-}
-
-var serial atomic.Int64
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: "bqsink test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &testCA{cert: cert, key: key, pool: x509.NewCertPool(), dir: t.TempDir()}
-	ca.pool.AddCert(cert)
-	return ca
-}
-
-// caFile writes the CA's certificate as PEM and returns its path.
-func (ca *testCA) caFile(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(ca.dir, "ca.pem")
-	writeTestFile(t, p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}))
-	return p
-}
-
-// issue makes a certificate for 127.0.0.1 (a server's) or a client's.
-func (ca *testCA) issue(t *testing.T, server bool) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: "bqsink"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// files writes a certificate and its key as PEM and returns their paths.
-func (ca *testCA) files(t *testing.T, cert tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	key, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := serial.Add(1)
-	certFile, keyFile = filepath.Join(ca.dir, fmt.Sprintf("cert-%d.pem", n)), filepath.Join(ca.dir, fmt.Sprintf("key-%d.pem", n))
-	writeTestFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}))
-	writeTestFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: key}))
-	return certFile, keyFile
-}
-
 func writeTestFile(t *testing.T, path string, b []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, b, 0o600); err != nil {
@@ -223,9 +137,9 @@ func connect(t *testing.T, k KafkaConfig, wait ...time.Duration) error {
 // the connection on credentials it refuses (Kafka answers
 // SASL_AUTHENTICATION_FAILED): both read as refused credentials.
 func TestKafkaSecurityAgainstKfake(t *testing.T) {
-	ca, other := newTestCA(t), newTestCA(t)
-	serverTLS := &tls.Config{Certificates: []tls.Certificate{ca.issue(t, true)}}
-	mutualTLS := &tls.Config{Certificates: []tls.Certificate{ca.issue(t, true)}, ClientCAs: ca.pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	ca, other := testcert.NewCA(t, "bqsink test CA"), testcert.NewCA(t, "bqsink test CA")
+	serverTLS := ca.ServerTLS(t, nil)
+	mutualTLS := ca.ServerTLS(t, ca)
 	cluster := func(opts ...kfake.Opt) []string {
 		c, err := kfake.NewCluster(append(opts, kfake.NumBrokers(1))...)
 		if err != nil {
@@ -239,9 +153,9 @@ func TestKafkaSecurityAgainstKfake(t *testing.T) {
 	saslPlaintext := cluster(kfake.EnableSASL(), kfake.User("SCRAM-SHA-256", "bqsink", "secret"))
 	mtls := cluster(kfake.TLS(mutualTLS))
 	plaintext := cluster()
-	clientCert, clientKey := ca.files(t, ca.issue(t, false))
-	strangerCert, strangerKey := other.files(t, other.issue(t, false))
-	trusted := KafkaTLSConfig{Enabled: true, CAFile: ca.caFile(t)}
+	clientCert, clientKey := ca.WriteFiles(t, ca.Client(t))
+	strangerCert, strangerKey := other.WriteFiles(t, other.Client(t))
+	trusted := KafkaTLSConfig{Enabled: true, CAFile: ca.File}
 	user := func(mech, pass string) KafkaSASLConfig {
 		return KafkaSASLConfig{Mechanism: mech, Username: "bqsink", Password: pass}
 	}
@@ -258,7 +172,7 @@ func TestKafkaSecurityAgainstKfake(t *testing.T) {
 		{name: "scram-sha-256 over TLS", brokers: saslTLS, tls: trusted, sasl: user("scram-sha-256", "secret")},
 		{name: "scram-sha-512 over TLS", brokers: saslTLS, tls: trusted, sasl: user("scram-sha-512", "secret")},
 		{name: "scram-sha-256 without TLS", brokers: saslPlaintext, sasl: user("scram-sha-256", "secret")},
-		{name: "mutual TLS", brokers: mtls, tls: KafkaTLSConfig{Enabled: true, CAFile: ca.caFile(t), CertFile: clientCert, KeyFile: clientKey}},
+		{name: "mutual TLS", brokers: mtls, tls: KafkaTLSConfig{Enabled: true, CAFile: ca.File, CertFile: clientCert, KeyFile: clientKey}},
 		{name: "no verification", brokers: mtls, tls: KafkaTLSConfig{Enabled: true, InsecureSkipVerify: true, CertFile: clientCert, KeyFile: clientKey}},
 		{
 			name: "plain, wrong password", brokers: saslTLS, tls: trusted, sasl: user("plain", "wrong"),
@@ -285,11 +199,11 @@ func TestKafkaSecurityAgainstKfake(t *testing.T) {
 			want: "kafka.tls.ca_file: a broker's certificate is not signed by the system's root CAs: x509: certificate signed by unknown authority",
 		},
 		{
-			name: "another CA", brokers: saslTLS, tls: KafkaTLSConfig{Enabled: true, CAFile: other.caFile(t)}, sasl: user("plain", "secret"),
-			want: "kafka.tls.ca_file: a broker's certificate is not signed by a CA of " + other.caFile(t),
+			name: "another CA", brokers: saslTLS, tls: KafkaTLSConfig{Enabled: true, CAFile: other.File}, sasl: user("plain", "secret"),
+			want: "kafka.tls.ca_file: a broker's certificate is not signed by a CA of " + other.File,
 		},
 		{
-			name: "another name", brokers: saslTLS, tls: KafkaTLSConfig{Enabled: true, CAFile: ca.caFile(t), ServerName: "kafka.example.com"}, sasl: user("plain", "secret"),
+			name: "another name", brokers: saslTLS, tls: KafkaTLSConfig{Enabled: true, CAFile: ca.File, ServerName: "kafka.example.com"}, sasl: user("plain", "secret"),
 			want: "kafka.tls.server_name: a broker's certificate is not for the name checked: x509: certificate is not valid for any names, but wanted to match kafka.example.com",
 		},
 		{
@@ -297,7 +211,7 @@ func TestKafkaSecurityAgainstKfake(t *testing.T) {
 			want: "kafka.tls.cert_file: a broker ended the TLS handshake, refusing the connection without a client certificate (none is set): remote error: tls: certificate required",
 		},
 		{
-			name: "client certificate of another CA", brokers: mtls, tls: KafkaTLSConfig{Enabled: true, CAFile: ca.caFile(t), CertFile: strangerCert, KeyFile: strangerKey},
+			name: "client certificate of another CA", brokers: mtls, tls: KafkaTLSConfig{Enabled: true, CAFile: ca.File, CertFile: strangerCert, KeyFile: strangerKey},
 			want: "kafka.tls.cert_file: a broker ended the TLS handshake, refusing the client certificate of " + strangerCert,
 		},
 		{
@@ -366,8 +280,8 @@ func TestKafkaSetupProblemOfBrokerAnswers(t *testing.T) {
 // The TLS files are read at the first connection; one that cannot be read
 // fails it at once, naming the key and the file.
 func TestKafkaTLSFilesReadAtFirstConnection(t *testing.T) {
-	ca := newTestCA(t)
-	cert, _ := ca.files(t, ca.issue(t, false))
+	ca := testcert.NewCA(t, "bqsink test CA")
+	cert, _ := ca.WriteFiles(t, ca.Client(t))
 	dir := t.TempDir()
 	missing, garbage := filepath.Join(dir, "missing.pem"), filepath.Join(dir, "garbage.pem")
 	writeTestFile(t, garbage, []byte("-----BEGIN NOTHING-----\n"))
