@@ -21,46 +21,110 @@ func TestCrashLoopLosesNothing(t *testing.T) {
 		records = 50000
 		kills   = 3
 	)
-	began := time.Now()
-	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
-	rng := rand.New(rand.NewPCG(testSeed(t), 0))
-	e := newEnvPartitions(t, 6)
-	cfg := newDaemonConfig(e, group).set("metadata_column", "_kafka")
-
 	// The stream runs until finish, so every kill happens while records
 	// flow; by the last kill it has produced about its minimum.
-	s := startStream(t, e, records, 3000, rng.Uint64())
+	f := startFlow(t, 6, records, 3000)
+	e, s := f.e, f.s
+	cfg := newDaemonConfig(e, group).set("metadata_column", "_kafka")
+
+	d, _ := f.crashLoop(cfg, group, kills, false)
+	if d == nil {
+		return
+	}
+
+	f.finish(group)
+	st := d.shutdown(15 * time.Second)
+	logProblems(t, d)
+	t.Logf("last daemon %s: %v", d.name, st)
+	c := checkCoverage(t, e, s, "_kafka")
+	t.Logf("%v (read back at %v)", c, f.since())
+}
+
+// flow is a test's stack with a stream of records flowing into it until
+// finish, the rng the test draws its timings from, and its clock.
+type flow struct {
+	t     *testing.T
+	e     *env
+	s     *stream
+	rng   *rand.Rand
+	began time.Time
+}
+
+// startFlow starts a stack of the given partitions and a stream of at least
+// records, perSecond, into it, seeded from the test's seed.
+func startFlow(t *testing.T, partitions int32, records, perSecond int) *flow {
+	t.Helper()
+	f := &flow{t: t, began: time.Now(), rng: rand.New(rand.NewPCG(testSeed(t), 0))}
+	f.e = newEnvPartitions(t, partitions)
+	f.s = startStream(t, f.e, records, perSecond, f.rng.Uint64())
+	return f
+}
+
+// since is the time since the flow started, for log lines.
+func (f *flow) since() time.Duration { return time.Since(f.began).Round(time.Millisecond) }
+
+// crashLoop starts a daemon on cfg and kills it kills times, each time at a
+// random moment up to 2s after it first wrote rows, logging what it wrote
+// and the table's rows beyond group's commits, and starting another. If
+// mustFlow, a kill after the stream ended fails the test. It returns the
+// last daemon, still running, and every daemon it started, in order; last
+// is nil if the test's context ended first.
+func (f *flow) crashLoop(cfg *daemonConfig, group string, kills int, mustFlow bool) (last *daemon, all []*daemon) {
+	t := f.t
+	t.Helper()
 	d := startDaemon(t, cfg)
+	all = []*daemon{d}
 	for i := 1; i <= kills; i++ {
 		// Kill only once this process writes: its partitions are assigned,
 		// appends and commits are under way.
-		waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
-			m, err := d.metrics()
-			return err == nil && m.sum("bqsink_rows_written_total") > 0
-		})
-		wait := jitter(rng, 0, 2*time.Second)
-		select {
-		case <-time.After(wait):
-		case <-t.Context().Done():
-			return
+		waitWriting(t, d)
+		wait, ok := pause(t, f.rng, 0, 2*time.Second)
+		if !ok {
+			return nil, all
+		}
+		if mustFlow && !f.s.running() {
+			t.Fatalf("the stream ended before kill %d: records must be flowing", i)
 		}
 		rows := d.metric("bqsink_rows_written_total")
 		st := d.kill()
 		logProblems(t, d)
 		t.Logf("kill %d at %v, %v after %s wrote its first rows; it wrote %.0f rows; %d records produced; %v; table rows beyond the committed offsets: %d",
-			i, since(), wait.Round(time.Millisecond), d.name, rows, s.produced(), st, rowsAheadOfCommits(t, e, group))
+			i, f.since(), wait.Round(time.Millisecond), d.name, rows, f.s.produced(), st, rowsAheadOfCommits(t, f.e, group))
 		d = startDaemon(t, cfg)
+		all = append(all, d)
 	}
+	return d, all
+}
 
-	s.finish(60 * time.Second)
-	t.Logf("stream done at %v: %d records", since(), s.produced())
-	waitCaughtUp(t, e, group, 60*time.Second)
-	t.Logf("caught up at %v", since())
-	st := d.shutdown(15 * time.Second)
-	logProblems(t, d)
-	t.Logf("last daemon %s: %v", d.name, st)
-	c := checkCoverage(t, e, s, "_kafka")
-	t.Logf("%v (read back at %v)", c, since())
+// finish ends the stream and waits until group has committed all of it.
+func (f *flow) finish(group string) {
+	t := f.t
+	t.Helper()
+	f.s.finish(60 * time.Second)
+	t.Logf("stream done at %v: %d records", f.since(), f.s.produced())
+	waitCaughtUp(t, f.e, group, 60*time.Second)
+	t.Logf("caught up at %v", f.since())
+}
+
+// waitWriting waits until d has written rows.
+func waitWriting(t *testing.T, d *daemon) {
+	t.Helper()
+	waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
+		m, err := d.metrics()
+		return err == nil && m.sum("bqsink_rows_written_total") > 0
+	})
+}
+
+// pause sleeps a random duration in [lo, hi) drawn from rng and returns it;
+// ok is false if the test's context ended first.
+func pause(t *testing.T, rng *rand.Rand, lo, hi time.Duration) (d time.Duration, ok bool) {
+	d = jitter(rng, lo, hi)
+	select {
+	case <-time.After(d):
+		return d, true
+	case <-t.Context().Done():
+		return d, false
+	}
 }
 
 // rowsAheadOfCommits is the stock table's row count minus group's committed

@@ -351,6 +351,21 @@ func logConflicts(t *testing.T, e *env, when string) {
 	t.Logf("%s: %d appends answered ALREADY_EXISTS, %d OUT_OF_RANGE", when, ae, oor)
 }
 
+// stopMembers sends SIGTERM to every member at once, then requires each to
+// exit 0 within 15s and logs its problems.
+func stopMembers(t *testing.T, members ...*daemon) {
+	t.Helper()
+	for _, d := range members {
+		d.terminate()
+	}
+	for _, d := range members {
+		if st := d.wait(15 * time.Second); st.Code != 0 {
+			t.Errorf("%s after SIGTERM: %v, want exit 0", d.name, st)
+		}
+		logProblems(t, d)
+	}
+}
+
 // The crash test of the reliability issue in exactly-once mode: the real
 // binary, SIGKILLed at random moments while records flow and started again
 // each time, writes every (topic, partition, offset) exactly once.
@@ -364,42 +379,16 @@ func TestExactlyOnceCrashLoop(t *testing.T) {
 		kills      = 3
 		partitions = 6
 	)
-	began := time.Now()
-	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
-	rng := rand.New(rand.NewPCG(testSeed(t), 0))
-	e := newEnvPartitions(t, partitions)
+	f := startFlow(t, partitions, records, 3000)
+	e, s, since := f.e, f.s, f.since
 	cfg := eoConfig(e, group)
 
-	s := startStream(t, e, records, 3000, rng.Uint64())
-	d := startDaemon(t, cfg)
-	all := []*daemon{d}
-	for i := 1; i <= kills; i++ {
-		waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
-			m, err := d.metrics()
-			return err == nil && m.sum("bqsink_rows_written_total") > 0
-		})
-		wait := jitter(rng, 0, 2*time.Second)
-		select {
-		case <-time.After(wait):
-		case <-t.Context().Done():
-			return
-		}
-		if !s.running() {
-			t.Fatalf("the stream ended before kill %d: records must be flowing", i)
-		}
-		rows := d.metric("bqsink_rows_written_total")
-		st := d.kill()
-		logProblems(t, d)
-		t.Logf("kill %d at %v, %v after %s wrote its first rows; it wrote %.0f rows; %d records produced; %v; table rows beyond the committed offsets: %d",
-			i, since(), wait.Round(time.Millisecond), d.name, rows, s.produced(), st, rowsAheadOfCommits(t, e, group))
-		d = startDaemon(t, cfg)
-		all = append(all, d)
+	d, all := f.crashLoop(cfg, group, kills, true)
+	if d == nil {
+		return
 	}
 
-	s.finish(60 * time.Second)
-	t.Logf("stream done at %v: %d records", since(), s.produced())
-	waitCaughtUp(t, e, group, 60*time.Second)
-	t.Logf("caught up at %v", since())
+	f.finish(group)
 	st := d.shutdown(15 * time.Second)
 	logProblems(t, d)
 	t.Logf("last daemon %s: %v", d.name, st)
@@ -436,21 +425,16 @@ func TestExactlyOnceRebalance(t *testing.T) {
 		records    = 20000
 		partitions = 6
 	)
-	began := time.Now()
-	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
-	rng := rand.New(rand.NewPCG(testSeed(t), 0))
-	e := newEnvPartitions(t, partitions)
+	f := startFlow(t, partitions, records, 2500)
+	e, s, rng, since := f.e, f.s, f.rng, f.since
 	cfg := eoConfig(e, group)
 
-	s := startStream(t, e, records, 2500, rng.Uint64())
 	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
 	waitShared(t, []*daemon{a, b}, 60*time.Second)
 	t.Logf("two members share the partitions at %v", since())
 
-	wait := jitter(rng, 0, 1500*time.Millisecond)
-	select {
-	case <-time.After(wait):
-	case <-t.Context().Done():
+	wait, ok := pause(t, rng, 0, 1500*time.Millisecond)
+	if !ok {
 		return
 	}
 	if rng.IntN(2) == 0 {
@@ -468,9 +452,7 @@ func TestExactlyOnceRebalance(t *testing.T) {
 	t.Logf("%s owns every partition at %v", survivor.name, since())
 	logConflicts(t, e, "after the takeover")
 
-	select {
-	case <-time.After(jitter(rng, 300*time.Millisecond, 1500*time.Millisecond)):
-	case <-t.Context().Done():
+	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
 	if !s.running() {
@@ -480,23 +462,11 @@ func TestExactlyOnceRebalance(t *testing.T) {
 	waitShared(t, []*daemon{survivor, third}, 60*time.Second)
 	t.Logf("%s joined; it and %s share the partitions at %v", third.name, survivor.name, since())
 
-	s.finish(60 * time.Second)
-	t.Logf("stream done at %v: %d records", since(), s.produced())
-	waitCaughtUp(t, e, group, 60*time.Second)
-	t.Logf("caught up at %v", since())
+	f.finish(group)
 	if n := third.metric("bqsink_rows_written_total"); n == 0 {
 		t.Errorf("%s owns partitions but wrote no rows", third.name)
 	}
-	members := []*daemon{survivor, third}
-	for _, d := range members {
-		d.terminate()
-	}
-	for _, d := range members {
-		if st := d.wait(15 * time.Second); st.Code != 0 {
-			t.Errorf("%s after SIGTERM: %v, want exit 0", d.name, st)
-		}
-		logProblems(t, d)
-	}
+	stopMembers(t, survivor, third)
 	logConflicts(t, e, "at the end")
 
 	warns := fallbackLines(victim, survivor, third)
@@ -524,10 +494,8 @@ func TestExactlyOnceZombie(t *testing.T) {
 		records    = 20000
 		partitions = 6
 	)
-	began := time.Now()
-	since := func() time.Duration { return time.Since(began).Round(time.Millisecond) }
-	rng := rand.New(rand.NewPCG(testSeed(t), 0))
-	e := newEnvPartitions(t, partitions)
+	f := startFlow(t, partitions, records, 2500)
+	e, s, rng, since := f.e, f.s, f.rng, f.since
 	// One append in flight per partition, answered slowly: when A freezes,
 	// an append is in flight (BigQuery writes it while A sleeps, and A reads
 	// its answer when it wakes) and fetched records wait behind it (A
@@ -535,13 +503,10 @@ func TestExactlyOnceZombie(t *testing.T) {
 	cfg := eoConfig(e, group).set("batch.max_inflight", 1)
 	e.st.BigQuery.SetAppendLatency(300 * time.Millisecond)
 
-	s := startStream(t, e, records, 2500, rng.Uint64())
 	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
 	waitShared(t, []*daemon{a, b}, 60*time.Second)
 	t.Logf("%s and %s share the partitions at %v", a.name, b.name, since())
-	select {
-	case <-time.After(jitter(rng, 300*time.Millisecond, 1500*time.Millisecond)):
-	case <-t.Context().Done():
+	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
 	owned := a.metric("bqsink_partitions_assigned")
@@ -555,9 +520,7 @@ func TestExactlyOnceZombie(t *testing.T) {
 	waitUntil(t, 30*time.Second, func() string { return b.name + " to write rows of the partitions it took" }, func() bool {
 		return len(b.logsMatching(assignedSome)) >= 2 && b.metric("bqsink_rows_written_total") > 0
 	})
-	select {
-	case <-time.After(jitter(rng, 500*time.Millisecond, 1500*time.Millisecond)):
-	case <-t.Context().Done():
+	if _, ok := pause(t, rng, 500*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
 	logConflicts(t, e, "before the thaw")
@@ -589,19 +552,8 @@ func TestExactlyOnceZombie(t *testing.T) {
 		t.Errorf("%s never logged that it lost its partitions after the thaw", a.name)
 	}
 
-	s.finish(60 * time.Second)
-	t.Logf("stream done at %v: %d records", since(), s.produced())
-	waitCaughtUp(t, e, group, 60*time.Second)
-	t.Logf("caught up at %v", since())
-	for _, d := range []*daemon{a, b} {
-		d.terminate()
-	}
-	for _, d := range []*daemon{a, b} {
-		if st := d.wait(15 * time.Second); st.Code != 0 {
-			t.Errorf("%s after SIGTERM: %v, want exit 0", d.name, st)
-		}
-		logProblems(t, d)
-	}
+	f.finish(group)
+	stopMembers(t, a, b)
 	logConflicts(t, e, "at the end")
 
 	warns := fallbackLines(a, b)
@@ -844,13 +796,8 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 	})
 
 	d := startDaemon(t, f.cfg)
-	waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
-		m, err := d.metrics()
-		return err == nil && m.sum("bqsink_rows_written_total") > 0
-	})
-	select {
-	case <-time.After(jitter(rng, 300*time.Millisecond, 1500*time.Millisecond)):
-	case <-t.Context().Done():
+	waitWriting(t, d)
+	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
 	rejected := d.metric("bqsink_records_rejected_total")
@@ -861,10 +808,7 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 		t.Errorf("%s rejected no record before the kill: the dead-letter path was not exercised", d.name)
 	}
 	d2 := startDaemon(t, f.cfg)
-	waitUntil(t, 30*time.Second, func() string { return d2.name + " to write rows" }, func() bool {
-		m, err := d2.metrics()
-		return err == nil && m.sum("bqsink_rows_written_total") > 0
-	})
+	waitWriting(t, d2)
 	time.Sleep(500 * time.Millisecond)
 	stopProducing()
 	waitCaughtUp(t, f.e, f.group, 30*time.Second)
