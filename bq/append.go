@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -27,8 +28,8 @@ const requestSlack = 1024
 //
 // Retry rows were not acknowledged and may be appended again. Most were
 // not written; but rows whose answer was lost (append_timeout passed, the
-// stream or connection broke, Client.Close, ctx ended mid-send) may have
-// been, so a retry can duplicate them: delivery is at-least-once.
+// stream or connection broke, Client.Close) may have been, so a retry can
+// duplicate them: delivery is at-least-once.
 //
 // Err is the cause and carries its class: ErrTableNotFound (the table was
 // deleted and auto_create_tables is off), ErrDatasetNotFound,
@@ -190,13 +191,23 @@ type batch struct {
 // a version, each carrying its descriptor. It returns once the requests are
 // sent; the Result tells which rows were written.
 //
+// Before the first request on each new connection, Append looks the
+// default stream up (GetWriteStream), as Google's managedwriter does, since
+// some servers refuse appends to a stream nobody asked about. BigQuery
+// refusing the lookup fails the rows as refusing the append would (Retry,
+// with NOT_FOUND and PERMISSION_DENIED judged after a read of the table);
+// a server without GetWriteStream (UNIMPLEMENTED) is appended to anyway.
+//
 // Append returns an error, and sends nothing, only when it cannot start:
 // ctx ended, the Client is closed (ErrClosed), or the name is malformed.
-// Failures on the write path (a stream that cannot be opened within
-// Timeout, a send that fails or stalls, ctx ending after the first request
-// went out) come back as Retry in the Result. Sends to one table are
-// serialized; a caller whose ctx ends stops waiting for its turn at once.
-// Goroutine-safe.
+// Failures on the write path (a stream that cannot be looked up or opened
+// within Timeout, a send that fails or stalls) come back as Retry in the
+// Result. Sends to one table are serialized and share one connection; a
+// caller whose ctx ends stops waiting for its turn at once, and one whose
+// ctx ends while a request is being sent returns at once too: that request
+// goes on and the Result has its outcome from BigQuery's answer, like any
+// request sent, while the requests not sent yet are in Retry. Other
+// callers' requests are not disturbed. Goroutine-safe.
 func (t *Table) Append(ctx context.Context, rows []Row) (*Result, error) {
 	if t.nameErr != nil {
 		return nil, t.nameErr
@@ -245,6 +256,15 @@ func (w *writer) append(ctx context.Context, rows []Row, offset int64) (*Result,
 			case errors.Is(err, ErrClosed):
 				return nil, ErrClosed
 			}
+		}
+		if le, ok := errors.AsType[*lookupError](err); ok {
+			// NOT_FOUND and PERMISSION_DENIED need the table lookup an
+			// append answered so would get: the table may be gone.
+			for _, rest := range batches[k:] {
+				r.hold()
+				t.retry(&request{res: r, idx: rest.idx, named: w.named, offset: rest.offset}, le.err)
+			}
+			break
 		}
 		// Stop at the first failure rather than wait out a broken stream
 		// once per request.
@@ -298,6 +318,11 @@ func (w *writer) send(ctx context.Context, r *Result, b *batch) (sent bool, err 
 	}
 	st := w.stream
 	if st == nil || st.ended() != nil {
+		if !w.named {
+			if err := w.lookupDefault(ctx); err != nil {
+				return false, err
+			}
+		}
 		if st, err = w.t.openStream(ctx); err != nil {
 			return false, err
 		}
@@ -323,10 +348,48 @@ func (w *writer) send(ctx context.Context, r *Result, b *batch) (sent bool, err 
 		r.release()
 		return false, err
 	}
-	if err == nil {
-		st.lastEnc = b.enc
-	}
+	// Even if its caller gave up, the request goes out with its descriptor;
+	// if the send fails, the stream is not used again.
+	st.lastEnc = b.enc
 	return true, err
+}
+
+// lookupError is BigQuery's refusal of the lookup that precedes a new
+// connection to the default stream. The rows meant for that connection
+// fare as if BigQuery had refused the connection's first append with it.
+type lookupError struct{ err error }
+
+func (e *lookupError) Error() string { return e.err.Error() }
+func (e *lookupError) Unwrap() error { return e.err }
+
+// lookupDefault asks BigQuery about the table's default stream before a new
+// connection writes to it, as Google's managedwriter does: some servers
+// (goccy's bigquery-emulator) refuse appends to a default stream nobody
+// asked about. It is bounded by Timeout, ctx and Close. A server without
+// GetWriteStream (UNIMPLEMENTED) is no reason to stop appending. An error
+// that is not the caller's ctx ending, nor Close (ErrClosed), is a
+// *lookupError. Callers hold the send slot.
+func (w *writer) lookupDefault(ctx context.Context) error {
+	c := w.t.c
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.ctx, cancel)()
+	err := c.call(lctx, "look up write stream "+w.name, func(ctx context.Context) error {
+		_, err := c.write.GetWriteStream(ctx, &storagepb.GetWriteStreamRequest{Name: w.name}, noRetry)
+		return err
+	})
+	switch {
+	case err == nil:
+		return nil
+	case c.closed.Load():
+		return ErrClosed
+	case ctx.Err() != nil:
+		return err
+	case status.Code(err) == codes.Unimplemented:
+		w.t.log.Debug("the Storage Write API has no GetWriteStream; appending without it", zap.Error(err))
+		return nil
+	}
+	return &lookupError{err: err}
 }
 
 // answer settles req with BigQuery's response to it.

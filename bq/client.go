@@ -9,8 +9,9 @@
 // them with Append, whose Result says per row whether it was written,
 // rejected for good, or must be retried.
 //
-// Every network call is bounded: REST calls, stream opens and sends by
-// Config.Timeout, the wait for an append's answer by Config.AppendTimeout.
+// Every network call is bounded: REST calls, stream lookups, opens and
+// sends by Config.Timeout, the wait for an append's answer by
+// Config.AppendTimeout.
 // Errors carry a class (ErrPermissionDenied, ErrDatasetNotFound, ...) for
 // errors.Is; an error without one is transient.
 package bq
@@ -162,11 +163,15 @@ func credentialsOption(path string) (option.ClientOption, error) {
 
 // Check verifies at startup that BigQuery is reachable and the dataset
 // readable: it reads the dataset over REST, then asks the Storage Write API
-// about a stream of a table that need not exist (any answer from BigQuery
-// proves the endpoint works). Each step is bounded by Timeout and ctx.
-// Errors name the config key to fix and wrap ErrDatasetNotFound (no such
-// dataset) or ErrPermissionDenied (credentials refused or lacking a
-// permission); any other error is transient (network, timeout, 5xx).
+// about a stream of a table that need not exist. Any answer from the
+// Storage Write endpoint proves it reachable, whatever its code (emulators
+// answer UNKNOWN or UNIMPLEMENTED where BigQuery says NOT_FOUND or
+// PERMISSION_DENIED, and rights are judged per table on append); only no
+// answer (UNAVAILABLE, a timeout, ctx ending) or UNAUTHENTICATED fails.
+// Each step is bounded by Timeout and ctx. Errors name the config key to
+// fix and wrap ErrDatasetNotFound (no such dataset) or ErrPermissionDenied
+// (credentials refused or lacking a permission); any other error is
+// transient (network, timeout, 5xx).
 func (c *Client) Check(ctx context.Context) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -190,21 +195,34 @@ func (c *Client) Check(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, c.cfg.timeout())
 	defer cancel()
 	_, err = c.write.GetWriteStream(pctx, &storagepb.GetWriteStreamRequest{Name: probe}, noRetry)
-	switch status.Code(err) {
-	case codes.OK, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument:
-		// BigQuery answered; PERMISSION_DENIED is its answer for a table
-		// that does not exist, and rights are judged per table on append.
+	endpoint := fmt.Sprintf("bigquery.grpc_endpoint %s (Storage Write API)", c.grpcEndpoint())
+	switch code := status.Code(err); code {
+	case codes.OK:
 		return nil
 	case codes.Unauthenticated:
 		return fmt.Errorf("bigquery.credentials_file: permission denied: the Storage Write API refused %s: %w", c.credentials(c.cfg.GRPCEndpoint != ""), withClass(err, ErrPermissionDenied))
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		switch {
+		case ctx.Err() != nil:
+			return fmt.Errorf("%s: no answer in time: %w", endpoint, err)
+		case pctx.Err() != nil:
+			return fmt.Errorf("%s: no answer within %v: %w", endpoint, c.cfg.timeout(), err)
+		case c.closed.Load():
+			return ErrClosed // Close shut the connection under the probe
+		case code == codes.Unavailable:
+			return fmt.Errorf("%s: unreachable: %w", endpoint, err)
+		case code == codes.DeadlineExceeded:
+			// The server's own deadline, or a front end's that gave up on
+			// the backend: nothing proves the service works.
+			return fmt.Errorf("%s: timed out: %w", endpoint, err)
+		}
+		// CANCELLED while ctx is alive is the server's word.
+		fallthrough
+	default:
+		c.logger.Debug("the Storage Write API answered the startup probe",
+			zap.String("stream", probe), zap.Stringer("code", code), zap.String("message", status.Convert(err).Message()))
+		return nil
 	}
-	switch {
-	case ctx.Err() != nil:
-		return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): no answer in time: %w", c.grpcEndpoint(), err)
-	case pctx.Err() != nil:
-		return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): no answer within %v: %w", c.grpcEndpoint(), c.cfg.timeout(), err)
-	}
-	return fmt.Errorf("bigquery.grpc_endpoint %s (Storage Write API): %w", c.grpcEndpoint(), err)
 }
 
 // credentials describes what authenticates calls to an API whose endpoint

@@ -16,12 +16,15 @@ import (
 // traceID names bqsink to BigQuery on the first request of each stream.
 const traceID = "bqsink"
 
-// stream is one AppendRows call on a table's default stream. Requests are
-// sent in order by the holder of the table's send slot and answered in
+// stream is one AppendRows call on a table's write stream. Requests are
+// sent in order by the holder of the writer's send slot and answered in
 // order, read by one receive goroutine. A watchdog goroutine bounds the
-// open and every send by Timeout and every answer by AppendTimeout; past
-// either it tears the stream down, which completes every unanswered request
-// with its rows in Retry. A stream that ended is never used again.
+// open (and ends it with its caller's context) and every send by Timeout,
+// and every answer by AppendTimeout; past either it tears the stream down,
+// which completes every unanswered request with its rows in Retry. A
+// sender's context ending does not: the stream is shared by every caller
+// appending to the table, and its other requests may be written already.
+// A stream that ended is never used again.
 type stream struct {
 	t      *Table
 	ctx    context.Context // cancelled when the stream ends
@@ -35,6 +38,10 @@ type stream struct {
 	// carries its descriptor again rather than trust the server kept the
 	// one a failed request brought.
 	resendSchema atomic.Bool
+	// sending is the latest request handed to rpc.Send, which may outlive
+	// the caller that gave up on it; guarded by the send slot. gRPC forbids
+	// concurrent sends on a stream, so the next send waits for it.
+	sending *sendOp
 
 	kick chan struct{} // capacity 1: the watchdog re-reads the state
 	done chan struct{} // closed when the stream ends
@@ -45,12 +52,19 @@ type stream struct {
 	op      *op        // the open or send under way
 }
 
-// op is an open or send in progress: bounded by due and by its caller's
-// context.
+// op is an open or send in progress, bounded by due; an open also by its
+// caller's context (ctx, nil for a send), as nobody else uses the stream
+// yet.
 type op struct {
 	what string // "open" or "send"
 	due  time.Time
 	ctx  context.Context
+}
+
+// sendOp is one rpc.Send under way in its own goroutine.
+type sendOp struct {
+	done chan struct{} // closed once rpc.Send returned
+	err  error         // why the stream ended, if the send failed; set before done closes
 }
 
 // request is one AppendRows request in flight: which rows of which Append.
@@ -73,13 +87,14 @@ func (t *Table) openStream(ctx context.Context) (*stream, error) {
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
-	st.op = &op{what: "open", due: time.Now().Add(t.c.cfg.timeout()), ctx: ctx}
+	open := &op{what: "open", due: time.Now().Add(t.c.cfg.timeout()), ctx: ctx}
+	st.op = open
 	if !t.c.goOwned(st.watch) {
 		cancel()
 		return nil, ErrClosed
 	}
 	rpc, err := t.c.write.AppendRows(sctx, noRetry)
-	st.endOp()
+	st.endOp(open)
 	if err != nil {
 		return nil, st.fail(fmt.Errorf("open a write stream for %s: %w", t.Name(), err))
 	}
@@ -101,11 +116,27 @@ func (st *stream) ended() error {
 	return st.err
 }
 
-// send registers req and sends msg, bounded by Timeout and ctx. registered
-// false means nothing was sent (the stream had ended); otherwise req's
-// outcome arrives through the stream, even when err says the send failed.
-// Callers hold the send slot.
+// send registers req and sends msg. The send is bounded by Timeout (past
+// it the watchdog ends the stream) and waits first, within ctx, for an
+// earlier send its caller gave up on (bounded by that one's Timeout).
+//
+// registered false means nothing was sent: the stream had ended, or ctx
+// ended before req's turn. Otherwise req's outcome arrives through the
+// stream, even when err says the send failed. A caller whose ctx ends while
+// its send is under way gets ctx's error at once, but the send goes on: the
+// other requests on the stream are not disturbed, and req is settled by
+// BigQuery's answer (or the stream's end) like any other. Callers hold the
+// send slot.
 func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendRowsRequest) (registered bool, err error) {
+	if prev := st.sending; prev != nil {
+		select {
+		case <-prev.done:
+		case <-st.done:
+			return false, st.ended()
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
 	st.mu.Lock()
 	if st.err != nil {
 		err := st.err
@@ -115,28 +146,49 @@ func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendR
 	now := time.Now()
 	req.sentAt = now
 	st.pending = append(st.pending, req)
-	st.op = &op{what: "send", due: now.Add(st.t.c.cfg.timeout()), ctx: ctx}
+	o := &op{what: "send", due: now.Add(st.t.c.cfg.timeout())}
+	st.op = o
 	st.mu.Unlock()
 	st.poke()
 
-	err = st.rpc.Send(msg)
+	// In a goroutine of its own so that its caller can leave: only the end
+	// of the stream interrupts rpc.Send.
+	so := &sendOp{done: make(chan struct{})}
+	st.sending = so
+	if !st.t.c.goOwned(func() { st.sendNow(o, so, msg) }) {
+		close(so.done)
+		return true, st.fail(ErrClosed)
+	}
+	select {
+	case <-so.done:
+		return true, so.err
+	case <-ctx.Done():
+		return true, fmt.Errorf("send to %s: the caller gave up while sending; the request goes on: %w", st.t.Name(), ctx.Err())
+	}
+}
+
+// sendNow runs the send o, msg, and ends the stream if it fails.
+func (st *stream) sendNow(o *op, so *sendOp, msg *storagepb.AppendRowsRequest) {
+	defer close(so.done)
+	err := st.rpc.Send(msg)
 	if errors.Is(err, io.EOF) {
 		// The stream ended; the receiver ends it with the server's reason,
 		// or the watchdog with its own once the send is due.
 		<-st.done
 	}
-	st.endOp()
+	st.endOp(o)
 	if err != nil {
-		return true, st.fail(fmt.Errorf("send to %s: %w", st.t.Name(), err))
+		so.err = st.fail(fmt.Errorf("send to %s: %w", st.t.Name(), err))
 	}
-	return true, nil
 }
 
-// endOp ends the open or send under way; the watchdog forgets its
-// deadline and context.
-func (st *stream) endOp() {
+// endOp ends the open or send o; the watchdog forgets its deadline and
+// context.
+func (st *stream) endOp(o *op) {
 	st.mu.Lock()
-	st.op = nil
+	if st.op == o {
+		st.op = nil
+	}
 	st.mu.Unlock()
 	st.poke()
 }
@@ -208,9 +260,9 @@ func (st *stream) recv() {
 	}
 }
 
-// watch ends the stream when an open or send outlives Timeout or its
-// caller's context, when the oldest request has no answer AppendTimeout
-// after it was sent, or when the Client closes.
+// watch ends the stream when an open or send outlives Timeout, when an
+// open outlives its caller's context, when the oldest request has no answer
+// AppendTimeout after it was sent, or when the Client closes.
 func (st *stream) watch() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -230,7 +282,7 @@ func (st *stream) watch() {
 			fire = timer.C
 		}
 		var opDone <-chan struct{}
-		if cur != nil {
+		if cur != nil && cur.ctx != nil {
 			opDone = cur.ctx.Done()
 		}
 		select {
@@ -241,8 +293,8 @@ func (st *stream) watch() {
 				st.fail(fmt.Errorf("%s a write stream for %s: the caller gave up: %w", cur.what, st.t.Name(), cur.ctx.Err()))
 				return
 			}
-			// That open or send is over: what its caller does with its
-			// context now is not the stream's business.
+			// That open is over: what its caller does with its context now
+			// is not the stream's business.
 		case <-st.ctx.Done():
 			st.fail(fmt.Errorf("write stream for %s: %w", st.t.Name(), context.Cause(st.ctx)))
 			return

@@ -169,9 +169,12 @@ func (s *Stream) resolve(rows []Row, offset int64, first *Result, out *Result) {
 	defer out.release()
 	<-first.done
 	first.mu.Lock()
-	retry, rejected, cause, groups := first.retry, first.rejected, first.cause, first.existing
+	retry, rejected, cause, groups, existed := first.retry, first.rejected, first.cause, first.existing, first.existed
 	first.mu.Unlock()
 	out.record(retry, rejected, cause)
+	// Single-row requests met already written are counted in first as they
+	// are answered (recordExisting): there is nothing left to resolve.
+	out.addExisting(existed)
 	for _, g := range groups {
 		s.resolveGroup(rows, offset, g, out)
 	}
@@ -184,6 +187,9 @@ func (s *Stream) resolveGroup(rows []Row, offset int64, idx []int, out *Result) 
 	ctx := s.w.t.c.ctx
 	n := len(idx)
 	lo, hi := 1, n // e is in [lo, hi]
+	// A probe at the stream's end writes its row: that row was not found
+	// written, so Existing must not count it.
+	probeWrote := 0
 	for lo < hi {
 		m := (lo + hi) / 2
 		i := idx[m]
@@ -196,10 +202,13 @@ func (s *Stream) resolveGroup(rows []Row, offset int64, idx []int, out *Result) 
 		r.mu.Lock()
 		placed := len(r.retry) == 0 && len(r.rejected) == 0 // written now, or already
 		outOfRange := len(r.retry) > 0 && isOutOfRange(r.cause)
-		rj, c := r.rejected, r.cause
+		rj, c, existed := r.rejected, r.cause, r.existed
 		r.mu.Unlock()
 		switch {
 		case placed:
+			if existed == 0 {
+				probeWrote++
+			}
 			lo = m + 1
 		case outOfRange:
 			hi = max(m-1, lo)
@@ -216,7 +225,7 @@ func (s *Stream) resolveGroup(rows []Row, offset int64, idx []int, out *Result) 
 			return
 		}
 	}
-	out.addExisting(lo)
+	out.addExisting(lo - probeWrote)
 	if lo == n {
 		return
 	}

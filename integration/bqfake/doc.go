@@ -234,9 +234,28 @@
 // SetAppendLatency(d) holds every AppendRows response until d after its
 // request arrived; a long d models a backend that takes requests and never
 // answers (the client's cancellation still ends the stream).
+// StallReads(true) stops reading AppendRows requests on every connection
+// (one a connection is already waiting for is still taken), while requests
+// read are answered as usual; HTTP/2 flow control then blocks a client's
+// Send once its requests overflow the stream's window (gRPC-Go's is 64 KiB
+// at first and at most 16 MiB). StallReads(false) resumes reading.
+// AppendsReceived counts the requests read so far, so a test knows a
+// request is in the server's hands before it stalls reads.
 // SetRESTLatency(d) holds every REST response likewise (a client that gives
 // up first reads nothing). SetSchemaDelay(d) delays schema visibility on the
 // write path.
+//
+// # Emulator quirks
+//
+// RequireStreamLookup(true) makes AppendRows refuse a table's default
+// stream, as goccy's bigquery-emulator v0.6.6 does, unless GetWriteStream
+// answered for that stream name before: goccy registers the default stream
+// per name, server-wide and for good, on the first GetWriteStream that finds
+// its table. The refusal ends the connection with UNKNOWN "failed to append
+// rows: failed to get stream from <name>". Google's managedwriter calls
+// GetWriteStream before appending, so it never meets this; a client that
+// does not fails against goccy. GetWriteStream calls are logged at debug
+// ("get write stream", with the stream name) so tests can count them.
 //
 // Faults below gRPC and HTTP (refused or black-holed connections, a peer
 // that stops answering mid-stream) are integration/netfault's job: put a

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
@@ -80,11 +81,16 @@ type Server struct {
 	created  []string                // names of every explicit stream created, in order
 	nextID   int64                   // streams and etags
 	faults   faults
+	// lookedUp holds the default stream names GetWriteStream answered for,
+	// which RequireStreamLookup lets AppendRows write to.
+	lookedUp map[string]bool
 	closed   bool // REST handlers started after this refuse to run
 	restHeld int  // REST responses held by SetRESTLatency
 
 	// bench is bench mode's state (bench.go); nil: off.
 	bench *benchState
+
+	received atomic.Int64 // AppendRows requests read off the wire
 }
 
 type faults struct {
@@ -102,6 +108,8 @@ type faults struct {
 	rejectRows    func(map[string]any) bool // RejectRows; nil: none
 	alreadyExists int                       // appends answered ALREADY_EXISTS
 	outOfRange    int                       // appends answered OUT_OF_RANGE
+	requireLookup bool                      // RequireStreamLookup
+	readsStalled  chan struct{}             // StallReads: closed when reads resume; nil: reading
 }
 
 type datasetKey struct{ project, dataset string }
@@ -179,6 +187,7 @@ func New(opts ...Opt) (*Server, error) {
 		datasets: make(map[datasetKey]*dataset),
 		tables:   make(map[tableKey]*table),
 		streams:  make(map[string]*writeStream),
+		lookedUp: make(map[string]bool),
 		quit:     make(chan struct{}),
 	}
 	now := time.Now()
@@ -300,6 +309,43 @@ func (s *Server) SetAppendLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults.appendLatency = max(d, 0)
+}
+
+// StallReads stops (true) or resumes (false) reading AppendRows requests
+// on every connection, like a backend that stops taking requests while the
+// connection stays up. A connection already waiting for its next request
+// when the stall begins still takes and processes that one (AppendsReceived
+// tells a test its request was read); after it, requests are left unread, and
+// HTTP/2 flow control soon blocks the client's Send: with gRPC-Go, once a
+// request overflows the stream's window (64 KiB at first; it may grow up to
+// 16 MiB on a busy connection), the next Send blocks. Requests read are
+// processed and answered as usual, stall or not; a connection opened during
+// the stall reads nothing until it ends. Resuming reads the waiting
+// requests in order. Close ends stalled connections as any others.
+func (s *Server) StallReads(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case on && s.faults.readsStalled == nil:
+		s.faults.readsStalled = make(chan struct{})
+	case !on && s.faults.readsStalled != nil:
+		close(s.faults.readsStalled)
+		s.faults.readsStalled = nil
+	}
+}
+
+// AppendsReceived returns how many AppendRows requests the server has read
+// off the wire so far, over all connections, whether or not they were
+// processed yet. With StallReads and SetAppendLatency, a test learns from it
+// that a request is in the server's hands.
+func (s *Server) AppendsReceived() int64 { return s.received.Load() }
+
+// readsResumed returns a channel closed when StallReads(false) ends the
+// current stall, or nil while reads are not stalled.
+func (s *Server) readsResumed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.faults.readsStalled
 }
 
 // SetRESTLatency holds every REST response until d after the request

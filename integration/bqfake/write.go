@@ -163,6 +163,7 @@ func (w *writeService) CreateWriteStream(_ context.Context, req *storagepb.Creat
 }
 
 func (w *writeService) GetWriteStream(_ context.Context, req *storagepb.GetWriteStreamRequest) (*storagepb.WriteStream, error) {
+	w.s.log.Debug("get write stream", zap.String("stream", req.GetName()))
 	if err := w.s.unaryFault("GetWriteStream"); err != nil {
 		return nil, err
 	}
@@ -175,6 +176,7 @@ func (w *writeService) GetWriteStream(_ context.Context, req *storagepb.GetWrite
 	}
 	full := req.GetView() == storagepb.WriteStreamView_FULL
 	if ws == nil {
+		s.lookedUp[req.GetName()] = true
 		return s.streamProto(req.GetName(), storagepb.WriteStream_COMMITTED, t.created, v, full), nil
 	}
 	out := s.streamProto(ws.name, ws.typ, ws.created, v, full)
@@ -344,11 +346,15 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 		defer s.serveWG.Done()
 		defer close(reqs)
 		for {
+			if !s.awaitReads(ctx) {
+				return
+			}
 			req, err := stream.Recv()
 			if err != nil {
 				recvErr <- err
 				return
 			}
+			s.received.Add(1)
 			select {
 			case reqs <- received{req: req, at: time.Now()}:
 			case <-ctx.Done():
@@ -403,6 +409,20 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
+	}
+}
+
+// awaitReads waits while StallReads holds reads; false if ctx ended first.
+func (s *Server) awaitReads(ctx context.Context) bool {
+	resumed := s.readsResumed()
+	if resumed == nil {
+		return true
+	}
+	select {
+	case <-resumed:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -481,6 +501,9 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 		return nil, status.Error(codes.InvalidArgument, "The first AppendRows request on a connection must set write_stream.")
 	}
 	conn.current = name
+	if err := s.lookupRefusal(name); err != nil {
+		return nil, err
+	}
 	if fault != codes.OK && streamLevelFault(fault) {
 		return nil, status.Error(fault, faultMessage(fault)+" Entity: "+name)
 	}
