@@ -22,9 +22,13 @@ const (
 	pollEvery = 5 * time.Second  // the poll loop turns at least this often
 	liveAfter = 30 * time.Second // /healthz fails after this long without a poll
 	exitGrace = time.Second / 2  // the process ends within shutdown_timeout + this
-	// measuredOverhead is what bqsink needs beyond memory.max_buffered_bytes:
-	// peak RSS was 212 MiB at the default 128 MiB cap.
+	// measuredOverhead is what bqsink needs beyond memory.max_buffered_bytes
+	// and its largest records (README, "Memory").
 	measuredOverhead = 80 << 20
+	// recordCopies is how many copies of the largest record a pod must hold
+	// room for beyond memory.max_buffered_bytes (README, "Memory"): its
+	// fetch buffer, and its dead-letter write when it is rejected.
+	recordCopies = 2
 	// goLimitOverhead is what bqsink adds to memory.max_buffered_bytes for
 	// Go's soft memory limit when GOMEMLIMIT is not set.
 	goLimitOverhead = 64 << 20
@@ -188,10 +192,12 @@ func parseGoMemLimit(s string) (int64, bool) {
 	return n * mult, true
 }
 
-// TestMemory checks the container's memory against the config: the limit
-// holds memory.max_buffered_bytes plus the measured overhead, the request
-// equals the limit, and GOMEMLIMIT is a literal below the limit and not
-// below what bqsink would choose itself.
+// TestMemory checks the container's memory against the config and what
+// the README says a pod needs: the limit holds memory.max_buffered_bytes
+// plus the measured overhead plus two copies of the largest record (the
+// Deployment's bqsink/largest-record-bytes annotation), the request equals
+// the limit, and GOMEMLIMIT is a literal below the limit and not below what
+// bqsink would choose itself.
 func TestMemory(t *testing.T) {
 	d := load(t)
 	cfg := readConfig(t, "config.example.yaml")
@@ -201,8 +207,14 @@ func TestMemory(t *testing.T) {
 	if !ok {
 		t.Fatal("no memory limit")
 	}
-	if need := buffered + measuredOverhead; limit.Value() < need {
-		t.Errorf("memory limit %s is below memory.max_buffered_bytes %d + %d MiB overhead = %d", limit.String(), buffered, measuredOverhead>>20, need)
+	largest, err := strconv.ParseInt(d.deployment.Annotations["bqsink/largest-record-bytes"], 10, 64)
+	if err != nil || largest <= 0 {
+		t.Fatalf("Deployment annotation bqsink/largest-record-bytes %q: want the source topics' largest record in bytes (their max.message.bytes)",
+			d.deployment.Annotations["bqsink/largest-record-bytes"])
+	}
+	if need := buffered + measuredOverhead + recordCopies*largest; limit.Value() < need {
+		t.Errorf("memory limit %s is below what the README says a pod needs: memory.max_buffered_bytes %d + %d MiB + %d x the largest record %d = %d",
+			limit.String(), buffered, measuredOverhead>>20, recordCopies, largest, need)
 	}
 	if req := c.Resources.Requests[corev1.ResourceMemory]; req.Cmp(limit) != 0 {
 		t.Errorf("memory request %s differs from the limit %s: the node could run short of what the pod may use", req.String(), limit.String())

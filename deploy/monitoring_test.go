@@ -358,7 +358,7 @@ func TestDashboardCovers(t *testing.T) {
 		}
 	}
 	for _, m := range []string{
-		"bqsink_rows_written_total", "bqsink_partition_lag", "bqsink_freshness_seconds_bucket",
+		"bqsink_rows_written_total", "bqsink_partition_lag", "bqsink_group_lag", "bqsink_freshness_seconds_bucket",
 		"bqsink_records_rejected_total", "bqsink_records_dead_lettered_total", "bqsink_retries_total",
 		"bqsink_append_seconds_bucket", "bqsink_rebalances_total", "bqsink_buffered_bytes",
 		"bqsink_buffered_bytes_limit", "process_resident_memory_bytes", "kube_pod_container_resource_limits",

@@ -1359,7 +1359,9 @@ func startupCases() []startupCase {
 	return []startupCase{
 		{"dataset missing", []string{"bigquery.dataset"}, set("bigquery.dataset", value("no_such_dataset"))},
 		{"topic missing", []string{"kafka.topics"}, set("kafka.topics", value([]string{"no_such_topic"}))},
-		{"dead-letter topic missing", []string{"errors.dlq_topic"}, set("errors.dlq_topic", value("no_such_topic.dlq"))},
+		{"dead-letter topic missing, not to be created", []string{"errors.dlq_topic", "errors.dlq_create"}, func(t *testing.T, c *daemonConfig) {
+			c.set("errors.dlq_topic", "no_such_topic.dlq").set("errors.dlq_create", false)
+		}},
 		{"registry refuses the credentials", []string{"schema_registry.username", "password"}, func(t *testing.T, c *daemonConfig) {
 			c.set("schema_registry.url", authRegistry(t)).set("schema_registry.username", "bqsink").set("schema_registry.password", "wrong")
 		}},

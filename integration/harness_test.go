@@ -113,6 +113,12 @@ func newDaemonConfig(e *env, group string) *daemonConfig {
 	if err := e.st.CreateTopic(e.t.Context(), group+".dlq", 1); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		e.t.Fatal(err)
 	}
+	return daemonConfigNoDLQ(e, group)
+}
+
+// daemonConfigNoDLQ is newDaemonConfig without creating the dead-letter
+// topic.
+func daemonConfigNoDLQ(e *env, group string) *daemonConfig {
 	return &daemonConfig{
 		t:   e.t,
 		env: map[string]string{},
@@ -772,6 +778,16 @@ func (p promText) sum(name string, labels ...string) float64 {
 		}
 	}
 	return total
+}
+
+// has reports whether the exposition has a sample named name.
+func (p promText) has(name string) bool {
+	for _, line := range strings.Split(string(p), "\n") {
+		if rest, ok := strings.CutPrefix(line, name); ok && (strings.HasPrefix(rest, " ") || strings.HasPrefix(rest, "{")) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseLabels reads `a="x",b="y"}` and returns the labels and what follows.

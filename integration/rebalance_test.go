@@ -3,9 +3,15 @@ package integration
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/sink"
 )
 
 // Three daemon processes share a group while records flow; one is SIGKILLed
@@ -106,4 +112,69 @@ func waitShared(t *testing.T, members []*daemon, within time.Duration) {
 		}
 		return total == 6
 	})
+}
+
+// A member told to stop while its memory is at memory.max_buffered_bytes
+// (its poll loop waiting for acknowledgements, not polling) keeps its
+// partitions until its shutdown commit is done: a member joining meanwhile
+// gets them only after that, never while the stopping member still writes
+// and commits them.
+func TestShutdownAtTheMemoryCapHoldsThePartitionsUntilCommitted(t *testing.T) {
+	skipShort(t)
+	ctx := t.Context()
+	e := newEnv(t)
+	const group = "g-cap-stop"
+	// One 5 MiB row, over the 4 MiB cap: admitted alone, it holds the
+	// memory while BigQuery takes its time to answer.
+	big := stack.StockUpdates(1, 5)[0]
+	big.WarehouseName = strings.Repeat("w", 5<<20)
+	e.produce(ctx, append([]stack.StockUpdate{big}, stack.StockUpdates(30, 6)...))
+	e.st.BigQuery.SetAppendLatency(time.Minute)
+	defer e.st.BigQuery.SetAppendLatency(0)
+
+	first := e.start(ctx, group, func(c *sink.Config) {
+		c.Memory.MaxBufferedBytes = 4 << 20
+		c.ShutdownTimeout = 12 * time.Second
+	})
+	waitUntil(t, 30*time.Second, func() string { return "the first member to reach its memory cap" }, func() bool {
+		return gauge(t, first.metrics, "bqsink_buffered_bytes") >= 4<<20
+	})
+	stopped := make(chan time.Time, 1)
+	go func() {
+		_ = first.stop()
+		stopped <- time.Now()
+	}()
+	second := e.start(ctx, group, func(c *sink.Config) { c.ShutdownTimeout = time.Second })
+	var assignedAt time.Time
+	waitUntil(t, 40*time.Second, func() string { return "the second member to be assigned partitions" }, func() bool {
+		if gauge(t, second.metrics, "bqsink_partitions_assigned") == 0 {
+			return false
+		}
+		assignedAt = time.Now()
+		return true
+	})
+	select {
+	case at := <-stopped:
+		t.Logf("the first member stopped %v before the second was assigned partitions", assignedAt.Sub(at).Round(time.Millisecond))
+	default:
+		t.Fatal("the second member was assigned partitions while the first was still stopping: a revoke found no workers and handed them over before the shutdown commit")
+	}
+}
+
+// gauge is the sum of a gauge's series in reg.
+func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
 }

@@ -17,90 +17,105 @@ import (
 // yet. Workers mark; the committer takes and commits.
 type commits struct {
 	// commitMu serialises whole take-and-commit rounds: an older round
-	// landing after a newer one would rewind the group.
+	// landing after a newer one would rewind the group. So at most one
+	// commit is in flight per member.
 	commitMu sync.Mutex
 
 	mu    sync.Mutex
 	marks map[string]map[int32]kgo.EpochOffset
 	meta  map[string]map[int32]string // exactly-once metadata of the marks
+
+	// marked (capacity 1) says that a mark arrived since the committer
+	// last looked; nil in tests that commit by hand.
+	marked chan struct{}
 }
 
 // mark records a watermark and its commit metadata; it only ever moves
 // forward.
 func (c *commits) mark(topic string, partition int32, eo kgo.EpochOffset, meta string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	moved := c.markLocked(topic, partition, eo, meta)
+	c.mu.Unlock()
+	if moved && c.marked != nil {
+		select {
+		case c.marked <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (c *commits) markLocked(topic string, partition int32, eo kgo.EpochOffset, meta string) bool {
 	ps := c.marks[topic]
 	if ps == nil {
 		ps = map[int32]kgo.EpochOffset{}
 		c.marks[topic] = ps
 	}
-	if old, ok := ps[partition]; !ok || old.Offset < eo.Offset {
-		ps[partition] = eo
-		if c.meta == nil {
-			c.meta = map[string]map[int32]string{}
-		}
-		if c.meta[topic] == nil {
-			c.meta[topic] = map[int32]string{}
-		}
-		c.meta[topic][partition] = meta
+	if old, ok := ps[partition]; ok && old.Offset >= eo.Offset {
+		return false
 	}
+	ps[partition] = eo
+	if c.meta == nil {
+		c.meta = map[string]map[int32]string{}
+	}
+	if c.meta[topic] == nil {
+		c.meta[topic] = map[int32]string{}
+	}
+	c.meta[topic][partition] = meta
+	return true
 }
 
 // take removes and returns the marks of the given partitions, or all marks
 // when only is nil.
 func (c *commits) take(only map[string][]int32) map[string]map[int32]kgo.EpochOffset {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := map[string]map[int32]kgo.EpochOffset{}
-	if only == nil {
-		for topic, ps := range c.marks {
-			if len(ps) > 0 {
-				out[topic] = ps
-			}
-		}
-		c.marks = map[string]map[int32]kgo.EpochOffset{}
-		return out
-	}
-	for topic, partitions := range only {
-		for _, p := range partitions {
-			eo, ok := c.marks[topic][p]
-			if !ok {
-				continue
-			}
-			delete(c.marks[topic], p)
-			if out[topic] == nil {
-				out[topic] = map[int32]kgo.EpochOffset{}
-			}
-			out[topic][p] = eo
-		}
-	}
-	return out
+	offsets, _ := c.takeWithMeta(only)
+	return offsets
 }
 
 // restore puts back marks whose commit failed, unless a newer mark arrived
-// meanwhile.
+// meanwhile. It does not wake the committer: the next round retries them.
 func (c *commits) restore(failed map[string]map[int32]kgo.EpochOffset, meta map[string]map[int32]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for topic, ps := range failed {
 		for p, eo := range ps {
-			c.mark(topic, p, eo, meta[topic][p])
+			c.markLocked(topic, p, eo, meta[topic][p])
 		}
 	}
 }
 
-// takeWithMeta is take, with the commit metadata of the marks taken.
+// takeWithMeta is take, with the commit metadata of the marks taken. Both
+// are read under one lock, so that an offset always goes with the metadata
+// marked with it.
 func (c *commits) takeWithMeta(only map[string][]int32) (map[string]map[int32]kgo.EpochOffset, map[string]map[int32]string) {
-	offsets := c.take(only)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	meta := make(map[string]map[int32]string, len(offsets))
-	for topic, ps := range offsets {
-		meta[topic] = make(map[int32]string, len(ps))
-		for p := range ps {
-			meta[topic][p] = c.meta[topic][p]
+	out := map[string]map[int32]kgo.EpochOffset{}
+	meta := map[string]map[int32]string{}
+	takeOne := func(topic string, p int32, eo kgo.EpochOffset) {
+		delete(c.marks[topic], p)
+		if out[topic] == nil {
+			out[topic] = map[int32]kgo.EpochOffset{}
+			meta[topic] = map[int32]string{}
+		}
+		out[topic][p] = eo
+		meta[topic][p] = c.meta[topic][p]
+	}
+	if only == nil {
+		for topic, ps := range c.marks {
+			for p, eo := range ps {
+				takeOne(topic, p, eo)
+			}
+		}
+		return out, meta
+	}
+	for topic, partitions := range only {
+		for _, p := range partitions {
+			if eo, ok := c.marks[topic][p]; ok {
+				takeOne(topic, p, eo)
+			}
 		}
 	}
-	return offsets, meta
+	return out, meta
 }
 
 func (c *commits) drop(only map[string][]int32) {
@@ -109,6 +124,11 @@ func (c *commits) drop(only map[string][]int32) {
 	c.take(only)
 }
 
+// commitLoop commits acknowledged offsets promptly: as soon as a flight's
+// mark arrives and no commit is in flight, so that a crash re-delivers
+// little beyond what was in flight. Marks that arrive during a commit go
+// together in the next one. kafka.commit_interval bounds how long a mark
+// whose commit failed waits for its retry.
 func (s *Sink) commitLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.Kafka.CommitInterval)
 	defer t.Stop()
@@ -116,9 +136,10 @@ func (s *Sink) commitLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.commits.marked:
 		case <-t.C:
-			_ = s.commitAll(ctx, "interval")
 		}
+		_ = s.commitAll(ctx, "acknowledged")
 	}
 }
 
@@ -182,7 +203,7 @@ func (s *Sink) commitPartitions(ctx context.Context, cl *kgo.Client, only map[st
 		s.metrics.commits.WithLabelValues("ok").Inc()
 		s.health.ok(stageCommit, group)
 		level := zap.DebugLevel
-		if why != "interval" {
+		if why != "acknowledged" {
 			level = zap.InfoLevel // a revoke's and the shutdown's commits are worth a line
 		}
 		if ce := s.log.Check(level, "committed"); ce != nil {

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -44,4 +45,42 @@ func TestBackoffGrowsAndIsCapped(t *testing.T) {
 			t.Fatalf("attempt %d: backoff %s outside [%s, 15s]", attempt, d, lo)
 		}
 	}
+}
+
+// A commit pairs each offset with the metadata marked with it: metadata of
+// a newer mark sent with an older offset makes exactly-once's next owner
+// fall back for nothing (or continue a stream at the wrong offset).
+func TestTakeWithMetaPairsOffsetAndMetadata(t *testing.T) {
+	c := commits{marks: map[string]map[int32]kgo.EpochOffset{}}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := int64(1); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.mark("t", 0, kgo.EpochOffset{Offset: i}, strconv.FormatInt(i, 10))
+		}
+	}()
+	takes, mismatches := 0, 0
+	for deadline := time.Now().Add(time.Second); takes < 1000 && time.Now().Before(deadline); {
+		offsets, meta := c.takeWithMeta(nil)
+		eo, ok := offsets["t"][0]
+		if !ok {
+			continue
+		}
+		takes++
+		if m := meta["t"][0]; m != strconv.FormatInt(eo.Offset, 10) {
+			mismatches++
+			if mismatches == 1 {
+				t.Errorf("offset %d taken with the metadata %q of another mark", eo.Offset, m)
+			}
+		}
+	}
+	close(stop)
+	<-done
+	t.Logf("%d takes, %d with another mark's metadata", takes, mismatches)
 }

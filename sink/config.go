@@ -52,9 +52,12 @@ type Config struct {
 	MetadataColumn string `yaml:"metadata_column"`
 }
 
-// DefaultConfig returns a Config whose zero fields take their defaults and
-// whose BigQuery section creates and evolves tables (bq.DefaultConfig).
-func DefaultConfig() Config { return Config{BigQuery: bq.DefaultConfig()} }
+// DefaultConfig returns a Config whose zero fields take their defaults,
+// whose BigQuery section creates and evolves tables (bq.DefaultConfig) and
+// which creates a missing dead-letter topic.
+func DefaultConfig() Config {
+	return Config{BigQuery: bq.DefaultConfig(), Errors: ErrorsConfig{DLQCreate: true}}
+}
 
 // KafkaConfig says which cluster, group and topics to consume.
 type KafkaConfig struct {
@@ -70,7 +73,12 @@ type KafkaConfig struct {
 	InstanceID string `yaml:"instance_id"`
 	// StartOffset is where a partition with no committed offset starts:
 	// "earliest" (default) or "latest".
-	StartOffset      string        `yaml:"start_offset"`
+	StartOffset string `yaml:"start_offset"`
+	// IsolationLevel is IsolationReadCommitted (default): records of
+	// transactions that were aborted, or are still open, are never read;
+	// or IsolationReadUncommitted: every record is read, aborted ones
+	// included.
+	IsolationLevel   string        `yaml:"isolation_level"`
 	SessionTimeout   time.Duration `yaml:"session_timeout"`   // default 45s
 	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"` // default 60s
 	// CommitInterval is how often acknowledged offsets are committed
@@ -161,6 +169,12 @@ type BatchConfig struct {
 	MaxInflight int `yaml:"max_inflight"`
 }
 
+// Isolation levels of kafka.isolation_level.
+const (
+	IsolationReadCommitted   = "read_committed"
+	IsolationReadUncommitted = "read_uncommitted"
+)
+
 // Policies for records that can never be written.
 const (
 	PolicyDLQ  = "dlq"  // produce them to the dead-letter topic, then commit past them
@@ -173,9 +187,15 @@ type ErrorsConfig struct {
 	// Policy is PolicyDLQ (default), PolicySkip or PolicyFail. An outage
 	// of the registry or of BigQuery never counts: only the record itself.
 	Policy string `yaml:"policy"`
-	// DLQTopic is the dead-letter topic (default "<group_id>.dlq"). It must
-	// exist when Policy is dlq: Run checks at startup.
+	// DLQTopic is the dead-letter topic (default "<group_id>.dlq"). When
+	// Policy is dlq, Run checks at startup that it exists.
 	DLQTopic string `yaml:"dlq_topic"`
+	// DLQCreate lets Run create a missing dead-letter topic at startup
+	// (true in DefaultConfig), with the brokers' default partitions and
+	// replication and a max.message.bytes that takes the source topics'
+	// records. If the brokers refuse, Run fails naming what to create.
+	// False: a missing topic fails the start.
+	DLQCreate bool `yaml:"dlq_create"`
 }
 
 // MemoryConfig bounds what the sink holds in memory.
@@ -213,6 +233,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Kafka.LogLevel == "" {
 		c.Kafka.LogLevel = "warn"
+	}
+	if c.Kafka.IsolationLevel == "" {
+		c.Kafka.IsolationLevel = IsolationReadCommitted
 	}
 	def(&c.Kafka.SessionTimeout, 45*time.Second)
 	def(&c.Kafka.RebalanceTimeout, 60*time.Second)
@@ -280,6 +303,11 @@ func (c Config) Validate() error {
 	case "", "earliest", "latest":
 	default:
 		bad("kafka.start_offset", "%q is not earliest or latest", c.Kafka.StartOffset)
+	}
+	switch c.Kafka.IsolationLevel {
+	case "", IsolationReadCommitted, IsolationReadUncommitted:
+	default:
+		bad("kafka.isolation_level", "%q is not read_committed or read_uncommitted", c.Kafka.IsolationLevel)
 	}
 	if _, ok := kafkaLogLevels[c.Kafka.LogLevel]; !ok && c.Kafka.LogLevel != "" {
 		bad("kafka.log_level", "%q is not debug, info, warn, error or none", c.Kafka.LogLevel)

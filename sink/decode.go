@@ -16,13 +16,14 @@ import (
 )
 
 // item is one record after decoding: a row ready to append, a rejection,
-// or a tombstone. Every record becomes exactly one item, so that its
-// offset is acknowledged in order whatever its fate.
+// a tombstone or a control record. Every record becomes exactly one item,
+// so that its offset is acknowledged in order whatever its fate.
 type item struct {
 	rec       *kgo.Record
-	row       bq.Row     // when rej is nil and the record is not a tombstone
+	row       bq.Row     // when rej is nil and the record is not a tombstone or control record
 	rej       *rejection // the record can never be written
 	tombstone bool       // null value: no row, nothing to report
+	control   bool       // a transaction marker: no row, nothing to report
 	charge    int64      // bytes accounted for the record and its row
 }
 
@@ -94,6 +95,12 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 			it, err = item{rec: r, rej: &rejection{rec: r, reason: reasonDecode, err: fmt.Errorf("panic decoding record: %v", p)}}, nil
 		}
 	}()
+	if r.Attrs.IsControl() {
+		// A transaction's commit or abort marker: not data, but its offset
+		// is the partition's, and must be committed past.
+		it.control = true
+		return it, nil
+	}
 	if r.Value == nil {
 		it.tombstone = true
 		return it, nil

@@ -66,7 +66,7 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 				return
 			}
 			w.deps.health.fail(stageAppend, w.table, err, needsOperator(err))
-			if !sleep(w.ctx, backoff(attempt)) {
+			if !sleepOrHealed(w.ctx, backoff(attempt), w.deps.health.healed(stageAppend, w.table)) {
 				return
 			}
 		}
@@ -92,7 +92,9 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 				appendFailing = &stageError{stage: stageAppend, target: w.table, config: needsOperator(err), err: err}
 				w.deps.health.fail(appendFailing.stage, appendFailing.target, err, appendFailing.config)
 				failed = true
-			case appendFailing != nil:
+			default:
+				// Any partition's success ends the table's failure, and
+				// wakes the others waiting out their backoff on it.
 				w.deps.health.ok(stageAppend, w.table)
 				appendFailing = nil
 			}
@@ -148,7 +150,14 @@ func (w *worker) deliver(f *flight, prev <-chan struct{}) {
 			d = max(d, configBackoff)
 		}
 		attempt++
-		if !sleep(w.ctx, d) {
+		var healed <-chan struct{}
+		switch {
+		case appendFailing != nil && dlqFailing == nil:
+			healed = w.deps.health.healed(appendFailing.stage, appendFailing.target)
+		case dlqFailing != nil && appendFailing == nil:
+			healed = w.deps.health.healed(dlqFailing.stage, dlqFailing.target)
+		}
+		if !sleepOrHealed(w.ctx, d, healed) {
 			return
 		}
 	}
@@ -247,6 +256,22 @@ func (w *worker) wrote(rows []bq.Row, ae *bq.AppendError) {
 func backoff(attempt int) time.Duration {
 	d := min(100*time.Millisecond<<min(attempt-1, 9), 15*time.Second)
 	return d/2 + rand.N(d/2+1)
+}
+
+// sleepOrHealed waits d, or until healed is closed (the failure being
+// waited out ended: another partition got through), or until ctx ends;
+// false if ctx ended.
+func sleepOrHealed(ctx context.Context, d time.Duration, healed <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-healed:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // sleep waits d or until ctx ends; false if ctx ended.

@@ -36,49 +36,72 @@ const (
 	fallbackMetadataUnreadable = "metadata_unreadable" // the metadata is not a format we read
 	fallbackCommitMoved        = "commit_moved"        // the committed offset is not where consumption starts
 	fallbackRowFateChanged     = "row_fate_changed"    // rows possibly written, then refused
+	fallbackIsolationChanged   = "isolation_changed"   // the previous owner read records of aborted transactions and this one does not, or the reverse
 )
 
-// encodeEOMeta is the commit metadata of Kafka offset at: the row of the
-// record at it goes to stream at stream offset next; "" if it would not
-// fit. The Kafka offset is repeated so that an offset moved by another tool,
-// with the metadata left as it was, is noticed.
-func encodeEOMeta(stream string, next, at int64) string {
-	m := eoMetaPrefix + stream + " " + strconv.FormatInt(next, 10) + " " + strconv.FormatInt(at, 10)
-	if len(m) > maxEOMeta {
+// eoMeta is what a partition's commit metadata says under exactly-once.
+type eoMeta struct {
+	stream string // the partition's COMMITTED write stream
+	next   int64  // stream offset of the row of the first record not committed
+	// at is the Kafka offset the metadata was committed with (-1 if the
+	// metadata does not say): an offset moved by another tool, with the
+	// metadata left as it was, is noticed.
+	at int64
+	// readCommitted says the writer read with kafka.isolation_level
+	// read_committed: records of aborted transactions had no row. Metadata
+	// that does not say was written by a reader of every record.
+	readCommitted bool
+}
+
+// encode is the commit metadata; "" if it would not fit.
+func (m eoMeta) encode() string {
+	s := eoMetaPrefix + m.stream + " " + strconv.FormatInt(m.next, 10) + " " + strconv.FormatInt(m.at, 10)
+	if m.readCommitted {
+		s += " " + eoReadCommitted
+	}
+	if len(s) > maxEOMeta {
 		return ""
 	}
-	return m
+	return s
 }
+
+// eoReadCommitted ends the metadata of a writer that reads committed
+// records only.
+const eoReadCommitted = "rc"
 
 // errNotEOMeta is metadata that is not exactly-once's at all.
 var errNotEOMeta = errors.New("not bqsink exactly-once metadata")
 
-// decodeEOMeta reads commit metadata: the stream, the stream offset and the
-// Kafka offset it was committed with (-1 if the metadata does not say).
-// Metadata of another writer, or none, is errNotEOMeta; another version of
-// the format, or a malformed one, is another error.
-func decodeEOMeta(m string) (stream string, next, at int64, err error) {
-	if !strings.HasPrefix(m, "bqsink-eo/") {
-		return "", 0, 0, errNotEOMeta
+// decodeEOMeta reads commit metadata. Metadata of another writer, or none,
+// is errNotEOMeta; another version of the format, or a malformed one, is
+// another error.
+func decodeEOMeta(s string) (eoMeta, error) {
+	m := eoMeta{at: -1}
+	if !strings.HasPrefix(s, "bqsink-eo/") {
+		return m, errNotEOMeta
 	}
-	if !strings.HasPrefix(m, eoMetaPrefix) {
-		return "", 0, 0, fmt.Errorf("metadata %.40q is a version of the format this bqsink does not read", m)
+	if !strings.HasPrefix(s, eoMetaPrefix) {
+		return m, fmt.Errorf("metadata %.40q is a version of the format this bqsink does not read", s)
 	}
-	fields := strings.Fields(m[len(eoMetaPrefix):])
+	fields := strings.Fields(s[len(eoMetaPrefix):])
+	if n := len(fields); n == 4 && fields[3] == eoReadCommitted {
+		m.readCommitted = true
+		fields = fields[:3]
+	}
 	if len(fields) != 2 && len(fields) != 3 {
-		return "", 0, 0, fmt.Errorf("metadata %.80q: want a stream name, a stream offset and a Kafka offset", m)
+		return m, fmt.Errorf("metadata %.80q: want a stream name, a stream offset, a Kafka offset and the isolation level", s)
 	}
-	next, err = strconv.ParseInt(fields[1], 10, 64)
+	next, err := strconv.ParseInt(fields[1], 10, 64)
 	if err != nil || next < 0 {
-		return "", 0, 0, fmt.Errorf("metadata %.80q: bad stream offset %q", m, fields[1])
+		return m, fmt.Errorf("metadata %.80q: bad stream offset %q", s, fields[1])
 	}
-	at = -1
 	if len(fields) == 3 {
-		if at, err = strconv.ParseInt(fields[2], 10, 64); err != nil || at < 0 {
-			return "", 0, 0, fmt.Errorf("metadata %.80q: bad Kafka offset %q", m, fields[2])
+		if m.at, err = strconv.ParseInt(fields[2], 10, 64); err != nil || m.at < 0 {
+			return m, fmt.Errorf("metadata %.80q: bad Kafka offset %q", s, fields[2])
 		}
 	}
-	return fields[0], next, at, nil
+	m.stream, m.next = fields[0], next
+	return m, nil
 }
 
 // committedFunc reads the partition's committed offset and its metadata;
@@ -92,9 +115,13 @@ type committedFunc func(ctx context.Context) (offset int64, meta string, ok bool
 type exactlyOnce struct {
 	table     *bq.Table
 	committed committedFunc
-	tp        topicPartition
-	log       *zap.Logger
-	metrics   *metrics
+	// skipped tells whether the records from offset from up to the first
+	// one this member reads can have had rows for the previous owner.
+	skipped       skippedFunc
+	readCommitted bool // kafka.isolation_level is read_committed
+	tp            topicPartition
+	log           *zap.Logger
+	metrics       *metrics
 
 	stream *bq.Stream
 	next   int64 // stream offset of the next row
@@ -120,7 +147,7 @@ func (e *exactlyOnce) meta(at int64) string {
 	if e.stream == nil {
 		return ""
 	}
-	return encodeEOMeta(e.stream.Name(), e.next, at)
+	return eoMeta{stream: e.stream.Name(), next: e.next, at: at, readCommitted: e.readCommitted}.encode()
 }
 
 // open finds the stream to continue, on the first append of the worker.
@@ -133,13 +160,21 @@ func (e *exactlyOnce) open(ctx context.Context) error {
 		// A partition this group never committed: nothing was written for it.
 		return e.create(ctx, "", committed, "")
 	}
-	name, next, at, err := decodeEOMeta(meta)
+	m, err := decodeEOMeta(meta)
+	name, next, at := m.stream, m.next, m.at
 	switch {
 	case errors.Is(err, errNotEOMeta):
 		return e.create(ctx, fallbackMetadataMissing, committed, "")
 	case err != nil:
 		e.log.Warn("unreadable exactly-once commit metadata", zap.Error(err))
 		return e.create(ctx, fallbackMetadataUnreadable, committed, "")
+	case m.readCommitted != e.readCommitted:
+		// One side has rows for records of aborted transactions and the
+		// other not: anywhere in the window since the commit, the rows of
+		// the same records may sit at other stream offsets.
+		e.log.Warn("kafka.isolation_level differs from the previous owner's",
+			zap.Bool("previous_read_committed", m.readCommitted), zap.Bool("read_committed", e.readCommitted))
+		return e.create(ctx, fallbackIsolationChanged, committed, name)
 	case at >= 0 && at != committed:
 		// Another tool moved the committed offset and left the metadata:
 		// the stream offset belongs to another record.
@@ -147,12 +182,23 @@ func (e *exactlyOnce) open(ctx context.Context) error {
 			zap.Int64("committed", committed), zap.Int64("metadata_offset", at))
 		return e.create(ctx, fallbackCommitMoved, min(committed, at), name)
 	case committed != e.flightStart:
-		// Consumption does not start where the metadata's offset is (the
-		// offset was committed again since it was read, or records expired):
-		// the stream offset of this flight is unknown.
-		e.log.Warn("the committed offset is not where consumption starts",
+		// Consumption does not start where the metadata's offset is. That
+		// is fine when the records in between never had rows: records of
+		// aborted transactions, which neither this member nor the previous
+		// owner read. Otherwise (the offset was committed again since it
+		// was read, or records expired or were compacted away) the stream
+		// offset of this flight is unknown.
+		ok, why, err := e.gapHadNoRows(ctx, m, committed)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			e.log.Warn("the committed offset is not where consumption starts",
+				zap.Int64("committed", committed), zap.Int64("first_record", e.flightStart), zap.String("why", why))
+			return e.create(ctx, fallbackCommitMoved, min(committed, e.flightStart), name)
+		}
+		e.log.Debug("records between the committed offset and the first one read were of aborted transactions",
 			zap.Int64("committed", committed), zap.Int64("first_record", e.flightStart))
-		return e.create(ctx, fallbackCommitMoved, min(committed, e.flightStart), name)
 	}
 	s, err := e.table.OpenStream(ctx, name)
 	switch {
@@ -167,6 +213,40 @@ func (e *exactlyOnce) open(ctx context.Context) error {
 	e.log.Info("continuing the exactly-once write stream", zap.String("stream", name), zap.Int64("stream_offset", next), zap.Int64("committed", committed))
 	return nil
 }
+
+// gapHadNoRows reports whether the records from committed up to the
+// flight's first record, which this member did not read, had no rows for
+// the previous owner either; if not, why.
+//
+// Under read_committed the client skips the records of aborted
+// transactions, so a commit can point at one and consumption start past
+// it. The previous owner skipped them too if it also read committed
+// records only (its metadata says so). Offsets can also be missing because
+// retention deleted the records (the log now starts past the commit) or
+// compaction removed them: those records were there for the previous
+// owner, and may have rows in the stream.
+func (e *exactlyOnce) gapHadNoRows(ctx context.Context, m eoMeta, committed int64) (bool, string, error) {
+	switch {
+	case committed > e.flightStart:
+		return false, "consumption starts before the committed offset: it was committed again since it was read", nil
+	case !e.readCommitted || !m.readCommitted:
+		return false, "records were skipped though every record is read (kafka.isolation_level read_uncommitted)", nil
+	}
+	logStart, compacted, err := e.skipped(ctx)
+	switch {
+	case err != nil:
+		return false, "", fmt.Errorf("read the start offset and cleanup policy of %s/%d for exactly-once: %w", e.tp.topic, e.tp.partition, err)
+	case logStart > committed:
+		return false, fmt.Sprintf("retention deleted the records up to offset %d", logStart), nil
+	case compacted:
+		return false, "the topic is compacted: the records skipped may have been compacted away", nil
+	}
+	return true, "", nil
+}
+
+// skippedFunc reads a partition's log start offset and whether its topic
+// is compacted.
+type skippedFunc func(ctx context.Context) (logStart int64, compacted bool, err error)
 
 // create opens a new stream; with a reason it is a fallback: rows of the
 // records from offset from on may have been written to the old stream

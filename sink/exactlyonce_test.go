@@ -8,24 +8,32 @@ import (
 
 func TestEOMetaRoundTrip(t *testing.T) {
 	name := "projects/p/datasets/d/tables/t/streams/Cic2NjY2YjA5LTAwMDAtMjNhMi05MmE2LTNjMjg2ZDUxOWY0MA"
-	m := encodeEOMeta(name, 123456789, 987654321)
-	if !strings.HasPrefix(m, eoMetaPrefix) {
-		t.Fatalf("metadata %q lacks the prefix %q", m, eoMetaPrefix)
+	for _, rc := range []bool{false, true} {
+		in := eoMeta{stream: name, next: 123456789, at: 987654321, readCommitted: rc}
+		m := in.encode()
+		if !strings.HasPrefix(m, eoMetaPrefix) {
+			t.Fatalf("metadata %q lacks the prefix %q", m, eoMetaPrefix)
+		}
+		got, err := decodeEOMeta(m)
+		if err != nil || got != in {
+			t.Fatalf("decode(%q) = %+v, %v; want %+v", m, got, err, in)
+		}
+		if len(m) > maxEOMeta || maxEOMeta > 4096/2 {
+			t.Fatalf("metadata of %d bytes, limit %d: must stay well under Kafka's default 4096", len(m), maxEOMeta)
+		}
 	}
-	stream, next, at, err := decodeEOMeta(m)
-	if err != nil || stream != name || next != 123456789 || at != 987654321 {
-		t.Fatalf("decode(%q) = %q, %d, %d, %v; want the stream and offsets encoded", m, stream, next, at, err)
+	// Metadata of earlier versions of bqsink still reads: without the
+	// Kafka offset (the first form), and without the isolation level
+	// (written by readers of every record).
+	if m, err := decodeEOMeta(eoMetaPrefix + name + " 5"); err != nil || m.next != 5 || m.at != -1 || m.readCommitted {
+		t.Fatalf("two-field metadata: %+v, %v", m, err)
 	}
-	// Metadata without the Kafka offset (the first form) still reads.
-	if _, next, at, err := decodeEOMeta(eoMetaPrefix + name + " 5"); err != nil || next != 5 || at != -1 {
-		t.Fatalf("two-field metadata: %d, %d, %v", next, at, err)
-	}
-	if len(m) > maxEOMeta || maxEOMeta > 4096/2 {
-		t.Fatalf("metadata of %d bytes, limit %d: must stay well under Kafka's default 4096", len(m), maxEOMeta)
+	if m, err := decodeEOMeta(eoMetaPrefix + name + " 5 7"); err != nil || m.next != 5 || m.at != 7 || m.readCommitted {
+		t.Fatalf("three-field metadata: %+v, %v", m, err)
 	}
 	// A name that would not fit gives no metadata (the next owner falls
 	// back), never an oversized commit that Kafka refuses.
-	if m := encodeEOMeta(strings.Repeat("x", maxEOMeta), 1, 1); m != "" {
+	if m := (eoMeta{stream: strings.Repeat("x", maxEOMeta), next: 1, at: 1}).encode(); m != "" {
 		t.Fatalf("oversized metadata encoded: %d bytes", len(m))
 	}
 }
@@ -35,7 +43,7 @@ func TestEOMetaRoundTrip(t *testing.T) {
 // another version or garbage is another error (metadata_unreadable).
 func TestEOMetaUnreadable(t *testing.T) {
 	for _, m := range []string{"", "some other consumer's metadata", "{\"json\":1}"} {
-		if _, _, _, err := decodeEOMeta(m); !errors.Is(err, errNotEOMeta) {
+		if _, err := decodeEOMeta(m); !errors.Is(err, errNotEOMeta) {
 			t.Errorf("decode(%q) = %v, want errNotEOMeta", m, err)
 		}
 	}
@@ -49,9 +57,11 @@ func TestEOMetaUnreadable(t *testing.T) {
 		"bqsink-eo/1 a 3 x",
 		"bqsink-eo/1 a 3 -4",
 		"bqsink-eo/1 a 3 4 5",
+		"bqsink-eo/1 a 3 rc",
+		"bqsink-eo/1 a 3 4 rc x",
 		"bqsink-eo/1 projects/p/datasets/d/tables/t/streams/s 99999999999999999999999",
 	} {
-		if _, _, _, err := decodeEOMeta(m); err == nil || errors.Is(err, errNotEOMeta) {
+		if _, err := decodeEOMeta(m); err == nil || errors.Is(err, errNotEOMeta) {
 			t.Errorf("decode(%q) = %v, want an unreadable-metadata error", m, err)
 		}
 	}
@@ -59,16 +69,17 @@ func TestEOMetaUnreadable(t *testing.T) {
 
 func FuzzEOMeta(f *testing.F) {
 	f.Add("bqsink-eo/1 projects/p/datasets/d/tables/t/streams/s 5 7")
+	f.Add("bqsink-eo/1 projects/p/datasets/d/tables/t/streams/s 5 7 rc")
 	f.Add("bqsink-eo/1 x 0")
-	f.Fuzz(func(t *testing.T, m string) {
-		stream, next, at, err := decodeEOMeta(m)
-		if err != nil || at < 0 {
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := decodeEOMeta(s)
+		if err != nil || m.at < 0 {
 			return
 		}
-		if again := encodeEOMeta(stream, next, at); again != "" {
-			s2, n2, a2, err := decodeEOMeta(again)
-			if err != nil || s2 != stream || n2 != next || a2 != at {
-				t.Fatalf("%q decodes to %q %d %d, which encodes to %q that decodes to %q %d %d %v", m, stream, next, at, again, s2, n2, a2, err)
+		if again := m.encode(); again != "" {
+			m2, err := decodeEOMeta(again)
+			if err != nil || m2 != m {
+				t.Fatalf("%q decodes to %+v, which encodes to %q that decodes to %+v %v", s, m, again, m2, err)
 			}
 		}
 	})

@@ -30,8 +30,21 @@ func recordSize(r *kgo.Record) int64 {
 }
 
 // estimatedRow is what r's encoded row is expected to cost until it is
-// encoded: about its Avro body.
-func estimatedRow(r *kgo.Record) int64 { return int64(len(r.Value) + rowOverhead) }
+// encoded: about its Avro body; nothing for a record too large to have a
+// row (see workerConfig.maxRecordBytes), so that a huge record is charged
+// once, not twice.
+func (w *worker) estimatedRow(r *kgo.Record) int64 {
+	if w.tooLarge(r) {
+		return 0
+	}
+	return int64(len(r.Value) + rowOverhead)
+}
+
+// tooLarge reports whether r's value is too large for its row to fit one
+// AppendRows request.
+func (w *worker) tooLarge(r *kgo.Record) bool {
+	return w.cfg.maxRecordBytes > 0 && len(r.Value) > w.cfg.maxRecordBytes
+}
 
 // fetchSizes derives franz-go's fetch limits from the memory cap: one
 // fetch response at most cap/32 (at least 256 KiB, at most Kafka's 50 MiB

@@ -55,6 +55,11 @@ type health struct {
 type failKey struct{ stage, target string }
 
 type failure struct {
+	// healed is closed when the failure ends, waking every retry loop
+	// that waits on the same stage and target: when a target recovers,
+	// all its partitions retry at once rather than each after its own
+	// backoff.
+	healed   chan struct{}
 	since    time.Time
 	last     time.Time // latest report
 	logged   time.Time // latest log line
@@ -79,7 +84,7 @@ func (h *health) fail(stage, target string, err error, config bool) {
 	f := h.failing[k]
 	first := f == nil
 	if first {
-		f = &failure{since: now}
+		f = &failure{since: now, healed: make(chan struct{})}
 		h.failing[k] = f
 		h.n.Store(int64(len(h.failing)))
 	}
@@ -109,12 +114,27 @@ func (h *health) ok(stage, target string) {
 	if f != nil {
 		delete(h.failing, k)
 		h.n.Store(int64(len(h.failing)))
+		close(f.healed)
 	}
 	h.mu.Unlock()
 	if f != nil {
 		h.log.Info("recovered", zap.String("stage", stage), zap.String("target", target),
 			zap.Duration("failed_for", time.Since(f.since).Round(time.Millisecond)), zap.Int("attempts", f.attempts))
 	}
+}
+
+// healed returns a channel closed when the failure of stage on target
+// ends; nil (never ready) when it is not failing.
+func (h *health) healed(stage, target string) <-chan struct{} {
+	if h.n.Load() == 0 {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f := h.failing[failKey{stage, target}]; f != nil {
+		return f.healed
+	}
+	return nil
 }
 
 // tick logs every failure not logged for repeatEvery (configEvery for
@@ -129,6 +149,7 @@ func (h *health) tick(now time.Time) {
 	for k, f := range h.failing {
 		if now.Sub(f.last) > forgetAfter {
 			delete(h.failing, k)
+			close(f.healed)
 			continue
 		}
 		every := repeatEvery

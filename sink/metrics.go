@@ -190,21 +190,25 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 
 var (
 	lagDesc = prometheus.NewDesc("bqsink_partition_lag",
-		"Records of the partition not committed yet: its high watermark, as the client last saw it, minus the group's committed offset.",
+		"Records of an owned partition not committed yet: its end offset minus the group's committed offset, each the newest of what the client saw and what the brokers said at the last refresh (every 15s).",
 		[]string{"topic", "partition"}, nil)
+	groupLagDesc = prometheus.NewDesc("bqsink_group_lag",
+		"The group's records of the topic not committed yet, summed over its partitions whoever owns them, as the brokers said at the last refresh (every 15s); every member reports it.",
+		[]string{"topic"}, nil)
 	committedDesc = prometheus.NewDesc("bqsink_partition_committed_offset",
 		"The group's committed offset of the partition: the next record to read after a restart.",
 		[]string{"topic", "partition"}, nil)
 )
 
 // partitionCollector reports each assigned partition's lag and committed
-// offset when scraped, from what the client already knows: no request to
-// Kafka per scrape.
+// offset, and the group's lag, when scraped, from what the client knows and
+// the last lag refresh: no request to Kafka per scrape.
 type partitionCollector struct{ s *Sink }
 
 func (c partitionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- lagDesc
 	ch <- committedDesc
+	ch <- groupLagDesc
 }
 
 func (c partitionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -212,7 +216,10 @@ func (c partitionCollector) Collect(ch chan<- prometheus.Metric) {
 		labels := []string{p.tp.topic, strconv.Itoa(int(p.tp.partition))}
 		ch <- prometheus.MustNewConstMetric(committedDesc, prometheus.GaugeValue, float64(p.committed), labels...)
 		if p.hwm >= 0 {
-			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(max(p.hwm-p.committed, 0)), labels...)
+			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.lag()), labels...)
 		}
+	}
+	for topic, n := range c.s.groupLag() {
+		ch <- prometheus.MustNewConstMetric(groupLagDesc, prometheus.GaugeValue, float64(n), topic)
 	}
 }

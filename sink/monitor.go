@@ -35,6 +35,8 @@ func (s *Sink) monitor(ctx context.Context) {
 	// Two sightings at the same position make a stall: seen within 20 s.
 	lagEvery := min(max(s.cfg.StallTimeout/4, monitorEvery), 10*time.Second)
 	lastLag, lastProgress := time.Now(), time.Now()
+	s.refreshLag(ctx)
+	lastRefresh := time.Now()
 	var before stats
 	for {
 		select {
@@ -43,6 +45,10 @@ func (s *Sink) monitor(ctx context.Context) {
 		case now := <-t.C:
 			s.health.tick(now)
 			s.rejects.flush(now)
+			if now.Sub(lastRefresh) >= lagRefresh-monitorEvery/2 {
+				lastRefresh = now
+				s.refreshLag(ctx)
+			}
 			if now.Sub(lastLag) >= lagEvery {
 				lastLag = now
 				s.watchLag(ctx)
@@ -65,19 +71,142 @@ func (s *Sink) logProgress(before *stats, since time.Duration) {
 	}
 	rows := delta(&s.stats.rows, &before.rows)
 	var lag int64
-	offsets := s.partitionOffsets()
-	for _, p := range offsets {
-		if p.hwm > p.committed {
-			lag += p.hwm - p.committed
-		}
+	for _, p := range s.partitionOffsets() {
+		lag += p.lag()
 	}
-	s.log.Info("progress",
+	fields := []zap.Field{
 		zap.Int64("rows_written", rows), zap.Float64("rows_per_second", math.Round(float64(rows)/since.Seconds())),
-		zap.Int64("lag", lag), zap.Int64("partitions", s.flow.parts.Load()),
+		zap.Int64("lag", lag),
+	}
+	if g := s.groupLag(); g != nil {
+		var sum int64
+		for _, n := range g {
+			sum += n
+		}
+		fields = append(fields, zap.Int64("group_lag", sum))
+	}
+	s.log.Info("progress", append(fields, zap.Int64("partitions", s.flow.parts.Load()),
 		zap.Int64("retries", delta(&s.stats.retries, &before.retries)),
 		zap.Int64("rejected", delta(&s.stats.rejected, &before.rejected)),
 		zap.Int64("dead_lettered", delta(&s.stats.deadLettered, &before.deadLettered)),
-		zap.Int64("buffered_bytes", s.flow.used.Load()), zap.Duration("over", since.Round(time.Second)))
+		zap.Int64("buffered_bytes", s.flow.used.Load()), zap.Duration("over", since.Round(time.Second)))...)
+}
+
+// lagRefresh is how often the group's lag is read from the brokers: every
+// partition of the consumed topics, whoever owns it.
+const lagRefresh = 15 * time.Second
+
+// lagSnapshot is what the brokers said about the consumed partitions at
+// one lag refresh.
+type lagSnapshot struct {
+	at    time.Time
+	parts map[topicPartition]brokerOffsets
+}
+
+// brokerOffsets are one partition's offsets as the brokers said: its log
+// start and end (high watermark), and the group's commit (-1: none).
+type brokerOffsets struct {
+	start, end, committed int64
+}
+
+// owedFrom is where the group's lag of a partition without a commit
+// starts: kafka.start_offset says where its consumption starts.
+func (b brokerOffsets) owedFrom(startOffset string) int64 {
+	if startOffset == "latest" {
+		return b.end
+	}
+	return b.start
+}
+
+// lag is the partition's records not committed: those from the commit,
+// or where consumption would start, up to the end. Records below the log
+// start are gone and owed to nobody.
+func (b brokerOffsets) lag(startOffset string) int64 {
+	from := b.committed
+	if from < 0 {
+		from = b.owedFrom(startOffset)
+	}
+	return max(b.end-max(from, b.start), 0)
+}
+
+func (l *lagSnapshot) get(tp topicPartition) (brokerOffsets, bool) {
+	if l == nil {
+		return brokerOffsets{}, false
+	}
+	b, ok := l.parts[tp]
+	return b, ok
+}
+
+// refreshLag reads the group's committed offsets and the start and end
+// offsets of every partition of the consumed topics, bounded by
+// kafka.request_timeout. A failure keeps the last snapshot (logged at
+// debug: fetch and commit failures are what an operator is told of).
+func (s *Sink) refreshLag(ctx context.Context) {
+	topics := s.cfg.literalTopics()
+	if len(topics) != len(s.cfg.Kafka.Topics) {
+		if cl := s.consumer(); cl != nil {
+			topics = cl.GetConsumeTopics()
+		}
+	}
+	if len(topics) == 0 {
+		return // an empty list would ask for every topic of the cluster
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+	defer cancel()
+	adm := kadm.NewClient(s.admin)
+	ends, err := adm.ListEndOffsets(ctx, topics...)
+	if err != nil {
+		s.log.Debug("lag refresh: list end offsets", zap.Error(err))
+		return
+	}
+	starts, err := adm.ListStartOffsets(ctx, topics...)
+	if err != nil {
+		s.log.Debug("lag refresh: list start offsets", zap.Error(err))
+		return
+	}
+	committed, err := adm.FetchOffsetsForTopics(ctx, s.cfg.Kafka.GroupID, topics...)
+	if err != nil {
+		s.log.Debug("lag refresh: fetch the group's offsets", zap.Error(err))
+		return
+	}
+	snap := &lagSnapshot{at: time.Now(), parts: map[topicPartition]brokerOffsets{}}
+	ends.Each(func(e kadm.ListedOffset) {
+		if e.Err != nil || e.Partition < 0 {
+			return
+		}
+		b := brokerOffsets{start: -1, end: e.Offset, committed: -1}
+		if st, ok := starts.Lookup(e.Topic, e.Partition); ok && st.Err == nil {
+			b.start = st.Offset
+		}
+		if c, ok := committed.Lookup(e.Topic, e.Partition); ok && c.Err == nil && c.At >= 0 {
+			b.committed = c.At
+		}
+		snap.parts[topicPartition{e.Topic, e.Partition}] = b
+	})
+	s.brokerLag.Store(snap)
+}
+
+// groupLag is the group's lag per consumed topic, summed over its
+// partitions at the last refresh, with this member's fresher view of its
+// own partitions; nil before the first refresh.
+func (s *Sink) groupLag() map[string]int64 {
+	snap := s.brokerLag.Load()
+	if snap == nil {
+		return nil
+	}
+	owned := map[topicPartition]int64{}
+	for _, p := range s.partitionOffsets() {
+		owned[p.tp] = p.lag()
+	}
+	sums := map[string]int64{}
+	for tp, b := range snap.parts {
+		if l, ok := owned[tp]; ok {
+			sums[tp.topic] += l
+			continue
+		}
+		sums[tp.topic] += b.lag(s.cfg.Kafka.StartOffset)
+	}
+	return sums
 }
 
 // watchLag finds partitions that hold nothing while their end offset is
@@ -107,7 +236,13 @@ func (s *Sink) watchLag(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
 	defer cancel()
 	adm := kadm.NewClient(s.admin)
-	ends, err := adm.ListEndOffsets(ctx, topics...)
+	listEnds := adm.ListEndOffsets
+	if s.cfg.Kafka.IsolationLevel == IsolationReadCommitted {
+		// The last stable offset: records of a transaction still open
+		// cannot be fetched yet, and that is no stall.
+		listEnds = adm.ListCommittedOffsets
+	}
+	ends, err := listEnds(ctx, topics...)
 	if err != nil {
 		s.log.Debug("lag watch: list end offsets", zap.Error(err))
 		return
@@ -130,18 +265,20 @@ func (s *Sink) watchLag(ctx context.Context) {
 					return
 				}
 			}
+			if starts == nil {
+				if starts, err = adm.ListStartOffsets(ctx, topics...); err != nil {
+					return
+				}
+			}
+			st, ok := starts.Lookup(tp.topic, tp.partition)
+			if !ok || st.Err != nil {
+				continue
+			}
 			if c, ok := committed.Lookup(tp.topic, tp.partition); ok && c.Err == nil && c.At >= 0 {
-				pos = c.At
+				// Records below the log start are gone: the client starts
+				// at the log start, and owes nothing before it.
+				pos = max(c.At, st.Offset)
 			} else {
-				if starts == nil {
-					if starts, err = adm.ListStartOffsets(ctx, topics...); err != nil {
-						return
-					}
-				}
-				st, ok := starts.Lookup(tp.topic, tp.partition)
-				if !ok || st.Err != nil {
-					continue
-				}
 				if s.cfg.Kafka.StartOffset == "latest" {
 					continue // starts at the end: nothing is owed
 				}
@@ -225,7 +362,7 @@ var errTopicMissing = errors.New("topic does not exist")
 // itself: a missing topic or dataset, refused credentials, a certificate
 // not trusted or refused, a file that cannot be read.
 func permanent(err error) bool {
-	return errors.Is(err, errTopicMissing) || errors.Is(err, schema.ErrUnauthorized) || errors.Is(err, schema.ErrTLS) ||
+	return errors.Is(err, errTopicMissing) || errors.Is(err, errDLQRefused) || errors.Is(err, schema.ErrUnauthorized) || errors.Is(err, schema.ErrTLS) ||
 		needsOperator(err) || errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed) ||
 		errors.Is(err, kerr.SaslAuthenticationFailed) || errors.As(err, new(*kafkaSetupError))
 }
@@ -248,6 +385,7 @@ func (s *Sink) checkKafka(ctx context.Context) error {
 		return s.kafkaErr(err)
 	}
 	var errs []error
+	createDLQ := false
 	for _, t := range topics {
 		d, ok := details[t]
 		var terr error
@@ -260,16 +398,103 @@ func (s *Sink) checkKafka(ctx context.Context) error {
 		if terr == nil {
 			continue
 		}
-		if dlq && t == s.cfg.Errors.DLQTopic {
-			errs = append(errs, fmt.Errorf("errors.dlq_topic: dead-letter topic %q: %w; create it (with max.message.bytes at least the source topics'), or set errors.policy to skip or fail", t, terr))
-		} else {
+		switch {
+		case dlq && t == s.cfg.Errors.DLQTopic && terr == errTopicMissing && s.cfg.Errors.DLQCreate:
+			createDLQ = true
+		case dlq && t == s.cfg.Errors.DLQTopic:
+			errs = append(errs, fmt.Errorf("errors.dlq_topic: dead-letter topic %q: %w; create it (with max.message.bytes at least the source topics'), set errors.dlq_create: true, or set errors.policy to skip or fail", t, terr))
+		default:
 			errs = append(errs, fmt.Errorf("kafka.topics: topic %q: %w", t, terr))
 		}
 	}
-	if len(errs) == 0 && dlq {
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if createDLQ {
+		if err := s.createDLQ(ctx, adm); err != nil {
+			return err
+		}
+	}
+	if dlq {
 		s.readDLQLimit(ctx, adm)
 	}
-	return errors.Join(errs...)
+	return nil
+}
+
+// dlqHeadroom is what the dead-letter topic's max.message.bytes allows
+// beyond the largest source record: the headers bqsink adds (where it came
+// from, the reason, the error).
+const dlqHeadroom = 64 << 10
+
+// errDLQRefused is wrapped by the startup check's error when the brokers
+// refuse to create the dead-letter topic: retrying will not help.
+var errDLQRefused = errors.New("the brokers refused to create it")
+
+// createDLQ creates the missing dead-letter topic with the brokers'
+// default partition count and replication factor, and a max.message.bytes
+// that takes the largest record of the source topics plus the headers
+// bqsink adds. Another replica creating it first is fine.
+func (s *Sink) createDLQ(ctx context.Context, adm *kadm.Client) error {
+	topic := s.cfg.Errors.DLQTopic
+	largest, from := s.largestSourceRecord(ctx, adm)
+	var configs map[string]*string
+	if largest > 0 {
+		configs = map[string]*string{"max.message.bytes": kadm.StringPtr(strconv.FormatInt(largest+dlqHeadroom, 10))}
+	}
+	resp, err := adm.CreateTopic(ctx, -1, -1, configs, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	switch {
+	case err == nil:
+		s.log.Info("created the dead-letter topic", zap.String("topic", topic), zap.Int32("partitions", resp.NumPartitions),
+			zap.Int16("replication_factor", resp.ReplicationFactor), zap.Int64("max_message_bytes", largest+dlqHeadroom),
+			zap.String("max_message_bytes_from", from))
+		return nil
+	case errors.Is(err, kerr.TopicAlreadyExists):
+		return nil // another replica was first
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || kerr.IsRetriable(err):
+		return s.kafkaErr(err)
+	}
+	want := "with max.message.bytes at least the source topics'"
+	if largest > 0 {
+		want = fmt.Sprintf("with max.message.bytes %d (the largest of %s, plus %d for bqsink's headers)", largest+dlqHeadroom, from, dlqHeadroom)
+	}
+	return fmt.Errorf("errors.dlq_topic: dead-letter topic %q does not exist and %w (%v): create it %s, or grant this client CREATE on it, or set errors.policy to skip or fail",
+		topic, errDLQRefused, err, want)
+}
+
+// largestSourceRecord is the largest max.message.bytes among the literal
+// source topics and the brokers' default (message.max.bytes), which topics
+// matched by a regular expression may use; and where it comes from. Zero
+// if none can be read (no right to describe configs).
+func (s *Sink) largestSourceRecord(ctx context.Context, adm *kadm.Client) (int64, string) {
+	var largest int64
+	var from string
+	consider := func(rcs kadm.ResourceConfigs, key, what string) { // what: how to name the largest, followed by its resource's name
+		for _, rc := range rcs {
+			if rc.Err != nil {
+				continue
+			}
+			for _, c := range rc.Configs {
+				if c.Key != key || c.Value == nil {
+					continue
+				}
+				if n, err := strconv.ParseInt(*c.Value, 10, 64); err == nil && n > largest {
+					largest, from = n, what+rc.Name
+				}
+			}
+		}
+	}
+	if topics := s.cfg.literalTopics(); len(topics) > 0 {
+		if rcs, err := adm.DescribeTopicConfigs(ctx, topics...); err == nil {
+			consider(rcs, "max.message.bytes", "max.message.bytes of topic ")
+		}
+	}
+	if rcs, err := adm.DescribeBrokerConfigs(ctx); err == nil {
+		consider(rcs, "message.max.bytes", "message.max.bytes of broker ")
+	}
+	return largest, from
 }
 
 // readDLQLimit reads the dead-letter topic's max.message.bytes, so that the

@@ -92,6 +92,10 @@ type Sink struct {
 
 	commits commits
 
+	// brokerLag is the group's offsets and the partitions' ends as the
+	// brokers told them at the last refresh (nil before the first).
+	brokerLag atomic.Pointer[lagSnapshot]
+
 	unknownMu sync.Mutex
 	unknown   map[int]time.Time // schema ID -> first record that carried it unresolved
 
@@ -176,7 +180,7 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 		flow:    newFlow(cfg.Memory.MaxBufferedBytes),
 		reg:     reg,
 		workers: map[topicPartition]*worker{},
-		commits: commits{marks: map[string]map[int32]kgo.EpochOffset{}},
+		commits: commits{marks: map[string]map[int32]kgo.EpochOffset{}, marked: make(chan struct{}, 1)},
 	}
 	s.health = newHealth(s.log, m, &s.stats.retries)
 	s.kopts = s.consumerOpts(o.log.Named("kafka"))
@@ -212,6 +216,11 @@ func (s *Sink) consumerOpts(log *zap.Logger) []kgo.Opt {
 		kgo.FetchMaxBytes(fetchMax),
 		kgo.FetchMaxPartitionBytes(partitionMax),
 		kgo.MaxConcurrentFetches(concurrentFetches),
+		kgo.FetchIsolationLevel(isolationLevels[k.IsolationLevel]),
+		// Transaction markers take offsets too: they are handed to the
+		// workers (no row) so that a partition's commit moves past them,
+		// and an idle transactional partition has no lag.
+		kgo.KeepControlRecords(),
 		// Offsets are committed only once BigQuery acknowledged the rows.
 		kgo.DisableAutoCommit(),
 		// Group callbacks never run while the poll loop routes records, so
@@ -244,6 +253,9 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 		// idempotent producer would need one more ACL for nothing.
 		kgo.DisableIdempotentWrite(),
 		kgo.ProducerLinger(0),
+		// A dead letter can be as large as the largest record: compressing
+		// it would hold one more copy of it while it is written.
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		// Every failure of this client is returned to the sink, which
 		// reports it once: franz-go's own copy stays below error.
 		kgo.WithLogger(warnCap{kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))}),
@@ -254,6 +266,11 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 var kafkaLogLevels = map[string]kgo.LogLevel{
 	"debug": kgo.LogLevelDebug, "info": kgo.LogLevelInfo, "warn": kgo.LogLevelWarn,
 	"error": kgo.LogLevelError, "none": kgo.LogLevelNone,
+}
+
+// isolationLevels are the values of kafka.isolation_level.
+var isolationLevels = map[string]kgo.IsolationLevel{
+	IsolationReadCommitted: kgo.ReadCommitted(), IsolationReadUncommitted: kgo.ReadUncommitted(),
 }
 
 // consumeTopics turns the configured topics into franz-go's form: with any
@@ -420,7 +437,16 @@ func (s *Sink) closeBounded(what string, fn func()) {
 	}
 }
 
+// poll hands fetched records to the partitions' workers until ctx ends.
+// It returns with rebalances blocked (see shutdown).
 func (s *Sink) poll(ctx context.Context) {
+	// Rebalances are blocked from a poll until AllowRebalance. Leaving
+	// between the two (after a wait for memory, or after routing a poll's
+	// records) would let a revoke run now, find no workers once shutdown
+	// took them, and hand the partitions over before their acknowledged
+	// offsets are committed. A poll with an ended context blocks them and
+	// takes nothing.
+	defer s.cl.PollFetches(ctx)
 	failing := map[topicPartition]bool{}
 	for ctx.Err() == nil {
 		if !s.flow.mayPoll() {
@@ -490,8 +516,8 @@ func (s *Sink) poll(ctx context.Context) {
 					zap.String("topic", p.Topic), zap.Int32("partition", p.Partition))
 				return
 			}
-			n := w.admit(p.Records)
-			s.metrics.consumed.WithLabelValues(p.Topic).Add(float64(n))
+			n, data := w.admit(p.Records)
+			s.metrics.consumed.WithLabelValues(p.Topic).Add(float64(data))
 			if n < len(p.Records) {
 				// Past its share of memory: the rest stays in Kafka and is
 				// fetched again, from the first record not taken, once the
@@ -554,16 +580,24 @@ type partitionOffset struct {
 	committed, hwm int64
 }
 
+// lag is the records of the partition not committed yet.
+func (p partitionOffset) lag() int64 { return max(p.hwm-p.committed, 0) }
+
 // consumer is the consumer client once Run created it, else nil.
 func (s *Sink) consumer() *kgo.Client { return s.clRef.Load() }
 
 // partitionOffsets lists the assigned partitions whose committed offset is
 // known: from the group's commits, or where this member started reading.
+// Each end and commit is the newest of what the client saw and what the
+// brokers said at the last lag refresh: the client's view stops moving
+// while fetching is paused (memory at its cap, a stage down), the
+// brokers' does not.
 func (s *Sink) partitionOffsets() []partitionOffset {
 	var committed map[string]map[int32]kgo.EpochOffset
 	if cl := s.consumer(); cl != nil {
 		committed = cl.CommittedOffsets()
 	}
+	snap := s.brokerLag.Load()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]partitionOffset, 0, len(s.workers))
@@ -574,10 +608,18 @@ func (s *Sink) partitionOffsets() []partitionOffset {
 		} else if f := w.first.Load(); f >= 0 {
 			c = f
 		}
+		hwm := w.hwm.Load()
+		if b, ok := snap.get(tp); ok {
+			hwm = max(hwm, b.end)
+			if c < 0 && b.committed < 0 && b.start >= 0 {
+				c = b.owedFrom(s.cfg.Kafka.StartOffset)
+			}
+			c = max(c, b.committed, b.start)
+		}
 		if c < 0 {
 			continue
 		}
-		out = append(out, partitionOffset{tp: tp, committed: c, hwm: w.hwm.Load()})
+		out = append(out, partitionOffset{tp: tp, committed: c, hwm: hwm})
 	}
 	return out
 }
@@ -614,11 +656,13 @@ func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	}
 	var eo *exactlyOnce
 	if s.cfg.BigQuery.ExactlyOnce() {
-		eo = &exactlyOnce{table: t, tp: tp, log: log, metrics: s.metrics, committed: s.committedFunc(tp)}
+		eo = &exactlyOnce{table: t, tp: tp, log: log, metrics: s.metrics, committed: s.committedFunc(tp),
+			skipped: s.skippedFunc(tp), readCommitted: s.cfg.Kafka.IsolationLevel == IsolationReadCommitted}
 		deps.append = eo.appendRows
 	}
 	b := s.cfg.Batch
-	cfg := workerConfig{maxRecords: b.MaxRecords, maxBytes: b.MaxBytes, maxWait: b.MaxWait, maxInflight: b.MaxInflight, policy: s.cfg.Errors.Policy}
+	cfg := workerConfig{maxRecords: b.MaxRecords, maxBytes: b.MaxBytes, maxWait: b.MaxWait, maxInflight: b.MaxInflight,
+		policy: s.cfg.Errors.Policy, maxRecordBytes: s.cfg.BigQuery.MaxRequestBytes}
 	w := newWorker(tp, t.Name(), cfg, deps, s.base, log)
 	w.eo = eo
 	return w
@@ -662,6 +706,43 @@ func (s *Sink) committedFunc(tp topicPartition) committedFunc {
 			return 0, "", false, o.Err
 		}
 		return o.At, o.Metadata, true, nil
+	}
+}
+
+// skippedFunc reads tp's log start offset and whether its topic is
+// compacted, bounded by kafka.request_timeout. A topic whose configuration
+// may not be read counts as compacted: exactly-once then falls back rather
+// than guess.
+func (s *Sink) skippedFunc(tp topicPartition) skippedFunc {
+	return func(ctx context.Context) (int64, bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+		defer cancel()
+		adm := kadm.NewClient(s.admin)
+		starts, err := adm.ListStartOffsets(ctx, tp.topic)
+		if err != nil {
+			return 0, false, err
+		}
+		start, ok := starts.Lookup(tp.topic, tp.partition)
+		if !ok {
+			return 0, false, fmt.Errorf("no start offset listed for %s", tp)
+		}
+		if start.Err != nil {
+			return 0, false, start.Err
+		}
+		rcs, err := adm.DescribeTopicConfigs(ctx, tp.topic)
+		if err != nil {
+			return 0, false, err
+		}
+		rc, err := rcs.On(tp.topic, nil)
+		if err != nil || rc.Err != nil {
+			return start.Offset, true, nil
+		}
+		for _, c := range rc.Configs {
+			if c.Key == "cleanup.policy" && c.Value != nil {
+				return start.Offset, strings.Contains(*c.Value, "compact"), nil
+			}
+		}
+		return start.Offset, false, nil
 	}
 }
 

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bqsink/bqsink/bq"
+	"github.com/bqsink/bqsink/schema"
 )
 
 // worker owns one partition: its inbox, its open batch, its flights (batches
@@ -88,6 +90,10 @@ type workerConfig struct {
 	maxWait     time.Duration
 	maxInflight int
 	policy      string
+	// maxRecordBytes is the largest record value whose row can fit one
+	// request (bigquery.max_request_bytes); larger ones are rejected from
+	// their length, and no row is ever built or expected for them.
+	maxRecordBytes int
 }
 
 // workerDeps are the worker's links to the rest of the sink. Each is
@@ -173,20 +179,23 @@ func newWorker(tp topicPartition, table string, cfg workerConfig, deps workerDep
 // when it holds nothing, and returns how many it took. It never blocks the
 // poll loop. Once the partition holds its share its fetching pauses, so a
 // slow table holds back only its own partitions; the records it did not
-// take stay in Kafka, to be fetched again.
-func (w *worker) admit(recs []*kgo.Record) int {
+// take stay in Kafka, to be fetched again. data counts the records taken
+// that are not transaction markers.
+func (w *worker) admit(recs []*kgo.Record) (n, data int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	share, held := w.deps.share(), w.held.Load()
-	var n int
 	var bytes int64
 	for _, r := range recs {
-		c := recordSize(r) + estimatedRow(r)
+		c := recordSize(r) + w.estimatedRow(r)
 		if held+bytes+c > share && !(held == 0 && n == 0) {
 			break
 		}
 		bytes += c
 		n++
+		if !r.Attrs.IsControl() {
+			data++
+		}
 	}
 	if n > 0 {
 		w.deps.charge(bytes)
@@ -207,7 +216,7 @@ func (w *worker) admit(recs []*kgo.Record) int {
 		w.paused = true
 		w.deps.pause()
 	}
-	return n
+	return n, data
 }
 
 // sawEnd records the partition's high watermark from a fetch or a lag
@@ -328,7 +337,7 @@ func (w *worker) decodeLoop() {
 			if sz := it.row.Size(); sz > 0 {
 				row = int64(sz + rowOverhead)
 			}
-			w.adjust(row - estimatedRow(r))
+			w.adjust(row - w.estimatedRow(r))
 			it.charge = recordSize(r) + row
 			out = append(out, it)
 			if it.rej != nil && w.cfg.policy == PolicyFail {
@@ -348,6 +357,14 @@ func (w *worker) decodeLoop() {
 // waiting it hands over what it decoded so far, so that those rows are not
 // held back by the wait. It returns false when the worker stops.
 func (w *worker) decodeOne(r *kgo.Record, out *[]item) (item, bool) {
+	if w.tooLarge(r) && !r.Attrs.IsControl() {
+		// Its row could not fit a request whatever it holds: decoding it
+		// would only build a row as large as the record, for nothing.
+		id, _, _ := schema.Split(r.Value)
+		return item{rec: r, rej: &rejection{rec: r, reason: reasonRowTooLarge, schemaID: id,
+			err: fmt.Errorf("%w: the record's value of %d bytes exceeds bigquery.max_request_bytes %d, so its row cannot fit one request; not decoded",
+				bq.ErrRowTooLarge, len(r.Value), w.cfg.maxRecordBytes)}}, true
+	}
 	var last *stageError
 	for attempt := 1; ; attempt++ {
 		it, err := w.deps.decode(w.stopCtx, r)
@@ -379,7 +396,7 @@ func (w *worker) decodeOne(r *kgo.Record, out *[]item) (item, bool) {
 		if se.config {
 			d = max(d, configBackoff)
 		}
-		if !sleep(w.stopCtx, d) {
+		if !sleepOrHealed(w.stopCtx, d, w.deps.health.healed(se.stage, se.target)) {
 			return item{}, false
 		}
 	}
@@ -456,6 +473,7 @@ func (w *worker) add(it item) {
 		w.deps.rejects.record(w.tp, w.table, it.rej, w.cfg.policy)
 	case it.tombstone:
 		w.deps.metrics.tombstones.WithLabelValues(w.tp.topic).Inc()
+	case it.control:
 	default:
 		b.rows = append(b.rows, it.row)
 		b.rowRecs = append(b.rowRecs, it.rec)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,9 +63,10 @@ type harness struct {
 	stats   stats
 
 	decodeMu sync.Mutex
-	// blocked makes the decoder answer a transient failure for these
-	// offsets until unblocked.
-	blocked map[int64]bool
+	// blocked makes the decoder answer a failure for these offsets until
+	// unblocked; blockedConfig makes it one only an operator can fix.
+	blocked       map[int64]bool
+	blockedConfig bool
 }
 
 type harnessOpt func(*workerConfig)
@@ -72,6 +74,13 @@ type harnessOpt func(*workerConfig)
 // newHarness starts a worker whose decoder turns a record into a row, a
 // rejection when the value is "bad", a tombstone when the value is nil.
 func newHarness(t *testing.T, opts ...harnessOpt) *harness {
+	t.Helper()
+	return newHarnessWith(t, nil, opts...)
+}
+
+// newHarnessWith is newHarness with the worker's dependencies adjusted by
+// deps before it starts.
+func newHarnessWith(t *testing.T, deps func(*workerDeps), opts ...harnessOpt) *harness {
 	t.Helper()
 	cfg := workerConfig{maxRecords: 3, maxBytes: 1 << 30, maxWait: time.Hour, maxInflight: 2, policy: PolicyDLQ}
 	for _, o := range opts {
@@ -87,14 +96,14 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		blocked: map[int64]bool{},
 	}
 	log := zaptest.NewLogger(t)
-	deps := workerDeps{
+	wd := workerDeps{
 		decode: func(_ context.Context, r *kgo.Record) (item, error) {
 			h.decodeMu.Lock()
-			blocked := h.blocked[r.Offset]
+			blocked, config := h.blocked[r.Offset], h.blockedConfig
 			h.decodeMu.Unlock()
 			switch {
 			case blocked:
-				return item{}, &stageError{stage: stageSchema, target: "registry", err: errors.New("registry down")}
+				return item{}, &stageError{stage: stageSchema, target: "registry", config: config, err: errors.New("registry down")}
 			case r.Value == nil:
 				return item{rec: r, tombstone: true}, nil
 			case string(r.Value) == "bad":
@@ -129,7 +138,10 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 		metrics: h.m,
 		stats:   &h.stats,
 	}
-	h.w = newWorker(topicPartition{"t", 0}, "p.d.t", cfg, deps, context.Background(), log)
+	if deps != nil {
+		deps(&wd)
+	}
+	h.w = newWorker(topicPartition{"t", 0}, "p.d.t", cfg, wd, context.Background(), log)
 	go h.w.run()
 	t.Cleanup(func() {
 		h.w.cancel()
@@ -463,9 +475,9 @@ func TestWorkerCancelAbandons(t *testing.T) {
 func TestWorkerAdmitsUpToItsShare(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 1000; c.maxWait = 10 * time.Millisecond })
 	share := h.budget.share()
-	one := recordSize(&kgo.Record{Value: []byte("v")}) + estimatedRow(&kgo.Record{Value: []byte("v")})
+	one := recordSize(&kgo.Record{Value: []byte("v")}) + h.w.estimatedRow(&kgo.Record{Value: []byte("v")})
 	offered := share/one + 100
-	took := h.w.admit(records(0, offered, "v"))
+	took, _ := h.w.admit(records(0, offered, "v"))
 	if int64(took) != share/one {
 		t.Fatalf("admitted %d of %d records, want the %d that fit a share of %d bytes", took, offered, share/one, share)
 	}
@@ -480,7 +492,7 @@ func TestWorkerAdmitsUpToItsShare(t *testing.T) {
 	}
 	// However often the poll offers, it never holds more than its share
 	// (decoding may give back a row's estimate, and room with it).
-	n := h.w.admit(records(int64(took), offered, "v"))
+	n, _ := h.w.admit(records(int64(took), offered, "v"))
 	if held := h.w.held.Load(); held > share {
 		t.Fatalf("holds %d bytes after a second offer took %d more, over its share of %d", held, n, share)
 	}
@@ -508,7 +520,7 @@ func TestWorkerAdmitsUpToItsShare(t *testing.T) {
 func TestWorkerAdmitsOneLargeRecordWhenIdle(t *testing.T) {
 	h := newHarness(t)
 	big := &kgo.Record{Topic: "t", Offset: 0, Value: make([]byte, h.budget.share()+1)}
-	if n := h.w.admit([]*kgo.Record{big, records(1, 2, "v")[0]}); n != 1 {
+	if n, _ := h.w.admit([]*kgo.Record{big, records(1, 2, "v")[0]}); n != 1 {
 		t.Fatalf("admitted %d, want the large record alone", n)
 	}
 }
@@ -546,8 +558,8 @@ func TestStalledOnlyWhileHoldingRecords(t *testing.T) {
 func TestWorkerClosesBatchesAtAQuarterOfItsShare(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 1 << 30; c.maxWait = time.Hour; c.maxInflight = 8 })
 	share := h.budget.share()
-	one := recordSize(&kgo.Record{Value: []byte("v")}) + estimatedRow(&kgo.Record{Value: []byte("v")})
-	took := h.w.admit(records(0, share/one+100, "v"))
+	one := recordSize(&kgo.Record{Value: []byte("v")}) + h.w.estimatedRow(&kgo.Record{Value: []byte("v")})
+	took, _ := h.w.admit(records(0, share/one+100, "v"))
 	var c *appendCall
 	select {
 	case c = <-h.calls:
@@ -561,4 +573,38 @@ func TestWorkerClosesBatchesAtAQuarterOfItsShare(t *testing.T) {
 	}
 	c.complete(nil)
 	h.waitMark(c.offsets[len(c.offsets)-1] + 1)
+}
+
+// When a failing target recovers, every partition waiting on it retries at
+// once, not each after its own backoff: here one partition's records wait
+// out a failure only an operator can fix (10s between attempts), and must
+// move as soon as another partition gets through to the same target.
+func TestWorkersRetryTogetherWhenTheirTargetRecovers(t *testing.T) {
+	attempts := new(atomic.Int64)
+	shared := newHealth(zaptest.NewLogger(t), newMetrics(), attempts)
+	useShared := func(d *workerDeps) { d.health = shared }
+	a := newHarnessWith(t, useShared, func(c *workerConfig) { c.maxRecords = 1 })
+	b := newHarnessWith(t, useShared, func(c *workerConfig) { c.maxRecords = 1 })
+	for _, h := range []*harness{a, b} {
+		h.decodeMu.Lock()
+		h.blocked[0], h.blockedConfig = true, true
+		h.decodeMu.Unlock()
+		h.w.admit(records(0, 1, "v"))
+	}
+	// Both have failed once and are waiting out configBackoff.
+	eventually(t, "both partitions to fail", func() bool { return attempts.Load() >= 2 })
+	for _, h := range []*harness{a, b} {
+		h.decodeMu.Lock()
+		h.blocked[0] = false
+		h.decodeMu.Unlock()
+	}
+	// Another partition's success ends the failure (as b's next attempt
+	// would); a must not wait for its own, 10s after its first.
+	healedAt := time.Now()
+	shared.ok(stageSchema, "registry")
+	a.nextCall().complete(nil)
+	if d := time.Since(healedAt); d > 2*time.Second {
+		t.Fatalf("a partition retried %v after its target recovered, want at once", d.Round(time.Millisecond))
+	}
+	a.waitMark(1)
 }
