@@ -231,3 +231,32 @@ func TestEnsureSchemaConcurrentClients(t *testing.T) {
 		}
 	}
 }
+
+// A server that answers a schema patch but keeps the old schema (goccy's
+// bigquery-emulator) must not have rows written as if the new columns
+// existed: their values would be dropped without a word. EnsureSchema reads
+// the table again after patching it and fails, naming the change, until
+// the table holds it.
+func TestEnsureSchemaPatchNotKept(t *testing.T) {
+	s := newFake(t)
+	c := newTestClient(t, s)
+	tbl := c.Table("forgetful")
+	v1 := bigquery.Schema{col("a", bigquery.StringFieldType, "REQUIRED")}
+	if err := tbl.EnsureSchema(t.Context(), v1); err != nil {
+		t.Fatal(err)
+	}
+	s.ForgetSchemaChanges(true)
+	v2 := bigquery.Schema{col("a", bigquery.StringFieldType, "REQUIRED"), col("b", bigquery.IntegerFieldType, "NULLABLE")}
+	err := tbl.EnsureSchema(t.Context(), v2)
+	if err == nil || !strings.Contains(err.Error(), "does not keep it") || !strings.Contains(err.Error(), "b: add NULLABLE INTEGER") {
+		t.Fatalf("EnsureSchema against a server that forgets the patch: %v, want an error naming the change", err)
+	}
+	if _, err := tbl.Encode(map[string]any{"a": "x", "b": int64(1)}); err == nil {
+		t.Fatal("a row with the column the table does not have was encoded")
+	}
+	s.ForgetSchemaChanges(false)
+	if err := tbl.EnsureSchema(t.Context(), v2); err != nil {
+		t.Fatalf("once the server keeps the change: %v", err)
+	}
+	equalShape(t, tableMetadata(t, s, "forgetful").Schema, v2)
+}

@@ -518,6 +518,18 @@ func (s *Server) changeTable(w http.ResponseWriter, r *http.Request, replace boo
 		upd.Labels = merged
 	}
 
+	if schemaChanged && s.faults.forgetSchema {
+		// Answer with the change; keep everything of it but the schema.
+		kept := upd
+		kept.Schema = t.res.Schema
+		t.res = &upd
+		t.etag = s.newEtagLocked()
+		t.modified = time.Now()
+		out := s.renderTableLocked(t)
+		t.res = &kept
+		writeJSON(w, out)
+		return
+	}
 	now := time.Now()
 	t.res = &upd
 	t.etag = s.newEtagLocked()

@@ -109,6 +109,7 @@ type faults struct {
 	alreadyExists int                       // appends answered ALREADY_EXISTS
 	outOfRange    int                       // appends answered OUT_OF_RANGE
 	requireLookup bool                      // RequireStreamLookup
+	forgetSchema  bool                      // ForgetSchemaChanges
 	readsStalled  chan struct{}             // StallReads: closed when reads resume; nil: reading
 }
 
@@ -356,6 +357,16 @@ func (s *Server) SetRESTLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults.restLatency = max(d, 0)
+}
+
+// ForgetSchemaChanges makes tables.patch and tables.update answer as if a
+// schema change were made, with the new schema in the answer, while the
+// table keeps its old schema, as goccy's bigquery-emulator (v0.6.6) does
+// for patch (it refuses update). Other changes still apply.
+func (s *Server) ForgetSchemaChanges(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.forgetSchema = on
 }
 
 // SetSchemaDelay models BigQuery's metadata propagation lag: a table created
