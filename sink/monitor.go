@@ -99,12 +99,12 @@ const lagRefresh = 15 * time.Second
 // lagSnapshot is what the brokers said about the consumed partitions at
 // one lag refresh.
 type lagSnapshot struct {
-	at    time.Time
 	parts map[topicPartition]brokerOffsets
 }
 
 // brokerOffsets are one partition's offsets as the brokers said: its log
-// start and end (high watermark), and the group's commit (-1: none).
+// start (-1: not known) and end (high watermark), and the group's commit
+// (-1: none).
 type brokerOffsets struct {
 	start, end, committed int64
 }
@@ -126,7 +126,7 @@ func (b brokerOffsets) lag(startOffset string) int64 {
 	if from < 0 {
 		from = b.owedFrom(startOffset)
 	}
-	return max(b.end-max(from, b.start), 0)
+	return max(b.end-max(from, b.start, 0), 0)
 }
 
 func (l *lagSnapshot) get(tp topicPartition) (brokerOffsets, bool) {
@@ -169,7 +169,7 @@ func (s *Sink) refreshLag(ctx context.Context) {
 		s.log.Debug("lag refresh: fetch the group's offsets", zap.Error(err))
 		return
 	}
-	snap := &lagSnapshot{at: time.Now(), parts: map[topicPartition]brokerOffsets{}}
+	snap := &lagSnapshot{parts: map[topicPartition]brokerOffsets{}}
 	ends.Each(func(e kadm.ListedOffset) {
 		if e.Err != nil || e.Partition < 0 {
 			return
