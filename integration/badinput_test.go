@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/api/option"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
@@ -314,8 +315,8 @@ func TestBadInputTable(t *testing.T) {
 	}
 
 	log, logs := observedLogger(t)
-	r := startSink(ctx, t, f.st, f.config(group, topic, table), log)
-	waitAllCommitted(t, f.st, group, topic, 90*time.Second)
+	r := itest.StartSink(ctx, t, f.st, f.config(group, topic, table), log)
+	itest.WaitAllCommitted(t, f.st, group, topic, 90*time.Second)
 	t.Logf("all but the 2 GB case committed after %v", time.Since(start).Round(time.Millisecond))
 
 	// The 2 GB claim alone, with nothing else in flight: the process must
@@ -325,7 +326,7 @@ func TestBadInputTable(t *testing.T) {
 	if err := f.st.Produce(ctx, stamp(append([]*kgo.Record{probe.rec}, f.good(topic, goodUpdates[next-4:next])...))...); err != nil {
 		t.Fatal(err)
 	}
-	waitAllCommitted(t, f.st, group, topic, 30*time.Second)
+	itest.WaitAllCommitted(t, f.st, group, topic, 30*time.Second)
 	if d := heapAllocs() - before; d > 256<<20 {
 		t.Errorf("the process allocated %d MiB while the 2 GB length prefix was handled, want far less", d>>20)
 	} else {
@@ -341,17 +342,17 @@ func TestBadInputTable(t *testing.T) {
 		}
 	}
 	for _, reason := range rejectReasons {
-		if got := counter(t, r.metrics, "bqsink_records_rejected_total", "reason", reason); got != float64(wantRejected[reason]) {
+		if got := counter(t, r.Metrics, "bqsink_records_rejected_total", "reason", reason); got != float64(wantRejected[reason]) {
 			t.Errorf("bqsink_records_rejected_total{reason=%q} = %v, want %d", reason, got, wantRejected[reason])
 		}
-		if got := counter(t, r.metrics, "bqsink_records_dead_lettered_total", "reason", reason); got != float64(wantRejected[reason]) {
+		if got := counter(t, r.Metrics, "bqsink_records_dead_lettered_total", "reason", reason); got != float64(wantRejected[reason]) {
 			t.Errorf("bqsink_records_dead_lettered_total{reason=%q} = %v, want %d", reason, got, wantRejected[reason])
 		}
 	}
-	if got := counter(t, r.metrics, "bqsink_tombstones_total", "topic", topic); got != 1 {
+	if got := counter(t, r.Metrics, "bqsink_tombstones_total", "topic", topic); got != 1 {
 		t.Errorf("bqsink_tombstones_total{topic=%q} = %v, want 1", topic, got)
 	}
-	if got := counter(t, r.metrics, "bqsink_retries_total", "stage", "schema"); got < 1 {
+	if got := counter(t, r.Metrics, "bqsink_retries_total", "stage", "schema"); got < 1 {
 		t.Errorf("bqsink_retries_total{stage=schema} = %v: the unknown schema ID was not retried for unknown_schema_grace", got)
 	}
 
@@ -392,8 +393,8 @@ func TestBadInputTable(t *testing.T) {
 	}
 	rows := byKey(t, tbl)
 	for _, u := range goodUpdates {
-		if n := len(rows[key(u.EAN, u.Timestamp)]); n != 1 {
-			t.Errorf("good record %s: %d rows, want 1", key(u.EAN, u.Timestamp), n)
+		if n := len(rows[itest.Key(u.EAN, u.Timestamp)]); n != 1 {
+			t.Errorf("good record %s: %d rows, want 1", itest.Key(u.EAN, u.Timestamp), n)
 		}
 	}
 	if len(tbl.Rows) != len(goodUpdates) {
@@ -420,7 +421,7 @@ func TestBadInputTable(t *testing.T) {
 			t.Errorf("a rejection was logged with a stack trace: %s", e.Stack)
 		}
 	}
-	if err := r.stop(); err != nil {
+	if err := r.Stop(); err != nil {
 		t.Errorf("Run: %v", err)
 	}
 	t.Logf("%d bad inputs (%d rejected, 1 tombstone) among %d good records in %v", len(cases), rejected, len(goodUpdates),
@@ -432,18 +433,6 @@ func heapAllocs() uint64 {
 	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
-}
-
-// waitAllCommitted waits until group committed every record of topic.
-func waitAllCommitted(t *testing.T, st *stack.Stack, group, topic string, within time.Duration) stack.Offsets {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), within)
-	defer cancel()
-	o, err := st.WaitCommitted(ctx, group, topic)
-	if err != nil {
-		t.Fatalf("group %s on %s: %v (committed %v, end %v)", group, topic, err, o.Committed, o.End)
-	}
-	return o
 }
 
 // deadLetter is a dead-letter record with bqsink's headers split from the
@@ -842,7 +831,7 @@ func TestBadInputPolicySkip(t *testing.T) {
 	cfg := f.config(group, topic, table)
 	cfg.Errors.Policy = sink.PolicySkip
 	p := runPolicy(t, cfg)
-	waitAllCommitted(t, f.st, group, topic, 60*time.Second)
+	itest.WaitAllCommitted(t, f.st, group, topic, 60*time.Second)
 
 	var want []rejectionWant
 	for _, c := range in.bad {
@@ -883,8 +872,8 @@ func checkGoodRows(t *testing.T, st *stack.Stack, table string, us []stack.Stock
 	}
 	rows := byKey(t, tbl)
 	for _, u := range us {
-		if n := len(rows[key(u.EAN, u.Timestamp)]); n != 1 {
-			t.Errorf("good record %s: %d rows, want 1", key(u.EAN, u.Timestamp), n)
+		if n := len(rows[itest.Key(u.EAN, u.Timestamp)]); n != 1 {
+			t.Errorf("good record %s: %d rows, want 1", itest.Key(u.EAN, u.Timestamp), n)
 		}
 	}
 	if len(tbl.Rows) != len(us) {
@@ -942,7 +931,7 @@ func TestBadInputPolicyFail(t *testing.T) {
 			}
 			rows := byKey(t, tbl)
 			for _, u := range before {
-				if n := len(rows[key(u.EAN, u.Timestamp)]); n != 1 {
+				if n := len(rows[itest.Key(u.EAN, u.Timestamp)]); n != 1 {
 					t.Errorf("good record %s before the failed one: %d rows, want 1", u.EAN, n)
 				}
 			}
@@ -972,6 +961,7 @@ func TestBadInputDeadLetterTopicUnavailable(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits out the retry backoff of an operator error twice")
 	}
+	t.Parallel() // mostly waiting out the backoff; a stack of its own per case
 	for _, c := range []struct {
 		name           string
 		requestTimeout time.Duration
@@ -996,13 +986,13 @@ func testDeadLetterTopicUnavailable(t *testing.T, requestTimeout time.Duration) 
 	cfg.Kafka.RequestTimeout = requestTimeout
 	cfg.ShutdownTimeout = 5 * time.Second // a stuck flight holds the stop this long at most
 	log, logs := observedLogger(t)
-	r := startSink(ctx, t, f.st, cfg, log)
+	r := itest.StartSink(ctx, t, f.st, cfg, log)
 
 	warmup := stack.StockUpdates(5, 90)
 	if err := f.st.Produce(ctx, f.good(topic, warmup)...); err != nil {
 		t.Fatal(err)
 	}
-	waitAllCommitted(t, f.st, group, topic, 60*time.Second)
+	itest.WaitAllCommitted(t, f.st, group, topic, 60*time.Second)
 
 	adm := kadm.NewClient(newKafkaClient(t, f.st))
 	resp, err := adm.DeleteTopic(ctx, stack.DLQTopic)
@@ -1020,16 +1010,16 @@ func testDeadLetterTopicUnavailable(t *testing.T, requestTimeout time.Duration) 
 		return e.Level >= zapcore.WarnLevel && e.ContextMap()["stage"] == "dead_letter"
 	}
 	produced := time.Now()
-	waitFor(t, 30*time.Second, "a warn or error line with stage dead_letter", func() bool {
+	itest.WaitFor(t, 30*time.Second, "a warn or error line with stage dead_letter", func() bool {
 		return len(logs.Filter(failing).All()) > 0
 	})
 	line := logs.Filter(failing).All()[0]
 	t.Logf("%v after the record: %s %q %v", time.Since(produced).Round(time.Millisecond), line.Level, line.Message, line.ContextMap())
-	if err := r.sink.Ready(); err == nil || !strings.Contains(err.Error(), "dead_letter") {
+	if err := r.Sink.Ready(); err == nil || !strings.Contains(err.Error(), "dead_letter") {
 		t.Errorf("Ready() = %v while the dead-letter topic is gone, want an error naming dead_letter", err)
 	}
-	waitFor(t, 75*time.Second, "bqsink_retries_total{stage=dead_letter} to reach 2", func() bool {
-		return counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter") >= 2
+	itest.WaitFor(t, 75*time.Second, "bqsink_retries_total{stage=dead_letter} to reach 2", func() bool {
+		return counter(t, r.Metrics, "bqsink_retries_total", "stage", "dead_letter") >= 2
 	})
 	o, err := f.st.GroupOffsets(ctx, group, topic)
 	if err != nil {
@@ -1039,7 +1029,7 @@ func testDeadLetterTopicUnavailable(t *testing.T, requestTimeout time.Duration) 
 		t.Fatalf("committed %d past the record at %d that was never dead-lettered", o.Committed[0], bad.rec.Offset)
 	}
 	t.Logf("retries %v, committed %d (record at %d, end %d) at %v",
-		counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter"), o.Committed[0], bad.rec.Offset, o.End[0],
+		counter(t, r.Metrics, "bqsink_retries_total", "stage", "dead_letter"), o.Committed[0], bad.rec.Offset, o.End[0],
 		time.Since(start).Round(time.Millisecond))
 
 	if err := f.st.CreateTopic(ctx, stack.DLQTopic, 1, stack.MaxMessageBytes(stack.DLQMaxMessageBytes)); err != nil {
@@ -1093,7 +1083,7 @@ func TestBadInputOldRecordIsDeadLettered(t *testing.T) {
 	cfg := f.config(group, topic, table)
 	cfg.ShutdownTimeout = 5 * time.Second // a stuck flight holds the stop this long at most
 	log, logs := observedLogger(t)
-	r := startSink(ctx, t, f.st, cfg, log)
+	r := itest.StartSink(ctx, t, f.st, cfg, log)
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if _, err := f.st.WaitCommitted(wctx, group, topic); err != nil {
@@ -1103,7 +1093,7 @@ func TestBadInputOldRecordIsDeadLettered(t *testing.T) {
 			why = append(why, fmt.Sprintf("%s %q: %v", e.Level, e.Message, e.ContextMap()["error"]))
 		}
 		t.Fatalf("committed %v of %v within 20s (record at %d); dead_letter retries %v; dead_letter lines: %q",
-			o.Committed, o.End, old.Offset, counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
+			o.Committed, o.End, old.Offset, counter(t, r.Metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
 	}
 	dls, err := f.st.DeadLetters(ctx)
 	if err != nil {
@@ -1155,7 +1145,7 @@ func TestBadInputLargeDeadLettersInARow(t *testing.T) {
 	cfg.Errors.DLQTopic = dlq
 	cfg.ShutdownTimeout = 5 * time.Second // a stuck flight holds the stop this long at most
 	log, logs := observedLogger(t)
-	r := startSink(ctx, t, f.st, cfg, log)
+	r := itest.StartSink(ctx, t, f.st, cfg, log)
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if _, err := f.st.WaitCommitted(wctx, group, topic); err != nil {
@@ -1166,7 +1156,7 @@ func TestBadInputLargeDeadLettersInARow(t *testing.T) {
 		}
 		t.Fatalf("committed %v of %v within 20s (%d records of %d KiB at %d..%d, topics taking %d KiB); dead_letter retries %v; dead_letter lines: %q",
 			o.Committed, o.End, n, len(bad[0].Value)>>10, bad[0].Offset, bad[len(bad)-1].Offset, limit>>10,
-			counter(t, r.metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
+			counter(t, r.Metrics, "bqsink_retries_total", "stage", "dead_letter"), firstN(why, 3))
 	}
 	dls, err := f.st.ReadTopic(ctx, dlq)
 	if err != nil {
@@ -1223,11 +1213,11 @@ func TestBadInputUnknownSchemaIDFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	produced := time.Now()
-	r := startSink(ctx, t, f.st, f.config(group, topic, table), zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
-	waitAllCommitted(t, f.st, group, topic, 120*time.Second)
+	r := itest.StartSink(ctx, t, f.st, f.config(group, topic, table), zaptest.NewLogger(t, zaptest.Level(zapcore.WarnLevel)))
+	itest.WaitAllCommitted(t, f.st, group, topic, 120*time.Second)
 	took := time.Since(produced)
 
-	if got := counter(t, r.metrics, "bqsink_records_rejected_total", "reason", "schema_not_found"); got != n {
+	if got := counter(t, r.Metrics, "bqsink_records_rejected_total", "reason", "schema_not_found"); got != n {
 		t.Errorf("rejected schema_not_found = %v, want %d", got, n)
 	}
 	dls, err := f.st.DeadLetters(ctx)

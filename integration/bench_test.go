@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
@@ -62,7 +63,7 @@ func BenchmarkPipeline(b *testing.B) {
 		cfg.Kafka.FetchMaxWait = 0     // likewise
 		b.StartTimer()
 
-		r := startSink(ctx, b, st, cfg, zap.NewNop())
+		r := itest.StartSink(ctx, b, st, cfg, zap.NewNop())
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		_, err := st.WaitCommitted(wctx, topic, topic)
 		cancel()
@@ -71,7 +72,7 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 
 		b.StopTimer()
-		if err := r.stop(); err != nil {
+		if err := r.Stop(); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -13,27 +14,27 @@ import (
 // and on SIGTERM flushes, commits and exits 0.
 func TestDaemonRunsFromConfigAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	updates := stack.StockUpdates(1000, 5)
-	e.produce(ctx, updates)
+	e.Produce(ctx, updates)
 
 	// The registry URL comes from the environment, as a secret would.
-	cfg := newDaemonConfig(e, "daemon").
-		set("schema_registry.url", "${TEST_REGISTRY_URL}").
-		setEnv("TEST_REGISTRY_URL", e.st.RegistryURL()).
-		set("log.level", "debug")
-	if code, out := checkConfig(t, cfg); code != 0 {
+	cfg := itest.NewDaemonConfig(e, "daemon").
+		Set("schema_registry.url", "${TEST_REGISTRY_URL}").
+		SetEnv("TEST_REGISTRY_URL", e.St.RegistryURL()).
+		Set("log.level", "debug")
+	if code, out := itest.CheckConfig(t, cfg); code != 0 {
 		t.Fatalf("-check: exit %d\n%s", code, out)
 	}
 
-	d := startDaemon(t, cfg)
-	d.waitLog(30*time.Second, "partitions assigned", assignedSome)
-	d.waitHTTP("/readyz", 200, 30*time.Second)
-	e.waitCommitted(ctx, "daemon")
-	if code, body := d.get("/healthz"); code != 200 {
+	d := itest.StartDaemon(t, cfg)
+	d.WaitLog(30*time.Second, "partitions assigned", itest.AssignedSome)
+	d.WaitHTTP("/readyz", 200, 30*time.Second)
+	e.WaitCommitted(ctx, "daemon")
+	if code, body := d.Get("/healthz"); code != 200 {
 		t.Errorf("/healthz = %d %s", code, body)
 	}
-	_, metrics := d.get("/metrics")
+	_, metrics := d.Get("/metrics")
 	for _, want := range []string{
 		`bqsink_rows_written_total{table="local-project.kafka.sms_physical_stock_updates"} 1000`,
 		`bqsink_records_consumed_total{topic="sms_physical_stock_updated_topic"} 1000`,
@@ -44,15 +45,15 @@ func TestDaemonRunsFromConfigAndStopsCleanlyOnSIGTERM(t *testing.T) {
 		}
 	}
 
-	d.terminate()
-	if st := d.wait(15 * time.Second); st.Code != 0 {
+	d.Terminate()
+	if st := d.Wait(15 * time.Second); st.Code != 0 {
 		t.Fatalf("daemon after SIGTERM: %v, want exit 0", st)
 	}
-	if got := len(e.read(ctx).Rows); got != len(updates) {
+	if got := len(e.Read(ctx).Rows); got != len(updates) {
 		t.Errorf("%d rows for %d records", got, len(updates))
 	}
 	for _, want := range []string{"starting", "partitions assigned", "stopped"} {
-		if len(d.logsMatching(msgIs(want))) == 0 {
+		if len(d.LogsMatching(itest.MsgIs(want))) == 0 {
 			t.Errorf("logs lack %q", want)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/internal/testcert"
 )
@@ -22,8 +23,8 @@ import (
 // headers bqsink adds, and dead-letters into it. Two replicas starting at
 // once both start.
 func TestDeadLetterTopicCreatedWhenMissing(t *testing.T) {
-	skipShort(t)
-	e := newEnv(t)
+	itest.SkipShortParallel(t)
+	e := itest.NewEnv(t)
 	ctx := t.Context()
 	const (
 		group  = "g-dlq-create"
@@ -31,16 +32,16 @@ func TestDeadLetterTopicCreatedWhenMissing(t *testing.T) {
 		dlq    = group + ".dlq" // the default: no errors section in the config
 	)
 	sourceMax := 5 << 20
-	if err := e.st.CreateTopic(ctx, source, 2, stack.MaxMessageBytes(sourceMax)); err != nil {
+	if err := e.St.CreateTopic(ctx, source, 2, stack.MaxMessageBytes(sourceMax)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := daemonConfigNoDLQ(e, group)
-	cfg.set("kafka.topics", []string{source}).set("tables", map[string]any{source: "dlq_source"})
+	cfg := itest.DaemonConfigNoDLQ(e, group)
+	cfg.Set("kafka.topics", []string{source}).Set("tables", map[string]any{source: "dlq_source"})
 
 	updates := stack.StockUpdates(50, 7)
 	var recs []*kgo.Record
 	for _, u := range updates {
-		r, err := e.schemas.Record(u)
+		r, err := e.Schemas.Record(u)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,15 +49,15 @@ func TestDeadLetterTopicCreatedWhenMissing(t *testing.T) {
 		recs = append(recs, r)
 	}
 	recs = append(recs, &kgo.Record{Topic: source, Value: []byte("not the wire format")})
-	if err := e.st.Produce(ctx, recs...); err != nil {
+	if err := e.St.Produce(ctx, recs...); err != nil {
 		t.Fatal(err)
 	}
 
-	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
-	if _, err := e.st.WaitCommitted(ctx, group, source); err != nil {
-		t.Fatalf("%v; %s: %v; %s: %v", err, a.name, a.problems(), b.name, b.problems())
+	a, b := itest.StartDaemon(t, cfg), itest.StartDaemon(t, cfg)
+	if _, err := e.St.WaitCommitted(ctx, group, source); err != nil {
+		t.Fatalf("%v; %s: %v; %s: %v", err, a.Name, a.Problems(), b.Name, b.Problems())
 	}
-	created := len(a.logsMatching(msgIs("created the dead-letter topic"))) + len(b.logsMatching(msgIs("created the dead-letter topic")))
+	created := len(a.LogsMatching(itest.MsgIs("created the dead-letter topic"))) + len(b.LogsMatching(itest.MsgIs("created the dead-letter topic")))
 	if created != 1 {
 		t.Errorf("%d daemons say they created the dead-letter topic, want one", created)
 	}
@@ -64,16 +65,16 @@ func TestDeadLetterTopicCreatedWhenMissing(t *testing.T) {
 	if want := strconv.Itoa(sourceMax + 64<<10); got != want {
 		t.Errorf("%s max.message.bytes = %s, want %s: the source topic's %d plus 64 KiB for bqsink's headers", dlq, got, want, sourceMax)
 	}
-	dead, err := e.st.ReadTopic(ctx, dlq)
+	dead, err := e.St.ReadTopic(ctx, dlq)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(dead) != 1 || string(dead[0].Value) != "not the wire format" {
 		t.Errorf("the dead-letter topic holds %d records, want the one bad record", len(dead))
 	}
-	for _, d := range []*daemon{a, b} {
-		d.shutdown(15 * time.Second)
-		logProblems(t, d)
+	for _, d := range []*itest.Daemon{a, b} {
+		d.Shutdown(15 * time.Second)
+		itest.LogProblems(t, d)
 	}
 }
 
@@ -81,8 +82,8 @@ func TestDeadLetterTopicCreatedWhenMissing(t *testing.T) {
 // the start ends with exit 1 and one line naming errors.dlq_topic and
 // saying what to create.
 func TestDeadLetterTopicCreationRefused(t *testing.T) {
-	skipShort(t)
-	e := newEnv(t)
+	itest.SkipShortParallel(t)
+	e := itest.NewEnv(t)
 	const group = "g-dlq-acl"
 	topic := func(name string, ops ...kmsg.ACLOperation) []kfake.ACL {
 		var out []kfake.ACL
@@ -104,16 +105,16 @@ func TestDeadLetterTopicCreationRefused(t *testing.T) {
 	}, kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool}), kgo.SASL(scram.Auth{User: "admin", Pass: "admin-secret"}.AsSha256Mechanism()))
 	k.createTopic(t, "acl.source", 1)
 
-	cfg := daemonConfigNoDLQ(e, group)
-	cfg.set("kafka.brokers", k.brokers).set("kafka.topics", []string{"acl.source"}).
-		mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: scram-sha-256, username: bqsink, password: bqsink-secret}}", ca.File))
+	cfg := itest.DaemonConfigNoDLQ(e, group)
+	cfg.Set("kafka.brokers", k.brokers).Set("kafka.topics", []string{"acl.source"}).
+		MergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: scram-sha-256, username: bqsink, password: bqsink-secret}}", ca.File))
 	requireStartupRefused(t, cfg, "errors.dlq_topic", group+".dlq", "does not exist", "refused to create it", "TOPIC_AUTHORIZATION_FAILED", "create it with max.message.bytes")
 }
 
 // topicConfig reads one config value of topic.
-func topicConfig(t *testing.T, e *env, topic, key string) string {
+func topicConfig(t *testing.T, e *itest.Env, topic, key string) string {
 	t.Helper()
-	rcs, err := adminClient(t, e).DescribeTopicConfigs(t.Context(), topic)
+	rcs, err := itest.AdminClient(t, e).DescribeTopicConfigs(t.Context(), topic)
 	if err != nil {
 		t.Fatal(err)
 	}

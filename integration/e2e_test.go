@@ -1,11 +1,7 @@
-// Package integration holds bqsink's end-to-end tests: the real daemon code
-// against the local stack (Kafka, Schema Registry, BigQuery test server),
-// every hop over real sockets.
 package integration
 
 import (
 	"context"
-	"fmt"
 	"math/big"
 	"testing"
 	"time"
@@ -13,139 +9,12 @@ import (
 	"cloud.google.com/go/bigquery"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc/codes"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
-
-// env is one test's stack with the stock-update schemas registered.
-type env struct {
-	t       *testing.T
-	st      *stack.Stack
-	schemas stack.StockSchemas
-}
-
-func newEnv(t *testing.T) *env {
-	t.Helper()
-	st, err := stack.Start(stack.Options{Partitions: 3, Topics: []string{stack.StockTopic}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	schemas, err := st.RegisterStock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{t: t, st: st, schemas: schemas}
-}
-
-func (e *env) produce(ctx context.Context, updates []stack.StockUpdate, extra ...*kgo.Record) {
-	e.t.Helper()
-	recs := make([]*kgo.Record, 0, len(updates)+len(extra))
-	for _, u := range updates {
-		r, err := e.schemas.Record(u)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		recs = append(recs, r)
-	}
-	recs = append(recs, extra...)
-	if err := e.st.Produce(ctx, recs...); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-// running is a sink started by start; stop ends it and reports Run's error.
-type running struct {
-	sink    *sink.Sink
-	metrics *prometheus.Registry
-	stop    func() error
-}
-
-func (e *env) start(ctx context.Context, group string, tune ...func(*sink.Config)) running {
-	e.t.Helper()
-	cfg := e.st.Config(group, stack.StockTopic)
-	for _, f := range tune {
-		f(&cfg)
-	}
-	return startSink(ctx, e.t, e.st, cfg, zaptest.NewLogger(e.t))
-}
-
-// startSink runs the real sink, built by the constructor main uses, against
-// the stack until the test ends or stop is called.
-func startSink(ctx context.Context, t testing.TB, st *stack.Stack, cfg sink.Config, log *zap.Logger) running {
-	t.Helper()
-	metrics := prometheus.NewRegistry()
-	s, err := sink.New(cfg, sink.WithLogger(log), sink.WithRegisterer(metrics))
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	stopped := false
-	var runErr error
-	stop := func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			runErr = <-done
-		}
-		return runErr
-	}
-	t.Cleanup(func() { _ = stop() })
-	return running{sink: s, metrics: metrics, stop: stop}
-}
-
-func (e *env) waitCommitted(ctx context.Context, group string) stack.Offsets {
-	e.t.Helper()
-	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	o, err := e.st.WaitCommitted(wctx, group, stack.StockTopic)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return o
-}
-
-// waitSomeCommitted waits until group has committed at least one record.
-func (e *env) waitSomeCommitted(ctx context.Context, group string) {
-	e.t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(30 * time.Second)
-	for {
-		o, err := e.st.GroupOffsets(ctx, group, stack.StockTopic)
-		if err == nil {
-			for _, c := range o.Committed {
-				if c > 0 {
-					return
-				}
-			}
-		}
-		select {
-		case <-tick.C:
-		case <-timeout:
-			e.t.Fatalf("group %s committed nothing in 30s", group)
-		}
-	}
-}
-
-func (e *env) read(ctx context.Context) stack.Table {
-	e.t.Helper()
-	tbl, err := e.st.ReadTable(ctx, stack.StockTable)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return tbl
-}
-
-// key identifies a generated update: EAN and timestamp are unique enough
-// within one generator run, and both survive the trip as plain values.
-func key(ean string, ts int64) string { return fmt.Sprintf("%s@%d", ean, ts) }
 
 func byKey(t *testing.T, tbl stack.Table) map[string][]map[string]bigquery.Value {
 	t.Helper()
@@ -153,7 +22,7 @@ func byKey(t *testing.T, tbl stack.Table) map[string][]map[string]bigquery.Value
 	for _, r := range tbl.Rows {
 		ean, _ := r["ean"].(string)
 		ts, _ := r["timestamp"].(int64)
-		out[key(ean, ts)] = append(out[key(ean, ts)], r)
+		out[itest.Key(ean, ts)] = append(out[itest.Key(ean, ts)], r)
 	}
 	return out
 }
@@ -163,19 +32,19 @@ func byKey(t *testing.T, tbl stack.Table) map[string][]map[string]bigquery.Value
 // the table's schema is v1's columns plus v2's new ones as NULLABLE.
 func TestPipelineWritesEveryRecordOfBothVersions(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	updates := stack.StockUpdates(1500, 1)
-	e.produce(ctx, updates)
-	r := e.start(ctx, "g-both")
-	o := e.waitCommitted(ctx, "g-both")
+	e.Produce(ctx, updates)
+	r := e.Start(ctx, "g-both")
+	o := e.WaitCommitted(ctx, "g-both")
 	if o.Lag() != 0 {
 		t.Fatalf("lag %d", o.Lag())
 	}
-	if err := r.stop(); err != nil {
+	if err := r.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 
-	tbl := e.read(ctx)
+	tbl := e.Read(ctx)
 	wantCols := map[string]struct {
 		typ      bigquery.FieldType
 		required bool
@@ -211,9 +80,9 @@ func TestPipelineWritesEveryRecordOfBothVersions(t *testing.T) {
 		t.Errorf("%d rows for %d records", len(tbl.Rows), len(updates))
 	}
 	for _, u := range updates {
-		got := rows[key(u.EAN, u.Timestamp)]
+		got := rows[itest.Key(u.EAN, u.Timestamp)]
 		if len(got) != 1 {
-			t.Fatalf("record %s: %d rows", key(u.EAN, u.Timestamp), len(got))
+			t.Fatalf("record %s: %d rows", itest.Key(u.EAN, u.Timestamp), len(got))
 		}
 		checkRow(t, u, got[0])
 	}
@@ -263,11 +132,11 @@ func checkRow(t *testing.T, u stack.StockUpdate, row map[string]bigquery.Value) 
 // slowStream produces 3000 updates and slows appends, and returns a tuning
 // of small batches with one append in flight per partition: a sink stopped
 // or joined early is caught with work in flight and most records to do.
-func (e *env) slowStream(ctx context.Context, seed uint64) ([]stack.StockUpdate, func(*sink.Config)) {
-	e.t.Helper()
-	e.st.BigQuery.SetAppendLatency(100 * time.Millisecond)
+func slowStream(ctx context.Context, e *itest.Env, seed uint64) ([]stack.StockUpdate, func(*sink.Config)) {
+	e.T.Helper()
+	e.St.BigQuery.SetAppendLatency(100 * time.Millisecond)
 	updates := stack.StockUpdates(3000, seed)
-	e.produce(ctx, updates)
+	e.Produce(ctx, updates)
 	return updates, func(c *sink.Config) { c.Batch.MaxRecords, c.Batch.MaxInflight = 20, 1 }
 }
 
@@ -275,15 +144,15 @@ func (e *env) slowStream(ctx context.Context, seed uint64) ([]stack.StockUpdate,
 // record is present at least once and the group ends with no lag.
 func TestRestartMidStreamLosesNothing(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
-	updates, small := e.slowStream(ctx, 2)
+	e := itest.NewEnv(t)
+	updates, small := slowStream(ctx, e, 2)
 
-	first := e.start(ctx, "g-restart", small)
-	e.waitSomeCommitted(ctx, "g-restart")
-	if err := first.stop(); err != nil {
+	first := e.Start(ctx, "g-restart", small)
+	e.WaitSomeCommitted(ctx, "g-restart")
+	if err := first.Stop(); err != nil {
 		t.Fatalf("first Run: %v", err)
 	}
-	mid, err := e.st.GroupOffsets(ctx, "g-restart", stack.StockTopic)
+	mid, err := e.St.GroupOffsets(ctx, "g-restart", stack.StockTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,12 +161,12 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 	}
 	t.Logf("stopped with lag %d of %d", mid.Lag(), len(updates))
 
-	e.start(ctx, "g-restart", small)
-	e.waitCommitted(ctx, "g-restart")
-	rows := byKey(t, e.read(ctx))
+	e.Start(ctx, "g-restart", small)
+	e.WaitCommitted(ctx, "g-restart")
+	rows := byKey(t, e.Read(ctx))
 	missing := 0
 	for _, u := range updates {
-		if len(rows[key(u.EAN, u.Timestamp)]) == 0 {
+		if len(rows[itest.Key(u.EAN, u.Timestamp)]) == 0 {
 			missing++
 		}
 	}
@@ -310,9 +179,9 @@ func TestRestartMidStreamLosesNothing(t *testing.T) {
 // committed; the good records around them all land.
 func TestMalformedRecordsDoNotStopTheOthers(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	good := stack.StockUpdates(600, 3)
-	valid, err := e.schemas.Record(good[0])
+	valid, err := e.Schemas.Record(good[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,23 +191,23 @@ func TestMalformedRecordsDoNotStopTheOthers(t *testing.T) {
 		{Topic: stack.StockTopic, Key: []byte("k"), Value: valid.Value[:len(valid.Value)-3]},        // truncated body
 		{Topic: stack.StockTopic, Key: []byte("k"), Value: nil},                                     // tombstone
 	}
-	e.produce(ctx, good[:300], bad...)
-	e.produce(ctx, good[300:])
-	r := e.start(ctx, "g-bad")
-	e.waitCommitted(ctx, "g-bad")
+	e.Produce(ctx, good[:300], bad...)
+	e.Produce(ctx, good[300:])
+	r := e.Start(ctx, "g-bad")
+	e.WaitCommitted(ctx, "g-bad")
 
-	rows := byKey(t, e.read(ctx))
+	rows := byKey(t, e.Read(ctx))
 	for _, u := range good {
-		if len(rows[key(u.EAN, u.Timestamp)]) == 0 {
+		if len(rows[itest.Key(u.EAN, u.Timestamp)]) == 0 {
 			t.Fatalf("good record %s missing", u.EAN)
 		}
 	}
 	for reason, want := range map[string]float64{"wire_format": 1, "schema_not_found": 1, "decode": 1} {
-		if got := counter(t, r.metrics, "bqsink_records_rejected_total", "reason", reason); got != want {
+		if got := counter(t, r.Metrics, "bqsink_records_rejected_total", "reason", reason); got != want {
 			t.Errorf("rejected %s = %v, want %v", reason, got, want)
 		}
 	}
-	if got := sum(t, r.metrics, "bqsink_tombstones_total"); got != 1 {
+	if got := sum(t, r.Metrics, "bqsink_tombstones_total"); got != 1 {
 		t.Errorf("tombstones = %v, want 1", got)
 	}
 }
@@ -370,17 +239,17 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 // duplicating rows: a failed request wrote nothing, and only it is resent.
 func TestTransientAppendFailuresAreRetriedWithoutDuplicates(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	updates := stack.StockUpdates(800, 4)
-	e.produce(ctx, updates)
-	e.st.BigQuery.FailAppends(2, codes.ResourceExhausted)
-	r := e.start(ctx, "g-retry")
-	e.waitCommitted(ctx, "g-retry")
-	tbl := e.read(ctx)
+	e.Produce(ctx, updates)
+	e.St.BigQuery.FailAppends(2, codes.ResourceExhausted)
+	r := e.Start(ctx, "g-retry")
+	e.WaitCommitted(ctx, "g-retry")
+	tbl := e.Read(ctx)
 	if len(tbl.Rows) != len(updates) {
 		t.Fatalf("%d rows for %d records", len(tbl.Rows), len(updates))
 	}
-	if got := counter(t, r.metrics, "bqsink_retries_total", "stage", "append"); got < 1 {
+	if got := counter(t, r.Metrics, "bqsink_retries_total", "stage", "append"); got < 1 {
 		t.Errorf("append retries = %v, want the injected failures retried", got)
 	}
 }
@@ -390,23 +259,23 @@ func TestTransientAppendFailuresAreRetriedWithoutDuplicates(t *testing.T) {
 // every record lands exactly once and the group ends with no lag.
 func TestRebalanceMidStreamHandsOverCleanly(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
-	updates, small := e.slowStream(ctx, 6)
+	e := itest.NewEnv(t)
+	updates, small := slowStream(ctx, e, 6)
 
-	first := e.start(ctx, "g-rebalance", small)
-	e.waitSomeCommitted(ctx, "g-rebalance")
-	second := e.start(ctx, "g-rebalance", small)
-	e.waitCommitted(ctx, "g-rebalance")
+	first := e.Start(ctx, "g-rebalance", small)
+	e.WaitSomeCommitted(ctx, "g-rebalance")
+	second := e.Start(ctx, "g-rebalance", small)
+	e.WaitCommitted(ctx, "g-rebalance")
 
-	consumed := func(r running) float64 {
-		return counter(t, r.metrics, "bqsink_records_consumed_total", "topic", stack.StockTopic)
+	consumed := func(r itest.Running) float64 {
+		return counter(t, r.Metrics, "bqsink_records_consumed_total", "topic", stack.StockTopic)
 	}
 	if consumed(second) == 0 {
 		t.Fatal("the second member never got a partition: no rebalance happened")
 	}
-	rows := byKey(t, e.read(ctx))
+	rows := byKey(t, e.Read(ctx))
 	for _, u := range updates {
-		if n := len(rows[key(u.EAN, u.Timestamp)]); n != 1 {
+		if n := len(rows[itest.Key(u.EAN, u.Timestamp)]); n != 1 {
 			t.Fatalf("record %s landed %d times", u.EAN, n)
 		}
 	}
@@ -420,8 +289,8 @@ func TestRebalanceMidStreamHandsOverCleanly(t *testing.T) {
 // added once.
 func TestEvolutionRidesThroughSchemaPropagationDelay(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
-	e.st.BigQuery.SetSchemaDelay(2 * time.Second)
+	e := itest.NewEnv(t)
+	e.St.BigQuery.SetSchemaDelay(2 * time.Second)
 
 	all := stack.StockUpdates(300, 8)
 	var v1a, v2, v1b []stack.StockUpdate
@@ -438,7 +307,7 @@ func TestEvolutionRidesThroughSchemaPropagationDelay(t *testing.T) {
 	var recs []*kgo.Record
 	for _, group := range [][]stack.StockUpdate{v1a, v2, v1b} {
 		for _, u := range group {
-			r, err := e.schemas.Record(u)
+			r, err := e.Schemas.Record(u)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -446,20 +315,20 @@ func TestEvolutionRidesThroughSchemaPropagationDelay(t *testing.T) {
 			recs = append(recs, r)
 		}
 	}
-	if err := e.st.Produce(ctx, recs...); err != nil {
+	if err := e.St.Produce(ctx, recs...); err != nil {
 		t.Fatal(err)
 	}
-	r := e.start(ctx, "g-evolve", func(c *sink.Config) { c.Batch.MaxRecords = 25 })
-	e.waitCommitted(ctx, "g-evolve")
+	r := e.Start(ctx, "g-evolve", func(c *sink.Config) { c.Batch.MaxRecords = 25 })
+	e.WaitCommitted(ctx, "g-evolve")
 
-	tbl := e.read(ctx)
+	tbl := e.Read(ctx)
 	if len(tbl.Schema) != 14 {
 		t.Errorf("table has %d columns, want v1's 11 plus v2's 3", len(tbl.Schema))
 	}
 	rows := byKey(t, tbl)
 	for _, group := range [][]stack.StockUpdate{v1a, v2, v1b} {
 		for _, u := range group {
-			got := rows[key(u.EAN, u.Timestamp)]
+			got := rows[itest.Key(u.EAN, u.Timestamp)]
 			if len(got) != 1 {
 				t.Fatalf("record %s: %d rows", u.EAN, len(got))
 			}
@@ -467,11 +336,45 @@ func TestEvolutionRidesThroughSchemaPropagationDelay(t *testing.T) {
 		}
 	}
 	for _, reason := range []string{"wire_format", "schema_not_found", "unsupported_schema", "decode", "incompatible_schema", "bigquery_rejected"} {
-		if n := counter(t, r.metrics, "bqsink_records_rejected_total", "reason", reason); n != 0 {
+		if n := counter(t, r.Metrics, "bqsink_records_rejected_total", "reason", reason); n != 0 {
 			t.Errorf("%v records rejected for %s while the schema propagated", n, reason)
 		}
 	}
-	if n := counter(t, r.metrics, "bqsink_retries_total", "stage", "append"); n == 0 {
+	if n := counter(t, r.Metrics, "bqsink_retries_total", "stage", "append"); n == 0 {
 		t.Error("no append was retried: the propagation delay was not exercised")
+	}
+}
+
+// Batches abandoned when partitions were revoked (their appends outlasted
+// half the rebalance timeout) are the next owner's to write: a later clean
+// stop, with everything since acknowledged and committed, is complete, and
+// Run reports no error.
+func TestShutdownAfterARevokeThatAbandonedBatchesIsClean(t *testing.T) {
+	ctx := t.Context()
+	e := itest.NewEnv(t)
+	const group = "g-revoke-abandon"
+	e.Produce(ctx, stack.StockUpdates(300, 21))
+	e.St.BigQuery.SetAppendLatency(time.Minute)
+	defer e.St.BigQuery.SetAppendLatency(0)
+	tune := func(c *sink.Config) {
+		c.Kafka.RebalanceTimeout = 2 * time.Second // a revoke waits 1s for in-flight appends
+		c.BigQuery.AppendTimeout = 3 * time.Second
+	}
+	log, logs := observedLogger(t)
+	first := itest.StartSink(ctx, t, e.St, func() sink.Config { c := e.St.Config(group, stack.StockTopic); tune(&c); return c }(), log)
+	itest.WaitUntil(t, 30*time.Second, func() string { return "the first member's appends to be under way" }, func() bool {
+		return itest.Gauge(t, first.Metrics, "bqsink_appends_inflight") > 0
+	})
+	second := e.Start(ctx, group, tune)
+	itest.WaitUntil(t, 30*time.Second, func() string { return "a revoke that abandons batches" }, func() bool {
+		return logs.FilterMessageSnippet("still unanswered after half the rebalance timeout").Len() > 0
+	})
+	e.St.BigQuery.SetAppendLatency(0)
+	e.WaitCommitted(ctx, group)
+	if err := first.Stop(); err != nil {
+		t.Errorf("the first member's clean stop after a revoke: %v, want nil", err)
+	}
+	if err := second.Stop(); err != nil {
+		t.Errorf("the second member's stop: %v", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
@@ -49,8 +50,8 @@ func runSink(ctx context.Context, t *testing.T, st *stack.Stack, group, topic, t
 	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
 	cfg := st.Config(group, topic)
 	cfg.Tables = map[string]sink.TableRoute{topic: sink.Route(table)}
-	r := startSink(ctx, t, st, cfg, log)
-	return goldenSink{metrics: r.metrics, errors: logs, stop: r.stop}
+	r := itest.StartSink(ctx, t, st, cfg, log)
+	return goldenSink{metrics: r.Metrics, errors: logs, stop: r.Stop}
 }
 
 // pipeline produces recs to topic, runs the sink until every record is
@@ -824,16 +825,16 @@ func TestGoldenAllTypes(t *testing.T) {
 // records around them all land.
 func TestIncompatibleSchemaChangeGoesToErrorPath(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	v3 := strings.Replace(stack.Schema("sms_physical_stock_updates.v1.avsc"),
 		`{"name": "delta", "type": "int"}`, `{"name": "delta", "type": "string"}`, 1)
 	if !strings.Contains(v3, `"delta", "type": "string"`) {
 		t.Fatal("v3 fixture: delta's type was not replaced")
 	}
-	if err := e.st.Registry.SetCompat(stack.StockSubject, sr.CompatNone); err != nil {
+	if err := e.St.Registry.SetCompat(stack.StockSubject, sr.CompatNone); err != nil {
 		t.Fatal(err)
 	}
-	v3ID, err := e.st.Register(stack.StockSubject, v3)
+	v3ID, err := e.St.Register(stack.StockSubject, v3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -847,7 +848,7 @@ func TestIncompatibleSchemaChangeGoesToErrorPath(t *testing.T) {
 	var recs []*kgo.Record
 	add := func(us []stack.StockUpdate) {
 		for _, u := range us {
-			r, err := e.schemas.Record(u)
+			r, err := e.Schemas.Record(u)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -865,7 +866,7 @@ func TestIncompatibleSchemaChangeGoesToErrorPath(t *testing.T) {
 	recs = append(recs, v3Recs...)
 	add(v1[10:])
 
-	s, tbl := pipeline(ctx, t, e.st, stack.StockTopic, stack.StockTable, recs)
+	s, tbl := pipeline(ctx, t, e.St, stack.StockTopic, stack.StockTable, recs)
 
 	assertSchema(t, tbl.Schema, bigquery.Schema{
 		col("timestamp", bigquery.IntegerFieldType, "REQUIRED"),
@@ -885,7 +886,7 @@ func TestIncompatibleSchemaChangeGoesToErrorPath(t *testing.T) {
 	}
 	rows := byKey(t, tbl)
 	for _, u := range v1 {
-		got := rows[key(u.EAN, u.Timestamp)]
+		got := rows[itest.Key(u.EAN, u.Timestamp)]
 		if len(got) != 1 {
 			t.Fatalf("v1 record %s: %d rows", u.EAN, len(got))
 		}

@@ -7,23 +7,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(d)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-timeout:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
 
 // sum adds up every series of a counter or gauge.
 func sum(t *testing.T, reg *prometheus.Registry, name string) float64 {
@@ -44,9 +31,9 @@ func sum(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return v
 }
 
-func committedSum(t *testing.T, e *env, group string) int64 {
+func committedSum(t *testing.T, e *itest.Env, group string) int64 {
 	t.Helper()
-	o, err := e.st.GroupOffsets(t.Context(), group, stack.StockTopic)
+	o, err := e.St.GroupOffsets(t.Context(), group, stack.StockTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,22 +51,22 @@ func committedSum(t *testing.T, e *env, group string) int64 {
 // budget of its own.
 func TestShutdownCommitsAcknowledgedDespiteAStraggler(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
-	e.produce(ctx, stack.StockUpdates(300, 11))
-	r := e.start(ctx, "g-straggler", func(c *sink.Config) {
+	e := itest.NewEnv(t)
+	e.Produce(ctx, stack.StockUpdates(300, 11))
+	r := e.Start(ctx, "g-straggler", func(c *sink.Config) {
 		c.Kafka.CommitInterval = time.Hour // only the shutdown commit
 		c.ShutdownTimeout = 2 * time.Second
 	})
-	waitFor(t, 30*time.Second, "300 rows acknowledged", func() bool {
-		return sum(t, r.metrics, "bqsink_rows_written_total") == 300
+	itest.WaitFor(t, 30*time.Second, "300 rows acknowledged", func() bool {
+		return sum(t, r.Metrics, "bqsink_rows_written_total") == 300
 	})
-	e.st.BigQuery.SetAppendLatency(5 * time.Second) // longer than shutdown_timeout
-	e.produce(ctx, stack.StockUpdates(1, 12))
-	waitFor(t, 10*time.Second, "an append in flight", func() bool {
-		return sum(t, r.metrics, "bqsink_appends_inflight") == 1
+	e.St.BigQuery.SetAppendLatency(5 * time.Second) // longer than shutdown_timeout
+	e.Produce(ctx, stack.StockUpdates(1, 12))
+	itest.WaitFor(t, 10*time.Second, "an append in flight", func() bool {
+		return sum(t, r.Metrics, "bqsink_appends_inflight") == 1
 	})
 	// The unanswered batch makes the shutdown incomplete, and Run says so.
-	if err := r.stop(); !errors.Is(err, sink.ErrIncomplete) {
+	if err := r.Stop(); !errors.Is(err, sink.ErrIncomplete) {
 		t.Fatalf("Run = %v, want ErrIncomplete", err)
 	}
 	if n := committedSum(t, e, "g-straggler"); n < 300 {
@@ -91,33 +78,33 @@ func TestShutdownCommitsAcknowledgedDespiteAStraggler(t *testing.T) {
 // offsets are committed: a member joining meanwhile must not re-read them.
 func TestShutdownHoldsPartitionsUntilCommitted(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
-	e.produce(ctx, stack.StockUpdates(300, 51))
+	e := itest.NewEnv(t)
+	e.Produce(ctx, stack.StockUpdates(300, 51))
 	tune := func(c *sink.Config) {
 		c.Kafka.CommitInterval = time.Hour
 		c.ShutdownTimeout = 15 * time.Second
 	}
-	a := e.start(ctx, "g-handover", tune)
-	waitFor(t, 30*time.Second, "300 rows acknowledged", func() bool {
-		return sum(t, a.metrics, "bqsink_rows_written_total") == 300
+	a := e.Start(ctx, "g-handover", tune)
+	itest.WaitFor(t, 30*time.Second, "300 rows acknowledged", func() bool {
+		return sum(t, a.Metrics, "bqsink_rows_written_total") == 300
 	})
-	e.st.BigQuery.SetAppendLatency(3 * time.Second)
-	e.produce(ctx, stack.StockUpdates(1, 52))
-	waitFor(t, 10*time.Second, "an append in flight", func() bool {
-		return sum(t, a.metrics, "bqsink_appends_inflight") == 1
+	e.St.BigQuery.SetAppendLatency(3 * time.Second)
+	e.Produce(ctx, stack.StockUpdates(1, 52))
+	itest.WaitFor(t, 10*time.Second, "an append in flight", func() bool {
+		return sum(t, a.Metrics, "bqsink_appends_inflight") == 1
 	})
 	stopped := make(chan error, 1)
-	go func() { stopped <- a.stop() }() // A flushes for ~3s before committing
-	b := e.start(ctx, "g-handover", tune)
+	go func() { stopped <- a.Stop() }() // A flushes for ~3s before committing
+	b := e.Start(ctx, "g-handover", tune)
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
-	e.waitCommitted(ctx, "g-handover")
-	waitFor(t, 30*time.Second, "B's appends answered", func() bool {
-		return sum(t, b.metrics, "bqsink_appends_inflight") == 0 &&
-			sum(t, b.metrics, "bqsink_rows_written_total") == sum(t, b.metrics, "bqsink_records_consumed_total")
+	e.WaitCommitted(ctx, "g-handover")
+	itest.WaitFor(t, 30*time.Second, "B's appends answered", func() bool {
+		return sum(t, b.Metrics, "bqsink_appends_inflight") == 0 &&
+			sum(t, b.Metrics, "bqsink_rows_written_total") == sum(t, b.Metrics, "bqsink_records_consumed_total")
 	})
-	if rows := e.st.BigQuery.RowCount(stack.Project, stack.Dataset, stack.StockTable); rows != 301 {
+	if rows := e.St.BigQuery.RowCount(stack.Project, stack.Dataset, stack.StockTable); rows != 301 {
 		t.Errorf("%d rows for 301 records, all acknowledged by A before it stopped", rows)
 	}
 }
@@ -126,21 +113,21 @@ func TestShutdownHoldsPartitionsUntilCommitted(t *testing.T) {
 // longer than stall_timeout and has just received a record.
 func TestReadyAfterIdleIsNoStall(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
-	e.produce(ctx, stack.StockUpdates(30, 21))
-	r := e.start(ctx, "g-idle", func(c *sink.Config) {
+	e := itest.NewEnv(t)
+	e.Produce(ctx, stack.StockUpdates(30, 21))
+	r := e.Start(ctx, "g-idle", func(c *sink.Config) {
 		c.StallTimeout = 2 * time.Second
 		c.Batch.MaxWait = 500 * time.Millisecond
 	})
-	e.waitCommitted(ctx, "g-idle")
-	if err := r.sink.Ready(); err != nil {
+	e.WaitCommitted(ctx, "g-idle")
+	if err := r.Sink.Ready(); err != nil {
 		t.Fatalf("not ready after catching up: %v", err)
 	}
 	// The behaviour depends on wall time passing while idle.
 	time.Sleep(2500 * time.Millisecond)
-	e.produce(ctx, stack.StockUpdates(1, 22))
-	for i := 0; i < 50 && sum(t, r.metrics, "bqsink_rows_written_total") < 31; i++ {
-		if err := r.sink.Ready(); err != nil {
+	e.Produce(ctx, stack.StockUpdates(1, 22))
+	for i := 0; i < 50 && sum(t, r.Metrics, "bqsink_rows_written_total") < 31; i++ {
+		if err := r.Sink.Ready(); err != nil {
 			t.Fatalf("Ready failed right after a record reached an idle partition: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)

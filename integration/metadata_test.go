@@ -8,6 +8,7 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
@@ -17,9 +18,9 @@ import (
 // registry ID is decoded into a RECORD; other keys stay raw BYTES.
 func TestMetadataColumn(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	const keySchema = `{"type":"record","name":"StockKey","fields":[{"name":"ean","type":"string"},{"name":"warehouse_id","type":"int"}]}`
-	keyID, err := e.st.Register(stack.StockTopic+"-key", keySchema)
+	keyID, err := e.St.Register(stack.StockTopic+"-key", keySchema)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +30,7 @@ func TestMetadataColumn(t *testing.T) {
 	}
 
 	updates := stack.StockUpdates(2, 9)
-	avroKeyed, err := e.schemas.Record(updates[0])
+	avroKeyed, err := e.Schemas.Record(updates[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,13 +38,13 @@ func TestMetadataColumn(t *testing.T) {
 	avroKeyed.Headers = []kgo.RecordHeader{{Key: "trace-id", Value: []byte("abc")}, {Key: "source", Value: []byte("wms")}}
 	at := time.Date(2026, 11, 20, 10, 30, 0, 123000000, time.UTC)
 	avroKeyed.Timestamp = at
-	if err := e.st.Produce(ctx, avroKeyed); err != nil {
+	if err := e.St.Produce(ctx, avroKeyed); err != nil {
 		t.Fatal(err)
 	}
 
-	e.start(ctx, "g-meta", func(c *sink.Config) { c.MetadataColumn = "_kafka" })
-	e.waitCommitted(ctx, "g-meta")
-	tbl := e.read(ctx)
+	e.Start(ctx, "g-meta", func(c *sink.Config) { c.MetadataColumn = "_kafka" })
+	e.WaitCommitted(ctx, "g-meta")
+	tbl := e.Read(ctx)
 
 	var meta *bigquery.FieldSchema
 	for _, f := range tbl.Schema {
@@ -87,12 +88,12 @@ func TestMetadataColumn(t *testing.T) {
 // A raw (non-Avro) key lands as BYTES.
 func TestMetadataColumnRawKey(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	updates := stack.StockUpdates(3, 10)
-	e.produce(ctx, updates) // keyed by EAN, plain bytes
-	e.start(ctx, "g-meta-raw", func(c *sink.Config) { c.MetadataColumn = "_kafka" })
-	e.waitCommitted(ctx, "g-meta-raw")
-	tbl := e.read(ctx)
+	e.Produce(ctx, updates) // keyed by EAN, plain bytes
+	e.Start(ctx, "g-meta-raw", func(c *sink.Config) { c.MetadataColumn = "_kafka" })
+	e.WaitCommitted(ctx, "g-meta-raw")
+	tbl := e.Read(ctx)
 	for _, f := range tbl.Schema {
 		if f.Name != "_kafka" {
 			continue

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -14,16 +15,16 @@ import (
 // this member its partitions.
 func TestOperatorMetrics(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	updates := stack.StockUpdates(900, 31)
 	began := time.Now()
-	e.produce(ctx, updates)
-	r := e.start(ctx, "g-metrics")
-	o := e.waitCommitted(ctx, "g-metrics")
+	e.Produce(ctx, updates)
+	r := e.Start(ctx, "g-metrics")
+	o := e.WaitCommitted(ctx, "g-metrics")
 	table := "local-project.kafka." + stack.StockTable
 
 	// The lag gauge follows the committed offsets at the next commit.
-	waitFor(t, 10*time.Second, "lag 0 on every partition", func() bool {
+	itest.WaitFor(t, 10*time.Second, "lag 0 on every partition", func() bool {
 		for p := range o.End {
 			if gaugeAt(t, r, "bqsink_partition_lag", p) != 0 {
 				return false
@@ -36,21 +37,21 @@ func TestOperatorMetrics(t *testing.T) {
 			t.Errorf("partition %d committed offset %v, want %d", p, got, end)
 		}
 	}
-	if got := counter(t, r.metrics, "bqsink_appended_bytes_total", "table", table); got <= 0 {
+	if got := counter(t, r.Metrics, "bqsink_appended_bytes_total", "table", table); got <= 0 {
 		t.Errorf("bqsink_appended_bytes_total = %v", got)
 	}
-	last := time.Unix(0, int64(memGauge(t, r.metrics, "bqsink_table_last_write_timestamp_seconds", "table", table)*1e9))
+	last := time.Unix(0, int64(itest.MetricValue(t, r.Metrics, "bqsink_table_last_write_timestamp_seconds", "table", table)*1e9))
 	if last.Before(began) || last.After(time.Now()) {
 		t.Errorf("last write at %v, want during the run (from %v)", last, began)
 	}
 	if n := histogramCount(t, r, "bqsink_freshness_seconds"); n != float64(len(updates)) {
 		t.Errorf("freshness observed %v rows, want %d", n, len(updates))
 	}
-	if got := counter(t, r.metrics, "bqsink_rebalances_total", "event", "assigned"); got < 1 {
+	if got := counter(t, r.Metrics, "bqsink_rebalances_total", "event", "assigned"); got < 1 {
 		t.Errorf("bqsink_rebalances_total{event=assigned} = %v", got)
 	}
 	// Known label values are there from the start, at zero.
-	mfs, err := r.metrics.Gather()
+	mfs, err := r.Metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +74,9 @@ func TestOperatorMetrics(t *testing.T) {
 
 // gaugeAt reads a per-partition gauge of the stock topic; a partition
 // without the series fails the test.
-func gaugeAt(t *testing.T, r running, name string, partition int32) float64 {
+func gaugeAt(t *testing.T, r itest.Running, name string, partition int32) float64 {
 	t.Helper()
-	mfs, err := r.metrics.Gather()
+	mfs, err := r.Metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,9 +99,9 @@ func gaugeAt(t *testing.T, r running, name string, partition int32) float64 {
 	return 0
 }
 
-func histogramCount(t *testing.T, r running, name string) float64 {
+func histogramCount(t *testing.T, r itest.Running, name string) float64 {
 	t.Helper()
-	mfs, err := r.metrics.Gather()
+	mfs, err := r.Metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
@@ -22,31 +23,31 @@ const rejectLogRecords = 2000
 // rejectLogRun produces rejectLogRecords records without the wire format
 // to a one-partition stock topic, starts the daemon on them and waits until
 // it committed them all (so all are in the dead-letter topic).
-func rejectLogRun(t *testing.T, group string) (*env, *daemon, []*kgo.Record) {
+func rejectLogRun(t *testing.T, group string) (*itest.Env, *itest.Daemon, []*kgo.Record) {
 	t.Helper()
 	// Built before producing: the records' timestamps must be recent when
 	// they reach the dead-letter topic (see TestBadInputOldRecordIsDeadLettered).
-	daemonBinary(t)
-	e := newEnvPartitions(t, 1)
+	itest.DaemonBinary(t)
+	e := itest.NewEnvPartitions(t, 1)
 	recs := make([]*kgo.Record, rejectLogRecords)
 	for i := range recs {
 		recs[i] = &kgo.Record{Topic: stack.StockTopic, Key: []byte(strconv.Itoa(i)), Value: []byte(fmt.Sprintf("not avro %d", i))}
 	}
-	if err := e.st.Produce(t.Context(), recs...); err != nil {
+	if err := e.St.Produce(t.Context(), recs...); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, newDaemonConfig(e, group))
+	d := itest.StartDaemon(t, itest.NewDaemonConfig(e, group))
 	start := time.Now()
-	waitAllCommitted(t, e.st, group, stack.StockTopic, 90*time.Second)
+	itest.WaitAllCommitted(t, e.St, group, stack.StockTopic, 90*time.Second)
 	t.Logf("%d records committed %v after the daemon started", len(recs), time.Since(start).Round(time.Millisecond))
 	return e, d, recs
 }
 
 // daemonRejectLines are the rejection lines the daemon wrote so far; a
 // line of any message with a "stacktrace" field counts as a stack trace.
-func daemonRejectLines(d *daemon) rejectLines {
+func daemonRejectLines(d *itest.Daemon) rejectLines {
 	var out rejectLines
-	for _, l := range d.logs() {
+	for _, l := range d.Logs() {
 		if !l.JSON {
 			continue
 		}
@@ -78,10 +79,10 @@ func rejectLogWantFor(recs []*kgo.Record) rejectLogWant {
 
 // checkDeadLettered checks that every record is in group's dead-letter
 // topic once, as wire_format, with the version the daemon logged at start.
-func checkDeadLettered(t *testing.T, e *env, d *daemon, group string, recs []*kgo.Record) {
+func checkDeadLettered(t *testing.T, e *itest.Env, d *itest.Daemon, group string, recs []*kgo.Record) {
 	t.Helper()
-	version := d.waitLog(time.Second, "starting", msgIs("starting")).str("version")
-	dls, err := e.st.ReadTopic(t.Context(), group+".dlq")
+	version := d.WaitLog(time.Second, "starting", itest.MsgIs("starting")).Str("version")
+	dls, err := e.St.ReadTopic(t.Context(), group+".dlq")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,10 +114,11 @@ func TestRejectLogAccountsForEveryRecord(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the daemon binary through a 10s log window")
 	}
+	t.Parallel() // mostly waiting out the log window; a stack of its own
 	const group = "g-rejectlog"
 	e, d, recs := rejectLogRun(t, group)
 	for _, m := range []string{"bqsink_records_rejected_total", "bqsink_records_dead_lettered_total"} {
-		if got := d.metric(m, "reason", "wire_format"); got != rejectLogRecords {
+		if got := d.Metric(m, "reason", "wire_format"); got != rejectLogRecords {
 			t.Errorf("%s{reason=wire_format} = %v, want %d", m, got, rejectLogRecords)
 		}
 	}
@@ -124,7 +126,7 @@ func TestRejectLogAccountsForEveryRecord(t *testing.T) {
 	lines := checkRejectLogs(t, func() rejectLines { return daemonRejectLines(d) }, rejectLogWantFor(recs), 30*time.Second)
 	t.Logf("%d lines of their own and %d summaries (counts %v) account for the %d rejections, %v after everything was committed",
 		len(lines.single), len(lines.summaries), summaryCounts(lines), rejectLogRecords, time.Since(start).Round(time.Millisecond))
-	d.shutdown(15 * time.Second)
+	d.Shutdown(15 * time.Second)
 	checkDeadLettered(t, e, d, group, recs)
 }
 
@@ -138,7 +140,7 @@ func TestRejectLogSummaryWrittenAtShutdown(t *testing.T) {
 	}
 	const group = "g-rejectlog-stop"
 	e, d, recs := rejectLogRun(t, group)
-	st := d.shutdown(15 * time.Second)
+	st := d.Shutdown(15 * time.Second)
 	lines := checkRejectLogs(t, func() rejectLines { return daemonRejectLines(d) }, rejectLogWantFor(recs), 0)
 	t.Logf("stopped (%v); %d lines of their own and %d summaries (counts %v) for the %d rejections",
 		st, len(lines.single), len(lines.summaries), summaryCounts(lines), rejectLogRecords)

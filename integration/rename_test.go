@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 	"go.uber.org/zap"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -17,8 +18,8 @@ import (
 // rename declared with an alias is accepted and lands in the new column.
 func TestRenameWithoutAliasGoesToErrorPath(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t) // registers v1 (1) and v2 (2)
-	if err := e.st.Registry.SetCompat(stack.StockSubject, sr.CompatNone); err != nil {
+	e := itest.NewEnv(t) // registers v1 (1) and v2 (2)
+	if err := e.St.Registry.SetCompat(stack.StockSubject, sr.CompatNone); err != nil {
 		t.Fatal(err)
 	}
 	v1 := stack.Schema("sms_physical_stock_updates.v1.avsc")
@@ -27,11 +28,11 @@ func TestRenameWithoutAliasGoesToErrorPath(t *testing.T) {
 	if renamed == v1 || aliased == v1 {
 		t.Fatal("fixture: delta not found in v1")
 	}
-	renamedID, err := e.st.Register(stack.StockSubject, renamed) // version 3, against v2
+	renamedID, err := e.St.Register(stack.StockSubject, renamed) // version 3, against v2
 	if err != nil {
 		t.Fatal(err)
 	}
-	aliasedID, err := e.st.Register(stack.StockSubject, aliased) // version 4, against v3: no field gone
+	aliasedID, err := e.St.Register(stack.StockSubject, aliased) // version 4, against v3: no field gone
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,10 +46,10 @@ func TestRenameWithoutAliasGoesToErrorPath(t *testing.T) {
 	old := v3Record("v1-a", "")
 	old["delta"] = 3
 	var recs []*kgo.Record
-	recs = append(recs, encodeRecords(t, stack.StockTopic, e.schemas.V1ID, []string{v1}, []map[string]any{old})...) // creates the table with delta
+	recs = append(recs, encodeRecords(t, stack.StockTopic, e.Schemas.V1ID, []string{v1}, []map[string]any{old})...) // creates the table with delta
 	recs = append(recs, encodeRecords(t, stack.StockTopic, renamedID, []string{renamed}, []map[string]any{rec("renamed-a"), rec("renamed-b")})...)
 	recs = append(recs, encodeRecords(t, stack.StockTopic, aliasedID, []string{aliased}, []map[string]any{rec("aliased-a")})...)
-	s, tbl := pipeline(ctx, t, e.st, stack.StockTopic, stack.StockTable, recs)
+	s, tbl := pipeline(ctx, t, e.St, stack.StockTopic, stack.StockTable, recs)
 
 	if n := counter(t, s.metrics, "bqsink_records_rejected_total", "reason", "incompatible_schema"); n != 2 {
 		t.Errorf("rejected incompatible_schema = %v, want the 2 renamed records", n)

@@ -36,6 +36,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/internal/testcert"
 )
@@ -45,7 +46,7 @@ import (
 // behind TLS wanting a client certificate, basic auth or a bearer token.
 // The right credentials move records end to end; wrong ones end the start
 // within 10s, exit 1, with one line naming the key to fix. The stack of
-// newEnv provides the registry's content and BigQuery; the secured Kafka
+// itest.NewEnv provides the registry's content and BigQuery; the secured Kafka
 // clusters and registry servers are made here.
 
 // Records per case: enough for several batches, few enough to take a
@@ -132,7 +133,7 @@ func (k *testKafka) lag(ctx context.Context, group, topic string) (int64, error)
 // secureCase is one daemon consuming a topic of its own into a table of
 // its own, so that cases run side by side.
 type secureCase struct {
-	e                   *env
+	e                   *itest.Env
 	k                   *testKafka
 	group, topic, table string
 	produced            []stack.StockUpdate
@@ -140,14 +141,14 @@ type secureCase struct {
 
 // newSecureCase makes the case's topic (and its group's dead-letter topic)
 // on k and returns it with the daemon's config for it.
-func newSecureCase(t *testing.T, e *env, k *testKafka, name string) (*secureCase, *daemonConfig) {
+func newSecureCase(t *testing.T, e *itest.Env, k *testKafka, name string) (*secureCase, *itest.DaemonConfig) {
 	t.Helper()
 	c := &secureCase{e: e, k: k, group: "g-secure-" + name, topic: "secure." + name, table: "secure_" + strings.ReplaceAll(name, "-", "_")}
 	k.createTopic(t, c.topic, 2)
 	k.createTopic(t, c.group+".dlq", 1)
-	cfg := newDaemonConfig(e, c.group)
-	cfg.t = t
-	cfg.set("kafka.brokers", k.brokers).set("kafka.topics", []string{c.topic}).set("tables", map[string]any{c.topic: c.table})
+	cfg := itest.NewDaemonConfig(e, c.group)
+	cfg.T = t
+	cfg.Set("kafka.brokers", k.brokers).Set("kafka.topics", []string{c.topic}).Set("tables", map[string]any{c.topic: c.table})
 	return c, cfg
 }
 
@@ -156,7 +157,7 @@ func (c *secureCase) produce(t *testing.T, updates []stack.StockUpdate) {
 	t.Helper()
 	recs := make([]*kgo.Record, len(updates))
 	for i, u := range updates {
-		r, err := c.e.schemas.Record(u)
+		r, err := c.e.Schemas.Record(u)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,27 +172,27 @@ func (c *secureCase) produce(t *testing.T, updates []stack.StockUpdate) {
 
 // waitDelivered waits until the group committed every record of the topic
 // and every record produced is a row of the table.
-func (c *secureCase) waitDelivered(t *testing.T, d *daemon) {
+func (c *secureCase) waitDelivered(t *testing.T, d *itest.Daemon) {
 	t.Helper()
 	var lag int64 = -1
 	var lagErr error
-	waitUntil(t, 30*time.Second, func() string {
-		return fmt.Sprintf("%s to commit %s (lag %d, %v)", d.name, c.topic, lag, lagErr)
+	itest.WaitUntil(t, 30*time.Second, func() string {
+		return fmt.Sprintf("%s to commit %s (lag %d, %v)", d.Name, c.topic, lag, lagErr)
 	}, func() bool {
-		if d.done() {
-			t.Fatalf("%s exited (%v) before delivering", d.name, d.status())
+		if d.Done() {
+			t.Fatalf("%s exited (%v) before delivering", d.Name, d.Status())
 		}
 		lag, lagErr = c.k.lag(t.Context(), c.group, c.topic)
 		return lagErr == nil && lag == 0
 	})
-	tbl, err := c.e.st.ReadTable(t.Context(), c.table)
+	tbl, err := c.e.St.ReadTable(t.Context(), c.table)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rows := byKey(t, tbl)
 	missing := 0
 	for _, u := range c.produced {
-		if len(rows[key(u.EAN, u.Timestamp)]) == 0 {
+		if len(rows[itest.Key(u.EAN, u.Timestamp)]) == 0 {
 			missing++
 		}
 	}
@@ -205,13 +206,13 @@ func (c *secureCase) waitDelivered(t *testing.T, d *daemon) {
 
 // deliver runs the daemon with cfg, produces records and requires them
 // delivered, then a clean stop.
-func (c *secureCase) deliver(t *testing.T, cfg *daemonConfig) {
+func (c *secureCase) deliver(t *testing.T, cfg *itest.DaemonConfig) {
 	t.Helper()
 	c.produce(t, stack.StockUpdates(secureRecords, uint64(len(c.topic))))
-	d := startDaemon(t, cfg)
+	d := itest.StartDaemon(t, cfg)
 	c.waitDelivered(t, d)
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 }
 
 // v1Only are updates all written with the stock schema's first version.
@@ -236,30 +237,30 @@ func v2Only(us []stack.StockUpdate) []stack.StockUpdate {
 // requireStartupRefused runs the daemon with cfg and requires what the
 // README promises for a start that cannot succeed: exit 1 within 10s of
 // the start, with exactly one error line, naming every key in keys.
-func requireStartupRefused(t *testing.T, cfg *daemonConfig, keys ...string) {
+func requireStartupRefused(t *testing.T, cfg *itest.DaemonConfig, keys ...string) {
 	t.Helper()
-	d := startDaemon(t, cfg)
-	st := d.wait(startupBound + 10*time.Second)
-	var lines []logLine
-	for _, l := range d.logs() {
+	d := itest.StartDaemon(t, cfg)
+	st := d.Wait(itest.StartupBound + 10*time.Second)
+	var lines []itest.LogLine
+	for _, l := range d.Logs() {
 		if !l.JSON || l.Level == "error" || l.Level == "fatal" || l.Level == "panic" {
 			lines = append(lines, l)
 		}
 	}
-	t.Logf("%v; %s", st, rawLines(lines))
+	t.Logf("%v; %s", st, itest.RawLines(lines))
 	if st.Signal != 0 || st.Code != 1 {
 		t.Errorf("%v, want exit 1", st)
 	}
-	if st.Took > startupBound {
-		t.Errorf("exit %v after the start, promised within %v", st.Took.Round(time.Millisecond), startupBound)
+	if st.Took > itest.StartupBound {
+		t.Errorf("exit %v after the start, promised within %v", st.Took.Round(time.Millisecond), itest.StartupBound)
 	}
 	switch {
 	case len(lines) != 1:
 		t.Errorf("%d error lines, want one naming %q", len(lines), keys)
-	case !containsEvery(lines[0].Raw, keys...):
+	case !itest.ContainsEvery(lines[0].Raw, keys...):
 		t.Errorf("the error line does not name %q", keys)
 	}
-	if len(d.logsMatching(msgIs("consuming"))) > 0 {
+	if len(d.LogsMatching(itest.MsgIs("consuming"))) > 0 {
 		t.Errorf("consumed with credentials that were refused")
 	}
 }
@@ -272,7 +273,7 @@ func requireStartupRefused(t *testing.T, cfg *daemonConfig, keys ...string) {
 // credentials where Kafka answers SASL_AUTHENTICATION_FAILED; the
 // oauthbearer and aws-msk-iam tests below see the latter.)
 func TestSecureKafkaSASLOverTLS(t *testing.T) {
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	ca, other := testcert.NewCA(t, "kafka CA"), testcert.NewCA(t, "other CA")
 	k := startKfake(t, []kfake.Opt{
 		kfake.TLS(ca.ServerTLS(t, nil)), kfake.EnableSASL(),
@@ -320,7 +321,7 @@ func TestSecureKafkaSASLOverTLS(t *testing.T) {
 			if pass == "" {
 				pass = "bqsink-secret"
 			}
-			cfg.mergeYAML(c.yaml).setEnv("KAFKA_PASSWORD", pass)
+			cfg.MergeYAML(c.yaml).SetEnv("KAFKA_PASSWORD", pass)
 			if len(c.keys) > 0 {
 				requireStartupRefused(t, cfg, c.keys...)
 				return
@@ -334,7 +335,7 @@ func TestSecureKafkaSASLOverTLS(t *testing.T) {
 // certificate: the right one moves records; none, or one of another CA,
 // ends the start naming kafka.tls.cert_file.
 func TestSecureKafkaMutualTLS(t *testing.T) {
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	ca, other := testcert.NewCA(t, "kafka CA"), testcert.NewCA(t, "other CA")
 	admin, _, _ := ca.ClientFiles(t)
 	k := startKfake(t, []kfake.Opt{kfake.TLS(ca.ServerTLS(t, ca))},
@@ -354,7 +355,7 @@ func TestSecureKafkaMutualTLS(t *testing.T) {
 			t.Parallel()
 			sc, cfg := newSecureCase(t, e, k, c.name)
 			c.tls["enabled"], c.tls["ca_file"] = true, ca.File
-			cfg.set("kafka.tls", c.tls)
+			cfg.Set("kafka.tls", c.tls)
 			if len(c.keys) > 0 {
 				requireStartupRefused(t, cfg, c.keys...)
 				return
@@ -567,7 +568,7 @@ func oauthToken(auth []byte) (string, error) {
 // new token for its new connections. A token the broker refuses ends the
 // start naming kafka.sasl.token_file.
 func TestSecureKafkaOAuthBearerTokenFile(t *testing.T) {
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	ca := testcert.NewCA(t, "kafka CA")
 	var valid atomic.Value
 	valid.Store("token-1")
@@ -583,8 +584,8 @@ func TestSecureKafkaOAuthBearerTokenFile(t *testing.T) {
 	})
 	k := startKfake(t, []kfake.Opt{kfake.ListenFn(gate.listen)},
 		kgo.DialTLSConfig(&tls.Config{RootCAs: ca.Pool}), kgo.SASL(oauth.Auth{Token: "admin-token"}.AsMechanism()))
-	oauthConfig := func(cfg *daemonConfig, tokenFile string) {
-		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.File, tokenFile))
+	oauthConfig := func(cfg *itest.DaemonConfig, tokenFile string) {
+		cfg.MergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.File, tokenFile))
 	}
 
 	t.Run("rotated", func(t *testing.T) {
@@ -594,7 +595,7 @@ func TestSecureKafkaOAuthBearerTokenFile(t *testing.T) {
 		writeSecret(t, tokenFile, []byte("token-1\n"))
 		oauthConfig(cfg, tokenFile)
 		sc.produce(t, stack.StockUpdates(secureRecords, 1))
-		d := startDaemon(t, cfg)
+		d := itest.StartDaemon(t, cfg)
 		sc.waitDelivered(t, d)
 		if gate.authenticated("token-1") == 0 {
 			t.Fatal("the daemon never authenticated with token-1")
@@ -608,7 +609,7 @@ func TestSecureKafkaOAuthBearerTokenFile(t *testing.T) {
 		if n := gate.authenticated("token-2"); n == 0 {
 			t.Fatal("the daemon never authenticated with token-2")
 		}
-		d.shutdown(15 * time.Second)
+		d.Shutdown(15 * time.Second)
 	})
 	t.Run("refused", func(t *testing.T) {
 		t.Parallel()
@@ -667,7 +668,7 @@ func mskVerifier(secrets map[string]string) func([]byte) (string, error) {
 // awsEnv gives the daemon static credentials through the environment and
 // keeps the rest of the default chain (files, profiles, the instance
 // metadata service) out of reach.
-func awsEnv(t *testing.T, cfg *daemonConfig, accessKey, secretKey string) {
+func awsEnv(t *testing.T, cfg *itest.DaemonConfig, accessKey, secretKey string) {
 	none := filepath.Join(t.TempDir(), "none")
 	for k, v := range map[string]string{
 		"AWS_ACCESS_KEY_ID": accessKey, "AWS_SECRET_ACCESS_KEY": secretKey, "AWS_REGION": "eu-west-1",
@@ -675,7 +676,7 @@ func awsEnv(t *testing.T, cfg *daemonConfig, accessKey, secretKey string) {
 		"AWS_PROFILE": "", "AWS_SESSION_TOKEN": "", "AWS_WEB_IDENTITY_TOKEN_FILE": "", "AWS_ROLE_ARN": "",
 		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "", "AWS_CONTAINER_CREDENTIALS_FULL_URI": "",
 	} {
-		cfg.setEnv(k, v)
+		cfg.SetEnv(k, v)
 	}
 }
 
@@ -686,7 +687,7 @@ func awsEnv(t *testing.T, cfg *daemonConfig, accessKey, secretKey string) {
 // kafka.sasl.mechanism. (kfake does not speak AWS_MSK_IAM: the gate checks
 // the signature in front of it.)
 func TestSecureKafkaAWSMSKIAM(t *testing.T) {
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	ca := testcert.NewCA(t, "kafka CA")
 	const accessKey, secretKey = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 	const adminKey, adminSecret = "AKIAADMINEXAMPLE", "admin/secret/EXAMPLEKEY"
@@ -698,7 +699,7 @@ func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 
 	t.Run("default-chain", func(t *testing.T) {
 		sc, cfg := newSecureCase(t, e, k, "msk-iam")
-		cfg.mergeYAML(mskConfig)
+		cfg.MergeYAML(mskConfig)
 		awsEnv(t, cfg, accessKey, secretKey)
 		sc.deliver(t, cfg)
 		if gate.authenticated(accessKey+"/eu-west-1") == 0 {
@@ -707,7 +708,7 @@ func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 	})
 	t.Run("wrong-secret", func(t *testing.T) {
 		_, cfg := newSecureCase(t, e, k, "msk-iam-refused")
-		cfg.mergeYAML(mskConfig)
+		cfg.MergeYAML(mskConfig)
 		awsEnv(t, cfg, accessKey, "not-the-secret")
 		requireStartupRefused(t, cfg, "kafka.sasl.mechanism", "aws-msk-iam", "default AWS credential chain", "SASL_AUTHENTICATION_FAILED", "signature")
 	})
@@ -715,7 +716,7 @@ func TestSecureKafkaAWSMSKIAM(t *testing.T) {
 		_, cfg := newSecureCase(t, e, k, "msk-iam-oauth")
 		tokenFile := filepath.Join(t.TempDir(), "token")
 		writeSecret(t, tokenFile, []byte("a-token"))
-		cfg.mergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.File, tokenFile))
+		cfg.MergeYAML(fmt.Sprintf("kafka: {tls: {enabled: true, ca_file: %q}, sasl: {mechanism: oauthbearer, token_file: %q}}", ca.File, tokenFile))
 		requireStartupRefused(t, cfg, "kafka.sasl.mechanism", "the brokers do not enable oauthbearer", "UNSUPPORTED_SASL_MECHANISM")
 	})
 }
@@ -744,24 +745,24 @@ func registryAuth(next http.Handler, token *atomic.Value) http.Handler {
 // did not sign the registry's certificate, no client certificate, and a
 // token the registry refuses each end the start naming the key to fix.
 func TestSecureRegistry(t *testing.T) {
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	ca, other := testcert.NewCA(t, "registry CA"), testcert.NewCA(t, "other CA")
 	var token atomic.Value
 	token.Store("token-1")
-	srv := httptest.NewUnstartedServer(registryAuth(e.st.Registry.Handler(), &token))
+	srv := httptest.NewUnstartedServer(registryAuth(e.St.Registry.Handler(), &token))
 	srv.TLS = ca.ServerTLS(t, ca)
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the tests'
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	k := newTestKafka(t, e.st.Brokers())
+	k := newTestKafka(t, e.St.Brokers())
 	_, certFile, keyFile := ca.ClientFiles(t)
 	mtls := map[string]any{"ca_file": ca.File, "cert_file": certFile, "key_file": keyFile}
-	registry := func(cfg *daemonConfig, tlsKeys map[string]any, auth map[string]any) {
+	registry := func(cfg *itest.DaemonConfig, tlsKeys map[string]any, auth map[string]any) {
 		reg := map[string]any{"url": srv.URL, "tls": tlsKeys}
 		for k, v := range auth {
 			reg[k] = v
 		}
-		cfg.set("schema_registry", reg)
+		cfg.Set("schema_registry", reg)
 	}
 	basic := map[string]any{"username": "bqsink", "password": "${REGISTRY_PASSWORD}"}
 
@@ -769,7 +770,7 @@ func TestSecureRegistry(t *testing.T) {
 		t.Parallel()
 		sc, cfg := newSecureCase(t, e, k, "registry-basic")
 		registry(cfg, mtls, basic)
-		cfg.setEnv("REGISTRY_PASSWORD", "secret")
+		cfg.SetEnv("REGISTRY_PASSWORD", "secret")
 		sc.deliver(t, cfg)
 	})
 	t.Run("bearer-token-rotated", func(t *testing.T) {
@@ -779,7 +780,7 @@ func TestSecureRegistry(t *testing.T) {
 		writeSecret(t, tokenFile, []byte("token-1\n"))
 		registry(cfg, mtls, map[string]any{"bearer_token_file": tokenFile})
 		sc.produce(t, v1Only(stack.StockUpdates(secureRecords, 3)))
-		d := startDaemon(t, cfg)
+		d := itest.StartDaemon(t, cfg)
 		sc.waitDelivered(t, d)
 
 		// The second version's schema is fetched only now, after the
@@ -788,8 +789,8 @@ func TestSecureRegistry(t *testing.T) {
 		token.Store("token-2")
 		sc.produce(t, v2Only(stack.StockUpdates(secureRecords, 4)))
 		sc.waitDelivered(t, d)
-		d.shutdown(15 * time.Second)
-		logProblems(t, d)
+		d.Shutdown(15 * time.Second)
+		itest.LogProblems(t, d)
 	})
 	t.Run("refused", func(t *testing.T) {
 		tokenFile := filepath.Join(t.TempDir(), "expired")
@@ -814,7 +815,7 @@ func TestSecureRegistry(t *testing.T) {
 				t.Parallel()
 				_, cfg := newSecureCase(t, e, k, "registry-"+c.name)
 				registry(cfg, c.tls, c.auth)
-				cfg.setEnv("REGISTRY_PASSWORD", "secret")
+				cfg.SetEnv("REGISTRY_PASSWORD", "secret")
 				requireStartupRefused(t, cfg, c.keys...)
 			})
 		}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/api/iterator"
 	"google.golang.org/api/option"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -42,7 +43,7 @@ const tablesWarning = "the table exists with other partitioning or clustering th
 
 // tablesEnv is a stack whose topics all carry stock updates.
 type tablesEnv struct {
-	*env
+	*itest.Env
 	topics []string
 	bq     *bigquery.Client
 }
@@ -65,39 +66,39 @@ func newTablesEnv(t *testing.T, partitions int32, topics ...string) *tablesEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	return &tablesEnv{env: &env{t: t, st: st, schemas: schemas}, topics: topics, bq: c}
+	return &tablesEnv{Env: &itest.Env{T: t, St: st, Schemas: schemas}, topics: topics, bq: c}
 }
 
 // config is the daemon config consuming every topic of te (and regex
 // subscriptions, if given) as group, with tables set as given.
-func (te *tablesEnv) config(group string, tables map[string]any, extraTopics ...string) *daemonConfig {
-	return newDaemonConfig(te.env, group).
-		set("kafka.topics", append(slices.Clone(te.topics), extraTopics...)).
-		set("tables", tables)
+func (te *tablesEnv) config(group string, tables map[string]any, extraTopics ...string) *itest.DaemonConfig {
+	return itest.NewDaemonConfig(te.Env, group).
+		Set("kafka.topics", append(slices.Clone(te.topics), extraTopics...)).
+		Set("tables", tables)
 }
 
 // produceTo writes updates to topic, each with the schema of its version.
 func (te *tablesEnv) produceTo(topic string, us []stack.StockUpdate) {
-	te.t.Helper()
+	te.T.Helper()
 	recs := make([]*kgo.Record, 0, len(us))
 	for _, u := range us {
-		r, err := te.schemas.Record(u)
+		r, err := te.Schemas.Record(u)
 		if err != nil {
-			te.t.Fatal(err)
+			te.T.Fatal(err)
 		}
 		r.Topic = topic
 		recs = append(recs, r)
 	}
-	if err := te.st.Produce(te.t.Context(), recs...); err != nil {
-		te.t.Fatal(err)
+	if err := te.St.Produce(te.T.Context(), recs...); err != nil {
+		te.T.Fatal(err)
 	}
 }
 
 // waitCommittedAll waits until group committed every record of each topic.
 func (te *tablesEnv) waitCommittedAll(group string, topics ...string) {
-	te.t.Helper()
+	te.T.Helper()
 	for _, topic := range topics {
-		waitAllCommitted(te.t, te.st, group, topic, 60*time.Second)
+		itest.WaitAllCommitted(te.T, te.St, group, topic, 60*time.Second)
 	}
 }
 
@@ -170,12 +171,12 @@ type readBack struct {
 
 // read reads a table of the stack's dataset through the Go client.
 func (te *tablesEnv) read(table string) readBack {
-	te.t.Helper()
-	ctx := te.t.Context()
+	te.T.Helper()
+	ctx := te.T.Context()
 	ref := te.bq.Dataset(stack.Dataset).Table(table)
 	md, err := ref.Metadata(ctx)
 	if err != nil {
-		te.t.Fatalf("table %s: %v", table, err)
+		te.T.Fatalf("table %s: %v", table, err)
 	}
 	out := readBack{md: md}
 	it := ref.Read(ctx)
@@ -186,7 +187,7 @@ func (te *tablesEnv) read(table string) readBack {
 			return out
 		}
 		if err != nil {
-			te.t.Fatalf("read %s: %v", table, err)
+			te.T.Fatalf("read %s: %v", table, err)
 		}
 		out.rows = append(out.rows, row)
 	}
@@ -194,14 +195,14 @@ func (te *tablesEnv) read(table string) readBack {
 
 // exists reports whether the table exists, per the Go client.
 func (te *tablesEnv) exists(table string) bool {
-	te.t.Helper()
-	_, err := te.bq.Dataset(stack.Dataset).Table(table).Metadata(te.t.Context())
+	te.T.Helper()
+	_, err := te.bq.Dataset(stack.Dataset).Table(table).Metadata(te.T.Context())
 	var gerr *googleapi.Error
 	if errors.As(err, &gerr) && gerr.Code == http.StatusNotFound {
 		return false
 	}
 	if err != nil {
-		te.t.Fatalf("table %s: %v", table, err)
+		te.T.Fatalf("table %s: %v", table, err)
 	}
 	return true
 }
@@ -212,13 +213,13 @@ func checkRows(t *testing.T, table string, rows []map[string]bigquery.Value, us 
 	t.Helper()
 	want := map[string]int{}
 	for _, u := range us {
-		want[key(u.EAN, u.Timestamp)]++
+		want[itest.Key(u.EAN, u.Timestamp)]++
 	}
 	got := map[string]int{}
 	for _, r := range rows {
 		ean, _ := r["ean"].(string)
 		ts, _ := r["timestamp"].(int64)
-		got[key(ean, ts)]++
+		got[itest.Key(ean, ts)]++
 	}
 	if maps.Equal(got, want) {
 		return
@@ -260,9 +261,9 @@ func hasColumns(s bigquery.Schema, names ...string) bool {
 
 // unexpectedProblems lists the daemon's warn-and-above lines (and non-JSON
 // lines) whose level and message contain none of allowed.
-func unexpectedProblems(d *daemon, allowed ...string) map[string]int {
+func unexpectedProblems(d *itest.Daemon, allowed ...string) map[string]int {
 	out := map[string]int{}
-	for p, n := range d.problems() {
+	for p, n := range d.Problems() {
 		ok := false
 		for _, a := range allowed {
 			if strings.Contains(p, a) {
@@ -355,13 +356,13 @@ func TestTablesCreatedAsConfigured(t *testing.T) {
 	te := newTablesEnv(t, 2, topics...)
 	te.topics = slices.DeleteFunc(slices.Clone(topics), func(s string) bool { return strings.HasPrefix(s, "t_rx_") })
 	cfg := te.config("tables-created", tables, "^t_rx_.*").
-		set("table_defaults", map[string]any{
+		Set("table_defaults", map[string]any{
 			"partitioning": map[string]any{"type": "day", "expiration": "400d"},
 			"clustering":   []string{"ean"},
 			"description":  "created by bqsink",
 			"labels":       map[string]any{"owner": "bqsink", "env": "test"},
 		})
-	if code, out := checkConfig(t, cfg); code != 0 {
+	if code, out := itest.CheckConfig(t, cfg); code != 0 {
 		t.Fatalf("-check: exit %d\n%s", code, out)
 	}
 
@@ -373,7 +374,7 @@ func TestTablesCreatedAsConfigured(t *testing.T) {
 		te.produceTo(c.topic, us)
 		produced[c.topic] = us
 	}
-	d := startDaemon(t, cfg)
+	d := itest.StartDaemon(t, cfg)
 	te.waitCommittedAll("tables-created", topics...)
 	for i, c := range cases {
 		us := v1Updates(20, uint64(200+i))
@@ -381,7 +382,7 @@ func TestTablesCreatedAsConfigured(t *testing.T) {
 		produced[c.topic] = append(produced[c.topic], us...)
 	}
 	te.waitCommittedAll("tables-created", topics...)
-	if st := d.shutdown(15 * time.Second); st.Code != 0 {
+	if st := d.Shutdown(15 * time.Second); st.Code != 0 {
 		t.Fatalf("shutdown: %v", st)
 	}
 
@@ -401,7 +402,7 @@ func TestTablesCreatedAsConfigured(t *testing.T) {
 	if p := unexpectedProblems(d); len(p) > 0 {
 		t.Errorf("the daemon warned: %v", p)
 	}
-	if n := te.st.BigQuery.ExpiredRows(stack.Project, stack.Dataset, "stock_by_month"); n != 0 {
+	if n := te.St.BigQuery.ExpiredRows(stack.Project, stack.Dataset, "stock_by_month"); n != 0 {
 		t.Errorf("%d rows of stock_by_month expired", n)
 	}
 }
@@ -464,18 +465,18 @@ func TestTablesConfigErrorStallsOnlyItsTopic(t *testing.T) {
 		te.produceTo(b.topic, us)
 		badProduced[b.topic] = us
 	}
-	d := startDaemon(t, te.config(group, tables))
+	d := itest.StartDaemon(t, te.config(group, tables))
 
 	// Each bad table is reported at error naming the key and the column.
 	for _, b := range bad {
 		table := stack.Project + "." + stack.Dataset + "." + b.topic
-		l := d.waitLog(30*time.Second, "the error of "+b.topic, func(l logLine) bool {
-			return l.Level == "error" && l.str("target") == table
+		l := d.WaitLog(30*time.Second, "the error of "+b.topic, func(l itest.LogLine) bool {
+			return l.Level == "error" && l.Str("target") == table
 		})
-		if l.str("stage") != "table" || !strings.Contains(l.str("error"), b.phrase) ||
+		if l.Str("stage") != "table" || !strings.Contains(l.Str("error"), b.phrase) ||
 			!strings.HasPrefix(l.Msg, "needs an operator") {
 			t.Errorf("%s: logged %s: %q stage %q error %q; want stage table, an error containing %q",
-				b.topic, l.Level, l.Msg, l.str("stage"), l.str("error"), b.phrase)
+				b.topic, l.Level, l.Msg, l.Str("stage"), l.Str("error"), b.phrase)
 		}
 	}
 	// The good topic keeps flowing while they fail.
@@ -486,9 +487,9 @@ func TestTablesConfigErrorStallsOnlyItsTopic(t *testing.T) {
 
 	// /readyz fails at once, naming every bad table and only those.
 	var body string
-	waitUntil(t, 20*time.Second, func() string { return "/readyz naming every bad table; last: " + body }, func() bool {
+	itest.WaitUntil(t, 20*time.Second, func() string { return "/readyz naming every bad table; last: " + body }, func() bool {
 		var code int
-		code, body = d.get("/readyz")
+		code, body = d.Get("/readyz")
 		if code != http.StatusServiceUnavailable {
 			return false
 		}
@@ -509,7 +510,7 @@ func TestTablesConfigErrorStallsOnlyItsTopic(t *testing.T) {
 			if te.exists(b.topic) {
 				t.Errorf("%s: table %s was created", when, b.topic)
 			}
-			o, err := te.st.GroupOffsets(t.Context(), group, b.topic)
+			o, err := te.St.GroupOffsets(t.Context(), group, b.topic)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -521,13 +522,13 @@ func TestTablesConfigErrorStallsOnlyItsTopic(t *testing.T) {
 	checkStalled("while running")
 	for _, b := range bad {
 		table := stack.Project + "." + stack.Dataset + "." + b.topic
-		lines := d.logsMatching(func(l logLine) bool { return l.Level == "error" && l.str("target") == table })
+		lines := d.LogsMatching(func(l itest.LogLine) bool { return l.Level == "error" && l.Str("target") == table })
 		if len(lines) != 1 {
 			t.Errorf("%s: %d error lines within a minute, want 1 (repeated once a minute)", b.topic, len(lines))
 		}
 	}
 	for _, m := range []string{"bqsink_records_rejected_total", "bqsink_records_dead_lettered_total"} {
-		if n := d.metric(m); n != 0 {
+		if n := d.Metric(m); n != 0 {
 			t.Errorf("%s = %v, want 0", m, n)
 		}
 	}
@@ -542,12 +543,12 @@ func TestTablesConfigErrorStallsOnlyItsTopic(t *testing.T) {
 	}
 	// SIGTERM ends it cleanly though partitions hold records they cannot
 	// write; those stay uncommitted for the next run.
-	st := d.shutdown(15 * time.Second)
+	st := d.Shutdown(15 * time.Second)
 	t.Logf("exited %v after SIGTERM", st)
 	checkStalled("after shutdown")
 
 	// The operator fixes the settings: a restart writes every record.
-	d2 := startDaemon(t, te.config(group, fixedTables))
+	d2 := itest.StartDaemon(t, te.config(group, fixedTables))
 	te.waitCommittedAll(group, topics...)
 	for _, b := range bad {
 		rb := te.read(b.topic)
@@ -559,8 +560,8 @@ func TestTablesConfigErrorStallsOnlyItsTopic(t *testing.T) {
 	if p := unexpectedProblems(d2); len(p) > 0 {
 		t.Errorf("the fixed run warned: %v", p)
 	}
-	d2.shutdown(15 * time.Second)
-	dl, err := te.st.ReadTopic(t.Context(), group+".dlq")
+	d2.Shutdown(15 * time.Second)
+	dl, err := te.St.ReadTopic(t.Context(), group+".dlq")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -650,7 +651,7 @@ func TestTablesExistingLayoutWarnsOnceAndEvolves(t *testing.T) {
 		te.produceTo(c.topic, us)
 		produced[c.topic] = us
 	}
-	d := startDaemon(t, te.config(group, tables))
+	d := itest.StartDaemon(t, te.config(group, tables))
 	te.waitCommittedAll(group, topics...)
 	for i, c := range cases {
 		us := v2Updates(45, uint64(400+i))
@@ -670,10 +671,10 @@ func TestTablesExistingLayoutWarnsOnceAndEvolves(t *testing.T) {
 			}
 			checkRows(t, c.topic, rb.rows, produced[c.topic])
 			table := stack.Project + "." + stack.Dataset + "." + c.topic
-			if n := len(d.logsMatching(func(l logLine) bool { return l.Msg == "updated table schema" && l.str("table") == table })); n != 1 {
+			if n := len(d.LogsMatching(func(l itest.LogLine) bool { return l.Msg == "updated table schema" && l.Str("table") == table })); n != 1 {
 				t.Errorf("%d \"updated table schema\" lines, want 1", n)
 			}
-			warns := d.logsMatching(func(l logLine) bool { return strings.HasPrefix(l.Msg, tablesWarning) && l.str("table") == table })
+			warns := d.LogsMatching(func(l itest.LogLine) bool { return strings.HasPrefix(l.Msg, tablesWarning) && l.Str("table") == table })
 			switch {
 			case c.warning == nil && len(warns) > 0:
 				t.Errorf("warned %d times: %s", len(warns), warns[0].Raw)
@@ -685,7 +686,7 @@ func TestTablesExistingLayoutWarnsOnceAndEvolves(t *testing.T) {
 					t.Errorf("warning at %s", warns[0].Level)
 				}
 				for k, v := range c.warning {
-					if got := warns[0].str(k); got != v {
+					if got := warns[0].Str(k); got != v {
 						t.Errorf("warning's %s = %q, want %q", k, got, v)
 					}
 				}
@@ -695,7 +696,7 @@ func TestTablesExistingLayoutWarnsOnceAndEvolves(t *testing.T) {
 	if p := unexpectedProblems(d, tablesWarning); len(p) > 0 {
 		t.Errorf("other problems logged: %v", p)
 	}
-	d.shutdown(15 * time.Second)
+	d.Shutdown(15 * time.Second)
 }
 
 // Rows whose partitioning column is older than the partition expiration:
@@ -730,10 +731,10 @@ func TestTablesRowsOfExpiredPartitionsAreCommittedAndDropped(t *testing.T) {
 		}
 	}
 	te.produceTo(topic, us)
-	d := startDaemon(t, cfg)
+	d := itest.StartDaemon(t, cfg)
 	te.waitCommittedAll(group, topic)
 
-	if n := te.st.BigQuery.ExpiredRows(stack.Project, stack.Dataset, topic); n != len(expired) {
+	if n := te.St.BigQuery.ExpiredRows(stack.Project, stack.Dataset, topic); n != len(expired) {
 		t.Errorf("ExpiredRows = %d, want %d", n, len(expired))
 	}
 	rb := te.read(topic)
@@ -743,15 +744,15 @@ func TestTablesRowsOfExpiredPartitionsAreCommittedAndDropped(t *testing.T) {
 		t.Errorf("layout:\n got %v\nwant %v", got, want)
 	}
 	table := stack.Project + "." + stack.Dataset + "." + topic
-	if n := d.metric("bqsink_rows_written_total", "table", table); n != float64(len(us)) {
+	if n := d.Metric("bqsink_rows_written_total", "table", table); n != float64(len(us)) {
 		t.Errorf("bqsink_rows_written_total = %v, want %d (every row acknowledged)", n, len(us))
 	}
 	for _, m := range []string{"bqsink_records_rejected_total", "bqsink_records_dead_lettered_total"} {
-		if n := d.metric(m); n != 0 {
+		if n := d.Metric(m); n != 0 {
 			t.Errorf("%s = %v, want 0", m, n)
 		}
 	}
-	dl, err := te.st.ReadTopic(t.Context(), group+".dlq")
+	dl, err := te.St.ReadTopic(t.Context(), group+".dlq")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -761,7 +762,7 @@ func TestTablesRowsOfExpiredPartitionsAreCommittedAndDropped(t *testing.T) {
 	if p := unexpectedProblems(d); len(p) > 0 {
 		t.Errorf("the daemon warned: %v", p)
 	}
-	d.shutdown(15 * time.Second)
+	d.Shutdown(15 * time.Second)
 }
 
 // -check refuses bad table settings without a schema, each under its key
@@ -770,7 +771,7 @@ func TestTablesRowsOfExpiredPartitionsAreCommittedAndDropped(t *testing.T) {
 // that is not a duration, and a label key BigQuery refuses; and it exits 1.
 func TestTablesCheckNamesEachBadSetting(t *testing.T) {
 	t.Parallel()
-	bin := daemonBinary(t)
+	bin := itest.DaemonBinary(t)
 	const cfg = `kafka:
   brokers: [127.0.0.1:9092]
   group_id: g

@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -25,6 +26,7 @@ func TestTransactionalTopicsLandOnlyCommittedRecords(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the daemon through transactions, an idle period and a restart")
 	}
+	t.Parallel() // mostly idle periods; a stack of its own per case
 	for _, delivery := range []string{"at_least_once", "exactly_once"} {
 		t.Run(delivery, func(t *testing.T) {
 			t.Parallel()
@@ -39,10 +41,10 @@ func testTransactions(t *testing.T, delivery string) {
 		partitions = 3
 		stall      = 3 * time.Second
 	)
-	rng := rand.New(rand.NewPCG(testSeed(t), 0))
-	e := newEnvPartitions(t, partitions)
-	cfg := newDaemonConfig(e, group).set("metadata_column", "_kafka").set("bigquery.delivery", delivery).
-		set("stall_timeout", stall.String())
+	rng := rand.New(rand.NewPCG(itest.Seed(t), 0))
+	e := itest.NewEnvPartitions(t, partitions)
+	cfg := itest.NewDaemonConfig(e, group).Set("metadata_column", "_kafka").Set("bigquery.delivery", delivery).
+		Set("stall_timeout", stall.String())
 	tx := newTxnWriters(t, e, rng)
 
 	// 1,000 committed records and 500 aborted ones, interleaved on every
@@ -50,24 +52,24 @@ func testTransactions(t *testing.T, delivery string) {
 	for range 10 {
 		tx.round(100, 50)
 	}
-	d := startDaemon(t, cfg)
+	d := itest.StartDaemon(t, cfg)
 	waitCommittedToEnd(t, e, group, 60*time.Second)
 	t.Logf("caught up: %d committed records, %d aborted", len(tx.committed), len(tx.aborted))
 
 	// Idle for longer than stall_timeout: the partitions end in
 	// transaction markers, which must not look like records left unfetched.
 	time.Sleep(stall + 7*time.Second)
-	if code, body := d.get("/readyz"); code != http.StatusOK {
+	if code, body := d.Get("/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz after %v idle: %d %s", stall+7*time.Second, code, body)
 	}
-	if lines := d.logsMatching(msgIs("fetch failed; retrying")); len(lines) > 0 {
+	if lines := d.LogsMatching(itest.MsgIs("fetch failed; retrying")); len(lines) > 0 {
 		t.Errorf("an idle transactional topic was reported as a fetch failure: %v", lines[0])
 	}
-	waitUntil(t, 30*time.Second, func() string {
-		return fmt.Sprintf("bqsink_partition_lag to be 0 (is %v)", d.metric("bqsink_partition_lag"))
+	itest.WaitUntil(t, 30*time.Second, func() string {
+		return fmt.Sprintf("bqsink_partition_lag to be 0 (is %v)", d.Metric("bqsink_partition_lag"))
 	}, func() bool {
-		m, err := d.metrics()
-		return err == nil && m.sum("bqsink_partition_lag") == 0 && m.sum("bqsink_group_lag") == 0
+		m, err := d.Metrics()
+		return err == nil && m.Sum("bqsink_partition_lag") == 0 && m.Sum("bqsink_group_lag") == 0
 	})
 
 	// A restart while a transaction is open: the group's commit stops at
@@ -77,17 +79,17 @@ func testTransactions(t *testing.T, delivery string) {
 	tx.openAborted(30)
 	tx.round(60, 0)
 	waitCommittedTo(t, e, group, "the last stable offset", 60*time.Second, lastStable(t, e))
-	d.shutdown(15 * time.Second)
+	d.Shutdown(15 * time.Second)
 	tx.abortOpen()
 	for range 3 {
 		tx.round(100, 50)
 	}
-	d2 := startDaemon(t, cfg)
+	d2 := itest.StartDaemon(t, cfg)
 	waitCommittedToEnd(t, e, group, 60*time.Second)
-	if n := d2.metric(eoFallbacks); n != 0 {
-		t.Errorf("the restarted member fell back %v times; want none: %v", n, d2.logsMatching(msgIs(eoFallbackMsg)))
+	if n := d2.Metric(itest.EOFallbacks); n != 0 {
+		t.Errorf("the restarted member fell back %v times; want none: %v", n, d2.LogsMatching(itest.MsgIs(itest.EOFallbackMsg)))
 	}
-	d2.shutdown(15 * time.Second)
+	d2.Shutdown(15 * time.Second)
 	tx.checkTable(t, e)
 }
 
@@ -95,18 +97,18 @@ func testTransactions(t *testing.T, delivery string) {
 // whose transactions commit, one whose transactions abort.
 type txnWriters struct {
 	t         *testing.T
-	e         *env
+	e         *itest.Env
 	rng       *rand.Rand
 	commit    *kgo.Client
 	abort     *kgo.Client
-	committed map[origin]bool
-	aborted   map[origin]bool
+	committed map[itest.Origin]bool
+	aborted   map[itest.Origin]bool
 }
 
-func newTxnWriters(t *testing.T, e *env, rng *rand.Rand) *txnWriters {
+func newTxnWriters(t *testing.T, e *itest.Env, rng *rand.Rand) *txnWriters {
 	t.Helper()
 	producer := func(id string) *kgo.Client {
-		cl, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...), kgo.TransactionalID(id),
+		cl, err := kgo.NewClient(kgo.SeedBrokers(e.St.Brokers()...), kgo.TransactionalID(id),
 			kgo.DefaultProduceTopic(stack.StockTopic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 		if err != nil {
 			t.Fatal(err)
@@ -115,7 +117,7 @@ func newTxnWriters(t *testing.T, e *env, rng *rand.Rand) *txnWriters {
 		return cl
 	}
 	return &txnWriters{t: t, e: e, rng: rng, commit: producer("committer"), abort: producer("aborter"),
-		committed: map[origin]bool{}, aborted: map[origin]bool{}}
+		committed: map[itest.Origin]bool{}, aborted: map[itest.Origin]bool{}}
 }
 
 // round runs one transaction of each producer at once, interleaving
@@ -171,10 +173,10 @@ func (x *txnWriters) abortOpen() {
 	}
 }
 
-func (x *txnWriters) produce(ctx context.Context, cl *kgo.Client, into map[origin]bool) {
+func (x *txnWriters) produce(ctx context.Context, cl *kgo.Client, into map[itest.Origin]bool) {
 	x.t.Helper()
 	u := stack.StockUpdates(1, x.rng.Uint64())[0]
-	r, err := x.e.schemas.Record(u)
+	r, err := x.e.Schemas.Record(u)
 	if err != nil {
 		x.t.Fatal(err)
 	}
@@ -182,15 +184,15 @@ func (x *txnWriters) produce(ctx context.Context, cl *kgo.Client, into map[origi
 	if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
 		x.t.Fatal(err)
 	}
-	into[origin{r.Topic, r.Partition, r.Offset}] = true
+	into[itest.Origin{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}] = true
 }
 
 // checkTable requires one row per committed record and none of an
 // aborted one.
-func (x *txnWriters) checkTable(t *testing.T, e *env) {
+func (x *txnWriters) checkTable(t *testing.T, e *itest.Env) {
 	t.Helper()
-	rows := map[origin]int{}
-	for _, o := range readOrigins(t, e, stack.StockTable, "_kafka") {
+	rows := map[itest.Origin]int{}
+	for _, o := range itest.ReadOrigins(t, e, stack.StockTable, "_kafka") {
 		rows[o]++
 	}
 	var missing, dup, aborted, unknown int
@@ -220,9 +222,9 @@ func (x *txnWriters) checkTable(t *testing.T, e *env) {
 
 // lastStable is the stock topic's last stable offset per partition: the
 // first record of a transaction still open, else the end.
-func lastStable(t *testing.T, e *env) map[int32]int64 {
+func lastStable(t *testing.T, e *itest.Env) map[int32]int64 {
 	t.Helper()
-	lso, err := adminClient(t, e).ListCommittedOffsets(t.Context(), stack.StockTopic)
+	lso, err := itest.AdminClient(t, e).ListCommittedOffsets(t.Context(), stack.StockTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,14 +235,14 @@ func lastStable(t *testing.T, e *env) map[int32]int64 {
 
 // waitCommittedToEnd waits until group's committed offsets equal the end
 // offsets of every partition: the transaction markers are committed too.
-func waitCommittedToEnd(t *testing.T, e *env, group string, within time.Duration) {
+func waitCommittedToEnd(t *testing.T, e *itest.Env, group string, within time.Duration) {
 	t.Helper()
 	var o stack.Offsets
-	waitUntil(t, within, func() string {
+	itest.WaitUntil(t, within, func() string {
 		return fmt.Sprintf("group %s to commit up to the end offsets: committed %v, end %v", group, o.Committed, o.End)
 	}, func() bool {
 		var err error
-		o, err = e.st.GroupOffsets(t.Context(), group, stack.StockTopic)
+		o, err = e.St.GroupOffsets(t.Context(), group, stack.StockTopic)
 		if err != nil || len(o.End) == 0 {
 			return false
 		}
@@ -254,14 +256,14 @@ func waitCommittedToEnd(t *testing.T, e *env, group string, within time.Duration
 }
 
 // waitCommittedTo waits until group's committed offsets equal want.
-func waitCommittedTo(t *testing.T, e *env, group, what string, within time.Duration, want map[int32]int64) {
+func waitCommittedTo(t *testing.T, e *itest.Env, group, what string, within time.Duration, want map[int32]int64) {
 	t.Helper()
 	var o stack.Offsets
-	waitUntil(t, within, func() string {
+	itest.WaitUntil(t, within, func() string {
 		return fmt.Sprintf("group %s to commit up to %s %v: committed %v", group, what, want, o.Committed)
 	}, func() bool {
 		var err error
-		o, err = e.st.GroupOffsets(t.Context(), group, stack.StockTopic)
+		o, err = e.St.GroupOffsets(t.Context(), group, stack.StockTopic)
 		if err != nil {
 			return false
 		}

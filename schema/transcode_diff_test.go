@@ -637,7 +637,8 @@ func TestTranscodeMatchesReference(t *testing.T) {
 	}
 	encodeErrors := 0
 	t.Cleanup(func() {
-		if encodeErrors < 1000 && !t.Failed() {
+		// About a quarter of the rows fail to encode at any iteration count.
+		if encodeErrors < iters*10/3 && !t.Failed() {
 			t.Errorf("only %d rows the tables could not take: the comparison of encode errors proves little", encodeErrors)
 		}
 	})

@@ -111,9 +111,6 @@ type Sink struct {
 	// franz-go blocks polls while it runs, for up to half the rebalance
 	// timeout plus the commit.
 	callback atomic.Int64
-	// abandoned counts flights dropped unfinished: records left
-	// uncommitted for the next owner.
-	abandoned atomic.Int64
 }
 
 type topicPartition struct {
@@ -382,7 +379,7 @@ func (s *Sink) shutdown(ctx context.Context, stopBg context.CancelFunc, bg *sync
 	// A quarter of the budget is kept for the commit: a straggler that
 	// uses up the whole wait must not cost every partition its commit.
 	stopCtx, stopCancel := context.WithDeadline(sctx, s.shutdownDeadline(0.75))
-	s.stopWorkers(stopCtx, all)
+	abandoned := s.stopWorkers(stopCtx, all)
 	stopCancel()
 	stopBg()
 	bg.Wait()
@@ -404,7 +401,7 @@ func (s *Sink) shutdown(ctx context.Context, stopBg context.CancelFunc, bg *sync
 		return *err
 	}
 	var problems []string
-	if n := s.abandoned.Load(); n > 0 {
+	if n := abandoned; n > 0 {
 		problems = append(problems, fmt.Sprintf("%d batches still unanswered after shutdown_timeout %s", n, s.cfg.ShutdownTimeout))
 	}
 	if commitErr != nil {
@@ -759,7 +756,10 @@ func (s *Sink) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][
 	defer s.callback.Store(0)
 	dctx, cancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/2, 0.5)
 	defer cancel()
-	s.stopWorkers(dctx, ws)
+	if n := s.stopWorkers(dctx, ws); n > 0 {
+		s.log.Warn("batches of revoked partitions still unanswered after half the rebalance timeout; their records are read again by the next owner",
+			zap.Int64("batches", n), zap.Any("partitions", revoked))
+	}
 	// The commit gets its own budget: dctx may have ended on a straggler.
 	cctx, ccancel := s.shutdownBounded(ctx, s.cfg.Kafka.RebalanceTimeout/4, 0.75)
 	defer ccancel()
@@ -834,9 +834,9 @@ func (s *Sink) take(m map[string][]int32) []*worker {
 }
 
 // stopWorkers asks every worker to finish its in-flight appends and waits;
-// when ctx ends first, the stragglers are cancelled and their unfinished
-// batches counted as abandoned.
-func (s *Sink) stopWorkers(ctx context.Context, ws []*worker) {
+// when ctx ends first, the stragglers are cancelled. It returns how many
+// batches were abandoned unfinished: their records stay uncommitted.
+func (s *Sink) stopWorkers(ctx context.Context, ws []*worker) (abandoned int64) {
 	for _, w := range ws {
 		w.stop()
 	}
@@ -846,12 +846,13 @@ func (s *Sink) stopWorkers(ctx context.Context, ws []*worker) {
 		case <-ctx.Done():
 			w.cancel()
 			if !s.awaitCancelled(w) {
-				s.abandoned.Add(max(w.inflight.Load(), 1))
+				abandoned += max(w.inflight.Load(), 1)
 				continue
 			}
 		}
-		s.abandoned.Add(w.abandoned.Load())
+		abandoned += w.abandoned.Load()
 	}
+	return abandoned
 }
 
 // awaitCancelled waits for a cancelled worker, for at most stopGrace, and

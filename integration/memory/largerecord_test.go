@@ -1,4 +1,4 @@
-package integration
+package memory
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -23,20 +24,20 @@ const largeRecord = 90 << 20
 // says a pod needs: memory.max_buffered_bytes + 80 MiB + 2 × the largest
 // record.
 func TestLargeRecordWithinMemoryBudget(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	ctx := t.Context()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	const group, topic, table = "g-large", "large.records", "large_records"
 	const topicMax = 100 << 20
 	for _, name := range []string{topic, group + ".dlq"} {
-		if err := e.st.CreateTopic(ctx, name, 1, stack.MaxMessageBytes(topicMax+64<<10)); err != nil {
+		if err := e.St.CreateTopic(ctx, name, 1, stack.MaxMessageBytes(topicMax+64<<10)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cfg := newDaemonConfig(e, group).set("kafka.topics", []string{topic}).set("tables", map[string]any{topic: table})
-	d := startDaemon(t, cfg)
+	cfg := itest.NewDaemonConfig(e, group).Set("kafka.topics", []string{topic}).Set("tables", map[string]any{topic: table})
+	d := itest.StartDaemon(t, cfg)
 
-	producer, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...), kgo.ProducerBatchMaxBytes(topicMax), kgo.ProducerLinger(0),
+	producer, err := kgo.NewClient(kgo.SeedBrokers(e.St.Brokers()...), kgo.ProducerBatchMaxBytes(topicMax), kgo.ProducerLinger(0),
 		kgo.ProducerBatchCompression(kgo.NoCompression()))
 	if err != nil {
 		t.Fatal(err)
@@ -46,18 +47,18 @@ func TestLargeRecordWithinMemoryBudget(t *testing.T) {
 	big := us[100]
 	big.V2 = false
 	big.WarehouseName = strings.Repeat("w", largeRecord)
-	body, err := avro.Marshal(e.schemas.V1, big)
+	body, err := avro.Marshal(e.Schemas.V1, big)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var recs []*kgo.Record
 	for i, u := range us {
-		r, err := e.schemas.Record(u)
+		r, err := e.Schemas.Record(u)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if i == 100 {
-			r.Value = stack.WireFormat(e.schemas.V1ID, body)
+			r.Value = stack.WireFormat(e.Schemas.V1ID, body)
 		}
 		r.Topic = topic
 		recs = append(recs, r)
@@ -68,20 +69,20 @@ func TestLargeRecordWithinMemoryBudget(t *testing.T) {
 			t.Fatalf("produce %d bytes: %v", len(r.Value), err)
 		}
 	}
-	waitAllCommitted(t, e.st, group, topic, 60*time.Second)
+	itest.WaitAllCommitted(t, e.St, group, topic, 60*time.Second)
 
-	rss, err := procStatusBytes(d.pid(), "VmHWM")
+	rss, err := procStatusBytes(d.Pid(), "VmHWM")
 	if err != nil {
 		t.Fatal(err)
 	}
-	buffered := d.metric("bqsink_buffered_bytes_peak")
-	limit := d.metric("bqsink_buffered_bytes_limit")
-	dls, err := e.st.ReadTopic(ctx, group+".dlq")
+	buffered := d.Metric("bqsink_buffered_bytes_peak")
+	limit := d.Metric("bqsink_buffered_bytes_limit")
+	dls, err := e.St.ReadTopic(ctx, group+".dlq")
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 
 	mib := func(b float64) string { return fmt.Sprintf("%.0f MiB", b/(1<<20)) }
 	t.Logf("a %s record: peak RSS %s, bqsink_buffered_bytes_peak %s (memory.max_buffered_bytes %s)",
@@ -89,7 +90,7 @@ func TestLargeRecordWithinMemoryBudget(t *testing.T) {
 	if len(dls) != 1 || len(dls[0].Value) != len(recs[100].Value) || header(dls[0], "bqsink.reason") != "row_too_large" {
 		t.Fatalf("dead-letter topic: %d records, want the large one whole with reason row_too_large", len(dls))
 	}
-	if rows := e.st.BigQuery.RowCount(stack.Project, stack.Dataset, table); rows != len(us)-1 {
+	if rows := e.St.BigQuery.RowCount(stack.Project, stack.Dataset, table); rows != len(us)-1 {
 		t.Errorf("%d rows, want %d: every record but the large one", rows, len(us)-1)
 	}
 	// What the README promises a pod needs.

@@ -1,11 +1,11 @@
-package integration
+package crash
 
 import (
 	"math/rand/v2"
 	"testing"
 	"time"
 
-	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/integration/itest"
 )
 
 // The real binary, SIGKILLed at random moments while records flow and
@@ -30,7 +30,7 @@ func TestCrashLoopLosesNothing(t *testing.T) {
 	e, s := f.e, f.s
 	// The default commit_interval: it bounds only the retry of a failed
 	// commit now, where it used to space every commit.
-	cfg := newDaemonConfig(e, group).set("metadata_column", "_kafka").set("kafka.commit_interval", "1s")
+	cfg := itest.NewDaemonConfig(e, group).Set("metadata_column", "_kafka").Set("kafka.commit_interval", "1s")
 
 	d, _ := f.crashLoop(cfg, group, kills, false)
 	if d == nil {
@@ -38,10 +38,10 @@ func TestCrashLoopLosesNothing(t *testing.T) {
 	}
 
 	f.finish(group)
-	st := d.shutdown(15 * time.Second)
-	logProblems(t, d)
-	t.Logf("last daemon %s: %v", d.name, st)
-	c := checkCoverage(t, e, s, "_kafka")
+	st := d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
+	t.Logf("last daemon %s: %v", d.Name, st)
+	c := itest.CheckCoverage(t, e, s, "_kafka")
 	t.Logf("%v (read back at %v); %d duplicates per kill, %.1f%% of the records", c, f.since(), c.Duplicates/kills,
 		100*float64(c.Duplicates)/float64(c.Records))
 	if c.Duplicates*100 > c.Records*15 {
@@ -53,8 +53,8 @@ func TestCrashLoopLosesNothing(t *testing.T) {
 // finish, the rng the test draws its timings from, and its clock.
 type flow struct {
 	t     *testing.T
-	e     *env
-	s     *stream
+	e     *itest.Env
+	s     *itest.Stream
 	rng   *rand.Rand
 	began time.Time
 }
@@ -63,9 +63,9 @@ type flow struct {
 // records, perSecond, into it, seeded from the test's seed.
 func startFlow(t *testing.T, partitions int32, records, perSecond int) *flow {
 	t.Helper()
-	f := &flow{t: t, began: time.Now(), rng: rand.New(rand.NewPCG(testSeed(t), 0))}
-	f.e = newEnvPartitions(t, partitions)
-	f.s = startStream(t, f.e, records, perSecond, f.rng.Uint64())
+	f := &flow{t: t, began: time.Now(), rng: rand.New(rand.NewPCG(itest.Seed(t), 0))}
+	f.e = itest.NewEnvPartitions(t, partitions)
+	f.s = itest.StartStream(t, f.e, records, perSecond, f.rng.Uint64())
 	return f
 }
 
@@ -78,11 +78,11 @@ func (f *flow) since() time.Duration { return time.Since(f.began).Round(time.Mil
 // mustFlow, a kill after the stream ended fails the test. It returns the
 // last daemon, still running, and every daemon it started, in order; last
 // is nil if the test's context ended first.
-func (f *flow) crashLoop(cfg *daemonConfig, group string, kills int, mustFlow bool) (last *daemon, all []*daemon) {
+func (f *flow) crashLoop(cfg *itest.DaemonConfig, group string, kills int, mustFlow bool) (last *itest.Daemon, all []*itest.Daemon) {
 	t := f.t
 	t.Helper()
-	d := startDaemon(t, cfg)
-	all = []*daemon{d}
+	d := itest.StartDaemon(t, cfg)
+	all = []*itest.Daemon{d}
 	for i := 1; i <= kills; i++ {
 		// Kill only once this process writes: its partitions are assigned,
 		// appends and commits are under way.
@@ -91,15 +91,15 @@ func (f *flow) crashLoop(cfg *daemonConfig, group string, kills int, mustFlow bo
 		if !ok {
 			return nil, all
 		}
-		if mustFlow && !f.s.running() {
+		if mustFlow && !f.s.Running() {
 			t.Fatalf("the stream ended before kill %d: records must be flowing", i)
 		}
-		rows := d.metric("bqsink_rows_written_total")
-		st := d.kill()
-		logProblems(t, d)
+		rows := d.Metric("bqsink_rows_written_total")
+		st := d.Kill()
+		itest.LogProblems(t, d)
 		t.Logf("kill %d at %v, %v after %s wrote its first rows; it wrote %.0f rows; %d records produced; %v; table rows beyond the committed offsets: %d",
-			i, f.since(), wait.Round(time.Millisecond), d.name, rows, f.s.produced(), st, rowsAheadOfCommits(t, f.e, group))
-		d = startDaemon(t, cfg)
+			i, f.since(), wait.Round(time.Millisecond), d.Name, rows, f.s.Produced(), st, itest.RowsAheadOfCommits(t, f.e, group))
+		d = itest.StartDaemon(t, cfg)
 		all = append(all, d)
 	}
 	return d, all
@@ -109,55 +109,29 @@ func (f *flow) crashLoop(cfg *daemonConfig, group string, kills int, mustFlow bo
 func (f *flow) finish(group string) {
 	t := f.t
 	t.Helper()
-	f.s.finish(60 * time.Second)
-	t.Logf("stream done at %v: %d records", f.since(), f.s.produced())
-	waitCaughtUp(t, f.e, group, 60*time.Second)
+	f.s.Finish(60 * time.Second)
+	t.Logf("stream done at %v: %d records", f.since(), f.s.Produced())
+	itest.WaitCaughtUp(t, f.e, group, 60*time.Second)
 	t.Logf("caught up at %v", f.since())
 }
 
 // waitWriting waits until d has written rows.
-func waitWriting(t *testing.T, d *daemon) {
+func waitWriting(t *testing.T, d *itest.Daemon) {
 	t.Helper()
-	waitUntil(t, 30*time.Second, func() string { return d.name + " to write rows" }, func() bool {
-		m, err := d.metrics()
-		return err == nil && m.sum("bqsink_rows_written_total") > 0
+	itest.WaitUntil(t, 30*time.Second, func() string { return d.Name + " to write rows" }, func() bool {
+		m, err := d.Metrics()
+		return err == nil && m.Sum("bqsink_rows_written_total") > 0
 	})
 }
 
 // pause sleeps a random duration in [lo, hi) drawn from rng and returns it;
 // ok is false if the test's context ended first.
 func pause(t *testing.T, rng *rand.Rand, lo, hi time.Duration) (d time.Duration, ok bool) {
-	d = jitter(rng, lo, hi)
+	d = itest.Jitter(rng, lo, hi)
 	select {
 	case <-time.After(d):
 		return d, true
 	case <-t.Context().Done():
 		return d, false
-	}
-}
-
-// rowsAheadOfCommits is the stock table's row count minus group's committed
-// offsets on the stock topic: right after a kill, the duplicates so far plus
-// the rows the next owner will write again, except appends the test server
-// had received but not yet answered when the process died (they land a
-// little later, and are re-read too).
-func rowsAheadOfCommits(t *testing.T, e *env, group string) int64 {
-	t.Helper()
-	o, err := e.st.GroupOffsets(t.Context(), group, stack.StockTopic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := int64(e.st.BigQuery.RowCount(stack.Project, stack.Dataset, stack.StockTable))
-	for _, c := range o.Committed {
-		n -= max(c, 0)
-	}
-	return n
-}
-
-// logProblems logs what a daemon logged at warn or above, counted by message.
-func logProblems(t *testing.T, d *daemon) {
-	t.Helper()
-	if p := d.problems(); len(p) > 0 {
-		t.Logf("%s logged: %v", d.name, p)
 	}
 }

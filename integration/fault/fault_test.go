@@ -1,4 +1,4 @@
-package integration
+package fault
 
 import (
 	"context"
@@ -21,23 +21,11 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/api/option"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/netfault"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/sink"
 )
-
-// Fault tests: the real binary keeps its promises when the network or a
-// service fails under it. For each fault, records flow while the fault is
-// injected; the daemon must warn naming the stage and target within 30s
-// (the figure is logged), count the retries, fail /readyz once the fault
-// outlasts stall_timeout, log "recovered" once healed, and lose nothing
-// (every produced record has a row, by the metadata column). A SIGTERM
-// during the fault ends the process within shutdown_timeout plus a second,
-// and a fresh daemon then completes everything.
-//
-// Most of their time is spent waiting out fault windows, so they run in
-// parallel; with two CPUs go test runs only two at once, so
-// `-parallel 8` shortens a run of all of them considerably.
 
 // Timeouts of every fault test: short, so that faults show within seconds.
 const (
@@ -54,8 +42,8 @@ const (
 // faultConfig is the daemon config of a fault test: the stack's, with short
 // timeouts, a 15s stall_timeout, a 5s shutdown_timeout and the metadata
 // column coverage checks read.
-func faultConfig(e *env, group string) *daemonConfig {
-	return newDaemonConfig(e, group).mergeYAML(`
+func faultConfig(e *itest.Env, group string) *itest.DaemonConfig {
+	return itest.NewDaemonConfig(e, group).MergeYAML(`
 bigquery: {timeout: 2s, append_timeout: 3s}
 schema_registry: {timeout: 2s}
 kafka: {request_timeout: 3s}
@@ -91,46 +79,48 @@ func urlHostPort(t *testing.T, raw string) string {
 }
 
 // startFlowing starts a daemon and waits until it has written rows.
-func startFlowing(t *testing.T, cfg *daemonConfig) *daemon {
+func startFlowing(t *testing.T, cfg *itest.DaemonConfig) *itest.Daemon {
 	t.Helper()
-	d := startDaemon(t, cfg)
-	d.waitLog(30*time.Second, `"consuming"`, msgIs("consuming"))
+	d := itest.StartDaemon(t, cfg)
+	d.WaitLog(30*time.Second, `"consuming"`, itest.MsgIs("consuming"))
 	waitRowsWritten(t, d, 1, 30*time.Second)
 	return d
 }
 
 // waitRowsWritten waits until the daemon has written at least n rows.
-func waitRowsWritten(t *testing.T, d *daemon, n float64, within time.Duration) {
+func waitRowsWritten(t *testing.T, d *itest.Daemon, n float64, within time.Duration) {
 	t.Helper()
 	var last float64
-	waitUntil(t, within, func() string { return fmt.Sprintf("%s to write %.0f rows (wrote %.0f)", d.name, n, last) }, func() bool {
-		m, err := d.metrics()
+	itest.WaitUntil(t, within, func() string { return fmt.Sprintf("%s to write %.0f rows (wrote %.0f)", d.Name, n, last) }, func() bool {
+		m, err := d.Metrics()
 		if err != nil {
 			return false
 		}
-		last = m.sum("bqsink_rows_written_total")
+		last = m.Sum("bqsink_rows_written_total")
 		return last >= n
 	})
 }
 
 // failedLine matches the first warning of a failure of stage on a target
 // that target accepts.
-func failedLine(stage string, target func(string) bool) func(logLine) bool {
-	return func(l logLine) bool {
-		return l.Level == "warn" && l.Msg == stage+" failed; retrying" && l.str("stage") == stage && target(l.str("target"))
+func failedLine(stage string, target func(string) bool) func(itest.LogLine) bool {
+	return func(l itest.LogLine) bool {
+		return l.Level == "warn" && l.Msg == stage+" failed; retrying" && l.Str("stage") == stage && target(l.Str("target"))
 	}
 }
 
 // stillFailingLine matches the repeated warning of a failure of stage.
-func stillFailingLine(stage string) func(logLine) bool {
-	return func(l logLine) bool {
-		return l.Level == "warn" && l.Msg == stage+" still failing; retrying" && l.str("stage") == stage
+func stillFailingLine(stage string) func(itest.LogLine) bool {
+	return func(l itest.LogLine) bool {
+		return l.Level == "warn" && l.Msg == stage+" still failing; retrying" && l.Str("stage") == stage
 	}
 }
 
 // recoveredLine matches the line that ends a failure of stage.
-func recoveredLine(stage string) func(logLine) bool {
-	return func(l logLine) bool { return l.Level == "info" && l.Msg == "recovered" && l.str("stage") == stage }
+func recoveredLine(stage string) func(itest.LogLine) bool {
+	return func(l itest.LogLine) bool {
+		return l.Level == "info" && l.Msg == "recovered" && l.Str("stage") == stage
+	}
 }
 
 // targetIs accepts exactly want.
@@ -139,15 +129,15 @@ func targetIs(want string) func(string) bool { return func(s string) bool { retu
 // awaitFirstWarning waits for the first warning of stage logged after line
 // index from, requires it within warnBound of since, checks its fields and
 // logs how long it took. It returns the line and its index.
-func awaitFirstWarning(t *testing.T, d *daemon, from int, since time.Time, stage string, target func(string) bool) (logLine, int) {
+func awaitFirstWarning(t *testing.T, d *itest.Daemon, from int, since time.Time, stage string, target func(string) bool) (itest.LogLine, int) {
 	t.Helper()
-	l, i := d.waitLogFrom(from, warnBound+5*time.Second, "warning of a failing "+stage, failedLine(stage, target))
+	l, i := d.WaitLogFrom(from, warnBound+5*time.Second, "warning of a failing "+stage, failedLine(stage, target))
 	took := time.Since(since)
 	t.Logf("first warning %v after the fault: %s", took.Round(time.Millisecond), l.Raw)
 	if took > warnBound {
 		t.Errorf("first %s warning %v after the fault, promised within %v", stage, took.Round(time.Millisecond), warnBound)
 	}
-	if l.num("attempts") < 1 || l.str("error") == "" || l.str("failing_for") == "" || l.str("target") == "" {
+	if l.Num("attempts") < 1 || l.Str("error") == "" || l.Str("failing_for") == "" || l.Str("target") == "" {
 		t.Errorf("warning lacks attempts, failing_for, target or error: %s", l.Raw)
 	}
 	return l, i
@@ -156,9 +146,9 @@ func awaitFirstWarning(t *testing.T, d *daemon, from int, since time.Time, stage
 // awaitRecovered waits for the "recovered" line of stage after line index
 // from and logs how long after healedAt (what: "healing", "the fault") it
 // came.
-func awaitRecovered(t *testing.T, d *daemon, from int, healedAt time.Time, what, stage string, within time.Duration) logLine {
+func awaitRecovered(t *testing.T, d *itest.Daemon, from int, healedAt time.Time, what, stage string, within time.Duration) itest.LogLine {
 	t.Helper()
-	l, _ := d.waitLogFrom(from, within, `"recovered" of `+stage, recoveredLine(stage))
+	l, _ := d.WaitLogFrom(from, within, `"recovered" of `+stage, recoveredLine(stage))
 	t.Logf("recovered %v after %s: %s", time.Since(healedAt).Round(time.Millisecond), what, l.Raw)
 	return l
 }
@@ -166,13 +156,13 @@ func awaitRecovered(t *testing.T, d *daemon, from int, healedAt time.Time, what,
 // awaitNotReady polls /readyz until it answers 503 with a body containing
 // every name, failing the test if that has not happened by deadline. It
 // returns the body.
-func awaitNotReady(t *testing.T, d *daemon, since, deadline time.Time, names ...string) string {
+func awaitNotReady(t *testing.T, d *itest.Daemon, since, deadline time.Time, names ...string) string {
 	t.Helper()
 	var code int
 	var body string
 	for {
-		code, body = d.get("/readyz")
-		if code == http.StatusServiceUnavailable && containsEvery(body, names...) {
+		code, body = d.Get("/readyz")
+		if code == http.StatusServiceUnavailable && itest.ContainsEvery(body, names...) {
 			t.Logf("/readyz 503 %v after the fault: %s", time.Since(since).Round(time.Millisecond), strings.TrimSpace(body))
 			return body
 		}
@@ -182,36 +172,27 @@ func awaitNotReady(t *testing.T, d *daemon, since, deadline time.Time, names ...
 		}
 		select {
 		case <-time.After(200 * time.Millisecond):
-		case <-d.exited:
-			t.Fatalf("%s exited (%v) while waiting for /readyz 503", d.name, d.status())
+		case <-d.Exited():
+			t.Fatalf("%s exited (%v) while waiting for /readyz 503", d.Name, d.Status())
 		}
 	}
-}
-
-func containsEvery(s string, subs ...string) bool {
-	for _, sub := range subs {
-		if !strings.Contains(s, sub) {
-			return false
-		}
-	}
-	return true
 }
 
 // retriesOf is bqsink_retries_total of stage.
-func retriesOf(d *daemon, stage string) float64 {
-	m, err := d.metrics()
+func retriesOf(d *itest.Daemon, stage string) float64 {
+	m, err := d.Metrics()
 	if err != nil {
 		return -1
 	}
-	return m.sum("bqsink_retries_total", "stage", stage)
+	return m.Sum("bqsink_retries_total", "stage", stage)
 }
 
 // requireRetriesGrew fails the test unless stage's retry counter is above
 // before.
-func requireRetriesGrew(t *testing.T, d *daemon, stage string, before float64) {
+func requireRetriesGrew(t *testing.T, d *itest.Daemon, stage string, before float64) {
 	t.Helper()
 	var now float64
-	waitUntil(t, 10*time.Second, func() string {
+	itest.WaitUntil(t, 10*time.Second, func() string {
 		return fmt.Sprintf("bqsink_retries_total{stage=%q} to grow from %.0f (now %.0f)", stage, before, now)
 	}, func() bool {
 		now = retriesOf(d, stage)
@@ -225,17 +206,17 @@ func requireRetriesGrew(t *testing.T, d *daemon, stage string, before float64) {
 // period plus the monitor's 5s tick, a "still failing" line with a higher
 // attempt count must have come between first (the index of the first
 // warning) and the recovery.
-func requireRepeatedIfLong(t *testing.T, d *daemon, stage string, first logLine, firstAt int, failedFor time.Duration) {
+func requireRepeatedIfLong(t *testing.T, d *itest.Daemon, stage string, first itest.LogLine, firstAt int, failedFor time.Duration) {
 	t.Helper()
-	var still []logLine
-	for _, l := range d.logs()[firstAt:] {
+	var still []itest.LogLine
+	for _, l := range d.Logs()[firstAt:] {
 		if stillFailingLine(stage)(l) {
 			still = append(still, l)
 		}
 	}
 	prev := first
 	for _, l := range still {
-		t.Logf("%q after %v (attempts %v)", l.Msg, logTime(l).Sub(logTime(prev)).Round(time.Millisecond), l.num("attempts"))
+		t.Logf("%q after %v (attempts %v)", l.Msg, logTime(l).Sub(logTime(prev)).Round(time.Millisecond), l.Num("attempts"))
 		prev = l
 	}
 	t.Logf("%d %q lines over a failure of %v", len(still), stage+" still failing; retrying", failedFor.Round(time.Millisecond))
@@ -246,20 +227,20 @@ func requireRepeatedIfLong(t *testing.T, d *daemon, stage string, first logLine,
 		t.Errorf("a %s failure lasting %v was warned about once; promised again every 30s", stage, failedFor.Round(time.Second))
 		return
 	}
-	if still[0].num("attempts") <= first.num("attempts") {
-		t.Errorf("repeated warning's attempts %v not above the first's %v", still[0].num("attempts"), first.num("attempts"))
+	if still[0].Num("attempts") <= first.Num("attempts") {
+		t.Errorf("repeated warning's attempts %v not above the first's %v", still[0].Num("attempts"), first.Num("attempts"))
 	}
 }
 
 // logTime is when the daemon wrote a line, by its time field.
-func logTime(l logLine) time.Time {
-	at, _ := time.Parse("2006-01-02T15:04:05.000Z0700", l.str("time"))
+func logTime(l itest.LogLine) time.Time {
+	at, _ := time.Parse("2006-01-02T15:04:05.000Z0700", l.Str("time"))
 	return at
 }
 
 // failedFor is the recovered line's failed_for field, which zap writes as
 // seconds (a number) or as a Go duration string.
-func failedFor(l logLine) time.Duration {
+func failedFor(l itest.LogLine) time.Duration {
 	switch v := l.Fields["failed_for"].(type) {
 	case float64:
 		return time.Duration(v * float64(time.Second))
@@ -273,33 +254,33 @@ func failedFor(l logLine) time.Duration {
 // terminateDuringFault sends SIGTERM while a fault lasts and requires the
 // exit within shutdown_timeout plus a second: code 0, or 1 with a line
 // saying what was not flushed. A process killed by the signal fails.
-func terminateDuringFault(t *testing.T, d *daemon) exitStatus {
+func terminateDuringFault(t *testing.T, d *itest.Daemon) itest.ExitStatus {
 	t.Helper()
-	from := len(d.logs())
-	d.terminate()
-	st := d.wait(exitBound)
+	from := len(d.Logs())
+	d.Terminate()
+	st := d.Wait(exitBound)
 	t.Logf("SIGTERM during the fault: %v", st)
 	switch {
 	case st.Signal != 0:
-		t.Errorf("%s killed by %v, want a clean exit", d.name, st.Signal)
+		t.Errorf("%s killed by %v, want a clean exit", d.Name, st.Signal)
 	case st.Code == 1:
 		var why []string
-		for _, l := range d.logs()[from:] {
+		for _, l := range d.Logs()[from:] {
 			if l.Level != "error" {
 				continue
 			}
-			if l.Msg == "bqsink stopped with an error" && strings.Contains(l.str("error"), "shutdown incomplete") ||
+			if l.Msg == "bqsink stopped with an error" && strings.Contains(l.Str("error"), "shutdown incomplete") ||
 				strings.HasPrefix(l.Msg, "shutdown did not finish within shutdown_timeout") {
 				why = append(why, l.Raw)
 			}
 		}
 		if len(why) == 0 {
-			t.Errorf("exit 1 without a line saying what was not flushed; logs since SIGTERM:\n%s", rawLines(d.logs()[from:]))
+			t.Errorf("exit 1 without a line saying what was not flushed; logs since SIGTERM:\n%s", itest.RawLines(d.Logs()[from:]))
 		} else {
 			t.Logf("what was not flushed: %s", strings.Join(why, "; "))
 		}
 	case st.Code != 0:
-		t.Errorf("%s after SIGTERM: %v, want 0 or 1", d.name, st)
+		t.Errorf("%s after SIGTERM: %v, want 0 or 1", d.Name, st)
 	}
 	if st.Took > exitBound {
 		t.Errorf("exit took %v after SIGTERM, promised within %v", st.Took, exitBound)
@@ -311,55 +292,35 @@ func terminateDuringFault(t *testing.T, d *daemon) exitStatus {
 // stock table lie beyond group's committed offsets: rows BigQuery wrote
 // whose answer never came back (they will be written again) or that were
 // acknowledged and not committed.
-func logAheadOfCommits(t *testing.T, e *env, group string) {
+func logAheadOfCommits(t *testing.T, e *itest.Env, group string) {
 	t.Helper()
-	t.Logf("after the exit, rows beyond the committed offsets: %d", rowsAheadOfCommits(t, e, group))
-}
-
-func rawLines(ls []logLine) string {
-	var b strings.Builder
-	for _, l := range ls {
-		b.WriteString(l.Raw)
-		b.WriteByte('\n')
-	}
-	return b.String()
+	t.Logf("after the exit, rows beyond the committed offsets: %d", itest.RowsAheadOfCommits(t, e, group))
 }
 
 // finishClean lets the stream stop, waits until the group committed every
 // record, stops the daemon with SIGTERM (exit 0 within the bound) and checks
 // that every produced record has a row.
-func finishClean(t *testing.T, e *env, s *stream, d *daemon, group string, began time.Time) {
+func finishClean(t *testing.T, e *itest.Env, s *itest.Stream, d *itest.Daemon, group string, began time.Time) {
 	t.Helper()
-	s.finish(60 * time.Second)
-	waitCaughtUp(t, e, group, 90*time.Second)
-	t.Logf("caught up %v after the start: %d records", time.Since(began).Round(time.Millisecond), s.produced())
-	st := d.shutdown(exitBound)
+	s.Finish(60 * time.Second)
+	itest.WaitCaughtUp(t, e, group, 90*time.Second)
+	t.Logf("caught up %v after the start: %d records", time.Since(began).Round(time.Millisecond), s.Produced())
+	st := d.Shutdown(exitBound)
 	t.Logf("SIGTERM after catching up: %v", st)
-	logProblems(t, d)
-	c := checkCoverage(t, e, s, "_kafka")
+	itest.LogProblems(t, d)
+	c := itest.CheckCoverage(t, e, s, "_kafka")
 	t.Logf("%v", c)
 }
 
-// noteProduced adds records produced outside s (with their partitions and
-// offsets set by Kafka) to what s's coverage check expects.
-func noteProduced(s *stream, recs []*kgo.Record) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, r := range recs {
-		s.offsets[r.Partition] = append(s.offsets[r.Partition], r.Offset)
-	}
-	s.n += len(recs)
-}
-
 // produceNoted produces recs synchronously and notes them in s.
-func produceNoted(t *testing.T, e *env, s *stream, recs []*kgo.Record) {
+func produceNoted(t *testing.T, e *itest.Env, s *itest.Stream, recs []*kgo.Record) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if err := e.st.Produce(ctx, recs...); err != nil {
+	if err := e.St.Produce(ctx, recs...); err != nil {
 		t.Fatal(err)
 	}
-	noteProduced(s, recs)
+	s.Note(recs)
 }
 
 // recordFeed produces records made by mk to Kafka at a steady rate in the
@@ -378,7 +339,7 @@ type recordFeed struct {
 // startRecordFeed produces perSecond records a second, each made by mk from the
 // i-th update of a generator seeded with seed, until stop is called or the
 // test ends.
-func startRecordFeed(t *testing.T, e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) *recordFeed {
+func startRecordFeed(t *testing.T, e *itest.Env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) *recordFeed {
 	t.Helper()
 	f := &recordFeed{t: t, quit: make(chan struct{}), done: make(chan struct{})}
 	go f.run(e, perSecond, seed, mk)
@@ -389,7 +350,7 @@ func startRecordFeed(t *testing.T, e *env, perSecond int, seed uint64, mk func(s
 	return f
 }
 
-func (f *recordFeed) run(e *env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) {
+func (f *recordFeed) run(e *itest.Env, perSecond int, seed uint64, mk func(stack.StockUpdate) (*kgo.Record, error)) {
 	defer close(f.done)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -412,7 +373,7 @@ func (f *recordFeed) run(e *env, perSecond int, seed uint64, mk func(stack.Stock
 			batch = append(batch, r)
 		}
 		ctx, cancel := context.WithTimeout(f.t.Context(), 30*time.Second)
-		err := e.st.Produce(ctx, batch...)
+		err := e.St.Produce(ctx, batch...)
 		cancel()
 		if err != nil {
 			if f.t.Context().Err() == nil {
@@ -487,10 +448,10 @@ type runtimeFault struct {
 // fault outlasts stall_timeout, heals it after its window and requires the
 // "recovered" line and /readyz 200 again. It returns how long after the
 // injection the daemon recovered.
-func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) time.Duration {
+func faultAndHeal(t *testing.T, d *itest.Daemon, f runtimeFault) time.Duration {
 	t.Helper()
 	before := retriesOf(d, f.stage)
-	from := len(d.logs())
+	from := len(d.Logs())
 	at := time.Now()
 	f.inject()
 	first, i := awaitFirstWarning(t, d, from, at, f.stage, f.target)
@@ -498,7 +459,7 @@ func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) time.Duration {
 	if f.window > faultStall {
 		names := f.names
 		if names == nil {
-			names = []string{first.str("target")}
+			names = []string{first.Str("target")}
 		}
 		awaitNotReady(t, d, at, at.Add(f.window), names...)
 	}
@@ -512,16 +473,16 @@ func faultAndHeal(t *testing.T, d *daemon, f runtimeFault) time.Duration {
 	rec := awaitRecovered(t, d, i, healed, what, f.stage, f.recoverWithin)
 	recovered := time.Since(at)
 	requireRepeatedIfLong(t, d, f.stage, first, i, failedFor(rec))
-	d.waitHTTP("/readyz", http.StatusOK, 30*time.Second)
+	d.WaitHTTP("/readyz", http.StatusOK, 30*time.Second)
 	return recovered
 }
 
 // faultAndTerminate injects f while records flow, waits for its first
 // warning, sends SIGTERM while it lasts, requires the exit within the bound,
 // then heals it.
-func faultAndTerminate(t *testing.T, d *daemon, f runtimeFault) {
+func faultAndTerminate(t *testing.T, d *itest.Daemon, f runtimeFault) {
 	t.Helper()
-	from := len(d.logs())
+	from := len(d.Logs())
 	at := time.Now()
 	f.inject()
 	awaitFirstWarning(t, d, from, at, f.stage, f.target)
@@ -533,7 +494,7 @@ func faultAndTerminate(t *testing.T, d *daemon, f runtimeFault) {
 
 // faultAndTerminateStock is faultAndTerminate for a daemon writing the
 // stock table as group, logging the rows beyond the commits after the exit.
-func faultAndTerminateStock(t *testing.T, e *env, group string, d *daemon, f runtimeFault) {
+func faultAndTerminateStock(t *testing.T, e *itest.Env, group string, d *itest.Daemon, f runtimeFault) {
 	t.Helper()
 	faultAndTerminate(t, d, f)
 	logAheadOfCommits(t, e, group)
@@ -549,29 +510,20 @@ func waitOutWindow(t *testing.T, until time.Time) {
 	}
 }
 
-// skipShort skips fault tests under -short and runs them in parallel.
-func skipShort(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("fault test: waits out fault windows of tens of seconds")
-	}
-	t.Parallel()
-}
-
 // writeFaultEnv is a stack with the Storage Write endpoint behind addr
 // (a proxy to it), a daemon config using it, and a stream of records.
-func writeFaultEnv(t *testing.T, group string, via func(target string) string) (*env, *daemonConfig, *stream) {
+func writeFaultEnv(t *testing.T, group string, via func(target string) string) (*itest.Env, *itest.DaemonConfig, *itest.Stream) {
 	t.Helper()
-	e := newEnv(t)
-	cfg := faultConfig(e, group).set("bigquery.grpc_endpoint", via(e.st.BigQuery.GRPCEndpoint()))
-	s := startStream(t, e, 1000, flowRate, testSeed(t))
+	e := itest.NewEnv(t)
+	cfg := faultConfig(e, group).Set("bigquery.grpc_endpoint", via(e.St.BigQuery.GRPCEndpoint()))
+	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
 	return e, cfg, s
 }
 
 // Storage Write endpoint closed for 20s mid-stream: connections reset,
 // new ones refused.
 func TestFaultStorageWriteRefused(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-write-refused"
 	began := time.Now()
 	var p *netfault.Proxy
@@ -589,7 +541,7 @@ func TestFaultStorageWriteRefused(t *testing.T) {
 
 // The same outage, with SIGTERM while it lasts.
 func TestFaultStorageWriteRefusedSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-write-refused-term"
 	began := time.Now()
 	var p *netfault.Proxy
@@ -600,13 +552,13 @@ func TestFaultStorageWriteRefusedSIGTERM(t *testing.T) {
 		heal:   func() { mustPass(t, p) },
 		stage:  "append", target: targetIs(stockTableName),
 	})
-	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 // Storage Write endpoint black-holed for 30s mid-stream: sockets stay open,
 // nothing gets through, on existing and new connections alike.
 func TestFaultStorageWriteFrozen(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-write-frozen"
 	began := time.Now()
 	var p *netfault.Proxy
@@ -624,7 +576,7 @@ func TestFaultStorageWriteFrozen(t *testing.T) {
 
 // The same black hole, with SIGTERM while it lasts.
 func TestFaultStorageWriteFrozenSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-write-frozen-term"
 	began := time.Now()
 	var p *netfault.Proxy
@@ -635,14 +587,14 @@ func TestFaultStorageWriteFrozenSIGTERM(t *testing.T) {
 		heal:   func() { mustPass(t, p) },
 		stage:  "append", target: targetIs(stockTableName),
 	})
-	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 // The open Storage Write connection stops answering mid-stream and never
 // resumes, while new connections work: only the keepalive (a ping every
 // 30s, 10s to answer) can tell, and must replace it, about 40s in.
 func TestFaultStorageWriteConnectionHangsKeepaliveReplacesIt(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-write-hang"
 	began := time.Now()
 	var p *hangingProxy
@@ -670,7 +622,7 @@ func TestFaultStorageWriteConnectionHangsKeepaliveReplacesIt(t *testing.T) {
 // The same hang, with SIGTERM while it lasts: the hung connection must not
 // hold the exit.
 func TestFaultStorageWriteConnectionHangsSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-write-hang-term"
 	began := time.Now()
 	var p *hangingProxy
@@ -680,7 +632,7 @@ func TestFaultStorageWriteConnectionHangsSIGTERM(t *testing.T) {
 		inject: func() { p.hangOpen() },
 		stage:  "append", target: targetIs(stockTableName),
 	})
-	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 func mustPass(t *testing.T, p *netfault.Proxy) {
@@ -832,14 +784,14 @@ func (p *hangingProxy) close() {
 // REST call. restVia puts the REST endpoint behind a proxy (nil: direct).
 // It returns the daemon, caught up on the v1 records, and starts the stream
 // through start, which notes those records in it.
-func evolveFaultEnv(t *testing.T, group string, restVia func(target string) string) (e *env, cfg *daemonConfig, d *daemon, start func() *stream) {
+func evolveFaultEnv(t *testing.T, group string, restVia func(target string) string) (e *itest.Env, cfg *itest.DaemonConfig, d *itest.Daemon, start func() *itest.Stream) {
 	t.Helper()
-	e = newEnv(t)
-	seed := testSeed(t)
+	e = itest.NewEnv(t)
+	seed := itest.Seed(t)
 	var v1 []*kgo.Record
 	for _, u := range stack.StockUpdates(600, seed) {
 		if !u.V2 {
-			r, err := e.schemas.Record(u)
+			r, err := e.Schemas.Record(u)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -848,29 +800,29 @@ func evolveFaultEnv(t *testing.T, group string, restVia func(target string) stri
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if err := e.st.Produce(ctx, v1...); err != nil {
+	if err := e.St.Produce(ctx, v1...); err != nil {
 		t.Fatal(err)
 	}
 	cfg = faultConfig(e, group)
 	if restVia != nil {
-		cfg.set("bigquery.endpoint", restVia(e.st.BigQuery.RESTEndpoint()))
+		cfg.Set("bigquery.endpoint", restVia(e.St.BigQuery.RESTEndpoint()))
 	}
-	d = startDaemon(t, cfg)
-	waitCaughtUp(t, e, group, 30*time.Second)
+	d = itest.StartDaemon(t, cfg)
+	itest.WaitCaughtUp(t, e, group, 30*time.Second)
 	if cols := tableColumns(t, e, stack.StockTable); cols["reason"] || !cols["delta"] {
 		t.Fatalf("after the v1 records, the table has columns %v; want v1's only", cols)
 	}
 	t.Logf("table created from %d v1 records", len(v1))
-	return e, cfg, d, func() *stream {
-		s := startStream(t, e, 1000, flowRate, seed+1)
-		noteProduced(s, v1)
+	return e, cfg, d, func() *itest.Stream {
+		s := itest.StartStream(t, e, 1000, flowRate, seed+1)
+		s.Note(v1)
 		return s
 	}
 }
 
 // tableColumns is the set of a table's top-level column names, read with
 // the BigQuery client from the test server's REST endpoint.
-func tableColumns(t *testing.T, e *env, table string) map[string]bool {
+func tableColumns(t *testing.T, e *itest.Env, table string) map[string]bool {
 	t.Helper()
 	md := tableMetadata(t, e, table)
 	cols := map[string]bool{}
@@ -882,9 +834,9 @@ func tableColumns(t *testing.T, e *env, table string) map[string]bool {
 
 // bigQueryClient is a BigQuery client of the test server's REST endpoint,
 // as a user's tool would use it, closed when the test ends.
-func bigQueryClient(t *testing.T, e *env) *bigquery.Client {
+func bigQueryClient(t *testing.T, e *itest.Env) *bigquery.Client {
 	t.Helper()
-	cl, err := bigquery.NewClient(t.Context(), stack.Project, option.WithEndpoint(e.st.BigQuery.RESTEndpoint()), option.WithoutAuthentication())
+	cl, err := bigquery.NewClient(t.Context(), stack.Project, option.WithEndpoint(e.St.BigQuery.RESTEndpoint()), option.WithoutAuthentication())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -892,7 +844,7 @@ func bigQueryClient(t *testing.T, e *env) *bigquery.Client {
 	return cl
 }
 
-func tableMetadata(t *testing.T, e *env, table string) *bigquery.TableMetadata {
+func tableMetadata(t *testing.T, e *itest.Env, table string) *bigquery.TableMetadata {
 	t.Helper()
 	md, err := bigQueryClient(t, e).Dataset(stack.Dataset).Table(table).Metadata(t.Context())
 	if err != nil {
@@ -902,7 +854,7 @@ func tableMetadata(t *testing.T, e *env, table string) *bigquery.TableMetadata {
 }
 
 // requireEvolved fails the test unless the stock table has v2's columns.
-func requireEvolved(t *testing.T, e *env) {
+func requireEvolved(t *testing.T, e *itest.Env) {
 	t.Helper()
 	if cols := tableColumns(t, e, stack.StockTable); !cols["reason"] || !cols["unit_cost"] {
 		t.Errorf("table columns %v lack v2's", cols)
@@ -912,14 +864,14 @@ func requireEvolved(t *testing.T, e *env) {
 // The BigQuery REST endpoint answers after 5s, beyond bigquery.timeout
 // (2s), for 20s while v2 records need the table to gain v2's columns.
 func TestFaultRESTSlowWhileTableEvolves(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-rest-slow"
 	began := time.Now()
 	e, _, d, start := evolveFaultEnv(t, group, nil)
-	var s *stream
+	var s *itest.Stream
 	faultAndHeal(t, d, runtimeFault{
-		inject: func() { e.st.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
-		heal:   func() { e.st.BigQuery.SetRESTLatency(0) },
+		inject: func() { e.St.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
+		heal:   func() { e.St.BigQuery.SetRESTLatency(0) },
 		window: 20 * time.Second,
 		stage:  "table", target: targetIs(stockTableName), names: []string{stockTableName},
 		recoverWithin: 45 * time.Second,
@@ -931,7 +883,7 @@ func TestFaultRESTSlowWhileTableEvolves(t *testing.T) {
 // The BigQuery REST endpoint closed for 20s while v2 records need the table
 // to gain v2's columns.
 func TestFaultRESTRefusedWhileTableEvolves(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-rest-refused"
 	began := time.Now()
 	var p *netfault.Proxy
@@ -939,7 +891,7 @@ func TestFaultRESTRefusedWhileTableEvolves(t *testing.T) {
 		p = faultProxy(t, urlHostPort(t, target))
 		return "http://" + p.Addr()
 	})
-	var s *stream
+	var s *itest.Stream
 	faultAndHeal(t, d, runtimeFault{
 		inject: func() { p.Refuse(); s = start() },
 		heal:   func() { mustPass(t, p) },
@@ -953,17 +905,17 @@ func TestFaultRESTRefusedWhileTableEvolves(t *testing.T) {
 
 // The slow REST endpoint, with SIGTERM while the table cannot evolve.
 func TestFaultRESTSlowWhileTableEvolvesSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-rest-slow-term"
 	began := time.Now()
 	e, cfg, d, start := evolveFaultEnv(t, group, nil)
-	var s *stream
+	var s *itest.Stream
 	faultAndTerminateStock(t, e, group, d, runtimeFault{
-		inject: func() { e.st.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
-		heal:   func() { e.st.BigQuery.SetRESTLatency(0) },
+		inject: func() { e.St.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
+		heal:   func() { e.St.BigQuery.SetRESTLatency(0) },
 		stage:  "table", target: targetIs(stockTableName),
 	})
-	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 	requireEvolved(t, e)
 }
 
@@ -974,13 +926,13 @@ func TestFaultRESTSlowWhileTableEvolvesSIGTERM(t *testing.T) {
 // v3 is registered and records with its (uncached) ID arrive. v3 has v2's
 // fields under a new doc: only the registry stands in the way. collect
 // stops the v3 records and notes them in the stream.
-func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy)) (e *env, cfg *daemonConfig, s *stream, d *daemon, inject, heal, collect func(), target func(string) bool) {
+func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy)) (e *itest.Env, cfg *itest.DaemonConfig, s *itest.Stream, d *itest.Daemon, inject, heal, collect func(), target func(string) bool) {
 	t.Helper()
-	e = newEnv(t)
-	p := faultProxy(t, urlHostPort(t, e.st.RegistryURL()))
-	cfg = faultConfig(e, group).set("schema_registry.url", "http://"+p.Addr())
-	seed := testSeed(t)
-	s = startStream(t, e, 1000, flowRate, seed)
+	e = itest.NewEnv(t)
+	p := faultProxy(t, urlHostPort(t, e.St.RegistryURL()))
+	cfg = faultConfig(e, group).Set("schema_registry.url", "http://"+p.Addr())
+	seed := itest.Seed(t)
+	s = itest.StartStream(t, e, 1000, flowRate, seed)
 	d = startFlowing(t, cfg)
 	waitRowsWritten(t, d, 300, 30*time.Second) // v1 and v2 both resolved by now
 	v2 := stack.Schema("sms_physical_stock_updates.v2.avsc")
@@ -991,7 +943,7 @@ func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy))
 	var f *recordFeed
 	inject = func() {
 		breakIt(p)
-		id, err := e.st.Register(stack.StockSubject, v3)
+		id, err := e.St.Register(stack.StockSubject, v3)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1000,7 +952,7 @@ func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy))
 			if !u.V2 {
 				u.V2, u.Reason = true, "OTHER"
 			}
-			r, err := e.schemas.Record(u)
+			r, err := e.Schemas.Record(u)
 			if err != nil {
 				return nil, err
 			}
@@ -1012,7 +964,7 @@ func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy))
 	collect = func() {
 		recs := f.stop()
 		t.Logf("%d records of v3", len(recs))
-		noteProduced(s, recs)
+		s.Note(recs)
 	}
 	// The registry's name in logs: its URL or words naming it.
 	target = func(s string) bool { return strings.Contains(s, "registry") || strings.Contains(s, p.Addr()) }
@@ -1022,7 +974,7 @@ func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy))
 // The schema registry closed for 20s while records of a schema ID the
 // daemon has not seen arrive.
 func TestFaultRegistryRefusedWithUncachedSchema(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-registry-refused"
 	began := time.Now()
 	e, _, s, d, inject, heal, collect, target := registryFaultEnv(t, group, (*netfault.Proxy).Refuse)
@@ -1040,7 +992,7 @@ func TestFaultRegistryRefusedWithUncachedSchema(t *testing.T) {
 // answered) while records of a schema ID the daemon has not seen arrive:
 // every registry call is bounded by schema_registry.timeout.
 func TestFaultRegistryFrozenWithUncachedSchema(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-registry-frozen"
 	began := time.Now()
 	e, _, s, d, inject, heal, collect, target := registryFaultEnv(t, group, func(p *netfault.Proxy) { mustFreeze(t, p) })
@@ -1056,13 +1008,13 @@ func TestFaultRegistryFrozenWithUncachedSchema(t *testing.T) {
 
 // The same registry outage, with SIGTERM while it lasts.
 func TestFaultRegistryRefusedSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-registry-refused-term"
 	began := time.Now()
 	e, cfg, s, d, inject, heal, collect, target := registryFaultEnv(t, group, (*netfault.Proxy).Refuse)
 	faultAndTerminateStock(t, e, group, d, runtimeFault{inject: inject, heal: heal, stage: "schema", target: target})
 	collect()
-	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 // The second topic of the deleted-table tests and its table.
@@ -1076,16 +1028,16 @@ const (
 // (created by a warm-up run of the sink with auto_create_tables on, under
 // group), the stream on the stock topic, a feed on the other one, and a
 // daemon config with auto_create_tables off, consuming both as group.
-func deletedTableEnv(t *testing.T, group string) (*env, *daemonConfig, *stream, *recordFeed) {
+func deletedTableEnv(t *testing.T, group string) (*itest.Env, *itest.DaemonConfig, *itest.Stream, *recordFeed) {
 	t.Helper()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	ctx := t.Context()
-	if err := e.st.CreateTopic(ctx, otherTopic, 3); err != nil {
+	if err := e.St.CreateTopic(ctx, otherTopic, 3); err != nil {
 		t.Fatal(err)
 	}
-	seed := testSeed(t)
+	seed := itest.Seed(t)
 	toOther := func(u stack.StockUpdate) (*kgo.Record, error) {
-		r, err := e.schemas.Record(u)
+		r, err := e.Schemas.Record(u)
 		if err != nil {
 			return nil, err
 		}
@@ -1094,7 +1046,7 @@ func deletedTableEnv(t *testing.T, group string) (*env, *daemonConfig, *stream, 
 	}
 	var stockWarm, otherWarm []*kgo.Record
 	for _, u := range stack.StockUpdates(30, seed) {
-		r, err := e.schemas.Record(u)
+		r, err := e.Schemas.Record(u)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1104,39 +1056,39 @@ func deletedTableEnv(t *testing.T, group string) (*env, *daemonConfig, *stream, 
 		}
 		stockWarm, otherWarm = append(stockWarm, r), append(otherWarm, o)
 	}
-	if err := e.st.Produce(ctx, append(append([]*kgo.Record(nil), stockWarm...), otherWarm...)...); err != nil {
+	if err := e.St.Produce(ctx, append(append([]*kgo.Record(nil), stockWarm...), otherWarm...)...); err != nil {
 		t.Fatal(err)
 	}
-	warm := e.st.Config(group, stack.StockTopic, otherTopic)
+	warm := e.St.Config(group, stack.StockTopic, otherTopic)
 	warm.Tables = map[string]sink.TableRoute{stack.StockTopic: sink.Route(stack.StockTable), otherTopic: sink.Route(otherTable)}
 	warm.MetadataColumn = "_kafka"
-	r := startSink(ctx, t, e.st, warm, zap.NewNop())
+	r := itest.StartSink(ctx, t, e.St, warm, zap.NewNop())
 	for _, topic := range []string{stack.StockTopic, otherTopic} {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_, err := e.st.WaitCommitted(wctx, group, topic)
+		_, err := e.St.WaitCommitted(wctx, group, topic)
 		cancel()
 		if err != nil {
 			t.Fatalf("warm-up: %s: %v", topic, err)
 		}
 	}
-	if err := r.stop(); err != nil {
+	if err := r.Stop(); err != nil {
 		t.Fatalf("warm-up sink: %v", err)
 	}
 
-	s := startStream(t, e, 1000, flowRate, seed+1)
-	noteProduced(s, stockWarm)
+	s := itest.StartStream(t, e, 1000, flowRate, seed+1)
+	s.Note(stockWarm)
 	f := startRecordFeed(t, e, 100, seed+2, toOther)
 	cfg := faultConfig(e, group).
-		set("kafka.topics", []string{stack.StockTopic, otherTopic}).
-		set("tables", map[string]any{stack.StockTopic: stack.StockTable, otherTopic: otherTable}).
-		set("bigquery.auto_create_tables", false)
+		Set("kafka.topics", []string{stack.StockTopic, otherTopic}).
+		Set("tables", map[string]any{stack.StockTopic: stack.StockTable, otherTopic: otherTable}).
+		Set("bigquery.auto_create_tables", false)
 	return e, cfg, s, f
 }
 
 // operatorLine matches a failure only an operator can fix, of target.
-func operatorLine(target string) func(logLine) bool {
-	return func(l logLine) bool {
-		return l.Level == "error" && strings.HasPrefix(l.Msg, "needs an operator") && l.str("target") == target
+func operatorLine(target string) func(itest.LogLine) bool {
+	return func(l itest.LogLine) bool {
+		return l.Level == "error" && strings.HasPrefix(l.Msg, "needs an operator") && l.Str("target") == target
 	}
 }
 
@@ -1144,7 +1096,7 @@ func operatorLine(target string) func(logLine) bool {
 // client, and returns its metadata from before, and the other topic's end
 // offsets right after: records from there on were produced after the table
 // was gone.
-func deleteTable(t *testing.T, e *env, group, table string) (*bigquery.TableMetadata, map[int32]int64) {
+func deleteTable(t *testing.T, e *itest.Env, group, table string) (*bigquery.TableMetadata, map[int32]int64) {
 	t.Helper()
 	ref := bigQueryClient(t, e).Dataset(stack.Dataset).Table(table)
 	md, err := ref.Metadata(t.Context())
@@ -1154,7 +1106,7 @@ func deleteTable(t *testing.T, e *env, group, table string) (*bigquery.TableMeta
 	if err := ref.Delete(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	o, err := e.st.GroupOffsets(t.Context(), group, otherTopic)
+	o, err := e.St.GroupOffsets(t.Context(), group, otherTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1162,7 +1114,7 @@ func deleteTable(t *testing.T, e *env, group, table string) (*bigquery.TableMeta
 }
 
 // recreateTable creates a table again with the schema it had.
-func recreateTable(t *testing.T, e *env, table string, md *bigquery.TableMetadata) {
+func recreateTable(t *testing.T, e *itest.Env, table string, md *bigquery.TableMetadata) {
 	t.Helper()
 	if err := bigQueryClient(t, e).Dataset(stack.Dataset).Table(table).Create(t.Context(), &bigquery.TableMetadata{Schema: md.Schema}); err != nil {
 		t.Fatal(err)
@@ -1170,9 +1122,9 @@ func recreateTable(t *testing.T, e *env, table string, md *bigquery.TableMetadat
 }
 
 // committed is group's committed offsets on topic.
-func committed(t *testing.T, e *env, group, topic string) map[int32]int64 {
+func committed(t *testing.T, e *itest.Env, group, topic string) map[int32]int64 {
 	t.Helper()
-	o, err := e.st.GroupOffsets(t.Context(), group, topic)
+	o, err := e.St.GroupOffsets(t.Context(), group, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1192,29 +1144,29 @@ func offsetSum(m map[int32]int64) int64 {
 // coverage, and requires a row in the other table for every record
 // produced to it from after (per partition) on: the rows written before
 // the deletion went with the table.
-func finishDeleted(t *testing.T, e *env, s *stream, f *recordFeed, d *daemon, group string, after map[int32]int64) {
+func finishDeleted(t *testing.T, e *itest.Env, s *itest.Stream, f *recordFeed, d *itest.Daemon, group string, after map[int32]int64) {
 	t.Helper()
 	recs := f.stop()
-	s.finish(60 * time.Second)
-	waitCaughtUp(t, e, group, 90*time.Second)
+	s.Finish(60 * time.Second)
+	itest.WaitCaughtUp(t, e, group, 90*time.Second)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	if _, err := e.st.WaitCommitted(ctx, group, otherTopic); err != nil {
+	if _, err := e.St.WaitCommitted(ctx, group, otherTopic); err != nil {
 		t.Fatalf("%s not caught up: %v", otherTopic, err)
 	}
-	st := d.shutdown(exitBound)
+	st := d.Shutdown(exitBound)
 	t.Logf("SIGTERM after catching up: %v", st)
-	logProblems(t, d)
-	t.Logf("stock table: %v", checkCoverage(t, e, s, "_kafka"))
+	itest.LogProblems(t, d)
+	t.Logf("stock table: %v", itest.CheckCoverage(t, e, s, "_kafka"))
 
-	rows := map[origin]int{}
-	for _, o := range readOrigins(t, e, otherTable, "_kafka") {
+	rows := map[itest.Origin]int{}
+	for _, o := range itest.ReadOrigins(t, e, otherTable, "_kafka") {
 		rows[o]++
 	}
 	var want, missing, before, lostBefore int
 	var first []string
 	for _, r := range recs {
-		n := rows[origin{topic: otherTopic, partition: r.Partition, offset: r.Offset}]
+		n := rows[itest.Origin{Topic: otherTopic, Partition: r.Partition, Offset: r.Offset}]
 		if r.Offset < after[r.Partition] {
 			before++
 			if n == 0 {
@@ -1241,19 +1193,19 @@ func finishDeleted(t *testing.T, e *env, s *stream, f *recordFeed, d *daemon, gr
 // minute; /readyz fails naming it; once an operator recreates it,
 // everything lands.
 func TestFaultTableDeletedAtRuntime(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-table-deleted"
 	e, cfg, s, f := deletedTableEnv(t, group)
 	d := startFlowing(t, cfg)
-	waitUntil(t, 30*time.Second, func() string { return "rows in " + otherTable }, func() bool {
-		return d.metric("bqsink_rows_written_total", "table", otherTableName) > 0
+	itest.WaitUntil(t, 30*time.Second, func() string { return "rows in " + otherTable }, func() bool {
+		return d.Metric("bqsink_rows_written_total", "table", otherTableName) > 0
 	})
 	before := retriesOf(d, "append")
-	from := len(d.logs())
+	from := len(d.Logs())
 	md, after := deleteTable(t, e, group, otherTable)
 	at := time.Now()
 
-	first, i := d.waitLogFrom(from, warnBound+5*time.Second, "error line naming "+otherTable, operatorLine(otherTableName))
+	first, i := d.WaitLogFrom(from, warnBound+5*time.Second, "error line naming "+otherTable, operatorLine(otherTableName))
 	t.Logf("error line %v after the deletion: %s", time.Since(at).Round(time.Millisecond), first.Raw)
 	if took := time.Since(at); took > warnBound {
 		t.Errorf("error line %v after the deletion, promised within %v", took, warnBound)
@@ -1267,7 +1219,7 @@ func TestFaultTableDeletedAtRuntime(t *testing.T) {
 	// within a few commit intervals (200ms): let those land first.
 	time.Sleep(time.Second)
 	otherA, stockA := committed(t, e, group, otherTopic), committed(t, e, group, stack.StockTopic)
-	again, _ := d.waitLogFrom(i+1, 80*time.Second, "the error line repeated a minute later", operatorLine(otherTableName))
+	again, _ := d.WaitLogFrom(i+1, 80*time.Second, "the error line repeated a minute later", operatorLine(otherTableName))
 	t.Logf("error line repeated %v after the first", logTime(again).Sub(logTime(first)).Round(time.Millisecond))
 	otherB, stockB := committed(t, e, group, otherTopic), committed(t, e, group, stack.StockTopic)
 	if offsetSum(otherB) != offsetSum(otherA) {
@@ -1278,48 +1230,44 @@ func TestFaultTableDeletedAtRuntime(t *testing.T) {
 	} else {
 		t.Logf("%s committed %d more records meanwhile", stack.StockTopic, offsetSum(stockB)-offsetSum(stockA))
 	}
-	if n := len(d.logsMatching(operatorLine(otherTableName))); n != 2 {
+	if n := len(d.LogsMatching(operatorLine(otherTableName))); n != 2 {
 		t.Errorf("%d error lines naming %s in about a minute, want 2 (once a minute)", n, otherTable)
 	}
-	if again.num("attempts") <= first.num("attempts") {
-		t.Errorf("repeated error line's attempts %v not above the first's %v", again.num("attempts"), first.num("attempts"))
+	if again.Num("attempts") <= first.Num("attempts") {
+		t.Errorf("repeated error line's attempts %v not above the first's %v", again.Num("attempts"), first.Num("attempts"))
 	}
 	awaitNotReady(t, d, at, time.Now().Add(5*time.Second), otherTableName)
 
 	recreateTable(t, e, otherTable, md)
 	healed := time.Now()
 	awaitRecovered(t, d, i, healed, "recreating the table", "append", 75*time.Second)
-	d.waitHTTP("/readyz", http.StatusOK, 30*time.Second)
+	d.WaitHTTP("/readyz", http.StatusOK, 30*time.Second)
 	finishDeleted(t, e, s, f, d, group, after)
 }
 
 // The same deletion, with SIGTERM while the table is gone.
 func TestFaultTableDeletedAtRuntimeSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-table-deleted-term"
 	e, cfg, s, f := deletedTableEnv(t, group)
 	d := startFlowing(t, cfg)
-	waitUntil(t, 30*time.Second, func() string { return "rows in " + otherTable }, func() bool {
-		return d.metric("bqsink_rows_written_total", "table", otherTableName) > 0
+	itest.WaitUntil(t, 30*time.Second, func() string { return "rows in " + otherTable }, func() bool {
+		return d.Metric("bqsink_rows_written_total", "table", otherTableName) > 0
 	})
-	from := len(d.logs())
+	from := len(d.Logs())
 	md, after := deleteTable(t, e, group, otherTable)
-	d.waitLogFrom(from, warnBound+5*time.Second, "error line naming "+otherTable, operatorLine(otherTableName))
+	d.WaitLogFrom(from, warnBound+5*time.Second, "error line naming "+otherTable, operatorLine(otherTableName))
 	terminateDuringFault(t, d)
 	recreateTable(t, e, otherTable, md)
-	finishDeleted(t, e, s, f, startDaemon(t, cfg), group, after)
+	finishDeleted(t, e, s, f, itest.StartDaemon(t, cfg), group, after)
 }
-
-// startupBound is the promise for a start that cannot succeed: exit 1
-// within 10s of the process starting.
-const startupBound = 10 * time.Second
 
 // startupCase is a config that cannot start and the keys its error line
 // must name.
 type startupCase struct {
 	name string
 	keys []string
-	tune func(t *testing.T, c *daemonConfig)
+	tune func(t *testing.T, c *itest.DaemonConfig)
 }
 
 // frozenAt is a black-holed proxy to target: connections are accepted
@@ -1344,12 +1292,12 @@ func authRegistry(t *testing.T) string {
 // startupCases are problems the startup check must find: some only an
 // operator can fix, some endpoints that do not answer.
 func startupCases() []startupCase {
-	set := func(key string, v func(t *testing.T, e string) any) func(*testing.T, *daemonConfig) {
-		return func(t *testing.T, c *daemonConfig) { c.set(key, v(t, fmt.Sprint(c.get(key)))) }
+	set := func(key string, v func(t *testing.T, e string) any) func(*testing.T, *itest.DaemonConfig) {
+		return func(t *testing.T, c *itest.DaemonConfig) { c.Set(key, v(t, fmt.Sprint(c.Get(key)))) }
 	}
 	value := func(v any) func(*testing.T, string) any { return func(*testing.T, string) any { return v } }
 	closed := func(prefix string) func(*testing.T, string) any {
-		return func(t *testing.T, _ string) any { return prefix + freeAddr(t) }
+		return func(t *testing.T, _ string) any { return prefix + itest.FreeAddr(t) }
 	}
 	frozen := func(prefix string) func(*testing.T, string) any {
 		return func(t *testing.T, cur string) any {
@@ -1359,11 +1307,11 @@ func startupCases() []startupCase {
 	return []startupCase{
 		{"dataset missing", []string{"bigquery.dataset"}, set("bigquery.dataset", value("no_such_dataset"))},
 		{"topic missing", []string{"kafka.topics"}, set("kafka.topics", value([]string{"no_such_topic"}))},
-		{"dead-letter topic missing, not to be created", []string{"errors.dlq_topic", "errors.dlq_create"}, func(t *testing.T, c *daemonConfig) {
-			c.set("errors.dlq_topic", "no_such_topic.dlq").set("errors.dlq_create", false)
+		{"dead-letter topic missing, not to be created", []string{"errors.dlq_topic", "errors.dlq_create"}, func(t *testing.T, c *itest.DaemonConfig) {
+			c.Set("errors.dlq_topic", "no_such_topic.dlq").Set("errors.dlq_create", false)
 		}},
-		{"registry refuses the credentials", []string{"schema_registry.username", "password"}, func(t *testing.T, c *daemonConfig) {
-			c.set("schema_registry.url", authRegistry(t)).set("schema_registry.username", "bqsink").set("schema_registry.password", "wrong")
+		{"registry refuses the credentials", []string{"schema_registry.username", "password"}, func(t *testing.T, c *itest.DaemonConfig) {
+			c.Set("schema_registry.url", authRegistry(t)).Set("schema_registry.username", "bqsink").Set("schema_registry.password", "wrong")
 		}},
 		{"registry wants credentials", []string{"schema_registry.username"}, set("schema_registry.url", func(t *testing.T, _ string) any { return authRegistry(t) })},
 		{"Storage Write endpoint closed", []string{"bigquery.grpc_endpoint"}, set("bigquery.grpc_endpoint", closed(""))},
@@ -1372,7 +1320,7 @@ func startupCases() []startupCase {
 		{"REST endpoint black-holed", []string{"bigquery.endpoint"}, set("bigquery.endpoint", frozen("http://"))},
 		{"registry closed", []string{"schema_registry.url"}, set("schema_registry.url", closed("http://"))},
 		{"registry black-holed", []string{"schema_registry.url"}, set("schema_registry.url", frozen("http://"))},
-		{"Kafka closed", []string{"kafka.brokers"}, set("kafka.brokers", func(t *testing.T, _ string) any { return []string{freeAddr(t)} })},
+		{"Kafka closed", []string{"kafka.brokers"}, set("kafka.brokers", func(t *testing.T, _ string) any { return []string{itest.FreeAddr(t)} })},
 		{"Kafka black-holed", []string{"kafka.brokers"}, set("kafka.brokers", func(t *testing.T, cur string) any {
 			return []string{frozenAt(t, strings.Trim(cur, "[]"))}
 		})},
@@ -1384,33 +1332,33 @@ func startupCases() []startupCase {
 // dead-letter topic, refused credentials, an endpoint that is closed or
 // does not answer.
 func TestStartupProblemExitsWithinTenSecondsNamingTheKey(t *testing.T) {
-	skipShort(t)
-	e := newEnv(t)
+	itest.SkipShortParallel(t)
+	e := itest.NewEnv(t)
 	for i, c := range startupCases() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			cfg := faultConfig(e, fmt.Sprintf("g-startup-%d", i))
-			cfg.t = t
+			cfg.T = t
 			c.tune(t, cfg)
-			d := startDaemon(t, cfg)
-			st := d.wait(startupBound + 10*time.Second)
-			var lines []logLine
-			for _, l := range d.logs() {
+			d := itest.StartDaemon(t, cfg)
+			st := d.Wait(itest.StartupBound + 10*time.Second)
+			var lines []itest.LogLine
+			for _, l := range d.Logs() {
 				if !l.JSON || l.Level == "error" || l.Level == "fatal" || l.Level == "panic" {
 					lines = append(lines, l)
 				}
 			}
-			t.Logf("%v; %s", st, rawLines(lines))
+			t.Logf("%v; %s", st, itest.RawLines(lines))
 			if st.Signal != 0 || st.Code != 1 {
 				t.Errorf("%v, want exit 1", st)
 			}
-			if st.Took > startupBound {
-				t.Errorf("exit %v after the start, promised within %v", st.Took.Round(time.Millisecond), startupBound)
+			if st.Took > itest.StartupBound {
+				t.Errorf("exit %v after the start, promised within %v", st.Took.Round(time.Millisecond), itest.StartupBound)
 			}
 			switch {
 			case len(lines) != 1:
 				t.Errorf("%d error lines, want one naming %q", len(lines), c.keys)
-			case !containsEvery(lines[0].Raw, c.keys...):
+			case !itest.ContainsEvery(lines[0].Raw, c.keys...):
 				t.Errorf("the error line does not name %q", c.keys)
 			}
 		})
@@ -1421,27 +1369,27 @@ func TestStartupProblemExitsWithinTenSecondsNamingTheKey(t *testing.T) {
 type startupStop struct {
 	name string
 	// tune changes the config; nil leaves it as is.
-	tune func(t *testing.T, c *daemonConfig) func() bool
+	tune func(t *testing.T, c *itest.DaemonConfig) func() bool
 }
 
 // SIGTERM during the start is a clean stop: exit 0 within a couple of
 // seconds, never a kill by the signal, whether the startup check is done
 // or waiting on an endpoint that does not answer.
 func TestStartupSIGTERMIsACleanStop(t *testing.T) {
-	skipShort(t)
-	e := newEnv(t)
+	itest.SkipShortParallel(t)
+	e := itest.NewEnv(t)
 	// via puts a black-holed proxy in front of the endpoint at key and
 	// returns a condition that holds once the daemon has connected to it.
-	via := func(key, prefix string) func(*testing.T, *daemonConfig) func() bool {
-		return func(t *testing.T, c *daemonConfig) func() bool {
-			cur := strings.TrimPrefix(strings.Trim(fmt.Sprint(c.get(key)), "[]"), "http://")
+	via := func(key, prefix string) func(*testing.T, *itest.DaemonConfig) func() bool {
+		return func(t *testing.T, c *itest.DaemonConfig) func() bool {
+			cur := strings.TrimPrefix(strings.Trim(fmt.Sprint(c.Get(key)), "[]"), "http://")
 			p := faultProxy(t, cur)
 			mustFreeze(t, p)
 			var v any = prefix + p.Addr()
 			if key == "kafka.brokers" {
 				v = []string{p.Addr()}
 			}
-			c.set(key, v)
+			c.Set(key, v)
 			return func() bool { return p.Accepted() > 0 }
 		}
 	}
@@ -1456,21 +1404,21 @@ func TestStartupSIGTERMIsACleanStop(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			cfg := faultConfig(e, fmt.Sprintf("g-startup-term-%d", i))
-			cfg.t = t
+			cfg.T = t
 			waiting := func() bool { return true }
 			if c.tune != nil {
 				waiting = c.tune(t, cfg)
 			}
-			d := startDaemon(t, cfg)
+			d := itest.StartDaemon(t, cfg)
 			switch {
 			case i == 0:
-				d.waitLog(10*time.Second, "a first line", func(logLine) bool { return true })
+				d.WaitLog(10*time.Second, "a first line", func(itest.LogLine) bool { return true })
 			default:
-				d.waitLog(10*time.Second, "the startup check", msgIs("checking kafka, schema registry and bigquery"))
-				waitUntil(t, 5*time.Second, func() string { return "a connection to the black-holed endpoint" }, waiting)
+				d.WaitLog(10*time.Second, "the startup check", itest.MsgIs("checking kafka, schema registry and bigquery"))
+				itest.WaitUntil(t, 5*time.Second, func() string { return "a connection to the black-holed endpoint" }, waiting)
 			}
-			d.terminate()
-			st := d.wait(exitBound)
+			d.Terminate()
+			st := d.Wait(exitBound)
 			t.Logf("SIGTERM %s: %v", c.name, st)
 			if st.Signal != 0 || st.Code != 0 {
 				t.Errorf("%v, want exit 0", st)
@@ -1478,19 +1426,19 @@ func TestStartupSIGTERMIsACleanStop(t *testing.T) {
 			if st.Took > 2*time.Second {
 				t.Errorf("exit %v after SIGTERM during the start, want within 2s", st.Took.Round(time.Millisecond))
 			}
-			if c.tune != nil && len(d.logsMatching(msgIs("consuming"))) > 0 {
+			if c.tune != nil && len(d.LogsMatching(itest.MsgIs("consuming"))) > 0 {
 				t.Errorf("consumed although the startup check could not have passed")
 			}
-			logProblems(t, d)
+			itest.LogProblems(t, d)
 		})
 	}
 }
 
 // unanswered makes the broker take requests of key and never answer them
 // while on is set; an operator's broker that hangs.
-func unanswered(e *env, key kmsg.Key) *atomic.Bool {
+func unanswered(e *itest.Env, key kmsg.Key) *atomic.Bool {
 	var on atomic.Bool
-	c := e.st.Kafka
+	c := e.St.Kafka
 	c.ControlKey(int16(key), func(kmsg.Request) (kmsg.Response, error, bool) {
 		if !on.Load() {
 			return nil, nil, false
@@ -1505,12 +1453,12 @@ func unanswered(e *env, key kmsg.Key) *atomic.Bool {
 // each commit is bounded by kafka.request_timeout and retried; nothing is
 // lost.
 func TestFaultKafkaCommitUnanswered(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-commit-hang"
 	began := time.Now()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	hang := unanswered(e, kmsg.OffsetCommit)
-	s := startStream(t, e, 1000, flowRate, testSeed(t))
+	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
 	d := startFlowing(t, faultConfig(e, group))
 	faultAndHeal(t, d, runtimeFault{
 		inject: func() { hang.Store(true) },
@@ -1525,12 +1473,12 @@ func TestFaultKafkaCommitUnanswered(t *testing.T) {
 // The same unanswered commits, with SIGTERM while they last: the final
 // commit cannot succeed, so the exit is 1 saying so, within the bound.
 func TestFaultKafkaCommitUnansweredSIGTERM(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	const group = "g-commit-hang-term"
 	began := time.Now()
-	e := newEnv(t)
+	e := itest.NewEnv(t)
 	hang := unanswered(e, kmsg.OffsetCommit)
-	s := startStream(t, e, 1000, flowRate, testSeed(t))
+	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
 	cfg := faultConfig(e, group)
 	d := startFlowing(t, cfg)
 	faultAndTerminateStock(t, e, group, d, runtimeFault{
@@ -1538,7 +1486,7 @@ func TestFaultKafkaCommitUnansweredSIGTERM(t *testing.T) {
 		heal:   func() { hang.Store(false) },
 		stage:  "commit", target: targetIs("group " + group),
 	})
-	finishClean(t, e, s, startDaemon(t, cfg), group, began)
+	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 // The broker stops answering fetches while records are produced: the
@@ -1548,27 +1496,27 @@ func TestFaultKafkaCommitUnansweredSIGTERM(t *testing.T) {
 // again, losing nothing. franz-go only retries such a fetch; the lag watch
 // is what notices, looking every 10s whatever stall_timeout is.
 func TestFaultKafkaFetchUnanswered(t *testing.T) {
-	skipShort(t)
+	itest.SkipShortParallel(t)
 	for _, stall := range []string{"15s", "default"} {
 		t.Run("stall_timeout "+stall, func(t *testing.T) {
 			t.Parallel()
 			group := "g-fetch-hang-" + stall
 			began := time.Now()
-			e := newEnv(t)
+			e := itest.NewEnv(t)
 			hang := unanswered(e, kmsg.Fetch)
-			s := startStream(t, e, 1000, flowRate, testSeed(t))
+			s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
 			cfg := faultConfig(e, group)
 			if stall == "default" {
-				cfg.unset("stall_timeout")
+				cfg.Unset("stall_timeout")
 			}
 			d := startFlowing(t, cfg)
 			before := retriesOf(d, "fetch")
-			from := len(d.logs())
+			from := len(d.Logs())
 			at := time.Now()
 			hang.Store(true)
 
 			// Any warning about it first, to measure; then the promised form.
-			l, _ := d.waitLogFrom(from, 2*warnBound+5*time.Second, "a warning about the unanswered fetches", func(l logLine) bool {
+			l, _ := d.WaitLogFrom(from, 2*warnBound+5*time.Second, "a warning about the unanswered fetches", func(l itest.LogLine) bool {
 				return l.Level == "warn" && l.Logger == "sink"
 			})
 			took := time.Since(at)
@@ -1577,8 +1525,8 @@ func TestFaultKafkaFetchUnanswered(t *testing.T) {
 				t.Errorf("first warning %v after the fetches went unanswered, promised within %v", took.Round(time.Millisecond), warnBound)
 			}
 			waitOutWindow(t, at.Add(warnBound))
-			var promised []logLine
-			for _, l := range d.logs()[from:] {
+			var promised []itest.LogLine
+			for _, l := range d.Logs()[from:] {
 				if failedLine("fetch", func(s string) bool { return s != "" })(l) {
 					promised = append(promised, l)
 				}
@@ -1598,7 +1546,7 @@ func TestFaultKafkaFetchUnanswered(t *testing.T) {
 			if len(promised) > 0 {
 				awaitRecovered(t, d, from, healed, "healing", "fetch", 45*time.Second)
 			}
-			d.waitHTTP("/readyz", http.StatusOK, 45*time.Second)
+			d.WaitHTTP("/readyz", http.StatusOK, 45*time.Second)
 			finishClean(t, e, s, d, group, began)
 		})
 	}

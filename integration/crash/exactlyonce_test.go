@@ -1,4 +1,4 @@
-package integration
+package crash
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
@@ -26,19 +27,13 @@ import (
 // rebalances, a zombie owner and every documented fallback, and count the
 // rows of each (topic, partition, offset) in the table.
 
-const (
-	// eoMetaPrefix starts the commit metadata of exactly-once.
-	eoMetaPrefix = "bqsink-eo/1 "
-	// eoFallbackMsg is the warning of a window written at least once.
-	eoFallbackMsg = "exactly-once not kept for a window; writing it at least once"
-	// eoFallbacks is the counter of those windows, by topic and reason.
-	eoFallbacks = "bqsink_exactly_once_fallbacks_total"
-)
+// eoMetaPrefix starts the commit metadata of exactly-once.
+const eoMetaPrefix = "bqsink-eo/1 "
 
-// eoConfig is newDaemonConfig in exactly-once mode, with the metadata
+// eoConfig is itest.NewDaemonConfig in exactly-once mode, with the metadata
 // column that attributes rows to records.
-func eoConfig(e *env, group string) *daemonConfig {
-	return newDaemonConfig(e, group).set("metadata_column", "_kafka").set("bigquery.delivery", "exactly_once")
+func eoConfig(e *itest.Env, group string) *itest.DaemonConfig {
+	return itest.NewDaemonConfig(e, group).Set("metadata_column", "_kafka").Set("bigquery.delivery", "exactly_once")
 }
 
 // eoCommit is one partition's committed offset and its metadata.
@@ -73,24 +68,13 @@ func parseEOMeta(meta string) (stream string, next int64, ok bool) {
 	return f[0], n, true
 }
 
-// adminClient is a kadm client on e's Kafka, closed when the test ends.
-func adminClient(t *testing.T, e *env) *kadm.Client {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return kadm.NewClient(cl)
-}
-
 // eoCommits reads group's committed offsets on the stock topic with their
 // metadata, by partition.
-func eoCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
+func eoCommits(t *testing.T, e *itest.Env, group string) map[int32]eoCommit {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	resps, err := adminClient(t, e).FetchOffsets(ctx, group)
+	resps, err := itest.AdminClient(t, e).FetchOffsets(ctx, group)
 	if err != nil {
 		t.Fatalf("fetch offsets of %s: %v", group, err)
 	}
@@ -108,33 +92,14 @@ func eoCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
 	return out
 }
 
-// commitWithMetadata commits offsets for group (which must have no live
-// member) as a tool would, replacing their metadata.
-func commitWithMetadata(t *testing.T, e *env, group string, at map[int32]int64, meta string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	os := kadm.Offsets{}
-	for p, o := range at {
-		os.Add(kadm.Offset{Topic: stack.StockTopic, Partition: p, At: o, LeaderEpoch: -1, Metadata: meta})
-	}
-	resps, err := adminClient(t, e).CommitOffsets(ctx, group, os)
-	if err == nil {
-		err = resps.Error()
-	}
-	if err != nil {
-		t.Fatalf("commit %v with metadata %q for %s: %v", at, meta, group, err)
-	}
-}
-
 // checkEOCommits checks the commits of a group that has caught up and whose
 // members have shut down: every partition that committed records names an
 // exactly-once stream of the stock table, and that stream ends at the
 // recorded offset (no row was written past the commit). It returns them.
-func checkEOCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
+func checkEOCommits(t *testing.T, e *itest.Env, group string) map[int32]eoCommit {
 	t.Helper()
 	commits := eoCommits(t, e, group)
-	created := e.st.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)
+	created := e.St.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)
 	for _, p := range slices.Sorted(maps.Keys(commits)) {
 		c := commits[p]
 		if c.Offset == 0 {
@@ -151,7 +116,7 @@ func checkEOCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
 			t.Errorf("partition %d: metadata names %s, which is none of the stock table's streams %v", p, c.Stream, created)
 			continue
 		}
-		n, ok := e.st.BigQuery.StreamLength(c.Stream)
+		n, ok := e.St.BigQuery.StreamLength(c.Stream)
 		switch {
 		case !ok:
 			t.Errorf("partition %d: metadata names %s, which BigQuery no longer has", p, c.Stream)
@@ -162,21 +127,10 @@ func checkEOCommits(t *testing.T, e *env, group string) map[int32]eoCommit {
 	return commits
 }
 
-// streamOffsets is what a stream produced, by partition.
-func streamOffsets(s *stream) map[int32][]int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[int32][]int64, len(s.offsets))
-	for p, o := range s.offsets {
-		out[p] = slices.Clone(o)
-	}
-	return out
-}
-
 // eoCount is how the stock table's rows cover the produced records.
 type eoCount struct {
-	coverage
-	extra map[origin]int // records with more than one row: rows beyond the first
+	itest.Coverage
+	extra map[itest.Origin]int // records with more than one row: rows beyond the first
 }
 
 // countRows reads the stock table back and counts its rows per produced
@@ -187,17 +141,17 @@ type eoCount struct {
 // It reads the rows from the test server in process rather than through
 // the BigQuery client: tens of thousands of rows over REST take several
 // seconds under -race, and reading back through the real client is the
-// subject of other tests (checkCoverage), not of these.
-func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing func(origin) bool) eoCount {
+// subject of other tests (itest.CheckCoverage), not of these.
+func countRows(t *testing.T, e *itest.Env, produced map[int32][]int64, allowedMissing func(itest.Origin) bool) eoCount {
 	t.Helper()
 	rows := tableOrigins(e)
-	want := map[origin]int{}
+	want := map[itest.Origin]int{}
 	for p, offs := range produced {
 		for _, o := range offs {
-			want[origin{stack.StockTopic, p, o}] = 0
+			want[itest.Origin{Topic: stack.StockTopic, Partition: p, Offset: o}] = 0
 		}
 	}
-	c := eoCount{extra: map[origin]int{}}
+	c := eoCount{extra: map[itest.Origin]int{}}
 	c.Records = len(want)
 	c.Rows = len(rows)
 	var unexpected []string
@@ -206,7 +160,7 @@ func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing 
 		if !ok {
 			c.Unexpected++
 			if len(unexpected) < 10 {
-				unexpected = append(unexpected, fmt.Sprintf("%s/%d@%d", o.topic, o.partition, o.offset))
+				unexpected = append(unexpected, fmt.Sprintf("%s/%d@%d", o.Topic, o.Partition, o.Offset))
 			}
 			continue
 		}
@@ -216,8 +170,8 @@ func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing 
 		switch {
 		case n == 0 && (allowedMissing == nil || !allowedMissing(o)):
 			c.Missing++
-			if len(c.missing) < 10 {
-				c.missing = append(c.missing, fmt.Sprintf("%d@%d", o.partition, o.offset))
+			if len(c.FirstMissing) < 10 {
+				c.FirstMissing = append(c.FirstMissing, fmt.Sprintf("%d@%d", o.Partition, o.Offset))
 			}
 		case n > 1:
 			c.Duplicates += n - 1
@@ -225,8 +179,8 @@ func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing 
 		}
 	}
 	if c.Missing > 0 || c.Unexpected > 0 {
-		slices.Sort(c.missing)
-		t.Errorf("%v; first missing (partition@offset): %v; first unexpected: %v", c.coverage, c.missing, unexpected)
+		slices.Sort(c.FirstMissing)
+		t.Errorf("%v; first missing (partition@offset): %v; first unexpected: %v", c.Coverage, c.FirstMissing, unexpected)
 	}
 	return c
 }
@@ -234,30 +188,30 @@ func countRows(t *testing.T, e *env, produced map[int32][]int64, allowedMissing 
 // firstExtra lists up to n duplicated records, for messages.
 func (c eoCount) firstExtra(n int) []string {
 	var out []string
-	for _, o := range slices.SortedFunc(maps.Keys(c.extra), func(a, b origin) int {
-		if a.partition != b.partition {
-			return int(a.partition - b.partition)
+	for _, o := range slices.SortedFunc(maps.Keys(c.extra), func(a, b itest.Origin) int {
+		if a.Partition != b.Partition {
+			return int(a.Partition - b.Partition)
 		}
-		return int(a.offset - b.offset)
+		return int(a.Offset - b.Offset)
 	}) {
 		if len(out) == n {
 			break
 		}
-		out = append(out, fmt.Sprintf("%d@%d×%d", o.partition, o.offset, c.extra[o]+1))
+		out = append(out, fmt.Sprintf("%d@%d×%d", o.Partition, o.Offset, c.extra[o]+1))
 	}
 	return out
 }
 
 // fallbackLines is every exactly-once fallback warning of the daemons.
-func fallbackLines(ds ...*daemon) []logLine {
-	var out []logLine
+func fallbackLines(ds ...*itest.Daemon) []itest.LogLine {
+	var out []itest.LogLine
 	for _, d := range ds {
-		out = append(out, d.logsMatching(msgIs(eoFallbackMsg))...)
+		out = append(out, d.LogsMatching(itest.MsgIs(itest.EOFallbackMsg))...)
 	}
 	return out
 }
 
-func describeFallbacks(ls []logLine) string {
+func describeFallbacks(ls []itest.LogLine) string {
 	if len(ls) == 0 {
 		return "none"
 	}
@@ -269,7 +223,7 @@ func describeFallbacks(ls []logLine) string {
 }
 
 // checkFallbackLine checks a fallback warning's level and fields.
-func checkFallbackLine(t *testing.T, l logLine, reason string, partition int32) {
+func checkFallbackLine(t *testing.T, l itest.LogLine, reason string, partition int32) {
 	t.Helper()
 	if l.Level != "warn" {
 		t.Errorf("fallback logged at %q, want warn: %s", l.Level, l.Raw)
@@ -279,16 +233,16 @@ func checkFallbackLine(t *testing.T, l logLine, reason string, partition int32) 
 			t.Errorf("fallback line lacks field %q: %s", k, l.Raw)
 		}
 	}
-	if got := l.str("topic"); got != stack.StockTopic {
+	if got := l.Str("topic"); got != stack.StockTopic {
 		t.Errorf("fallback topic %q, want %q: %s", got, stack.StockTopic, l.Raw)
 	}
-	if got := l.str("table"); !strings.Contains(got, stack.StockTable) {
+	if got := l.Str("table"); !strings.Contains(got, stack.StockTable) {
 		t.Errorf("fallback table %q, want the stock table %s: %s", got, stack.StockTable, l.Raw)
 	}
-	if got := l.str("reason"); got != reason {
+	if got := l.Str("reason"); got != reason {
 		t.Errorf("fallback reason %q, want %q: %s", got, reason, l.Raw)
 	}
-	if got := l.num("partition"); partition >= 0 && got != float64(partition) {
+	if got := l.Num("partition"); partition >= 0 && got != float64(partition) {
 		t.Errorf("fallback partition %v, want %d: %s", got, partition, l.Raw)
 	}
 }
@@ -296,24 +250,24 @@ func checkFallbackLine(t *testing.T, l logLine, reason string, partition int32) 
 // checkWindows fails the test for every duplicated record that no
 // fallback warning announced: a warning for its partition whose from_offset
 // is at or below the record's offset.
-func checkWindows(t *testing.T, c eoCount, warns []logLine) {
+func checkWindows(t *testing.T, c eoCount, warns []itest.LogLine) {
 	t.Helper()
 	var outside []string
-	for _, o := range slices.SortedFunc(maps.Keys(c.extra), func(a, b origin) int {
-		if a.partition != b.partition {
-			return int(a.partition - b.partition)
+	for _, o := range slices.SortedFunc(maps.Keys(c.extra), func(a, b itest.Origin) int {
+		if a.Partition != b.Partition {
+			return int(a.Partition - b.Partition)
 		}
-		return int(a.offset - b.offset)
+		return int(a.Offset - b.Offset)
 	}) {
 		announced := false
 		for _, l := range warns {
-			if _, ok := l.Fields["from_offset"]; ok && l.num("partition") == float64(o.partition) && int64(l.num("from_offset")) <= o.offset {
+			if _, ok := l.Fields["from_offset"]; ok && l.Num("partition") == float64(o.Partition) && int64(l.Num("from_offset")) <= o.Offset {
 				announced = true
 				break
 			}
 		}
 		if !announced {
-			outside = append(outside, fmt.Sprintf("%d@%d×%d", o.partition, o.offset, c.extra[o]+1))
+			outside = append(outside, fmt.Sprintf("%d@%d×%d", o.Partition, o.Offset, c.extra[o]+1))
 		}
 	}
 	if len(outside) > 0 {
@@ -326,7 +280,7 @@ func checkWindows(t *testing.T, c eoCount, warns []logLine) {
 
 // checkExactlyOnce requires every record exactly once: no fallback
 // announced and no duplicate.
-func checkExactlyOnce(t *testing.T, c eoCount, warns []logLine) {
+func checkExactlyOnce(t *testing.T, c eoCount, warns []itest.LogLine) {
 	t.Helper()
 	if len(warns) > 0 {
 		t.Errorf("%d exactly-once fallbacks, want none: %s", len(warns), describeFallbacks(warns))
@@ -338,9 +292,9 @@ func checkExactlyOnce(t *testing.T, c eoCount, warns []logLine) {
 
 // checkStreamsBounded requires at most one stream per partition, plus one
 // per fallback.
-func checkStreamsBounded(t *testing.T, e *env, partitions int, fallbacks int) []string {
+func checkStreamsBounded(t *testing.T, e *itest.Env, partitions int, fallbacks int) []string {
 	t.Helper()
-	created := e.st.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)
+	created := e.St.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)
 	if limit := partitions * (1 + fallbacks); len(created) > limit {
 		t.Errorf("%d write streams created, want at most %d (%d partitions × (1 + %d fallbacks))", len(created), limit, partitions, fallbacks)
 	}
@@ -348,24 +302,24 @@ func checkStreamsBounded(t *testing.T, e *env, partitions int, fallbacks int) []
 }
 
 // logConflicts logs the appends BigQuery refused for their offset so far.
-func logConflicts(t *testing.T, e *env, when string) {
+func logConflicts(t *testing.T, e *itest.Env, when string) {
 	t.Helper()
-	ae, oor := e.st.BigQuery.OffsetConflicts()
+	ae, oor := e.St.BigQuery.OffsetConflicts()
 	t.Logf("%s: %d appends answered ALREADY_EXISTS, %d OUT_OF_RANGE", when, ae, oor)
 }
 
 // stopMembers sends SIGTERM to every member at once, then requires each to
 // exit 0 within 15s and logs its problems.
-func stopMembers(t *testing.T, members ...*daemon) {
+func stopMembers(t *testing.T, members ...*itest.Daemon) {
 	t.Helper()
 	for _, d := range members {
-		d.terminate()
+		d.Terminate()
 	}
 	for _, d := range members {
-		if st := d.wait(15 * time.Second); st.Code != 0 {
-			t.Errorf("%s after SIGTERM: %v, want exit 0", d.name, st)
+		if st := d.Wait(15 * time.Second); st.Code != 0 {
+			t.Errorf("%s after SIGTERM: %v, want exit 0", d.Name, st)
 		}
-		logProblems(t, d)
+		itest.LogProblems(t, d)
 	}
 }
 
@@ -392,14 +346,14 @@ func TestExactlyOnceCrashLoop(t *testing.T) {
 	}
 
 	f.finish(group)
-	st := d.shutdown(15 * time.Second)
-	logProblems(t, d)
-	t.Logf("last daemon %s: %v", d.name, st)
+	st := d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
+	t.Logf("last daemon %s: %v", d.Name, st)
 	logConflicts(t, e, "after the crash loop")
 
 	warns := fallbackLines(all...)
-	c := countRows(t, e, streamOffsets(s), nil)
-	t.Logf("exactly-once crash loop: %v (read back at %v)", c.coverage, since())
+	c := countRows(t, e, s.Offsets(), nil)
+	t.Logf("exactly-once crash loop: %v (read back at %v)", c.Coverage, since())
 	checkExactlyOnce(t, c, warns)
 	created := checkStreamsBounded(t, e, partitions, len(warns))
 	t.Logf("%d write streams created for %d partitions, %d fallbacks", len(created), partitions, len(warns))
@@ -432,8 +386,8 @@ func TestExactlyOnceRebalance(t *testing.T) {
 	e, s, rng, since := f.e, f.s, f.rng, f.since
 	cfg := eoConfig(e, group)
 
-	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
-	waitShared(t, []*daemon{a, b}, 60*time.Second)
+	a, b := itest.StartDaemon(t, cfg), itest.StartDaemon(t, cfg)
+	waitShared(t, []*itest.Daemon{a, b}, 60*time.Second)
 	t.Logf("two members share the partitions at %v", since())
 
 	wait, ok := pause(t, rng, 0, 1500*time.Millisecond)
@@ -444,37 +398,37 @@ func TestExactlyOnceRebalance(t *testing.T) {
 		a, b = b, a
 	}
 	victim, survivor := b, a
-	if !s.running() {
+	if !s.Running() {
 		t.Fatal("the stream ended before the kill: records must be flowing")
 	}
-	owned := victim.metric("bqsink_partitions_assigned")
-	st := victim.kill()
-	logProblems(t, victim)
-	t.Logf("killed %s (owning %v partitions) at %v, %v after the group settled: %v", victim.name, owned, since(), wait.Round(time.Millisecond), st)
-	waitShared(t, []*daemon{survivor}, 60*time.Second)
-	t.Logf("%s owns every partition at %v", survivor.name, since())
+	owned := victim.Metric("bqsink_partitions_assigned")
+	st := victim.Kill()
+	itest.LogProblems(t, victim)
+	t.Logf("killed %s (owning %v partitions) at %v, %v after the group settled: %v", victim.Name, owned, since(), wait.Round(time.Millisecond), st)
+	waitShared(t, []*itest.Daemon{survivor}, 60*time.Second)
+	t.Logf("%s owns every partition at %v", survivor.Name, since())
 	logConflicts(t, e, "after the takeover")
 
 	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
-	if !s.running() {
+	if !s.Running() {
 		t.Fatal("the stream ended before the join: records must be flowing")
 	}
-	third := startDaemon(t, cfg)
-	waitShared(t, []*daemon{survivor, third}, 60*time.Second)
-	t.Logf("%s joined; it and %s share the partitions at %v", third.name, survivor.name, since())
+	third := itest.StartDaemon(t, cfg)
+	waitShared(t, []*itest.Daemon{survivor, third}, 60*time.Second)
+	t.Logf("%s joined; it and %s share the partitions at %v", third.Name, survivor.Name, since())
 
 	f.finish(group)
-	if n := third.metric("bqsink_rows_written_total"); n == 0 {
-		t.Errorf("%s owns partitions but wrote no rows", third.name)
+	if n := third.Metric("bqsink_rows_written_total"); n == 0 {
+		t.Errorf("%s owns partitions but wrote no rows", third.Name)
 	}
 	stopMembers(t, survivor, third)
 	logConflicts(t, e, "at the end")
 
 	warns := fallbackLines(victim, survivor, third)
-	c := countRows(t, e, streamOffsets(s), nil)
-	t.Logf("exactly-once with a member killed and one added: %v (read back at %v)", c.coverage, since())
+	c := countRows(t, e, s.Offsets(), nil)
+	t.Logf("exactly-once with a member killed and one added: %v (read back at %v)", c.Coverage, since())
 	checkExactlyOnce(t, c, warns)
 	created := checkStreamsBounded(t, e, partitions, len(warns))
 	t.Logf("%d write streams created for %d partitions", len(created), partitions)
@@ -503,56 +457,56 @@ func TestExactlyOnceZombie(t *testing.T) {
 	// an append is in flight (BigQuery writes it while A sleeps, and A reads
 	// its answer when it wakes) and fetched records wait behind it (A
 	// appends them when it wakes, after B wrote them).
-	cfg := eoConfig(e, group).set("batch.max_inflight", 1)
-	e.st.BigQuery.SetAppendLatency(300 * time.Millisecond)
+	cfg := eoConfig(e, group).Set("batch.max_inflight", 1)
+	e.St.BigQuery.SetAppendLatency(300 * time.Millisecond)
 
-	a, b := startDaemon(t, cfg), startDaemon(t, cfg)
-	waitShared(t, []*daemon{a, b}, 60*time.Second)
-	t.Logf("%s and %s share the partitions at %v", a.name, b.name, since())
+	a, b := itest.StartDaemon(t, cfg), itest.StartDaemon(t, cfg)
+	waitShared(t, []*itest.Daemon{a, b}, 60*time.Second)
+	t.Logf("%s and %s share the partitions at %v", a.Name, b.Name, since())
 	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
-	owned := a.metric("bqsink_partitions_assigned")
-	rowsBefore := a.metric("bqsink_rows_written_total")
+	owned := a.Metric("bqsink_partitions_assigned")
+	rowsBefore := a.Metric("bqsink_rows_written_total")
 	stopped := time.Now()
-	a.signal(syscall.SIGSTOP)
-	t.Logf("froze %s (owning %v partitions, %.0f rows written) at %v", a.name, owned, rowsBefore, since())
+	a.Signal(syscall.SIGSTOP)
+	t.Logf("froze %s (owning %v partitions, %.0f rows written) at %v", a.Name, owned, rowsBefore, since())
 
-	waitShared(t, []*daemon{b}, 60*time.Second)
-	t.Logf("%s owns every partition at %v, %v after the freeze", b.name, since(), time.Since(stopped).Round(time.Millisecond))
-	waitUntil(t, 30*time.Second, func() string { return b.name + " to write rows of the partitions it took" }, func() bool {
-		return len(b.logsMatching(assignedSome)) >= 2 && b.metric("bqsink_rows_written_total") > 0
+	waitShared(t, []*itest.Daemon{b}, 60*time.Second)
+	t.Logf("%s owns every partition at %v, %v after the freeze", b.Name, since(), time.Since(stopped).Round(time.Millisecond))
+	itest.WaitUntil(t, 30*time.Second, func() string { return b.Name + " to write rows of the partitions it took" }, func() bool {
+		return len(b.LogsMatching(itest.AssignedSome)) >= 2 && b.Metric("bqsink_rows_written_total") > 0
 	})
 	if _, ok := pause(t, rng, 500*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
 	logConflicts(t, e, "before the thaw")
-	aeBefore, _ := e.st.BigQuery.OffsetConflicts()
-	linesBefore := len(a.logs())
-	if !s.running() {
+	aeBefore, _ := e.St.BigQuery.OffsetConflicts()
+	linesBefore := len(a.Logs())
+	if !s.Running() {
 		t.Fatal("the stream ended before the thaw: records must be flowing")
 	}
-	a.signal(syscall.SIGCONT)
-	t.Logf("thawed %s at %v, %v after the freeze", a.name, since(), time.Since(stopped).Round(time.Millisecond))
+	a.Signal(syscall.SIGCONT)
+	t.Logf("thawed %s at %v, %v after the freeze", a.Name, since(), time.Since(stopped).Round(time.Millisecond))
 
-	waitShared(t, []*daemon{a, b}, 60*time.Second)
-	t.Logf("%s rejoined; both share the partitions again at %v", a.name, since())
-	aeAfter, _ := e.st.BigQuery.OffsetConflicts()
+	waitShared(t, []*itest.Daemon{a, b}, 60*time.Second)
+	t.Logf("%s rejoined; both share the partitions again at %v", a.Name, since())
+	aeAfter, _ := e.St.BigQuery.OffsetConflicts()
 	var aLost int
-	for _, l := range a.logs()[linesBefore:] {
+	for _, l := range a.Logs()[linesBefore:] {
 		if strings.HasPrefix(l.Msg, "partitions lost") {
 			aLost++
 		}
 	}
 	t.Logf("after the thaw: %d more appends met ALREADY_EXISTS; %s logged %d partition losses; it has written %.0f rows (%.0f before the freeze)",
-		aeAfter-aeBefore, a.name, aLost, a.metric("bqsink_rows_written_total"), rowsBefore)
+		aeAfter-aeBefore, a.Name, aLost, a.Metric("bqsink_rows_written_total"), rowsBefore)
 	if aeAfter == aeBefore {
 		// B owned A's partitions for seconds and committed past what A had
 		// fetched: A's appends after the thaw meet rows B wrote.
 		t.Errorf("no append met ALREADY_EXISTS after the thaw: the zombie wrote nothing, so the test did not exercise two owners writing")
 	}
 	if aLost == 0 {
-		t.Errorf("%s never logged that it lost its partitions after the thaw", a.name)
+		t.Errorf("%s never logged that it lost its partitions after the thaw", a.Name)
 	}
 
 	f.finish(group)
@@ -560,8 +514,8 @@ func TestExactlyOnceZombie(t *testing.T) {
 	logConflicts(t, e, "at the end")
 
 	warns := fallbackLines(a, b)
-	c := countRows(t, e, streamOffsets(s), nil)
-	t.Logf("exactly-once with a zombie owner: %v (read back at %v)", c.coverage, since())
+	c := countRows(t, e, s.Offsets(), nil)
+	t.Logf("exactly-once with a zombie owner: %v (read back at %v)", c.Coverage, since())
 	checkExactlyOnce(t, c, warns)
 	created := checkStreamsBounded(t, e, partitions, len(warns))
 	t.Logf("%d write streams created for %d partitions", len(created), partitions)
@@ -572,9 +526,9 @@ func TestExactlyOnceZombie(t *testing.T) {
 // records produced to chosen partitions, and what was produced.
 type eoFallbackEnv struct {
 	t          *testing.T
-	e          *env
+	e          *itest.Env
 	group      string
-	cfg        *daemonConfig
+	cfg        *itest.DaemonConfig
 	partitions int32
 	prod       *kgo.Client
 	seed       uint64
@@ -587,17 +541,17 @@ type eoFallbackEnv struct {
 func newEOFallbackEnv(t *testing.T, group string) *eoFallbackEnv {
 	t.Helper()
 	const partitions = 3
-	e := newEnvPartitions(t, partitions)
+	e := itest.NewEnvPartitions(t, partitions)
 	// A linger lets one ProduceSync go out as one batch, which the daemon
 	// fetches at once.
-	prod, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+	prod, err := kgo.NewClient(kgo.SeedBrokers(e.St.Brokers()...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerLinger(20*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(prod.Close)
 	return &eoFallbackEnv{t: t, e: e, group: group, cfg: eoConfig(e, group), partitions: partitions, prod: prod,
-		seed: testSeed(t), produced: map[int32][]int64{}, bad: map[int32][]int64{}}
+		seed: itest.Seed(t), produced: map[int32][]int64{}, bad: map[int32][]int64{}}
 }
 
 // produce writes n stock updates in one synchronous batch, to partition p,
@@ -622,7 +576,7 @@ func (f *eoFallbackEnv) produceMixed(n int, p int32, bad func(i int) bool) ([]*k
 	var recs []*kgo.Record
 	isBad := map[*kgo.Record]bool{}
 	for i, u := range stack.StockUpdates(n, seed) {
-		r, err := f.e.schemas.Record(u)
+		r, err := f.e.Schemas.Record(u)
 		if err != nil {
 			return nil, err
 		}
@@ -666,14 +620,14 @@ func (f *eoFallbackEnv) producedOffsets() map[int32][]int64 {
 // firstRun starts a daemon, lets it write and commit a first round of
 // records over every partition, shuts it down, and returns the group's
 // commits, each of which must carry exactly-once metadata.
-func (f *eoFallbackEnv) firstRun() (map[int32]eoCommit, *daemon) {
+func (f *eoFallbackEnv) firstRun() (map[int32]eoCommit, *itest.Daemon) {
 	t := f.t
 	t.Helper()
-	d := startDaemon(t, f.cfg)
+	d := itest.StartDaemon(t, f.cfg)
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 	commits := eoCommits(t, f.e, f.group)
 	for p := range f.partitions {
 		if c, ok := commits[p]; !ok || c.Stream == "" {
@@ -689,27 +643,27 @@ func (f *eoFallbackEnv) firstRun() (map[int32]eoCommit, *daemon) {
 // secondRun starts a daemon again, lets it write another round of records
 // over every partition, and returns it, still running, with its fallback
 // counter scraped once caught up.
-func (f *eoFallbackEnv) secondRun() *daemon {
+func (f *eoFallbackEnv) secondRun() *itest.Daemon {
 	t := f.t
 	t.Helper()
-	d := startDaemon(t, f.cfg)
+	d := itest.StartDaemon(t, f.cfg)
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
 	return d
 }
 
 // checkFallback checks a run that had to fall back once, for reason, on
 // partition p: one warning, the counter, nothing lost, duplicates only in
 // the announced window, one new stream, and commits naming it.
-func (f *eoFallbackEnv) checkFallback(d *daemon, reason string, p int32, before map[int32]eoCommit, allowedMissing func(origin) bool) {
+func (f *eoFallbackEnv) checkFallback(d *itest.Daemon, reason string, p int32, before map[int32]eoCommit, allowedMissing func(itest.Origin) bool) {
 	t := f.t
 	t.Helper()
-	m, err := d.metrics()
+	m, err := d.Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 	warns := fallbackLines(d)
 	t.Logf("fallbacks: %s", describeFallbacks(warns))
 	if len(warns) != 1 {
@@ -718,14 +672,14 @@ func (f *eoFallbackEnv) checkFallback(d *daemon, reason string, p int32, before 
 	for _, l := range warns {
 		checkFallbackLine(t, l, reason, p)
 	}
-	if got := m.sum(eoFallbacks, "topic", stack.StockTopic, "reason", reason); got != 1 {
-		t.Errorf("%s{topic=%q,reason=%q} = %v, want 1", eoFallbacks, stack.StockTopic, reason, got)
+	if got := m.Sum(itest.EOFallbacks, "topic", stack.StockTopic, "reason", reason); got != 1 {
+		t.Errorf("%s{topic=%q,reason=%q} = %v, want 1", itest.EOFallbacks, stack.StockTopic, reason, got)
 	}
-	if got := m.sum(eoFallbacks); got != 1 {
-		t.Errorf("%s summed over every label = %v, want 1", eoFallbacks, got)
+	if got := m.Sum(itest.EOFallbacks); got != 1 {
+		t.Errorf("%s summed over every label = %v, want 1", itest.EOFallbacks, got)
 	}
 	c := countRows(t, f.e, f.producedOffsets(), allowedMissing)
-	t.Logf("%s: %v; duplicated: %v", reason, c.coverage, c.firstExtra(20))
+	t.Logf("%s: %v; duplicated: %v", reason, c.Coverage, c.firstExtra(20))
 	checkWindows(t, c, warns)
 	created := checkStreamsBounded(t, f.e, int(f.partitions), 1)
 	if len(created) != int(f.partitions)+1 {
@@ -798,53 +752,53 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 		}
 	})
 
-	d := startDaemon(t, f.cfg)
+	d := itest.StartDaemon(t, f.cfg)
 	waitWriting(t, d)
 	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
-	rejected := d.metric("bqsink_records_rejected_total")
-	st := d.kill()
-	logProblems(t, d)
-	t.Logf("killed %s at %v after it rejected %.0f records: %v", d.name, since(), rejected, st)
+	rejected := d.Metric("bqsink_records_rejected_total")
+	st := d.Kill()
+	itest.LogProblems(t, d)
+	t.Logf("killed %s at %v after it rejected %.0f records: %v", d.Name, since(), rejected, st)
 	if rejected == 0 {
-		t.Errorf("%s rejected no record before the kill: the dead-letter path was not exercised", d.name)
+		t.Errorf("%s rejected no record before the kill: the dead-letter path was not exercised", d.Name)
 	}
-	d2 := startDaemon(t, f.cfg)
+	d2 := itest.StartDaemon(t, f.cfg)
 	waitWriting(t, d2)
 	time.Sleep(500 * time.Millisecond)
 	stopProducing()
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
 	t.Logf("caught up at %v", since())
-	d2.shutdown(15 * time.Second)
-	logProblems(t, d2)
+	d2.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d2)
 	logConflicts(t, f.e, "at the end")
 
 	warns := fallbackLines(d, d2)
 	c := countRows(t, f.e, f.producedOffsets(), nil)
 	f.mu.Lock()
-	bad := map[origin]int{}
+	bad := map[itest.Origin]int{}
 	for p, offs := range f.bad {
 		for _, o := range offs {
-			bad[origin{stack.StockTopic, p, o}] = 0
+			bad[itest.Origin{Topic: stack.StockTopic, Partition: p, Offset: o}] = 0
 		}
 	}
 	f.mu.Unlock()
-	dlq, err := f.e.st.ReadTopic(t.Context(), f.group+".dlq")
+	dlq, err := f.e.St.ReadTopic(t.Context(), f.group+".dlq")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range dlq {
-		var o origin
+		var o itest.Origin
 		for _, h := range r.Headers {
 			switch h.Key {
 			case "bqsink.topic":
-				o.topic = string(h.Value)
+				o.Topic = string(h.Value)
 			case "bqsink.partition":
 				p, _ := strconv.Atoi(string(h.Value))
-				o.partition = int32(p)
+				o.Partition = int32(p)
 			case "bqsink.offset":
-				o.offset, _ = strconv.ParseInt(string(h.Value), 10, 64)
+				o.Offset, _ = strconv.ParseInt(string(h.Value), 10, 64)
 			}
 		}
 		if _, ok := bad[o]; ok {
@@ -862,7 +816,7 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 			twice++
 		}
 	}
-	t.Logf("exactly-once with dead letters across a kill: %v; %d undecodable records, %d dead letters (%d records dead-lettered more than once)", c.coverage, len(bad), len(dlq), twice)
+	t.Logf("exactly-once with dead letters across a kill: %v; %d undecodable records, %d dead letters (%d records dead-lettered more than once)", c.Coverage, len(bad), len(dlq), twice)
 	if missing > 0 {
 		t.Errorf("%d undecodable records are neither in the table nor in the dead-letter topic", missing)
 	}
@@ -896,56 +850,56 @@ func TestExactlyOnceDeadLettersAcrossKill(t *testing.T) {
 func TestExactlyOnceAfterAtLeastOnce(t *testing.T) {
 	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-switch")
-	alo := f.cfg.clone().set("bigquery.delivery", "at_least_once")
+	alo := f.cfg.Clone().Set("bigquery.delivery", "at_least_once")
 
-	d := startDaemon(t, alo)
+	d := itest.StartDaemon(t, alo)
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 	for p, c := range eoCommits(t, f.e, f.group) {
 		if c.Stream != "" {
 			t.Errorf("at least once, partition %d committed exactly-once metadata: %v", p, c)
 		}
 	}
-	if n := len(f.e.st.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)); n != 0 {
+	if n := len(f.e.St.BigQuery.WriteStreams(stack.Project, stack.Dataset, stack.StockTable)); n != 0 {
 		t.Errorf("at least once created %d explicit streams, want none", n)
 	}
 
 	d = f.secondRun()
-	m, err := d.metrics()
+	m, err := d.Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 	warns := fallbackLines(d)
 	t.Logf("fallbacks: %s", describeFallbacks(warns))
 	byPartition := map[int32]int{}
 	for _, l := range warns {
 		checkFallbackLine(t, l, "metadata_missing", -1)
-		byPartition[int32(l.num("partition"))]++
+		byPartition[int32(l.Num("partition"))]++
 	}
 	for p := range f.partitions {
 		if byPartition[p] != 1 {
 			t.Errorf("partition %d: %d fallback warnings, want 1", p, byPartition[p])
 		}
 	}
-	if got := m.sum(eoFallbacks, "topic", stack.StockTopic, "reason", "metadata_missing"); got != float64(f.partitions) {
-		t.Errorf("%s{reason=metadata_missing} = %v, want %d", eoFallbacks, got, f.partitions)
+	if got := m.Sum(itest.EOFallbacks, "topic", stack.StockTopic, "reason", "metadata_missing"); got != float64(f.partitions) {
+		t.Errorf("%s{reason=metadata_missing} = %v, want %d", itest.EOFallbacks, got, f.partitions)
 	}
 	checkEOCommits(t, f.e, f.group)
 	if n := len(checkStreamsBounded(t, f.e, int(f.partitions), 0)); n != int(f.partitions) {
 		t.Errorf("%d streams, want one per partition", n)
 	}
 
-	d = startDaemon(t, alo)
+	d = itest.StartDaemon(t, alo)
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
-	d.shutdown(15 * time.Second)
-	logProblems(t, d)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.Shutdown(15 * time.Second)
+	itest.LogProblems(t, d)
 	c := countRows(t, f.e, f.producedOffsets(), nil)
-	t.Logf("at least once, exactly once, at least once: %v", c.coverage)
+	t.Logf("at least once, exactly once, at least once: %v", c.Coverage)
 	checkWindows(t, c, warns)
 	if c.Duplicates > 0 {
 		t.Errorf("%d duplicates across graceful restarts: %v", c.Duplicates, c.firstExtra(20))
@@ -959,7 +913,7 @@ func TestExactlyOnceFallbackStreamLost(t *testing.T) {
 	f := newEOFallbackEnv(t, "g-eo-lost")
 	before, _ := f.firstRun()
 	const p = 0
-	f.e.st.BigQuery.LoseStream(before[p].Stream)
+	f.e.St.BigQuery.LoseStream(before[p].Stream)
 	t.Logf("lost %s, named by partition %d's commit %v", before[p].Stream, p, before[p])
 	d := f.secondRun()
 	f.checkFallback(d, "stream_lost", p, before, nil)
@@ -972,7 +926,7 @@ func TestExactlyOnceFallbackStreamFinalized(t *testing.T) {
 	f := newEOFallbackEnv(t, "g-eo-finalized")
 	before, _ := f.firstRun()
 	const p = 1
-	f.e.st.BigQuery.FinalizeStream(before[p].Stream)
+	f.e.St.BigQuery.FinalizeStream(before[p].Stream)
 	t.Logf("finalized %s, named by partition %d's commit %v", before[p].Stream, p, before[p])
 	d := f.secondRun()
 	f.checkFallback(d, "stream_finalized", p, before, nil)
@@ -983,18 +937,18 @@ func TestExactlyOnceFallbackStreamLostWhileWriting(t *testing.T) {
 	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-lost-live")
 	before, _ := f.firstRun()
-	d := startDaemon(t, f.cfg)
+	d := itest.StartDaemon(t, f.cfg)
 	f.produce(30, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
 	const p = 2
 	cur := eoCommits(t, f.e, f.group)
 	if cur[p].Stream != before[p].Stream {
 		t.Fatalf("partition %d changed streams on restart: %v, then %v", p, before[p], cur[p])
 	}
-	f.e.st.BigQuery.LoseStream(cur[p].Stream)
-	t.Logf("lost %s while %s uses it", cur[p].Stream, d.name)
+	f.e.St.BigQuery.LoseStream(cur[p].Stream)
+	t.Logf("lost %s while %s uses it", cur[p].Stream, d.Name)
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
 	f.checkFallback(d, "stream_lost", p, before, nil)
 }
 
@@ -1015,7 +969,7 @@ func TestExactlyOnceFallbackMetadata(t *testing.T) {
 			f := newEOFallbackEnv(t, "g-eo-meta-"+strings.ReplaceAll(tc.name, " ", "-"))
 			before, _ := f.firstRun()
 			const p = 2
-			commitWithMetadata(t, f.e, f.group, map[int32]int64{p: before[p].Offset}, tc.meta)
+			itest.CommitWithMetadata(t, f.e, f.group, map[int32]int64{p: before[p].Offset}, tc.meta)
 			got := eoCommits(t, f.e, f.group)[p]
 			if got.Offset != before[p].Offset || got.Meta != tc.meta {
 				t.Fatalf("after rewriting partition %d's commit: %v, want %d %q", p, got, before[p].Offset, tc.meta)
@@ -1037,7 +991,7 @@ func TestExactlyOnceFallbackOffsetMovedBack(t *testing.T) {
 	before, _ := f.firstRun()
 	const p = 1
 	back := before[p].Offset - 5
-	commitWithMetadata(t, f.e, f.group, map[int32]int64{p: back}, before[p].Meta)
+	itest.CommitWithMetadata(t, f.e, f.group, map[int32]int64{p: back}, before[p].Meta)
 	t.Logf("partition %d: commit %v moved back to %d, metadata kept", p, before[p], back)
 	d := f.secondRun()
 	f.checkFallback(d, "commit_moved", p, before, nil)
@@ -1051,11 +1005,11 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-fate")
 	before, _ := f.firstRun()
-	srv := f.e.st.BigQuery
-	d := startDaemon(t, f.cfg)
+	srv := f.e.St.BigQuery
+	d := itest.StartDaemon(t, f.cfg)
 	// Warm up: the daemon continues its streams.
 	f.produce(30, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
 
 	// From here the only rows sent are those of the next produce, to one
 	// partition. The first request's answer is lost; from the second
@@ -1063,9 +1017,9 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 	const p = 1
 	var (
 		mu     sync.Mutex
-		target *origin
-		order  []origin
-		seen   = map[origin]int{}
+		target *itest.Origin
+		order  []itest.Origin
+		seen   = map[itest.Origin]int{}
 	)
 	srv.RejectRows(func(row map[string]any) bool {
 		o, ok := rowOrigin(row)
@@ -1087,9 +1041,9 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 	srv.LoseAnswers(1)
 	recs := f.produce(20, p)
 	t.Logf("produced %d records to partition %d, offsets %d..%d; the first append's answer will be lost", len(recs), p, recs[0].Offset, recs[len(recs)-1].Offset)
-	d.waitLog(30*time.Second, "an exactly-once fallback", msgIs(eoFallbackMsg))
+	d.WaitLog(30*time.Second, "an exactly-once fallback", itest.MsgIs(itest.EOFallbackMsg))
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
 	srv.RejectRows(nil)
 
 	mu.Lock()
@@ -1105,8 +1059,8 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 	if tg == nil || sightings < 2 {
 		t.Fatalf("the row to reject (%v) was sent %d times, want at least 2", tg, sightings)
 	}
-	t.Logf("rejected %s/%d@%d on its sightings after the first (%d in all)", tg.topic, tg.partition, tg.offset, sightings)
-	dlq, err := f.e.st.ReadTopic(t.Context(), f.group+".dlq")
+	t.Logf("rejected %s/%d@%d on its sightings after the first (%d in all)", tg.Topic, tg.Partition, tg.Offset, sightings)
+	dlq, err := f.e.St.ReadTopic(t.Context(), f.group+".dlq")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1126,9 +1080,9 @@ func TestExactlyOnceFallbackRowFateChanged(t *testing.T) {
 
 // tableOrigins is the origin of every row of the stock table, read from
 // the test server; rows without a metadata column have the zero origin.
-func tableOrigins(e *env) []origin {
-	rows := e.st.BigQuery.Rows(stack.Project, stack.Dataset, stack.StockTable)
-	out := make([]origin, len(rows))
+func tableOrigins(e *itest.Env) []itest.Origin {
+	rows := e.St.BigQuery.Rows(stack.Project, stack.Dataset, stack.StockTable)
+	out := make([]itest.Origin, len(rows))
 	for i, r := range rows {
 		out[i], _ = rowOrigin(r)
 	}
@@ -1137,18 +1091,18 @@ func tableOrigins(e *env) []origin {
 
 // rowOrigin is the (topic, partition, offset) of a row as the test server
 // decoded it.
-func rowOrigin(row map[string]any) (origin, bool) {
+func rowOrigin(row map[string]any) (itest.Origin, bool) {
 	k, ok := row["_kafka"].(map[string]any)
 	if !ok {
-		return origin{}, false
+		return itest.Origin{}, false
 	}
 	topic, _ := k["topic"].(string)
 	p, ok1 := k["partition"].(int64)
 	o, ok2 := k["offset"].(int64)
 	if !ok1 || !ok2 {
-		return origin{}, false
+		return itest.Origin{}, false
 	}
-	return origin{topic, int32(p), o}, true
+	return itest.Origin{Topic: topic, Partition: int32(p), Offset: o}, true
 }
 
 // A group that changes kafka.isolation_level under exactly-once: the
@@ -1160,22 +1114,22 @@ func rowOrigin(row map[string]any) (origin, bool) {
 func TestExactlyOnceIsolationChangeFallsBackOnce(t *testing.T) {
 	t.Parallel() // a small stack of its own, mostly waiting
 	f := newEOFallbackEnv(t, "g-eo-isolation")
-	d := startDaemon(t, f.cfg)
+	d := itest.StartDaemon(t, f.cfg)
 	f.produce(60, -1)
-	waitCaughtUp(t, f.e, f.group, 30*time.Second)
-	d.shutdown(15 * time.Second)
+	itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
+	d.Shutdown(15 * time.Second)
 
-	uncommitted := f.cfg.clone().set("kafka.isolation_level", "read_uncommitted")
-	for run, cfg := range []*daemonConfig{uncommitted, uncommitted} {
-		d := startDaemon(t, cfg)
+	uncommitted := f.cfg.Clone().Set("kafka.isolation_level", "read_uncommitted")
+	for run, cfg := range []*itest.DaemonConfig{uncommitted, uncommitted} {
+		d := itest.StartDaemon(t, cfg)
 		f.produce(60, -1)
-		waitCaughtUp(t, f.e, f.group, 30*time.Second)
-		m, err := d.metrics()
+		itest.WaitCaughtUp(t, f.e, f.group, 30*time.Second)
+		m, err := d.Metrics()
 		if err != nil {
 			t.Fatal(err)
 		}
-		d.shutdown(15 * time.Second)
-		logProblems(t, d)
+		d.Shutdown(15 * time.Second)
+		itest.LogProblems(t, d)
 		warns := fallbackLines(d)
 		want := 0
 		if run == 0 {
@@ -1187,13 +1141,13 @@ func TestExactlyOnceIsolationChangeFallsBackOnce(t *testing.T) {
 		for _, l := range warns {
 			checkFallbackLine(t, l, "isolation_changed", -1)
 		}
-		if got := m.sum(eoFallbacks, "reason", "isolation_changed"); got != float64(want) {
-			t.Errorf("run %d after the change: %s{reason=isolation_changed} = %v, want %d", run+1, eoFallbacks, got, want)
+		if got := m.Sum(itest.EOFallbacks, "reason", "isolation_changed"); got != float64(want) {
+			t.Errorf("run %d after the change: %s{reason=isolation_changed} = %v, want %d", run+1, itest.EOFallbacks, got, want)
 		}
 	}
 	c := countRows(t, f.e, f.producedOffsets(), nil)
-	t.Logf("read_committed, then read_uncommitted twice: %v", c.coverage)
+	t.Logf("read_committed, then read_uncommitted twice: %v", c.Coverage)
 	if c.Duplicates > 0 || c.Missing > 0 {
-		t.Errorf("%v across clean restarts", c.coverage)
+		t.Errorf("%v across clean restarts", c.Coverage)
 	}
 }

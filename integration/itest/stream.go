@@ -1,10 +1,11 @@
-package integration
+package itest
 
 import (
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -18,9 +19,9 @@ import (
 	"github.com/bqsink/bqsink/integration/stack"
 )
 
-// testSeed is BQSINK_TEST_SEED if set, else the clock. Tests log it, so a
+// Seed is BQSINK_TEST_SEED if set, else the clock. Tests log it, so a
 // failing run's random choices can be replayed.
-func testSeed(t *testing.T) uint64 {
+func Seed(t *testing.T) uint64 {
 	t.Helper()
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("BQSINK_TEST_SEED"); s != "" {
@@ -33,13 +34,13 @@ func testSeed(t *testing.T) uint64 {
 	return seed
 }
 
-// stream produces stock updates of both versions to the stock topic in the
+// Stream produces stock updates of both versions to the stock topic in the
 // background, at a steady rate, and remembers the partition and offset of
 // every record Kafka acknowledged. Its methods are goroutine-safe.
-type stream struct {
+type Stream struct {
 	t    *testing.T
 	cl   *kgo.Client
-	quit chan struct{} // closed by finish: stop once atLeast records are out
+	quit chan struct{} // closed by Finish: stop once atLeast records are out
 	done chan struct{}
 
 	mu      sync.Mutex
@@ -48,16 +49,16 @@ type stream struct {
 	err     error
 }
 
-// startStream produces at least atLeast records at perSecond records a second
-// (updates keyed by EAN, so they spread over the partitions) until finish
+// StartStream produces at least atLeast records at perSecond records a second
+// (updates keyed by EAN, so they spread over the partitions) until Finish
 // is called. It stops and waits when the test ends.
-func startStream(t *testing.T, e *env, atLeast, perSecond int, seed uint64) *stream {
+func StartStream(t *testing.T, e *Env, atLeast, perSecond int, seed uint64) *Stream {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.st.Brokers()...), kgo.ProducerLinger(5*time.Millisecond))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.St.Brokers()...), kgo.ProducerLinger(5*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &stream{t: t, cl: cl, quit: make(chan struct{}), done: make(chan struct{}), offsets: map[int32][]int64{}}
+	s := &Stream{t: t, cl: cl, quit: make(chan struct{}), done: make(chan struct{}), offsets: map[int32][]int64{}}
 	go s.run(e, atLeast, perSecond, seed)
 	t.Cleanup(func() {
 		s.stop()
@@ -67,7 +68,7 @@ func startStream(t *testing.T, e *env, atLeast, perSecond int, seed uint64) *str
 	return s
 }
 
-func (s *stream) stop() {
+func (s *Stream) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
@@ -77,7 +78,7 @@ func (s *stream) stop() {
 	}
 }
 
-func (s *stream) run(e *env, atLeast, perSecond int, seed uint64) {
+func (s *Stream) run(e *Env, atLeast, perSecond int, seed uint64) {
 	defer close(s.done)
 	const tick = 20 * time.Millisecond
 	ticker := time.NewTicker(tick)
@@ -108,7 +109,7 @@ func (s *stream) run(e *env, atLeast, perSecond int, seed uint64) {
 		for len(pending) < due {
 			chunk++
 			for _, u := range stack.StockUpdates(1000, seed^chunk) {
-				r, err := e.schemas.Record(u)
+				r, err := e.Schemas.Record(u)
 				if err != nil {
 					s.fail(err)
 					return
@@ -137,21 +138,43 @@ func (s *stream) run(e *env, atLeast, perSecond int, seed uint64) {
 	}
 }
 
-func (s *stream) fail(err error) {
+func (s *Stream) fail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.err = err
 }
 
-// produced is the number of records Kafka has acknowledged so far.
-func (s *stream) produced() int {
+// Produced is the number of records Kafka has acknowledged so far.
+func (s *Stream) Produced() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.n
 }
 
-// running reports whether the stream is still producing.
-func (s *stream) running() bool {
+// Offsets is what the stream produced, by partition.
+func (s *Stream) Offsets() map[int32][]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[int32][]int64, len(s.offsets))
+	for p, o := range s.offsets {
+		out[p] = slices.Clone(o)
+	}
+	return out
+}
+
+// Note adds records produced outside s (with their partitions and offsets
+// set by Kafka) to what s's coverage check expects.
+func (s *Stream) Note(recs []*kgo.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range recs {
+		s.offsets[r.Partition] = append(s.offsets[r.Partition], r.Offset)
+	}
+	s.n += len(recs)
+}
+
+// Running reports whether the stream is still producing.
+func (s *Stream) Running() bool {
 	select {
 	case <-s.done:
 		return false
@@ -160,15 +183,15 @@ func (s *stream) running() bool {
 	}
 }
 
-// finish lets the stream stop once it has produced its minimum and waits for
+// Finish lets the stream stop once it has produced its minimum and waits for
 // it, failing the test after within or if a produce failed.
-func (s *stream) finish(within time.Duration) {
+func (s *Stream) Finish(within time.Duration) {
 	s.t.Helper()
 	s.stop()
 	select {
 	case <-s.done:
 	case <-time.After(within):
-		s.t.Fatalf("stream still producing %v after finish (%d records out)", within, s.produced())
+		s.t.Fatalf("stream still producing %v after finish (%d records out)", within, s.Produced())
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -177,35 +200,35 @@ func (s *stream) finish(within time.Duration) {
 	}
 }
 
-// coverage compares what a stream produced with a table's rows, by the
+// Coverage compares what a stream produced with a table's rows, by the
 // (topic, partition, offset) in their metadata column.
-type coverage struct {
-	Records    int // produced
-	Rows       int // in the table
-	Duplicates int // rows beyond the first for a record
-	Missing    int // records with no row
-	Unexpected int // rows for no produced record
-	missing    []string
+type Coverage struct {
+	Records      int // produced
+	Rows         int // in the table
+	Duplicates   int // rows beyond the first for a record
+	Missing      int // records with no row
+	Unexpected   int // rows for no produced record
+	FirstMissing []string
 }
 
-func (c coverage) String() string {
+func (c Coverage) String() string {
 	return fmt.Sprintf("records %d, rows %d, duplicates %d, missing %d, unexpected %d",
 		c.Records, c.Rows, c.Duplicates, c.Missing, c.Unexpected)
 }
 
-// checkCoverage reads the stock table back through the BigQuery client and
+// CheckCoverage reads the stock table back through the BigQuery client and
 // fails the test unless every record the stream produced has at least one
 // row and every row is one of them, by the (topic, partition, offset) in
 // the metadata column. The stream must be finished.
-func checkCoverage(t *testing.T, e *env, s *stream, column string) coverage {
+func CheckCoverage(t *testing.T, e *Env, s *Stream, column string) Coverage {
 	t.Helper()
-	origins := readOrigins(t, e, stack.StockTable, column)
+	origins := ReadOrigins(t, e, stack.StockTable, column)
 	type partition struct {
 		produced []bool
 		rows     []int
 	}
 	parts := map[int32]*partition{}
-	var c coverage
+	var c Coverage
 	s.mu.Lock()
 	for p, offs := range s.offsets {
 		end := int64(0)
@@ -223,12 +246,12 @@ func checkCoverage(t *testing.T, e *env, s *stream, column string) coverage {
 
 	c.Rows = len(origins)
 	for _, o := range origins {
-		pt := parts[o.partition]
-		if o.topic != stack.StockTopic || pt == nil || o.offset < 0 || o.offset >= int64(len(pt.produced)) || !pt.produced[o.offset] {
+		pt := parts[o.Partition]
+		if o.Topic != stack.StockTopic || pt == nil || o.Offset < 0 || o.Offset >= int64(len(pt.produced)) || !pt.produced[o.Offset] {
 			c.Unexpected++
 			continue
 		}
-		pt.rows[o.offset]++
+		pt.rows[o.Offset]++
 	}
 	for p, pt := range parts {
 		for o, n := range pt.rows {
@@ -236,8 +259,8 @@ func checkCoverage(t *testing.T, e *env, s *stream, column string) coverage {
 			case !pt.produced[o]:
 			case n == 0:
 				c.Missing++
-				if len(c.missing) < 10 {
-					c.missing = append(c.missing, fmt.Sprintf("%d@%d", p, o))
+				if len(c.FirstMissing) < 10 {
+					c.FirstMissing = append(c.FirstMissing, fmt.Sprintf("%d@%d", p, o))
 				}
 			default:
 				c.Duplicates += n - 1
@@ -245,26 +268,26 @@ func checkCoverage(t *testing.T, e *env, s *stream, column string) coverage {
 		}
 	}
 	if c.Missing > 0 || c.Unexpected > 0 {
-		t.Errorf("%v; first missing (partition@offset): %v", c, c.missing)
+		t.Errorf("%v; first missing (partition@offset): %v", c, c.FirstMissing)
 	}
 	return c
 }
 
-// origin is where a row came from, as its metadata column says.
-type origin struct {
-	topic     string
-	partition int32
-	offset    int64
+// Origin is where a row came from, as its metadata column says.
+type Origin struct {
+	Topic     string
+	Partition int32
+	Offset    int64
 }
 
-// readOrigins reads every row's origin from table's metadata column through
+// ReadOrigins reads every row's origin from table's metadata column through
 // the BigQuery client on the test server's REST endpoint (tabledata.list,
 // as a user's tool would), in a few row ranges at once: the whole table is
 // tens of thousands of rows.
-func readOrigins(t *testing.T, e *env, table, column string) []origin {
+func ReadOrigins(t *testing.T, e *Env, table, column string) []Origin {
 	t.Helper()
 	ctx := t.Context()
-	cl, err := bigquery.NewClient(ctx, stack.Project, option.WithEndpoint(e.st.BigQuery.RESTEndpoint()), option.WithoutAuthentication())
+	cl, err := bigquery.NewClient(ctx, stack.Project, option.WithEndpoint(e.St.BigQuery.RESTEndpoint()), option.WithoutAuthentication())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +299,7 @@ func readOrigins(t *testing.T, e *env, table, column string) []origin {
 	}
 	const ranges = 4
 	total := int(md.NumRows)
-	out := make([][]origin, ranges)
+	out := make([][]Origin, ranges)
 	g, gctx := errgroup.WithContext(ctx)
 	for i := range ranges {
 		lo, hi := total*i/ranges, total*(i+1)/ranges
@@ -297,7 +320,7 @@ func readOrigins(t *testing.T, e *env, table, column string) []origin {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	var all []origin
+	var all []Origin
 	for _, o := range out {
 		all = append(all, o...)
 	}
@@ -307,11 +330,11 @@ func readOrigins(t *testing.T, e *env, table, column string) []origin {
 // originLoader is a bigquery.ValueLoader keeping only the metadata column.
 type originLoader struct {
 	column string
-	last   origin
+	last   Origin
 }
 
 func (l *originLoader) Load(v []bigquery.Value, s bigquery.Schema) error {
-	l.last = origin{}
+	l.last = Origin{}
 	for i, f := range s {
 		if f.Name != l.column {
 			continue
@@ -323,12 +346,12 @@ func (l *originLoader) Load(v []bigquery.Value, s bigquery.Schema) error {
 			}
 			switch sf.Name {
 			case "topic":
-				l.last.topic, _ = sub[j].(string)
+				l.last.Topic, _ = sub[j].(string)
 			case "partition":
 				p, _ := sub[j].(int64)
-				l.last.partition = int32(p)
+				l.last.Partition = int32(p)
 			case "offset":
-				l.last.offset, _ = sub[j].(int64)
+				l.last.Offset, _ = sub[j].(int64)
 			}
 		}
 		return nil
@@ -336,18 +359,18 @@ func (l *originLoader) Load(v []bigquery.Value, s bigquery.Schema) error {
 	return fmt.Errorf("no column %s", l.column)
 }
 
-// waitCaughtUp waits until group's committed offsets equal the end offsets
+// WaitCaughtUp waits until group's committed offsets equal the end offsets
 // of the stock topic.
-func waitCaughtUp(t *testing.T, e *env, group string, within time.Duration) {
+func WaitCaughtUp(t *testing.T, e *Env, group string, within time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), within)
 	defer cancel()
-	if _, err := e.st.WaitCommitted(ctx, group, stack.StockTopic); err != nil {
+	if _, err := e.St.WaitCommitted(ctx, group, stack.StockTopic); err != nil {
 		t.Fatalf("group %s not caught up within %v: %v", group, within, err)
 	}
 }
 
-// jitter is a duration in [lo, hi) drawn from rng.
-func jitter(rng *rand.Rand, lo, hi time.Duration) time.Duration {
+// Jitter is a duration in [lo, hi) drawn from rng.
+func Jitter(rng *rand.Rand, lo, hi time.Duration) time.Duration {
 	return lo + time.Duration(rng.Int64N(int64(hi-lo)))
 }

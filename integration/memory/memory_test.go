@@ -1,4 +1,4 @@
-package integration
+package memory
 
 import (
 	"context"
@@ -25,6 +25,7 @@ import (
 	"google.golang.org/api/option"
 	"gopkg.in/yaml.v3"
 
+	"github.com/bqsink/bqsink/integration/itest"
 	"github.com/bqsink/bqsink/integration/stack"
 	"github.com/bqsink/bqsink/schema"
 	"github.com/bqsink/bqsink/sink"
@@ -32,8 +33,9 @@ import (
 
 // This file proves memory.max_buffered_bytes: the sink's accounting of what
 // it holds never passes the cap, a stalled table does not starve healthy
-// ones, and (BenchmarkBacklogMemory) what the daemon's RSS is when it reads
-// a large backlog under the default cap.
+// ones, a member stopped at the cap holds its partitions until its shutdown
+// commit, and (BenchmarkBacklogMemory) what the daemon's RSS is when it
+// reads a large backlog under the default cap.
 
 const mib = 1 << 20
 
@@ -53,34 +55,34 @@ func TestMemoryBoundedByConfig(t *testing.T) {
 		group      = "g-memory-bounded"
 	)
 	ctx := t.Context()
-	e := newEnvPartitions(t, partitions)
+	e := itest.NewEnvPartitions(t, partitions)
 	began := time.Now()
-	memProduce(ctx, t, e.st, e.schemas, stack.StockTopic, records, 11)
+	memProduce(ctx, t, e.St, e.Schemas, stack.StockTopic, records, 11)
 	t.Logf("produced %d records in %v", records, time.Since(began).Round(time.Millisecond))
 
 	// Slow answers keep rows in flight, so fetching outruns writing and the
 	// budget, not BigQuery, is what holds the sink back.
-	e.st.BigQuery.SetAppendLatency(100 * time.Millisecond)
+	e.St.BigQuery.SetAppendLatency(100 * time.Millisecond)
 	began = time.Now()
 	watch := &memFetchWatch{}
-	cfg := e.st.Config(group, stack.StockTopic)
+	cfg := e.St.Config(group, stack.StockTopic)
 	cfg.Memory.MaxBufferedBytes = limit
 	r := memStart(ctx, t, cfg, sink.WithLogger(zaptest.NewLogger(t)), sink.WithKafkaOpts(kgo.WithHooks(watch)))
 	buffered := memSample(func() float64 {
-		v, _ := gaugeValue(r.metrics, "bqsink_buffered_bytes")
+		v, _ := itest.MetricValueErr(r.Metrics, "bqsink_buffered_bytes")
 		return v
 	}, 5*time.Millisecond)
 	paused := memSample(func() float64 {
-		v, _ := gaugeValue(r.metrics, "bqsink_partitions_paused")
+		v, _ := itest.MetricValueErr(r.Metrics, "bqsink_partitions_paused")
 		return v
 	}, 5*time.Millisecond)
-	o := memWaitCommitted(ctx, t, e.st, group, stack.StockTopic, 45*time.Second)
+	o := memWaitCommitted(ctx, t, e.St, group, stack.StockTopic, 45*time.Second)
 	took := time.Since(began)
 	samples := buffered.stop()
 	pausedSamples := paused.stop()
 
-	peak := memGauge(t, r.metrics, "bqsink_buffered_bytes_peak")
-	if got := memGauge(t, r.metrics, "bqsink_buffered_bytes_limit"); got != limit {
+	peak := itest.MetricValue(t, r.Metrics, "bqsink_buffered_bytes_peak")
+	if got := itest.MetricValue(t, r.Metrics, "bqsink_buffered_bytes_limit"); got != limit {
 		t.Errorf("bqsink_buffered_bytes_limit = %.0f, want %d", got, limit)
 	}
 	t.Logf("caught up with %d records in %v (%.0f records/s); limit %d, peak %.0f (%.0f%%), buffered sampled %d times: max %.0f, mean %.0f",
@@ -106,13 +108,13 @@ func TestMemoryBoundedByConfig(t *testing.T) {
 		t.Errorf("lag %d", o.Lag())
 	}
 	// Everything acknowledged is given back: the accounting does not leak.
-	waitFor(t, 5*time.Second, "bqsink_buffered_bytes back to 0", func() bool {
-		return memGauge(t, r.metrics, "bqsink_buffered_bytes") == 0
+	itest.WaitFor(t, 5*time.Second, "bqsink_buffered_bytes back to 0", func() bool {
+		return itest.MetricValue(t, r.Metrics, "bqsink_buffered_bytes") == 0
 	})
-	if err := r.stop(); err != nil {
+	if err := r.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	memCheckLanded(t, e.st, stack.StockTable, stack.StockUpdates(records, 11))
+	memCheckLanded(t, e.St, stack.StockTable, stack.StockUpdates(records, 11))
 }
 
 // One table's appends fail (it was deleted, and auto_create_tables is off)
@@ -167,7 +169,7 @@ func TestMemoryStalledTableDoesNotStarveOthers(t *testing.T) {
 	cfg.Memory.MaxBufferedBytes = limit
 	watch := &memFetchWatch{}
 	r := memStart(ctx, t, cfg, sink.WithLogger(zaptest.NewLogger(t)), sink.WithKafkaOpts(kgo.WithHooks(watch)))
-	gauge := func(name string, labels ...string) float64 { return memGauge(t, r.metrics, name, labels...) }
+	gauge := func(name string, labels ...string) float64 { return itest.MetricValue(t, r.Metrics, name, labels...) }
 
 	// The stalled table takes rows at first: its schema is known, so what
 	// fails later is the appends, not the table lookup.
@@ -186,7 +188,7 @@ func TestMemoryStalledTableDoesNotStarveOthers(t *testing.T) {
 	stalled := stack.StockUpdates(backlog, 21)
 	healthy := stack.StockUpdates(backlog, 22)
 	memProduce(ctx, t, st, schemas, stalledTopic, backlog, 21)
-	waitFor(t, 30*time.Second, "appends to the deleted table failing", func() bool {
+	itest.WaitFor(t, 30*time.Second, "appends to the deleted table failing", func() bool {
 		return gauge("bqsink_stage_failing", "stage", "append") > 0
 	})
 	stallBegan := time.Now()
@@ -232,13 +234,63 @@ func TestMemoryStalledTableDoesNotStarveOthers(t *testing.T) {
 	memWaitCommitted(ctx, t, st, group, stalledTopic, 60*time.Second)
 	memWaitCommitted(ctx, t, st, group, stack.StockTopic, 30*time.Second)
 	t.Logf("both backlogs landed %v after the table was restored", time.Since(healed).Round(time.Millisecond))
-	waitFor(t, 5*time.Second, "bqsink_buffered_bytes back to 0", func() bool { return gauge("bqsink_buffered_bytes") == 0 })
+	itest.WaitFor(t, 5*time.Second, "bqsink_buffered_bytes back to 0", func() bool { return gauge("bqsink_buffered_bytes") == 0 })
 	t.Logf("client: %s", watch)
-	if err := r.stop(); err != nil {
+	if err := r.Stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	memCheckLanded(t, st, stack.StockTable, healthy)
 	memCheckLanded(t, st, stalledTable, stalled)
+}
+
+// A member told to stop while its memory is at memory.max_buffered_bytes
+// (its poll loop waiting for acknowledgements, not polling) keeps its
+// partitions until its shutdown commit is done: a member joining meanwhile
+// gets them only after that, never while the stopping member still writes
+// and commits them.
+func TestShutdownAtTheMemoryCapHoldsThePartitionsUntilCommitted(t *testing.T) {
+	itest.SkipShortParallel(t)
+	ctx := t.Context()
+	e := itest.NewEnv(t)
+	const group = "g-cap-stop"
+	// One 5 MiB row, over the 4 MiB cap: admitted alone, it holds the
+	// memory while BigQuery takes its time to answer.
+	big := stack.StockUpdates(1, 5)[0]
+	big.WarehouseName = strings.Repeat("w", 5<<20)
+	e.Produce(ctx, append([]stack.StockUpdate{big}, stack.StockUpdates(30, 6)...))
+	e.St.BigQuery.SetAppendLatency(time.Minute)
+	defer e.St.BigQuery.SetAppendLatency(0)
+
+	first := e.Start(ctx, group, func(c *sink.Config) {
+		c.Memory.MaxBufferedBytes = 4 << 20
+		c.ShutdownTimeout = 12 * time.Second
+	})
+	itest.WaitUntil(t, 30*time.Second, func() string { return "the first member to reach its memory cap with an append in flight" }, func() bool {
+		return itest.Gauge(t, first.Metrics, "bqsink_buffered_bytes") >= 4<<20 && itest.Gauge(t, first.Metrics, "bqsink_appends_inflight") >= 1
+	})
+	// The first member's shutdown waits three quarters of its
+	// shutdown_timeout (9s) for the append BigQuery holds, then commits
+	// and lets the partitions go. A second member must get none of them
+	// before: earlier, a revoke would find no workers and hand them over.
+	stopAt := time.Now()
+	stopped := make(chan error, 1)
+	go func() { stopped <- first.Stop() }()
+	second := e.Start(ctx, group, func(c *sink.Config) { c.ShutdownTimeout = time.Second })
+	var assignedAt time.Time
+	itest.WaitUntil(t, 40*time.Second, func() string { return "the second member to be assigned partitions" }, func() bool {
+		if itest.Gauge(t, second.Metrics, "bqsink_partitions_assigned") == 0 {
+			return false
+		}
+		assignedAt = time.Now()
+		return true
+	})
+	held := assignedAt.Sub(stopAt)
+	t.Logf("the second member was assigned partitions %v after the first was told to stop", held.Round(time.Millisecond))
+	if wait := 9 * time.Second; held < wait-time.Second {
+		t.Errorf("the second member was assigned partitions %v after the first was told to stop, while the first still waited for its append (%v): a revoke found no workers and handed them over before the shutdown commit",
+			held.Round(time.Millisecond), wait)
+	}
+	<-stopped
 }
 
 // BenchmarkBacklogMemory runs the real daemon, as its own process with the
@@ -256,7 +308,7 @@ func TestMemoryStalledTableDoesNotStarveOthers(t *testing.T) {
 // is seen at once). The stack runs in the benchmark's process and shares
 // the machine with the daemon, so throughput is a floor.
 //
-//	go test ./integration -run '^$' -bench 'BacklogMemory$' -benchtime 1x -timeout 30m
+//	go test ./integration/memory -run '^$' -bench 'BacklogMemory$' -benchtime 1x -timeout 30m
 //
 // BQSINK_BENCH_BACKLOG=N changes the backlog (e.g. 100000 for a quick look).
 func BenchmarkBacklogMemory(b *testing.B) {
@@ -267,7 +319,7 @@ func BenchmarkBacklogMemory(b *testing.B) {
 			b.Fatalf("BQSINK_BENCH_BACKLOG=%q: want a positive number", v)
 		}
 	}
-	bin := daemonBinary(b)
+	bin := itest.DaemonBinary(b)
 	for _, partitions := range []int32{6, 100} {
 		b.Run(fmt.Sprintf("partitions=%d", partitions), func(b *testing.B) {
 			ctx := b.Context()
@@ -329,7 +381,7 @@ func BenchmarkBacklogMemory(b *testing.B) {
 // (kfake's log, bqfake's rows, which only grow); look at what the consumer
 // and the sink hold:
 //
-//	BQSINK_BENCH_HEAPPROFILE=/tmp/heap go test ./integration -run '^$' -bench BacklogMemoryHeapProfile -benchtime 1x -timeout 30m
+//	BQSINK_BENCH_HEAPPROFILE=/tmp/heap go test ./integration/memory -run '^$' -bench BacklogMemoryHeapProfile -benchtime 1x -timeout 30m
 //	go tool pprof -sample_index=inuse_space -top -focus 'kgo\.\(\*source\)|bqsink/sink|bqsink/bq\.|bqsink/schema' /tmp/heap.100.7
 func BenchmarkBacklogMemoryHeapProfile(b *testing.B) {
 	path := os.Getenv("BQSINK_BENCH_HEAPPROFILE")
@@ -364,7 +416,7 @@ func BenchmarkBacklogMemoryHeapProfile(b *testing.B) {
 				var written []string
 				var werr error
 				sampler := memSample(func() float64 {
-					v, _ := gaugeValue(r.metrics, "bqsink_buffered_bytes")
+					v, _ := itest.MetricValueErr(r.Metrics, "bqsink_buffered_bytes")
 					file := fmt.Sprintf("%s.%d.%d", path, partitions, len(written))
 					f, err := os.Create(file)
 					if err == nil {
@@ -381,7 +433,7 @@ func BenchmarkBacklogMemoryHeapProfile(b *testing.B) {
 				}, time.Second)
 				memWaitCommitted(ctx, b, st, group, stack.StockTopic, 10*time.Minute)
 				sampler.stop()
-				if err := r.stop(); err != nil {
+				if err := r.Stop(); err != nil {
 					b.Fatal(err)
 				}
 				if werr != nil {
@@ -539,8 +591,8 @@ func runBacklog(ctx context.Context, b *testing.B, st *stack.Stack, bin, group, 
 	if err != nil {
 		fail("/metrics: %v", err)
 	}
-	run.bufferedPeak = promText(body).sum("bqsink_buffered_bytes_peak")
-	run.heapSys = promText(body).sum("go_memstats_heap_sys_bytes")
+	run.bufferedPeak = itest.PromText(body).Sum("bqsink_buffered_bytes_peak")
+	run.heapSys = itest.PromText(body).Sum("go_memstats_heap_sys_bytes")
 	trace, err := os.ReadFile(out.Name())
 	if err != nil {
 		fail("%v", err)
@@ -716,11 +768,11 @@ func memCheckLanded(t *testing.T, st *stack.Stack, table string, updates []stack
 	for _, row := range st.BigQuery.Rows(stack.Project, stack.Dataset, table) {
 		ean, _ := row["ean"].(string)
 		ts, _ := row["timestamp"].(int64)
-		seen[key(ean, ts)]++
+		seen[itest.Key(ean, ts)]++
 	}
 	missing, dup := 0, 0
 	for _, u := range updates {
-		switch seen[key(u.EAN, u.Timestamp)] {
+		switch seen[itest.Key(u.EAN, u.Timestamp)] {
 		case 0:
 			missing++
 		case 1:
@@ -731,45 +783,6 @@ func memCheckLanded(t *testing.T, st *stack.Stack, table string, updates []stack
 	if missing > 0 || dup > 0 || len(seen) != len(updates) {
 		t.Errorf("%s: %d of %d records missing, %d landed more than once, %d distinct rows", table, missing, len(updates), dup, len(seen))
 	}
-}
-
-// memGauge is the value of a gauge or counter, summed over its series whose
-// labels include the given name, value pairs; 0 if absent.
-func memGauge(tb testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
-	tb.Helper()
-	v, err := gaugeValue(reg, name, labels...)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return v
-}
-
-// gaugeValue is memGauge for goroutines other than the test's.
-func gaugeValue(reg *prometheus.Registry, name string, labels ...string) (float64, error) {
-	mfs, err := reg.Gather()
-	if err != nil {
-		return 0, err
-	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue series
-				}
-			}
-			v += m.GetGauge().GetValue() + m.GetCounter().GetValue()
-		}
-	}
-	return v, nil
 }
 
 // memSampler reads a value at a fixed interval until stopped.
@@ -832,9 +845,9 @@ func (s *memSampler) stop() memSamples {
 	return s.got
 }
 
-// memStart runs a sink built by sink.New with opts (startSink with options)
+// memStart runs a sink built by sink.New with opts (itest.StartSink with options)
 // until the test ends or stop is called.
-func memStart(ctx context.Context, tb testing.TB, cfg sink.Config, opts ...sink.Option) running {
+func memStart(ctx context.Context, tb testing.TB, cfg sink.Config, opts ...sink.Option) itest.Running {
 	tb.Helper()
 	metrics := prometheus.NewRegistry()
 	s, err := sink.New(cfg, append([]sink.Option{sink.WithRegisterer(metrics)}, opts...)...)
@@ -854,7 +867,7 @@ func memStart(ctx context.Context, tb testing.TB, cfg sink.Config, opts ...sink.
 		return runErr
 	}
 	tb.Cleanup(func() { _ = stop() })
-	return running{sink: s, metrics: metrics, stop: stop}
+	return itest.Running{Sink: s, Metrics: metrics, Stop: stop}
 }
 
 // memFetchWatch is a franz-go hook that sees what the consumer buffers and
