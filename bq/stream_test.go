@@ -168,12 +168,31 @@ func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
 	for id := range 40 {
 		maps = append(maps, map[string]any{"id": 100 + id, "blob": blob})
 	}
+	rowsA := encode(t, tbl, maps...)
 	ctxA, cancelA := context.WithCancel(t.Context())
-	time.AfterFunc(200*time.Millisecond, cancelA)
-	resA, err := tbl.Append(ctxA, encode(t, tbl, maps...))
-	if err != nil {
-		t.Fatalf("A: %v", err)
+	defer cancelA()
+	type outcome struct {
+		res *Result
+		err error
 	}
+	doneA := make(chan outcome, 1)
+	go func() {
+		res, err := tbl.Append(ctxA, rowsA)
+		doneA <- outcome{res, err}
+	}()
+	// Cancelled once its send is under way (it blocks: the server reads
+	// nothing), however long encoding and the first sends took.
+	eventually(t, 20*time.Second, "A's send to be under way", func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.op != nil && st.op.what == "send"
+	})
+	cancelA()
+	a := <-doneA
+	if a.err != nil {
+		t.Fatalf("A, cancelled while its send was under way: %v, want a Result", a.err)
+	}
+	resA := a.res
 	start := time.Now()
 	resB, err := tbl.Append(t.Context(), encode(t, tbl, map[string]any{"id": 1}))
 	if err != nil {
