@@ -22,7 +22,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -39,6 +38,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/bqsink/bqsink/internal/config"
 	"github.com/bqsink/bqsink/internal/earlysignal"
 	"github.com/bqsink/bqsink/sink"
 )
@@ -96,7 +96,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, build)
 		return 0
 	}
-	cfg, err := loadConfig(*configPath)
+	cfg, err := config.Load(*configPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -309,9 +309,9 @@ func newRegistry(b buildInfo) *prometheus.Registry {
 	return reg
 }
 
-func serve(ctx context.Context, cfg config, build buildInfo, log *zap.Logger) error {
+func serve(ctx context.Context, cfg config.File, build buildInfo, log *zap.Logger) error {
 	log.Info("starting", zap.String("version", build.Version), zap.String("commit", build.Commit),
-		zap.String("built", build.Date), zap.String("go_version", build.GoVersion), zap.Any("config", cfg.summary()))
+		zap.String("built", build.Date), zap.String("go_version", build.GoVersion), zap.Any("config", cfg.Summary()))
 	setMemoryLimit(cfg.WithDefaults().Memory.MaxBufferedBytes, log)
 	metrics := newRegistry(build)
 	s, err := sink.New(cfg.Config, sink.WithLogger(log), sink.WithRegisterer(metrics), sink.WithVersion(build.Version))
@@ -384,7 +384,8 @@ func setMemoryLimit(buffered int64, log *zap.Logger) {
 	}
 	limit := buffered + memoryOverhead
 	debug.SetMemoryLimit(limit)
-	log.Info("memory limit set from memory.max_buffered_bytes", zap.Int64("bytes", limit))
+	log.Info("Go's memory limit set to memory.max_buffered_bytes + 64 MiB (GOMEMLIMIT is not set)",
+		zap.Int64("max_buffered_bytes", buffered), zap.Int64("go_memory_limit_bytes", limit))
 }
 
 func handler(s *sink.Sink, metrics *prometheus.Registry) http.Handler {
@@ -421,12 +422,4 @@ func newLogger(level string) (*zap.Logger, error) {
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder
 	return zc.Build()
-}
-
-// redactURL hides the password a URL may carry (https://user:xxxxx@host).
-func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
-	}
-	return raw
 }

@@ -34,7 +34,7 @@ type Config struct {
 	Location string `yaml:"location"`
 	// Endpoint overrides the REST endpoint (test server, emulator), e.g.
 	// "http://127.0.0.1:9050". Setting it turns authentication off for REST.
-	Endpoint string `yaml:"endpoint" secret:"url"`
+	Endpoint string `yaml:"endpoint"`
 	// GRPCEndpoint overrides the Storage Write API host:port. The connection
 	// is then plaintext and unauthenticated.
 	GRPCEndpoint string `yaml:"grpc_endpoint"`
@@ -190,4 +190,16 @@ func validDatasetID(s string) bool {
 
 func isIdentRune(r rune) bool {
 	return r == '_' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9')
+}
+
+// CheckFiles reads the files the config names and reports what a Client
+// would refuse in them: a credentials file that is not JSON or of a type
+// BigQuery's clients do not take. It is for `bqsink -check`; NewClient
+// reads the file itself. Errors start with the key ("credentials_file:").
+func (c Config) CheckFiles() error {
+	if c.CredentialsFile == "" || (c.Endpoint != "" && c.GRPCEndpoint != "") {
+		return nil
+	}
+	_, err := credentialsOption(c.CredentialsFile)
+	return err
 }

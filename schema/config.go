@@ -14,11 +14,11 @@ const defaultTimeout = 10 * time.Second
 type Config struct {
 	// URL is the registry base URL, http or https (required),
 	// e.g. "http://registry:8081".
-	URL string `yaml:"url" secret:"url"`
+	URL string `yaml:"url"`
 	// Username and Password enable HTTP basic auth; set both or neither.
 	// Confluent Cloud takes an API key and secret here.
 	Username string `yaml:"username"`
-	Password string `yaml:"password" secret:"true"`
+	Password string `yaml:"password"`
 	// BearerTokenFile is a file holding a token sent as "Authorization:
 	// Bearer <token>" with every request, instead of basic auth. The file
 	// is read again whenever it changes (modification time or size), so a
@@ -67,7 +67,7 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("bearer_token_file: set together with user info in url; use one of them"))
 		}
 	}
-	errs = append(errs, c.TLS.validate(c.URL)...)
+	errs = append(errs, validateTLS(c.TLS, c.URL)...)
 	if c.Timeout < 0 {
 		errs = append(errs, fmt.Errorf("timeout: must not be negative, got %s", c.Timeout))
 	}

@@ -116,7 +116,7 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	// requests in flight.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = maxRequests
-	if tr.TLSClientConfig, err = cfg.TLS.build(); err != nil {
+	if tr.TLSClientConfig, err = buildTLS(cfg.TLS); err != nil {
 		return nil, err
 	}
 	var rt http.RoundTripper = tr

@@ -4,20 +4,22 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/bqsink/bqsink/bq"
+	"github.com/bqsink/bqsink/internal/keys"
 	"github.com/bqsink/bqsink/schema"
 )
 
 // Config is bqsink's configuration below the process level (HTTP and
 // logging belong to main): where records come from, how they are decoded,
 // where they go and how failures are handled. main reads it from the top
-// level of the YAML file; config.yaml documents every key. Zero values mean
-// the defaults named on each field, except BigQuery's two booleans: start
-// from DefaultConfig.
+// level of the YAML file. Keys declares every key: its default, its doc
+// and its checks. Zero values mean the defaults, except the booleans that
+// default to true: start from DefaultConfig.
 type Config struct {
 	Kafka          KafkaConfig   `yaml:"kafka"`
 	SchemaRegistry schema.Config `yaml:"schema_registry"`
@@ -34,29 +36,31 @@ type Config struct {
 	Errors        ErrorsConfig  `yaml:"errors"`
 	Memory        MemoryConfig  `yaml:"memory"`
 	// ShutdownTimeout bounds how long Run spends flushing and committing
-	// after its context ends (default 30s); writes still unanswered then are
+	// after its context ends; writes still unanswered then are
 	// abandoned uncommitted and are read again by the next owner.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// StallTimeout is how long a partition may hold unacknowledged records
 	// without progress, or have records it cannot fetch, or a stage may
-	// fail without a success, before Ready reports it (default 5m).
+	// fail without a success, before Ready reports it.
 	StallTimeout time.Duration `yaml:"stall_timeout"`
 	// UnknownSchemaGrace is how long records whose schema ID the registry
-	// does not know are retried before they are rejected (default 30s): a
+	// does not know are retried before they are rejected: a
 	// registry replica may lag behind a schema registered a moment ago.
 	// The grace runs once per ID, from the first record that carried it.
 	UnknownSchemaGrace time.Duration `yaml:"unknown_schema_grace"`
 	// MetadataColumn, when set, adds a NULLABLE RECORD column of that name
 	// holding each row's Kafka topic, partition, offset, timestamp, key and
-	// headers (default empty: no column).
+	// headers (empty: no column).
 	MetadataColumn string `yaml:"metadata_column"`
 }
 
-// DefaultConfig returns a Config whose zero fields take their defaults,
-// whose BigQuery section creates and evolves tables (bq.DefaultConfig) and
-// which creates a missing dead-letter topic.
+// DefaultConfig returns a Config with every default of Keys, the
+// booleans that default to true included (auto_create_tables,
+// auto_update_schema, dlq_create): read a config file over it.
 func DefaultConfig() Config {
-	return Config{BigQuery: bq.DefaultConfig(), Errors: ErrorsConfig{DLQCreate: true}}
+	var c Config
+	keys.ApplyDefaults(&c, Keys(), true)
+	return c
 }
 
 // KafkaConfig says which cluster, group and topics to consume.
@@ -66,7 +70,7 @@ type KafkaConfig struct {
 	// Topics to consume; an entry starting with ^ is a regular expression
 	// matched against every topic in the cluster.
 	Topics   []string `yaml:"topics"`
-	ClientID string   `yaml:"client_id"` // default "bqsink"
+	ClientID string   `yaml:"client_id"`
 	// InstanceID turns on static membership (for StatefulSets): a restarted
 	// member keeps its partitions without a rebalance. Empty is right under
 	// a Deployment scaled by KEDA.
@@ -79,18 +83,19 @@ type KafkaConfig struct {
 	// or IsolationReadUncommitted: every record is read, aborted ones
 	// included.
 	IsolationLevel   string        `yaml:"isolation_level"`
-	SessionTimeout   time.Duration `yaml:"session_timeout"`   // default 45s
-	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"` // default 60s
-	// CommitInterval is how often acknowledged offsets are committed
-	// (default 1s). Commits also happen on revoke and on shutdown.
+	SessionTimeout   time.Duration `yaml:"session_timeout"`
+	RebalanceTimeout time.Duration `yaml:"rebalance_timeout"`
+	// CommitInterval bounds how long a failed commit waits for its retry:
+	// acknowledged offsets are committed at once, one commit in flight at
+	// a time, and also on revoke and on shutdown.
 	CommitInterval time.Duration `yaml:"commit_interval"`
 	// FetchMaxWait is how long a broker may hold a fetch open waiting for
-	// data (default 500ms, as Kafka's Java consumer). A partition resumed
+	// data (its default is the Java consumer's). A partition resumed
 	// after backpressure is fetched again only once the fetch in flight
 	// returns, so a long wait shows up as latency there.
 	FetchMaxWait time.Duration `yaml:"fetch_max_wait"`
 	// RequestTimeout bounds each offset commit, dead-letter write and
-	// admin request (default 10s). A call that runs out is retried and
+	// admin request. A call that runs out is retried and
 	// reported, never waited for without end.
 	RequestTimeout time.Duration `yaml:"request_timeout"`
 	// LogLevel is the level from which franz-go's own log lines are
@@ -145,7 +150,7 @@ type KafkaSASLConfig struct {
 	// role; the region from the broker's host name, else AWS_REGION).
 	Mechanism string `yaml:"mechanism"`
 	Username  string `yaml:"username"`
-	Password  string `yaml:"password" secret:"true"`
+	Password  string `yaml:"password"`
 	// TokenFile holds the OAuth bearer token of oauthbearer. It is read
 	// for every authentication, again whenever it changes (modification
 	// time or size), so a token rotated in place is used by the next
@@ -160,11 +165,11 @@ type KafkaSASLConfig struct {
 // BatchConfig bounds a partition's batch; whichever limit is hit first
 // flushes it.
 type BatchConfig struct {
-	MaxRecords int           `yaml:"max_records"` // default 10000
-	MaxBytes   int           `yaml:"max_bytes"`   // default 8 MiB of encoded rows
-	MaxWait    time.Duration `yaml:"max_wait"`    // default 1s after the batch's first record
+	MaxRecords int           `yaml:"max_records"` // rows
+	MaxBytes   int           `yaml:"max_bytes"`   // of encoded rows
+	MaxWait    time.Duration `yaml:"max_wait"`    // after the batch's first record
 	// MaxInflight bounds the appends a partition has sent and not yet seen
-	// answered (default 4). When it is reached the partition stops reading
+	// answered. When it is reached the partition stops reading
 	// and, once its share of memory is used, fetching pauses for it.
 	MaxInflight int `yaml:"max_inflight"`
 }
@@ -202,68 +207,25 @@ type ErrorsConfig struct {
 type MemoryConfig struct {
 	// MaxBufferedBytes caps the memory holding records fetched and not yet
 	// acknowledged, across all partitions: their Kafka bytes, their
-	// encoded rows and the client's fetch buffers (default 64 MiB).
+	// encoded rows and the client's fetch buffers.
 	// Fetching stops when it is reached and resumes as BigQuery
 	// acknowledges rows. A single record larger than the cap is still
 	// processed, alone.
 	MaxBufferedBytes int64 `yaml:"max_buffered_bytes"`
 }
 
-const (
-	defaultMaxBufferedBytes = 64 << 20
-	minMaxBufferedBytes     = 4 << 20
-)
+// minMaxBufferedBytes is the smallest memory.max_buffered_bytes taken.
+const minMaxBufferedBytes = 4 << 20
 
-// WithDefaults returns c with every zero field set to its default, the
-// registry's and BigQuery's sections included: the configuration New runs
-// with.
+// WithDefaults returns c with every zero field set to its default (see
+// Keys), the registry's and BigQuery's sections included: the
+// configuration New runs with. Booleans are left as they are: start from
+// DefaultConfig for theirs.
 func (c Config) WithDefaults() Config {
-	c.SchemaRegistry = c.SchemaRegistry.WithDefaults()
-	c.BigQuery = c.BigQuery.WithDefaults()
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	if c.Kafka.ClientID == "" {
-		c.Kafka.ClientID = "bqsink"
-	}
-	if c.Kafka.StartOffset == "" {
-		c.Kafka.StartOffset = "earliest"
-	}
-	if c.Kafka.LogLevel == "" {
-		c.Kafka.LogLevel = "warn"
-	}
-	if c.Kafka.IsolationLevel == "" {
-		c.Kafka.IsolationLevel = IsolationReadCommitted
-	}
-	def(&c.Kafka.SessionTimeout, 45*time.Second)
-	def(&c.Kafka.RebalanceTimeout, 60*time.Second)
-	def(&c.Kafka.CommitInterval, time.Second)
-	def(&c.Kafka.FetchMaxWait, 500*time.Millisecond)
-	def(&c.Kafka.RequestTimeout, 10*time.Second)
-	if c.Batch.MaxRecords == 0 {
-		c.Batch.MaxRecords = 10000
-	}
-	if c.Batch.MaxBytes == 0 {
-		c.Batch.MaxBytes = 8 << 20
-	}
-	def(&c.Batch.MaxWait, time.Second)
-	if c.Batch.MaxInflight == 0 {
-		c.Batch.MaxInflight = 4
-	}
-	if c.Errors.Policy == "" {
-		c.Errors.Policy = PolicyDLQ
-	}
+	keys.ApplyDefaults(&c, Keys(), false)
 	if c.Errors.DLQTopic == "" {
 		c.Errors.DLQTopic = c.Kafka.GroupID + ".dlq"
 	}
-	if c.Memory.MaxBufferedBytes == 0 {
-		c.Memory.MaxBufferedBytes = defaultMaxBufferedBytes
-	}
-	def(&c.ShutdownTimeout, 30*time.Second)
-	def(&c.StallTimeout, 5*time.Minute)
-	def(&c.UnknownSchemaGrace, 30*time.Second)
 	return c
 }
 
@@ -275,19 +237,10 @@ func (c Config) Validate() error {
 	bad := func(key, format string, a ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
 	}
-	if len(c.Kafka.Brokers) == 0 {
-		bad("kafka.brokers", "required")
-	}
 	for i, b := range c.Kafka.Brokers {
 		if strings.TrimSpace(b) == "" {
 			bad(fmt.Sprintf("kafka.brokers[%d]", i), "empty")
 		}
-	}
-	if c.Kafka.GroupID == "" {
-		bad("kafka.group_id", "required")
-	}
-	if len(c.Kafka.Topics) == 0 {
-		bad("kafka.topics", "required")
 	}
 	for i, t := range c.Kafka.Topics {
 		switch {
@@ -299,67 +252,20 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	switch c.Kafka.StartOffset {
-	case "", "earliest", "latest":
-	default:
-		bad("kafka.start_offset", "%q is not earliest or latest", c.Kafka.StartOffset)
-	}
-	switch c.Kafka.IsolationLevel {
-	case "", IsolationReadCommitted, IsolationReadUncommitted:
-	default:
-		bad("kafka.isolation_level", "%q is not read_committed or read_uncommitted", c.Kafka.IsolationLevel)
-	}
-	if _, ok := kafkaLogLevels[c.Kafka.LogLevel]; !ok && c.Kafka.LogLevel != "" {
-		bad("kafka.log_level", "%q is not debug, info, warn, error or none", c.Kafka.LogLevel)
-	}
 	errs = append(errs, c.Kafka.TLS.problems()...)
 	errs = append(errs, c.Kafka.SASL.problems(c.Kafka.TLS.Enabled)...)
-	for key, d := range map[string]time.Duration{
-		"kafka.session_timeout":   c.Kafka.SessionTimeout,
-		"kafka.rebalance_timeout": c.Kafka.RebalanceTimeout,
-		"kafka.commit_interval":   c.Kafka.CommitInterval,
-		"kafka.fetch_max_wait":    c.Kafka.FetchMaxWait,
-		"kafka.request_timeout":   c.Kafka.RequestTimeout,
-		"batch.max_wait":          c.Batch.MaxWait,
-		"shutdown_timeout":        c.ShutdownTimeout,
-		"stall_timeout":           c.StallTimeout,
-		"unknown_schema_grace":    c.UnknownSchemaGrace,
-	} {
-		if d < 0 {
-			bad(key, "must not be negative")
-		}
-	}
-	if c.Batch.MaxRecords < 0 {
-		bad("batch.max_records", "must not be negative")
-	}
-	if c.Batch.MaxBytes < 0 {
-		bad("batch.max_bytes", "must not be negative")
-	}
-	if c.Batch.MaxInflight < 0 {
-		bad("batch.max_inflight", "must not be negative")
-	}
-	switch c.Errors.Policy {
-	case "", PolicyDLQ, PolicySkip, PolicyFail:
-	default:
-		bad("errors.policy", "%q is not dlq, skip or fail", c.Errors.Policy)
-	}
-	if t := c.Errors.DLQTopic; t != "" && !kafkaTopicName.MatchString(t) {
-		bad("errors.dlq_topic", "%q is not a Kafka topic name (letters, digits, . _ -; at most 249)", t)
-	}
+	errs = append(errs, keys.Validate(c, Keys())...)
 	if d := c.WithDefaults(); d.Errors.Policy == PolicyDLQ && d.Kafka.GroupID != "" && consumes(d.Kafka.Topics, d.Errors.DLQTopic) {
 		bad("errors.dlq_topic", "%q is also consumed (kafka.topics): dead-lettered records would come back", d.Errors.DLQTopic)
-	}
-	if m := c.Memory.MaxBufferedBytes; m != 0 && m < minMaxBufferedBytes {
-		bad("memory.max_buffered_bytes", "%d is below the minimum of %d (4 MiB)", m, minMaxBufferedBytes)
-	}
-	if c.MetadataColumn != "" && !columnName.MatchString(c.MetadataColumn) {
-		bad("metadata_column", "%q is not a BigQuery column name (letters, digits, _; not starting with a digit)", c.MetadataColumn)
 	}
 	errs = append(errs, c.tableProblems()...)
 	errs = append(errs, c.tableCollisions()...)
 	errs = append(errs, prefixed("schema_registry.", c.SchemaRegistry.Validate())...)
 	errs = append(errs, prefixed("bigquery.", c.BigQuery.Validate())...)
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	// A required key of the BigQuery and registry sections is declared in
+	// Keys and checked by its package too: say it once.
+	errs = slices.CompactFunc(errs, func(a, b error) bool { return a.Error() == b.Error() })
 	return errors.Join(errs...)
 }
 
@@ -459,7 +365,7 @@ func (c Config) tableCollisions() []error {
 	for table, topics := range byTable {
 		if len(topics) > 1 {
 			sort.Strings(topics)
-			errs = append(errs, fmt.Errorf("kafka.topics: %s all map to table %q; name their tables under tables:", strings.Join(topics, ", "), table))
+			errs = append(errs, fmt.Errorf("kafka.topics: %s all map to table %q; name their tables under the tables key", strings.Join(topics, ", "), table))
 		}
 	}
 	return errs
@@ -469,28 +375,11 @@ func (c Config) tableCollisions() []error {
 func (t KafkaTLSConfig) problems() []error {
 	var errs []error
 	if !t.Enabled {
-		for _, k := range []struct {
-			key   string
-			isSet bool
-		}{
-			{"kafka.tls.ca_file", t.CAFile != ""}, {"kafka.tls.cert_file", t.CertFile != ""}, {"kafka.tls.key_file", t.KeyFile != ""},
-			{"kafka.tls.server_name", t.ServerName != ""}, {"kafka.tls.insecure_skip_verify", t.InsecureSkipVerify},
-		} {
-			if k.isSet {
-				errs = append(errs, fmt.Errorf("%s: set, but kafka.tls.enabled is false", k.key))
-			}
+		for _, k := range t.Files().SetKeys("kafka.tls.") {
+			errs = append(errs, fmt.Errorf("%s: set, but kafka.tls.enabled is false", k))
 		}
 	}
-	if t.CertFile != "" && t.KeyFile == "" {
-		errs = append(errs, errors.New("kafka.tls.key_file: required when kafka.tls.cert_file is set"))
-	}
-	if t.KeyFile != "" && t.CertFile == "" {
-		errs = append(errs, errors.New("kafka.tls.cert_file: required when kafka.tls.key_file is set"))
-	}
-	if t.InsecureSkipVerify && t.CAFile != "" {
-		errs = append(errs, errors.New("kafka.tls.insecure_skip_verify: turns off the verification kafka.tls.ca_file is for; set one of them"))
-	}
-	return errs
+	return append(errs, t.Files().Problems("kafka.tls.")...)
 }
 
 // problems lists the bad kafka.sasl keys; tls says whether kafka.tls is on.

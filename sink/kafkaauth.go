@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -27,6 +26,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/bqsink/bqsink/internal/tlsfiles"
 	"github.com/bqsink/bqsink/internal/tokenfile"
 )
 
@@ -115,25 +115,17 @@ func (d *kafkaDialer) dial(ctx context.Context, network, host string) (net.Conn,
 // load reads the files of kafka.tls into a client config; errors name the
 // key and the file.
 func (t KafkaTLSConfig) load() (*tls.Config, error) {
-	cfg := &tls.Config{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // an operator's explicit choice, documented as for tests
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, &kafkaSetupError{key: "kafka.tls.ca_file", err: err}
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, &kafkaSetupError{key: "kafka.tls.ca_file", err: fmt.Errorf("%s holds no PEM certificate", t.CAFile)}
-		}
+	cfg, err := t.Files().Config("kafka.tls.")
+	if ke, ok := errors.AsType[*tlsfiles.KeyError](err); ok {
+		return nil, &kafkaSetupError{key: ke.Key, problem: ke.Problem, err: ke.Err}
 	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, &kafkaSetupError{key: "kafka.tls.cert_file, key_file", problem: t.CertFile + ", " + t.KeyFile, err: err}
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return cfg, nil
+	return cfg, err
+}
+
+// Files are the keys of kafka.tls that name files and what to verify:
+// the same as the registry's, checked and built by the same code.
+func (t KafkaTLSConfig) Files() tlsfiles.Files {
+	return tlsfiles.Files{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
 }
 
 // saslConn remembers the API key of the last request written on the

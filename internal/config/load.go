@@ -1,4 +1,9 @@
-package main
+// Package config reads bqsink's config file: a YAML file walked against
+// the config struct's types, with ${VAR} expansion, every problem of the
+// file listed at once by key and line, and the files it names checked for
+// what they hold. The keys themselves are declared where they are used
+// (sink.Keys and this package's own); Keys lists them all.
+package config
 
 import (
 	"encoding"
@@ -8,7 +13,7 @@ import (
 	"io/fs"
 	"maps"
 	"math"
-	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -18,14 +23,16 @@ import (
 	"strings"
 	"time"
 
-	"go.uber.org/zap/zapcore"
 	"gopkg.in/yaml.v3"
 
+	"github.com/bqsink/bqsink/internal/keys"
+	"github.com/bqsink/bqsink/internal/tlsfiles"
 	"github.com/bqsink/bqsink/sink"
 )
 
-// config is the whole file: the sink's sections plus what main owns.
-type config struct {
+// File is the whole config file: the sink's sections plus what the
+// process owns (HTTP and logging).
+type File struct {
 	sink.Config `yaml:",inline"`
 	HTTP        struct {
 		Listen string `yaml:"listen"`
@@ -35,14 +42,13 @@ type config struct {
 	} `yaml:"log"`
 }
 
-func defaultConfig() config {
-	cfg := config{Config: sink.DefaultConfig()}
-	cfg.HTTP.Listen = ":8080"
-	cfg.Log.Level = "info"
+func defaults() File {
+	cfg := File{Config: sink.DefaultConfig()}
+	keys.ApplyDefaults(&cfg, processKeys, true)
 	return cfg
 }
 
-// loadConfig reads the config file at path. It returns the config, or a
+// Load reads the config file at path. It returns the config, or a
 // *configError listing every problem of the file in one pass: unknown keys,
 // values of the wrong type, unset environment variables, keys given twice,
 // what the packages' Validate methods refuse (missing required keys, bad
@@ -54,20 +60,20 @@ func defaultConfig() config {
 // replaced from the environment: so whatever a variable holds is never read
 // as YAML, and a value for an int, bool or duration key is typed by what it
 // expands to, quoted or not.
-func loadConfig(path string) (config, error) {
+func Load(path string) (File, error) {
 	if msg, hint := unreadable(path); msg != "" {
-		return config{}, &configError{problems: []problem{{key: "-config", msg: msg, hint: hint}}}
+		return File{}, &configError{problems: []problem{{key: "-config", msg: msg, hint: hint}}}
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return config{}, fmt.Errorf("-config: %w", err)
+		return File{}, fmt.Errorf("-config: %w", err)
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return config{}, fmt.Errorf("%s: not valid YAML: %s%s", path, strings.TrimPrefix(err.Error(), "yaml: "), tabHint(raw, err))
+		return File{}, fmt.Errorf("%s: not valid YAML: %s%s", path, strings.TrimPrefix(err.Error(), "yaml: "), tabHint(raw, err))
 	}
-	cfg := defaultConfig()
-	d := decoder{lookup: os.LookupEnv, lines: map[string]*yaml.Node{}, keys: keyPaths(reflect.TypeFor[config](), "")}
+	cfg := defaults()
+	d := decoder{lookup: os.LookupEnv, lines: map[string]*yaml.Node{}, keys: keyPaths(reflect.TypeFor[File](), "")}
 	// An empty file (or one of comments) is an empty mapping: Validate then
 	// lists every required key.
 	if len(doc.Content) > 0 {
@@ -75,8 +81,9 @@ func loadConfig(path string) (config, error) {
 	}
 	d.validated(cfg.validate())
 	d.checkFiles(reflect.ValueOf(cfg), "")
+	d.checkContents(cfg)
 	if len(d.problems) > 0 {
-		return config{}, &configError{path: path, problems: sortProblems(d.problems)}
+		return File{}, &configError{path: path, problems: sortProblems(d.problems)}
 	}
 	return cfg, nil
 }
@@ -102,22 +109,13 @@ func tabHint(raw []byte, err error) string {
 	return ""
 }
 
-// validate runs the packages' checks and main's own, one error per bad key,
-// each starting with the key ("kafka.brokers: required"). It does no I/O.
-func (c config) validate() error {
-	var errs []error
+// validate runs the sink's checks and those of the process's keys, one
+// error per bad key, each starting with the key ("kafka.brokers:
+// required"). It does no I/O.
+func (c File) validate() error {
+	errs := keys.Validate(c, processKeys)
 	if err := c.Config.Validate(); err != nil {
 		errs = append(errs, err)
-	}
-	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
-		hint := ""
-		if _, err := strconv.ParseUint(c.HTTP.Listen, 10, 16); err == nil {
-			hint = fmt.Sprintf(`; write ":%s" for that port on every interface`, c.HTTP.Listen)
-		}
-		errs = append(errs, fmt.Errorf("http.listen: %q is not host:port%s", c.HTTP.Listen, hint))
-	}
-	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
-		errs = append(errs, fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level))
 	}
 	return errors.Join(errs...)
 }
@@ -221,6 +219,7 @@ func (d *decoder) failedAt(key string) bool {
 }
 
 var (
+	stringerType        = reflect.TypeFor[fmt.Stringer]()
 	durationType        = reflect.TypeFor[time.Duration]()
 	yamlUnmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
@@ -791,6 +790,69 @@ func (d *decoder) checkFiles(v reflect.Value, key string) {
 	}
 }
 
+// checkContents reads the files that checkFiles found readable and
+// reports what they hold that the daemon would refuse at start: a CA file
+// without a PEM certificate, a client certificate and key that do not
+// parse or do not belong together, a credentials file that is not one, an
+// empty token file.
+func (d *decoder) checkContents(cfg File) {
+	readable := func(key, path string) bool {
+		if path == "" || d.failedAt(key) {
+			return false
+		}
+		msg, _ := unreadable(path)
+		return msg == ""
+	}
+	for _, t := range []struct {
+		prefix string
+		on     bool
+		files  tlsfiles.Files
+	}{
+		{"kafka.tls.", cfg.Kafka.TLS.Enabled, cfg.Kafka.TLS.Files()},
+		{"schema_registry.tls.", true, cfg.SchemaRegistry.TLS},
+	} {
+		f := t.files
+		if !t.on {
+			continue
+		}
+		if !readable(t.prefix+"ca_file", f.CAFile) {
+			f.CAFile = ""
+		}
+		if !readable(t.prefix+"cert_file", f.CertFile) || !readable(t.prefix+"key_file", f.KeyFile) {
+			f.CertFile, f.KeyFile = "", ""
+		}
+		for _, err := range f.Check(t.prefix) {
+			ke, ok := errors.AsType[*tlsfiles.KeyError](err)
+			if !ok {
+				continue // Check returns only KeyErrors
+			}
+			line, msg := t.prefix+"ca_file", ke.Err.Error()
+			if ke.Problem != "" { // the certificate and key
+				line, msg = t.prefix+"cert_file", ke.Problem+": "+msg
+			}
+			d.problems = append(d.problems, d.at(line, problem{key: ke.Key, msg: msg}))
+		}
+	}
+	if key := "bigquery.credentials_file"; readable(key, cfg.BigQuery.CredentialsFile) {
+		if err := cfg.BigQuery.CheckFiles(); err != nil {
+			msg := strings.TrimPrefix(err.Error(), "credentials_file: ")
+			msg = strings.TrimPrefix(msg, "credentials_file ")
+			d.problems = append(d.problems, d.at(key, problem{key: key, msg: msg}))
+		}
+	}
+	for _, tf := range []struct{ key, path string }{
+		{"kafka.sasl.token_file", cfg.Kafka.SASL.TokenFile},
+		{"schema_registry.bearer_token_file", cfg.SchemaRegistry.BearerTokenFile},
+	} {
+		if !readable(tf.key, tf.path) {
+			continue
+		}
+		if b, err := os.ReadFile(tf.path); err == nil && strings.TrimSpace(string(b)) == "" {
+			d.problems = append(d.problems, d.at(tf.key, problem{key: tf.key, msg: fmt.Sprintf("%q is empty: it holds no token", tf.path)}))
+		}
+	}
+}
+
 // unreadable says why the file at path cannot be read, or returns "" if it
 // can. It reads at most one byte, and opens nothing but regular files (a
 // FIFO would block).
@@ -826,49 +888,65 @@ func unreadable(path string) (msg, hint string) {
 	return "", ""
 }
 
-// summary is the effective config as logged at startup: keys as in the
-// file, defaults filled in, durations as text. A field tagged
-// secret:"true" shows only whether it is set; one tagged secret:"url"
-// loses the password a URL may carry.
-func (c config) summary() map[string]any {
+// Summary is the effective config as logged at startup: keys as in the
+// file, defaults filled in, durations as text. A key declared Secret shows
+// only whether it is set; one declared SecretURL loses the password a URL
+// may carry.
+func (c File) Summary() map[string]any {
 	c.Config = c.Config.WithDefaults()
-	return summarize(reflect.ValueOf(c))
-}
-
-func summarize(v reflect.Value) map[string]any {
-	out := map[string]any{}
-	t := v.Type()
-	for i := range t.NumField() {
-		f, fv := t.Field(i), v.Field(i)
-		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
-		if opts == "inline" {
-			maps.Copy(out, summarize(fv))
-			continue
-		}
-		if name == "-" || !f.IsExported() {
-			continue
-		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
-		}
-		for fv.Kind() == reflect.Pointer && !fv.IsNil() && fv.Elem().Kind() == reflect.Struct {
-			fv = fv.Elem()
-		}
-		switch {
-		case f.Tag.Get("secret") == "true":
-			out[name] = ""
-			if !fv.IsZero() {
-				out[name] = "[redacted]"
-			}
-		case f.Tag.Get("secret") == "url":
-			out[name] = redactURL(fv.String())
-		case fv.Type() == durationType:
-			out[name] = time.Duration(fv.Int()).String()
-		case fv.Kind() == reflect.Struct:
-			out[name] = summarize(fv)
-		default:
-			out[name] = fv.Interface()
+	secrets := map[string]keys.Key{}
+	for _, k := range Keys() {
+		if k.Secret || k.SecretURL {
+			secrets[k.Path] = k
 		}
 	}
-	return out
+	return summarize(reflect.ValueOf(c), "", secrets).(map[string]any)
+}
+
+// summarize turns v, found at key, into what the startup log shows:
+// structs and maps as maps keyed as in the file, everything else as its
+// value.
+func summarize(v reflect.Value, key string, secrets map[string]keys.Key) any {
+	for v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return nil
+		}
+		v = v.Elem()
+	}
+	if k, ok := secrets[key]; ok {
+		switch {
+		case k.SecretURL:
+			return redactURL(v.String())
+		case v.IsZero():
+			return ""
+		}
+		return "[redacted]"
+	}
+	switch {
+	case v.Type() == durationType:
+		return time.Duration(v.Int()).String()
+	case v.Kind() != reflect.Struct && v.Type().Implements(stringerType):
+		return v.Interface().(fmt.Stringer).String()
+	case v.Kind() == reflect.Struct:
+		out := map[string]any{}
+		for name, f := range yamlFields(v.Type()) {
+			out[name] = summarize(v.FieldByIndex(f.Index), join(key, name), secrets)
+		}
+		return out
+	case v.Kind() == reflect.Map && v.Type().Key().Kind() == reflect.String:
+		out := map[string]any{}
+		for _, mk := range v.MapKeys() {
+			out[mk.String()] = summarize(v.MapIndex(mk), join(key, mk.String()), secrets)
+		}
+		return out
+	}
+	return v.Interface()
+}
+
+// redactURL hides the password a URL may carry (https://user:xxxxx@host).
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return raw
 }
