@@ -23,7 +23,7 @@ const requestSlack = 1024
 // refer to the rows passed to Append; rows in neither field were written.
 //
 // Rejected rows will never be accepted as they are: a row not made by
-// Encode, or a row BigQuery named in its row errors (wrapping
+// Table.Row, or a row BigQuery named in its row errors (wrapping
 // ErrRowRejected).
 //
 // Retry rows were not acknowledged and may be appended again. Most were
@@ -185,7 +185,7 @@ type batch struct {
 	offset int64 // stream offset of the first row; -1 on the default stream
 }
 
-// Append sends rows (from this Table's Encode) on the table's default
+// Append sends rows (from this Table's Row) on the table's default
 // stream, split into requests under max_request_bytes and, where the rows
 // were encoded with different schema versions, into one request per run of
 // a version, each carrying its descriptor. It returns once the requests are
@@ -288,7 +288,7 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 	var cur *batch
 	for i, row := range rows {
 		if row.enc == nil {
-			r.record(nil, map[int]error{i: errors.New("not a row made by Table.Encode")}, nil)
+			r.record(nil, map[int]error{i: errors.New("not a row made by Table.Row")}, nil)
 			continue
 		}
 		overhead := t.overhead(row.enc)

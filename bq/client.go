@@ -1,13 +1,15 @@
 // Package bq keeps BigQuery tables in shape and writes rows to them through
 // the Storage Write API's default stream. It knows BigQuery, not Kafka nor
-// Avro: rows arrive as map[string]any per the row value contract and are
-// encoded once, to protobuf wire bytes, by Table.Encode.
+// Avro: rows arrive as the protobuf wire bytes of the table's Format,
+// written by a transcoder (package schema); Format.AppendColumn encodes a
+// column the transcoder leaves to its caller from a value of the row value
+// contract (map[string]any per RECORD, []any per REPEATED column).
 //
 // A Client owns the REST client (table metadata) and the Storage Write
 // client (appends). Client.Table hands out one *Table per table; a Table
-// evolves its schema with EnsureSchema, encodes rows with Encode and writes
-// them with Append, whose Result says per row whether it was written,
-// rejected for good, or must be retried.
+// evolves its schema with EnsureSchema, makes Rows of row bytes with Row
+// and writes them with Append, whose Result says per row whether it was
+// written, rejected for good, or must be retried.
 //
 // Every network call is bounded: REST calls, stream lookups, opens and
 // sends by Config.Timeout, the wait for an append's answer by

@@ -16,28 +16,26 @@ import (
 	"google.golang.org/protobuf/types/descriptorpb"
 )
 
-// encoder turns rows (the row value contract) into serialized proto2
-// messages for one version of a table's schema. It writes the wire format
-// directly from plans compiled once per schema, so a row costs one
-// allocation (its bytes). It is immutable once built apart from its scratch
-// pool, so appends share it freely; a schema change builds a new one.
+// encoder is one version of a table's schema as rows are written to it:
+// the wire descriptor of its rows (proto2 messages, field i+1 for column i)
+// and the plans Format.AppendColumn encodes a column from (a value of the
+// row value contract, such as the Kafka metadata column) into that wire
+// format directly. Rows themselves come as bytes from a transcoder (package
+// schema). It is immutable once built apart from its scratch pool, so
+// appends share it freely; a schema change builds a new one.
 type encoder struct {
 	schema  bigquery.Schema               // the table schema it was built from
 	dp      *descriptorpb.DescriptorProto // self-contained descriptor for the wire
 	dpSize  int                           // its encoded size, part of every request budget
 	root    *msgPlan
-	scratch sync.Pool // *encodeState, so concurrent appends do not share buffers
+	scratch sync.Pool // *encodeState, so concurrent AppendColumn calls do not share slots
 	format  *Format   // its exported face
 }
 
-// encodeState is one encode call's scratch, reused across calls.
+// encodeState is one AppendColumn call's scratch, reused across calls.
 type encodeState struct {
-	buf   []byte
-	slots []any // stack of per-record column values, for rows whose keys are not exact column names
+	slots []any // stack of per-record column values, for records whose keys are not exact column names
 }
-
-// maxPooledBuf keeps one huge row from pinning its buffer in the pool.
-const maxPooledBuf = 1 << 20
 
 type msgPlan struct {
 	path    string                // the record's dotted path; "" for the row
@@ -198,30 +196,6 @@ func newMsgPlan(md protoreflect.MessageDescriptor, s bigquery.Schema, prefix str
 	return p, nil
 }
 
-// encode serializes one row. Every problem is an error naming the column;
-// it never panics on bad input. Fields are written in field number order.
-func (e *encoder) encode(row map[string]any) ([]byte, error) {
-	st, _ := e.scratch.Get().(*encodeState)
-	if st == nil {
-		st = &encodeState{}
-	}
-	b, err := e.root.appendMsg(st, st.buf[:0], row)
-	var out []byte
-	if err == nil {
-		out = make([]byte, len(b))
-		copy(out, b)
-	}
-	if cap(b) <= maxPooledBuf {
-		st.buf = b
-	} else {
-		st.buf = nil
-	}
-	clear(st.slots[:cap(st.slots)]) // drop row values an error left behind
-	st.slots = st.slots[:0]
-	e.scratch.Put(st)
-	return out, err
-}
-
 func (p *msgPlan) lookup(name string) *fieldPlan {
 	if f, ok := p.byName[name]; ok {
 		return f
@@ -250,9 +224,10 @@ func asciiLower(dst []byte, s string) ([]byte, bool) {
 	return dst, true
 }
 
-// appendMsg appends the fields of one message (the row or a record) to b.
-// Errors rank as the dynamicpb encoder's did: a bad value first, then an
-// unknown column, then a missing REQUIRED one.
+// appendMsg appends the fields of one message (a record, or the row) to b,
+// in field number order. Every problem is an error naming the column; it
+// never panics on bad input. Errors rank as the dynamicpb encoder's did: a
+// bad value first, then an unknown column, then a missing REQUIRED one.
 func (p *msgPlan) appendMsg(st *encodeState, b []byte, row map[string]any) ([]byte, error) {
 	if 2*len(row) < len(p.fields) {
 		// A sparse row: walking its keys beats probing every column.
@@ -334,7 +309,7 @@ func (p *msgPlan) appendMsgByKeys(st *encodeState, b []byte, row map[string]any)
 			return b, f.missingErr()
 		}
 	}
-	st.slots = st.slots[:base] // encode clears the values it leaves
+	st.slots = st.slots[:base] // AppendColumn clears the values it leaves
 	return b, nil
 }
 

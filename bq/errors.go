@@ -35,11 +35,12 @@ var (
 	// off. Retrying does not help.
 	ErrIncompatible = errors.New("incompatible schema change")
 
-	// ErrNoSchema: Encode was called before EnsureSchema succeeded for the
-	// table. Call EnsureSchema, then encode again.
+	// ErrNoSchema: Row was called before EnsureSchema succeeded for the
+	// table (there is no Format yet). Call EnsureSchema, then Row again.
 	ErrNoSchema = errors.New("table schema not known yet")
-	// ErrUnknownColumn: the row names a column the table's known schema
-	// lacks. Call EnsureSchema with a schema that has it, then encode again.
+	// ErrUnknownColumn: a value for AppendColumn names a column the table's
+	// known schema lacks. Call EnsureSchema with a schema that has it, then
+	// encode again with the new Format.
 	ErrUnknownColumn = errors.New("unknown column")
 	// ErrRowTooLarge: the row alone does not fit in a request under
 	// max_request_bytes. It can never be written as it is.

@@ -8,10 +8,10 @@ import (
 
 // Format is the wire format of rows for one version of a table's schema:
 // the protobuf message BigQuery receives, with field i+1 for column i of
-// Columns (recursively for RECORD columns). Rows built by other code (a
-// transcoder writing the same message) and rows from Encode are
-// interchangeable. A Format is immutable and goroutine-safe; a schema
-// change makes a new one.
+// Columns (recursively for RECORD columns). Rows are built by other code (a
+// transcoder writing this message; AppendColumn for a column it leaves to
+// its caller) and made Rows by Table.Row. A Format is immutable and
+// goroutine-safe; a schema change makes a new one.
 type Format struct {
 	enc     *encoder
 	columns bigquery.Schema // writable columns, canonical types, field order
@@ -34,21 +34,19 @@ func NewFormat(schema bigquery.Schema) (*Format, error) {
 // modify it.
 func (f *Format) Columns() bigquery.Schema { return f.columns }
 
-// Encode encodes row (the row value contract: column name to value, NULL
-// an absent key) as this format's message. Errors name the column: a value
-// that does not fit its column, a missing REQUIRED value, or an unknown
-// column (wrapping ErrUnknownColumn).
-func (f *Format) Encode(row map[string]any) ([]byte, error) { return f.enc.encode(row) }
-
 // Message is the encoded content of a RECORD value (its fields, without
-// key or length), accepted by Encode and AppendColumn in place of a
-// map[string]any for a RECORD column and written as is. It lets a caller
-// build part of a row with a faster encoder of its own.
+// key or length), accepted by AppendColumn in place of a map[string]any
+// for a RECORD column and written as is. It lets a caller build part of a
+// value with a faster encoder of its own.
 type Message []byte
 
 // AppendColumn appends the complete encoded field (key, length, value) of
 // the top-level column name holding v, the form a transcoder takes for a
-// column it does not write itself. A nil v appends nothing (NULL).
+// column it does not write itself. v follows the row value contract (a
+// RECORD is a map[string]any of column name to value, NULL an absent key;
+// a REPEATED column a []any); a nil v appends nothing (NULL). Errors name
+// the column: a value that does not fit its column, a missing REQUIRED
+// value, or an unknown column (wrapping ErrUnknownColumn).
 func (f *Format) AppendColumn(dst []byte, name string, v any) ([]byte, error) {
 	col := f.enc.root.lookup(name)
 	if col == nil {
@@ -68,8 +66,8 @@ func (f *Format) AppendColumn(dst []byte, name string, v any) ([]byte, error) {
 	return dst, err
 }
 
-// Format returns the format Encode uses now, as EnsureSchema last left it,
-// or nil if EnsureSchema never succeeded for this table.
+// Format returns the table's format now, as EnsureSchema last left it, or
+// nil if EnsureSchema never succeeded for this table.
 func (t *Table) Format() *Format {
 	if enc := t.enc.Load(); enc != nil {
 		return enc.format

@@ -93,7 +93,7 @@ func (t *Table) Name() string {
 //
 // Once want is known to fit, later calls with an equal want return nil
 // without calling BigQuery, until an append finds the table deleted. Calls
-// on one Table run one at a time; later Encodes use the table's new schema.
+// on one Table run one at a time; Format then returns the new schema's.
 func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 	if t.nameErr != nil {
 		return t.nameErr
@@ -204,7 +204,7 @@ func (t *Table) forget() {
 	clear(t.known)
 }
 
-// useSchema makes s the schema later Encodes use and records that the want
+// useSchema makes s the schema Format describes and records that the want
 // with fingerprint fp fits it. Callers hold schemaSem.
 func (t *Table) useSchema(s bigquery.Schema, fp fingerprint) error {
 	if cur := t.enc.Load(); cur == nil || schemaFingerprint(cur.schema) != schemaFingerprint(s) {
@@ -226,9 +226,9 @@ func (t *Table) useSchema(s bigquery.Schema, fp fingerprint) error {
 	return nil
 }
 
-// Row is one row encoded by Table.Encode: its wire bytes and the schema
-// version they were encoded with. It is immutable and may be appended any
-// number of times, to the Table that encoded it only. The zero Row is
+// Row is one row made by Table.Row: its wire bytes and the schema version
+// (Format) they were encoded with. It is immutable and may be appended any
+// number of times, to the Table that made it only. The zero Row is
 // rejected by Append.
 type Row struct {
 	b   []byte
@@ -237,31 +237,6 @@ type Row struct {
 
 // Size returns the bytes the row holds (its encoded size).
 func (r Row) Size() int { return len(r.b) }
-
-// Encode encodes row (the row value contract: column name to value) with
-// the table's current schema, as EnsureSchema last left it. It does no I/O
-// and is goroutine-safe.
-//
-// Errors: ErrNoSchema if EnsureSchema never succeeded for this table;
-// ErrUnknownColumn if the row names a column the known schema lacks (call
-// EnsureSchema with it, then encode again); ErrRowTooLarge if the row alone
-// cannot fit a request under max_request_bytes. Any other error (a value
-// that does not fit its column, a missing REQUIRED value) names the column
-// and is permanent for this row.
-func (t *Table) Encode(row map[string]any) (Row, error) {
-	if t.nameErr != nil {
-		return Row{}, t.nameErr
-	}
-	enc := t.enc.Load()
-	if enc == nil {
-		return Row{}, fmt.Errorf("encode a row for %s: %w: call EnsureSchema first", t.Name(), ErrNoSchema)
-	}
-	b, err := enc.encode(row)
-	if err != nil {
-		return Row{}, err
-	}
-	return t.row(enc, b)
-}
 
 func (t *Table) row(enc *encoder, b []byte) (Row, error) {
 	limit := t.c.cfg.maxRequestBytes()

@@ -141,13 +141,13 @@ func (s *Stream) Close() {
 // ErrStreamNotFound or ErrStreamFinalized (use another stream), and Retry
 // rows after OUT_OF_RANGE (an earlier offset is not written yet) are to be
 // appended again at their offsets once the rows before them are. Every row
-// must come from Encode or Row (no row is skipped, or offsets would shift).
+// must come from Row (no row is skipped, or offsets would shift).
 func (s *Stream) Append(ctx context.Context, rows []Row, offset int64) (*Result, error) {
 	t := s.w.t
 	limit := t.c.cfg.maxRequestBytes()
 	for i, row := range rows {
 		if row.enc == nil || t.overhead(row.enc)+rowWireSize(len(row.b)) > limit {
-			return nil, fmt.Errorf("append to %s: row %d was not made by Encode or Row for this table", s.w.name, i)
+			return nil, fmt.Errorf("append to %s: row %d was not made by Row for this table", s.w.name, i)
 		}
 	}
 	first, err := s.w.append(ctx, rows, offset)

@@ -10,6 +10,10 @@ import (
 	"cloud.google.com/go/bigquery"
 )
 
+// The tests of the reference decoder (decode_oracle_test.go), which the
+// transcoder's tests trust: every way a body can be bad is an ErrDecode
+// naming the field, and rows are independent of each other.
+
 func TestDecodeErrors(t *testing.T) {
 	v2 := parseFiles(t, "sms_physical_stock_updates.v2.avsc")
 	var v2Record map[string]any

@@ -32,8 +32,9 @@ func FuzzSplit(f *testing.F) {
 }
 
 // FuzzDecode feeds arbitrary bodies to the golden schemas (the first
-// argument picks one). Decode must never panic, must fail only with
-// ErrDecode, and a row it returns must hold only row-contract values.
+// argument picks one). Decode, the transcoder's reference, must never
+// panic, must fail only with ErrDecode, and a row it returns must hold only
+// row-contract values.
 func FuzzDecode(f *testing.F) {
 	gs := goldens()
 	schemas := make([]*Schema, len(gs))

@@ -21,15 +21,13 @@ const (
 var reservedPrefixes = [...]string{"_TABLE_", "_FILE_", "_PARTITION", "_ROW_TIMESTAMP", "__ROOT__", "_COLON_"}
 
 // column is what one Avro type becomes: the shape of a BigQuery column (its
-// name and description belong to the enclosing field) and how to decode a
-// value of it.
+// name and description belong to the enclosing field).
 type column struct {
 	typ      bigquery.FieldType
 	fields   bigquery.Schema // RECORD only
 	repeated bool
 	nullable bool   // NULLABLE rather than REQUIRED; never set together with repeated
 	doc      string // the named type's doc, used when the field has none
-	dec      decodeFunc
 }
 
 func (c column) field(name, doc string) *bigquery.FieldSchema {
@@ -46,8 +44,8 @@ func (c column) field(name, doc string) *bigquery.FieldSchema {
 	}
 }
 
-// compile maps a parsed writer schema to BigQuery columns and a decoder.
-// Errors wrap ErrUnsupported.
+// compile maps a parsed writer schema to BigQuery columns and keeps it for
+// Transcoder. Errors wrap ErrUnsupported.
 func compile(id int, root avro.Schema, logger *zap.Logger) (*Schema, error) {
 	if ref, ok := root.(*avro.RefSchema); ok {
 		root = ref.Schema()
@@ -64,9 +62,7 @@ func compile(id int, root avro.Schema, logger *zap.Logger) (*Schema, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: schema %d: %v", ErrUnsupported, id, err)
 	}
-	s := newSchema(id, c.fields, c.dec)
-	s.writer = rec
-	return s, nil
+	return &Schema{id: id, columns: c.fields, writer: rec}, nil
 }
 
 type mapper struct {
@@ -86,7 +82,7 @@ func (m *mapper) mapType(path string, s avro.Schema) (column, error) {
 	case *avro.RecordSchema:
 		return m.record(path, s)
 	case *avro.EnumSchema:
-		return column{typ: bigquery.StringFieldType, doc: s.Doc(), dec: enumDecoder(s.Symbols())}, nil
+		return column{typ: bigquery.StringFieldType, doc: s.Doc()}, nil
 	case *avro.FixedSchema:
 		return m.fixed(path, s)
 	case *avro.ArraySchema:
@@ -112,7 +108,6 @@ func (m *mapper) record(path string, s *avro.RecordSchema) (column, error) {
 	defer func() { m.stack = m.stack[:len(m.stack)-1] }()
 
 	fields := make(bigquery.Schema, 0, len(s.Fields()))
-	decs := make([]fieldDecoder, 0, len(s.Fields()))
 	seen := make(map[string]string, len(s.Fields()))
 	for _, f := range s.Fields() {
 		if err := checkName(f.Name(), seen); err != nil {
@@ -123,9 +118,8 @@ func (m *mapper) record(path string, s *avro.RecordSchema) (column, error) {
 			return column{}, err
 		}
 		fields = append(fields, c.field(f.Name(), f.Doc()))
-		decs = append(decs, fieldDecoder{name: f.Name(), dec: c.dec})
 	}
-	return column{typ: bigquery.RecordFieldType, fields: fields, doc: s.Doc(), dec: recordDecoder(decs)}, nil
+	return column{typ: bigquery.RecordFieldType, fields: fields, doc: s.Doc()}, nil
 }
 
 func (m *mapper) primitive(path string, s *avro.PrimitiveSchema) column {
@@ -138,40 +132,34 @@ func (m *mapper) primitive(path string, s *avro.PrimitiveSchema) column {
 	}
 	switch s.Type() {
 	case avro.Boolean:
-		return column{typ: bigquery.BooleanFieldType, dec: decodeBool}
+		return column{typ: bigquery.BooleanFieldType}
 	case avro.Int:
 		switch logical {
 		case avro.Date:
-			return column{typ: bigquery.DateFieldType, dec: decodeDate}
+			return column{typ: bigquery.DateFieldType}
 		case avro.TimeMillis:
-			return column{typ: bigquery.TimeFieldType, dec: decodeTimeMillis}
+			return column{typ: bigquery.TimeFieldType}
 		}
-		return column{typ: bigquery.IntegerFieldType, dec: decodeInt}
+		return column{typ: bigquery.IntegerFieldType}
 	case avro.Long:
 		switch logical {
 		case avro.TimeMicros:
-			return column{typ: bigquery.TimeFieldType, dec: decodeTimeMicros}
-		case avro.TimestampMillis:
-			return column{typ: bigquery.TimestampFieldType, dec: decodeTimestampMillis}
-		case avro.TimestampMicros:
-			return column{typ: bigquery.TimestampFieldType, dec: decodeTimestampMicros}
-		case avro.LocalTimestampMillis:
-			return column{typ: bigquery.DateTimeFieldType, dec: decodeLocalTimestampMillis}
-		case avro.LocalTimestampMicros:
-			return column{typ: bigquery.DateTimeFieldType, dec: decodeLocalTimestampMicros}
+			return column{typ: bigquery.TimeFieldType}
+		case avro.TimestampMillis, avro.TimestampMicros:
+			return column{typ: bigquery.TimestampFieldType}
+		case avro.LocalTimestampMillis, avro.LocalTimestampMicros:
+			return column{typ: bigquery.DateTimeFieldType}
 		}
-		return column{typ: bigquery.IntegerFieldType, dec: decodeLong}
-	case avro.Float:
-		return column{typ: bigquery.FloatFieldType, dec: decodeFloat}
-	case avro.Double:
-		return column{typ: bigquery.FloatFieldType, dec: decodeDouble}
+		return column{typ: bigquery.IntegerFieldType}
+	case avro.Float, avro.Double:
+		return column{typ: bigquery.FloatFieldType}
 	case avro.Bytes:
 		if d, ok := s.Logical().(*avro.DecimalLogicalSchema); ok {
-			return m.decimal(path, d, (*decoder).bytes)
+			return m.decimal(path, d)
 		}
-		return column{typ: bigquery.BytesFieldType, dec: decodeBytes}
+		return column{typ: bigquery.BytesFieldType}
 	default: // avro.String; uuid and unknown logical types stay strings
-		return column{typ: bigquery.StringFieldType, dec: decodeString}
+		return column{typ: bigquery.StringFieldType}
 	}
 }
 
@@ -179,22 +167,22 @@ func (m *mapper) fixed(path string, s *avro.FixedSchema) (column, error) {
 	size := s.Size()
 	if size == 0 {
 		// Every value we accept takes at least one byte: that bounds how many
-		// array items a body can claim (see decoder.items).
+		// array items a body can claim (see tstate.blockCount).
 		return column{}, fmt.Errorf("field %s: fixed %s has size 0 and carries no data", path, s.FullName())
 	}
 	if d, ok := s.Logical().(*avro.DecimalLogicalSchema); ok {
-		return m.decimal(path, d, func(d *decoder) ([]byte, error) { return d.fixed(size) }), nil
+		return m.decimal(path, d), nil
 	}
 	// duration (fixed 12) lands here too, as its raw bytes.
-	return column{typ: bigquery.BytesFieldType, dec: fixedDecoder(size)}, nil
+	return column{typ: bigquery.BytesFieldType}, nil
 }
 
 // decimal picks the narrowest BigQuery type that holds every value of
 // decimal(precision, scale), as BigQuery's Avro loading does. The column
 // keeps no precision/scale parameters (neither does BigQuery's loading): a
 // parameterised column would need an ALTER each time a schema version widens
-// the decimal, and the decoder already rejects values over the precision.
-func (m *mapper) decimal(path string, d *avro.DecimalLogicalSchema, raw func(*decoder) ([]byte, error)) column {
+// the decimal, and the transcoder already rejects values over the precision.
+func (m *mapper) decimal(path string, d *avro.DecimalLogicalSchema) column {
 	p, s := d.Precision(), d.Scale()
 	typ := bigquery.StringFieldType
 	switch {
@@ -207,7 +195,7 @@ func (m *mapper) decimal(path string, d *avro.DecimalLogicalSchema, raw func(*de
 			zap.Int("schema_id", m.id), zap.String("field", path),
 			zap.Int("precision", p), zap.Int("scale", s))
 	}
-	return column{typ: typ, dec: decimalDecoder(raw, p, s)}
+	return column{typ: typ}
 }
 
 func (m *mapper) array(path string, s *avro.ArraySchema) (column, error) {
@@ -219,9 +207,9 @@ func (m *mapper) array(path string, s *avro.ArraySchema) (column, error) {
 		// BigQuery has no array of arrays: each inner array becomes a RECORD
 		// holding it in a REPEATED field "items".
 		inner := item.field("items", "")
-		item = column{typ: bigquery.RecordFieldType, fields: bigquery.Schema{inner}, dec: wrapDecoder("items", item.dec)}
+		item = column{typ: bigquery.RecordFieldType, fields: bigquery.Schema{inner}}
 	}
-	return column{typ: item.typ, fields: item.fields, repeated: true, doc: item.doc, dec: arrayDecoder(item.dec)}, nil
+	return column{typ: item.typ, fields: item.fields, repeated: true, doc: item.doc}, nil
 }
 
 func (m *mapper) mapOf(path string, s *avro.MapSchema) (column, error) {
@@ -233,7 +221,7 @@ func (m *mapper) mapOf(path string, s *avro.MapSchema) (column, error) {
 		{Name: "key", Type: bigquery.StringFieldType, Required: true},
 		val.field("value", ""),
 	}
-	return column{typ: bigquery.RecordFieldType, fields: fields, repeated: true, dec: mapDecoder(val.dec)}, nil
+	return column{typ: bigquery.RecordFieldType, fields: fields, repeated: true}, nil
 }
 
 func (m *mapper) union(path string, s *avro.UnionSchema) (column, error) {
@@ -255,7 +243,6 @@ func (m *mapper) union(path string, s *avro.UnionSchema) (column, error) {
 		if err != nil {
 			return column{}, err
 		}
-		c.dec = optionalDecoder(len(types), null, c.dec, c.repeated)
 		// A REPEATED column cannot be NULLABLE: null becomes the empty array.
 		c.nullable = null >= 0 && !c.repeated
 		return c, nil
@@ -264,7 +251,6 @@ func (m *mapper) union(path string, s *avro.UnionSchema) (column, error) {
 	// Several non-null branches: a RECORD with one field per branch, at most
 	// one of them set, as BigQuery's Avro loading does.
 	fields := make(bigquery.Schema, 0, len(branches))
-	decs := make([]branchDecoder, len(types))
 	seen := make(map[string]string, len(branches))
 	for _, i := range branches {
 		name := branchName(types[i])
@@ -278,9 +264,8 @@ func (m *mapper) union(path string, s *avro.UnionSchema) (column, error) {
 		f := c.field(name, "")
 		f.Required = false
 		fields = append(fields, f)
-		decs[i] = branchDecoder{name: name, dec: c.dec}
 	}
-	return column{typ: bigquery.RecordFieldType, fields: fields, nullable: null >= 0, dec: unionDecoder(decs)}, nil
+	return column{typ: bigquery.RecordFieldType, fields: fields, nullable: null >= 0}, nil
 }
 
 // branchName names the RECORD field of a union branch: the primitive type

@@ -27,13 +27,14 @@ var ErrTableMismatch = errors.New("writer schema does not match the table")
 
 // Transcoder turns Avro binary bodies of one writer schema into the
 // protobuf wire bytes of rows of one table schema: the message BigQuery's
-// Storage Write API takes for that table (as built by bq.NewFormat), without
-// the row value contract in between. Its output is byte for byte what
-// Schema.Decode followed by bq's Format.Encode produce, and its errors read
-// the same: a body that does not decode fails with ErrDecode and Decode's
-// message, a decoded row the table cannot take (a NULL in a REQUIRED
-// column) with bq's message. It is immutable and safe for concurrent use;
-// Append allocates nothing when dst has room.
+// Storage Write API takes for that table (as built by bq.NewFormat), fields
+// in field-number order, without any Go value per field in between. Its
+// tests hold its output, byte for byte, to a reference that decodes the
+// body into the row value contract and encodes that with bq's encoder. A
+// body that does not decode fails with ErrDecode, a row the table cannot
+// take (a NULL in a REQUIRED column) with an error naming the column. It is
+// immutable and safe for concurrent use; Append allocates nothing when dst
+// has room.
 type Transcoder struct {
 	id    int
 	root  *recPlan
@@ -73,7 +74,6 @@ func (s *Schema) Transcoder(table bigquery.Schema, extra string) (*Transcoder, e
 	if err != nil {
 		return nil, err
 	}
-	root.extraExact = extraIdx >= 0 && table[extraIdx].Name == extra
 	t := &Transcoder{id: s.id, root: root}
 	t.spans.New = func() any { return new([]int) }
 	return t, nil
@@ -85,14 +85,17 @@ func (s *Schema) Transcoder(table bigquery.Schema, extra string) (*Transcoder, e
 // column (key, length, message) and is placed at that column's position in
 // field-number order; nil means the column is NULL.
 //
-// A body that does not decode fails with an error wrapping ErrDecode, worded
-// as Decode's; it takes precedence over a row the table cannot take (a NULL
-// for a REQUIRED column), which fails with bq's message, e.g.
-// `column "a.b": REQUIRED but missing or null`. On error dst is returned
-// as it was given. Arbitrary input returns an error, never panics.
+// A body that does not decode fails with an error wrapping ErrDecode that
+// names the field path, e.g. `lines[2].weight_kg: body ends early`. A row
+// the table cannot take (a NULL for a REQUIRED column; the first one met
+// in reading order) fails with an error naming the column that does not
+// wrap ErrDecode, e.g. `column "a.b": REQUIRED but missing or null`; it is
+// reported only once the whole body has decoded, so a body that does not
+// decode always fails with ErrDecode. On error dst is returned as it was
+// given. Arbitrary input returns an error, never panics.
 func (t *Transcoder) Append(dst, body, extraField []byte) ([]byte, error) {
 	start := len(dst)
-	st := tstate{buf: body, size: len(body), items: len(body), arena: len(body), t: t}
+	st := tstate{buf: body, t: t}
 	out, err := t.root.run(&st, dst, extraField)
 	if err == nil && st.pos < len(body) {
 		err = fail("trailing bytes after the record")
@@ -140,9 +143,9 @@ const (
 	kUnion // several non-null branches: a RECORD with one field set
 )
 
-// node reads one Avro value and appends what the reference encoder writes
-// for it in its place: the key (tag) and value of one field, or of one
-// element of a repeated field, or a bare value inside a packed run.
+// node reads one Avro value and appends its protobuf encoding: the key
+// (tag) and value of one field, or of one element of a repeated field, or a
+// bare value inside a packed run.
 type node struct {
 	kind kind
 	tag  []byte // the encoded key; empty for an element of a packed run
@@ -177,27 +180,18 @@ type recPlan struct {
 	reorder bool
 	order   []int
 
-	extraAt    int // in order: the extra column goes before fields[extraAt]; -1 none
-	extraIdx   int // column index of the extra column, or -1
-	extraErr   error
-	extraExact bool // the caller's name for it is the column's exact name
+	extraAt  int   // in order: the extra column goes before fields[extraAt]; -1 none
+	extraErr error // the extra column is REQUIRED: a row without it fails with this
 
-	ncols int // columns of the message
-
-	// missIdx is the first REQUIRED column no writer field fills (math.MaxInt
-	// if none), missErr its error.
-	missIdx int
+	// missErr: a REQUIRED column no writer field fills, so every row fails.
 	missErr error
 }
 
 type tfield struct {
-	name     string // the writer's name, a segment of decode error paths
-	idx      int    // column index: field number - 1
-	node     *node
-	required bool  // the column is REQUIRED: a NULL value fails the row
-	missErr  error // bq's error for that
-	repeated bool  // the column is REPEATED
-	exact    bool  // name is the column's exact name
+	name    string // the writer's name, a segment of decode error paths
+	idx     int    // column index: field number - 1
+	node    *node
+	missErr error // the column is REQUIRED: a NULL value fails the row with this
 }
 
 // wfield is a field of a record being compiled: a record's field, a map
@@ -220,7 +214,7 @@ func (c *tcompiler) mismatch(format string, args ...any) error {
 // columns of that message; tprefix is the dotted table path of the message
 // plus "." (bq's column paths), wpath the writer path.
 func (c *tcompiler) record(fields []wfield, wpath string, table bigquery.Schema, tprefix string, extraIdx int) (*recPlan, error) {
-	p := &recPlan{extraAt: -1, extraIdx: extraIdx, missIdx: math.MaxInt, ncols: len(table)}
+	p := &recPlan{extraAt: -1}
 	used := make([]bool, len(table))
 	inOrder := true
 	last := -1
@@ -247,9 +241,8 @@ func (c *tcompiler) record(fields []wfield, wpath string, table bigquery.Schema,
 		if err != nil {
 			return nil, err
 		}
-		required := col.Required && !col.Repeated
-		f := &tfield{name: wf.name, idx: idx, node: n, required: required, repeated: col.Repeated, exact: col.Name == wf.name}
-		if required {
+		f := &tfield{name: wf.name, idx: idx, node: n}
+		if col.Required && !col.Repeated {
 			f.missErr = missingError(tpath)
 		}
 		p.fields = append(p.fields, f)
@@ -260,7 +253,7 @@ func (c *tcompiler) record(fields []wfield, wpath string, table bigquery.Schema,
 	}
 	for i, col := range table {
 		if !used[i] && i != extraIdx && col != nil && col.Required && !col.Repeated {
-			p.missIdx, p.missErr = i, missingError(tprefix+col.Name)
+			p.missErr = missingError(tprefix + col.Name)
 			break
 		}
 	}
@@ -453,7 +446,9 @@ func primitiveNode(s *avro.PrimitiveSchema, tag []byte) *node {
 
 func decimalNode(k kind, d *avro.DecimalLogicalSchema, tag []byte) *node {
 	p := d.Precision()
-	// As decimalDecoder: the most bytes a value of p digits needs.
+	// The most bytes a value of p digits needs once redundant sign bytes are
+	// stripped: checking it first keeps a hostile length from costing a long
+	// conversion.
 	return &node{kind: k, tag: tag, precision: p, scale: d.Scale(), maxBytes: (p*3322/1000+1)/8 + 2}
 }
 
@@ -568,7 +563,7 @@ func fieldTag(idx int, col *bigquery.FieldSchema) []byte {
 	return protowire.AppendVarint(nil, protowire.EncodeTag(protowire.Number(idx+1), wt))
 }
 
-// missingError is bq's error for a REQUIRED column left NULL.
+// missingError is the error for a REQUIRED column left NULL, worded as bq's.
 func missingError(path string) error {
 	return fmt.Errorf("column %q: REQUIRED but missing or null", path)
 }
@@ -577,19 +572,62 @@ func missingError(path string) error {
 
 // tstate is one Append call: the body being read and what is pending.
 type tstate struct {
-	buf   []byte
-	pos   int
-	size  int // len(buf)
-	items int // array items and map entries the rest of the body can hold (decoder.items)
-	arena int // what is left of Decode's arena: size less the bytes taken so far
-	t     *Transcoder
-	// enc is the first error of the row's encoding (bq's order) in the value
-	// just written; the caller of a node takes it and clears it.
+	buf []byte
+	pos int
+	t   *Transcoder
+	// enc is the first reason, in reading order, the table cannot take the
+	// row (a NULL for a REQUIRED column); Append returns it once the whole
+	// body has decoded.
 	enc   error
 	spans *[]int // field offsets of records written out of order
 }
 
 func errEarly() error { return fail("body ends early") }
+
+// decodeError is a body that does not decode and the path to the value
+// that failed, innermost segment first (it is built while unwinding).
+type decodeError struct {
+	rev []string
+	msg string
+}
+
+func (e *decodeError) Error() string { return e.path() + ": " + e.msg }
+
+func (e *decodeError) path() string {
+	var b strings.Builder
+	for i := len(e.rev) - 1; i >= 0; i-- {
+		s := e.rev[i]
+		if b.Len() > 0 && s[0] != '[' {
+			b.WriteByte('.')
+		}
+		b.WriteString(s)
+	}
+	if b.Len() == 0 {
+		return "(top level)"
+	}
+	return b.String()
+}
+
+func fail(format string, args ...any) error {
+	return &decodeError{msg: fmt.Sprintf(format, args...)}
+}
+
+// at prefixes the path of err with a field name or "[i]".
+func at(err error, segment string) error {
+	if de, ok := err.(*decodeError); ok {
+		de.rev = append(de.rev, segment)
+	}
+	return err
+}
+
+// BigQuery's DATE, DATETIME and TIMESTAMP ranges: 0001-01-01 to 9999-12-31.
+const (
+	minDate   = -719162 // days from 1970-01-01 to 0001-01-01
+	maxDate   = 2932896 // days from 1970-01-01 to 9999-12-31
+	minMicros = -62135596800000000
+	maxMicros = 253402300799999999
+	dayMicros = 86400000000
+)
 
 // readLong reads an Avro long as hamba/avro's Reader does from a byte slice: at
 // most 10 bytes, extra high bits dropped, and a varint that does not end
@@ -639,29 +677,9 @@ func (st *tstate) readInt() (int32, error) {
 	return 0, errEarly()
 }
 
-// length reads a non-negative count or length prefix (decoder.length).
-func (st *tstate) length() (int, error) {
-	n, err := st.readLong()
-	if err != nil {
-		return 0, err
-	}
-	if n < 0 || n > int64(st.size) {
-		return 0, fail("length %d does not fit in a %d-byte body", n, st.size)
-	}
-	return int(n), nil
-}
-
-// take returns the next n bytes (decoder.take).
+// take returns the next n bytes of the body (a fixed, a float or double).
 func (st *tstate) take(n int) ([]byte, error) {
-	if n == 0 {
-		return nil, nil
-	}
-	if n > st.arena {
-		return nil, fail("length %d runs past the end of the body", n)
-	}
-	st.arena -= n
 	if n > len(st.buf)-st.pos {
-		st.pos = len(st.buf)
 		return nil, errEarly()
 	}
 	b := st.buf[st.pos : st.pos+n]
@@ -669,15 +687,28 @@ func (st *tstate) take(n int) ([]byte, error) {
 	return b, nil
 }
 
+// bytes reads a length-prefixed bytes or string value. The length is
+// checked against what is left of the body before anything is taken.
 func (st *tstate) bytes() ([]byte, error) {
-	n, err := st.length()
+	n, err := st.readLong()
 	if err != nil {
 		return nil, err
 	}
-	return st.take(n)
+	if uint64(n) > uint64(len(st.buf)-st.pos) { // a negative n too
+		if n < 0 || n > int64(len(st.buf)) {
+			return nil, fail("length %d does not fit in a %d-byte body", n, len(st.buf))
+		}
+		return nil, errEarly()
+	}
+	b := st.buf[st.pos : st.pos+int(n)]
+	st.pos += int(n)
+	return b, nil
 }
 
-// blockCount reads an array or map block header (decoder.blockCount).
+// blockCount reads an array or map block header: the item count, negative
+// when a byte size follows (which is not needed). Every value takes at
+// least one byte, so a count over what is left of the body is refused
+// before any item is read.
 func (st *tstate) blockCount() (int, error) {
 	n, err := st.readLong()
 	if err != nil {
@@ -689,10 +720,9 @@ func (st *tstate) blockCount() (int, error) {
 		}
 		n = -n
 	}
-	if n < 0 || n > int64(st.items) {
-		return 0, fail("block of %d items cannot fit in the rest of a %d-byte body", n, st.size)
+	if uint64(n) > uint64(len(st.buf)-st.pos) { // math.MinInt64 stays negative
+		return 0, fail("block of %d items cannot fit in the rest of a %d-byte body", n, len(st.buf))
 	}
-	st.items -= int(n)
 	return int(n), nil
 }
 
@@ -707,26 +737,13 @@ func (st *tstate) unionIndex(branches int) (int, error) {
 	return int(i), nil
 }
 
-// readRaw returns the next n bytes of a float or double (Reader.Read,
-// outside the arena).
-func (st *tstate) readRaw(n int) ([]byte, error) {
-	if n > len(st.buf)-st.pos {
-		st.pos = len(st.buf)
-		return nil, errEarly()
-	}
-	b := st.buf[st.pos : st.pos+n]
-	st.pos += n
-	return b, nil
-}
-
 // run reads the message's fields and appends them in field-number order,
-// extra (root only) in its place, and leaves in st.enc the error bq's
-// encoder would give the message, if any (see msgErrors).
+// extra (root only) in its place, and records in st.enc, unless the row
+// already has one, why the table cannot take the message.
 func (p *recPlan) run(st *tstate, dst, extra []byte) ([]byte, error) {
 	if p.reorder {
 		return p.runReordered(st, dst, extra)
 	}
-	e := msgErrors{allIdx: math.MaxInt, exactIdx: math.MaxInt, missIdx: p.missIdx, missErr: p.missErr}
 	for i, f := range p.fields {
 		if i == p.extraAt {
 			dst = append(dst, extra...)
@@ -737,13 +754,28 @@ func (p *recPlan) run(st *tstate, dst, extra []byte) ([]byte, error) {
 		if err != nil {
 			return dst, at(err, f.name)
 		}
-		e.field(st, f, null)
+		if null && f.missErr != nil && st.enc == nil {
+			st.enc = f.missErr
+		}
 	}
 	if p.extraAt == len(p.fields) {
 		dst = append(dst, extra...)
 	}
-	st.enc = e.result(p, extra)
+	p.finish(st, extra)
 	return dst, nil
+}
+
+// finish records, unless the row already has an encoding error, the
+// message's own: a REQUIRED column no writer field fills, or the REQUIRED
+// extra column the caller left NULL.
+func (p *recPlan) finish(st *tstate, extra []byte) {
+	switch {
+	case st.enc != nil:
+	case p.missErr != nil:
+		st.enc = p.missErr
+	case extra == nil && p.extraErr != nil:
+		st.enc = p.extraErr
+	}
 }
 
 // runReordered writes the fields in writer order, then moves them into
@@ -754,7 +786,6 @@ func (p *recPlan) runReordered(st *tstate, dst, extra []byte) ([]byte, error) {
 	}
 	base := len(*st.spans)
 	body := len(dst)
-	e := msgErrors{allIdx: math.MaxInt, exactIdx: math.MaxInt, missIdx: p.missIdx, missErr: p.missErr}
 	for _, f := range p.fields {
 		*st.spans = append(*st.spans, len(dst))
 		var null bool
@@ -764,7 +795,9 @@ func (p *recPlan) runReordered(st *tstate, dst, extra []byte) ([]byte, error) {
 			*st.spans = (*st.spans)[:base]
 			return dst, at(err, f.name)
 		}
-		e.field(st, f, null)
+		if null && f.missErr != nil && st.enc == nil {
+			st.enc = f.missErr
+		}
 	}
 	*st.spans = append(*st.spans, len(dst))
 	starts := (*st.spans)[base:]
@@ -779,72 +812,12 @@ func (p *recPlan) runReordered(st *tstate, dst, extra []byte) ([]byte, error) {
 	n := copy(dst[body:], dst[mid:])
 	dst = dst[:body+n]
 	*st.spans = (*st.spans)[:base]
-	st.enc = e.result(p, extra)
+	p.finish(st, extra)
 	return dst, nil
 }
 
-// msgErrors gathers what decides the error bq's encoder gives one message
-// (msgPlan.appendMsg). It writes the row's columns in field-number order
-// and returns the first value's error, then a missing REQUIRED column's;
-// but when the row is not sparse (at least half the columns present) and a
-// key differs from its column name in case, a first pass over the exactly
-// named columns returns its first error before the second pass, by key,
-// sees the others.
-type msgErrors struct {
-	allIdx, exactIdx int // column index of allErr, exactErr
-	allErr, exactErr error
-	present          int  // keys of the row: fields not NULL (an array is never NULL)
-	nonExact         bool // a key of the row differs from its column name
-	missIdx          int
-	missErr          error
-}
-
-// field takes the outcome of writing f: its value's error in st.enc, and
-// whether it was NULL.
-func (e *msgErrors) field(st *tstate, f *tfield, null bool) {
-	if st.enc != nil {
-		if f.idx < e.allIdx {
-			e.allIdx, e.allErr = f.idx, st.enc
-		}
-		if f.exact && f.idx < e.exactIdx {
-			e.exactIdx, e.exactErr = f.idx, st.enc
-		}
-		st.enc = nil
-	}
-	if null && !f.repeated {
-		if f.required && f.idx < e.missIdx {
-			e.missIdx, e.missErr = f.idx, f.missErr
-		}
-		return
-	}
-	e.present++
-	if !f.exact {
-		e.nonExact = true
-	}
-}
-
-func (e *msgErrors) result(p *recPlan, extra []byte) error {
-	if p.extraIdx >= 0 {
-		if extra != nil {
-			e.present++
-			if !p.extraExact {
-				e.nonExact = true
-			}
-		} else if p.extraErr != nil && p.extraIdx < e.missIdx {
-			e.missIdx, e.missErr = p.extraIdx, p.extraErr
-		}
-	}
-	switch {
-	case e.exactErr != nil && e.nonExact && 2*e.present >= p.ncols:
-		return e.exactErr
-	case e.allErr != nil:
-		return e.allErr
-	}
-	return e.missErr
-}
-
 // beginLen reserves one byte for the length of what follows; endLen writes
-// it, widening it when needed (as bq's encoder).
+// it, widening it when needed.
 func beginLen(b []byte) ([]byte, int) {
 	return append(b, 0), len(b) + 1
 }
@@ -929,7 +902,7 @@ func (n *node) run(st *tstate, dst []byte) ([]byte, bool, error) {
 		return appendVarint(n.appendTag(dst), uint64(v)), false, nil
 
 	case kFloat:
-		b, err := st.readRaw(4)
+		b, err := st.take(4)
 		if err != nil {
 			return dst, false, err
 		}
@@ -937,7 +910,7 @@ func (n *node) run(st *tstate, dst []byte) ([]byte, bool, error) {
 		return appendFixed64(n.appendTag(dst), math.Float64bits(float64(f))), false, nil
 
 	case kDouble:
-		b, err := st.readRaw(8)
+		b, err := st.take(8)
 		if err != nil {
 			return dst, false, err
 		}
@@ -1097,7 +1070,6 @@ func (n *node) run(st *tstate, dst []byte) ([]byte, bool, error) {
 
 func (n *node) runArray(st *tstate, dst []byte) ([]byte, bool, error) {
 	count, start := 0, -1
-	var encErr error
 	for {
 		blk, err := st.blockCount()
 		if err != nil {
@@ -1110,6 +1082,7 @@ func (n *node) runArray(st *tstate, dst []byte) ([]byte, bool, error) {
 			dst, start = beginLen(n.appendTag(dst))
 		}
 		for range blk {
+			clean := st.enc == nil
 			var null bool
 			dst, null, err = n.elem.run(st, dst)
 			if err == nil && null {
@@ -1118,11 +1091,8 @@ func (n *node) runArray(st *tstate, dst []byte) ([]byte, bool, error) {
 			if err != nil {
 				return dst, false, at(err, "["+strconv.Itoa(count)+"]")
 			}
-			if st.enc != nil {
-				if encErr == nil {
-					encErr = fmt.Errorf("element %d: %w", count, st.enc)
-				}
-				st.enc = nil
+			if clean && st.enc != nil {
+				st.enc = fmt.Errorf("element %d: %w", count, st.enc)
 			}
 			count++
 		}
@@ -1130,13 +1100,11 @@ func (n *node) runArray(st *tstate, dst []byte) ([]byte, bool, error) {
 	if start >= 0 {
 		dst = endLen(dst, start)
 	}
-	st.enc = encErr
 	return dst, false, nil
 }
 
 func (n *node) runMap(st *tstate, dst []byte) ([]byte, bool, error) {
 	count := 0
-	var encErr error
 	for {
 		blk, err := st.blockCount()
 		if err != nil {
@@ -1146,22 +1114,19 @@ func (n *node) runMap(st *tstate, dst []byte) ([]byte, bool, error) {
 			break
 		}
 		for range blk {
+			clean := st.enc == nil
 			var start int
 			dst, start = beginLen(n.appendTag(dst))
 			if dst, err = n.rec.run(st, dst, nil); err != nil {
 				return dst, false, at(err, "["+strconv.Itoa(count)+"]")
 			}
 			dst = endLen(dst, start)
-			if st.enc != nil {
-				if encErr == nil {
-					encErr = fmt.Errorf("element %d: %w", count, st.enc)
-				}
-				st.enc = nil
+			if clean && st.enc != nil {
+				st.enc = fmt.Errorf("element %d: %w", count, st.enc)
 			}
 			count++
 		}
 	}
-	st.enc = encErr
 	return dst, false, nil
 }
 
@@ -1206,9 +1171,17 @@ func appendDateTime(b []byte, us int64) []byte {
 	return appendTimeOfDay(b, rem)
 }
 
+// trimSign drops leading bytes that only repeat the sign.
+func trimSign(b []byte) []byte {
+	for len(b) > 1 && (b[0] == 0 && b[1]&0x80 == 0 || b[0] == 0xff && b[1]&0x80 != 0) {
+		b = b[1:]
+	}
+	return b
+}
+
 // decimalDigits renders the magnitude of the two's-complement big-endian
 // value b in decimal into buf (from its end) and returns the digits and the
-// sign, as decimalText does. It allocates only for values over 160 bytes.
+// sign (false for zero). It allocates only for values over 160 bytes.
 func decimalDigits(buf []byte, b []byte) ([]byte, bool) {
 	neg := len(b) > 0 && b[0]&0x80 != 0
 	if len(b) <= 8 {
@@ -1289,8 +1262,8 @@ func decimalDigits(buf []byte, b []byte) ([]byte, bool) {
 	return buf[i:], neg
 }
 
-// appendDecimalText appends the text decimalText gives for digits (of a
-// value with that sign) at scale.
+// appendDecimalText appends the exact decimal text of digits (of a value
+// with that sign) with scale fraction digits, e.g. "-123.4500".
 func appendDecimalText(dst, digits []byte, neg bool, scale int) []byte {
 	if neg {
 		dst = append(dst, '-')
@@ -1311,7 +1284,8 @@ func appendDecimalText(dst, digits []byte, neg bool, scale int) []byte {
 }
 
 // appendDecimal appends the length-prefixed exact text of the decimal whose
-// sign-trimmed unscaled value is b, or fails as decimalDecoder does.
+// sign-trimmed unscaled value is b, or fails if it has more digits than
+// the precision.
 func (n *node) appendDecimal(dst, b []byte) ([]byte, error) {
 	var buf [160]byte
 	digits, neg := decimalDigits(buf[:], b)

@@ -58,7 +58,7 @@ func TestReaderMatchesHamba(t *testing.T) {
 		op := i % 4
 		hr.Reset(buf)
 		hr.Error = nil
-		st := tstate{buf: buf, size: len(buf), items: len(buf), arena: len(buf)}
+		st := tstate{buf: buf}
 		for range 2 { // two reads in a row: the second starts where the first ended
 			var want, got int64
 			var herr, err error
@@ -84,7 +84,7 @@ func TestReaderMatchesHamba(t *testing.T) {
 			case 3:
 				want = int64(math.Float64bits(hr.ReadDouble()))
 				var b []byte
-				if b, err = st.readRaw(8); err == nil {
+				if b, err = st.take(8); err == nil {
 					got = int64(math.Float64bits(math.Float64frombits(uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
 						uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56)))
 				}

@@ -1,5 +1,15 @@
 package schema
 
+// The reference decoder: the transcoder's oracle in tests, and nothing
+// else. It decodes an Avro body into the row value contract (column name to
+// Go value, NULL an absent key, map[string]any for a RECORD, []any for a
+// REPEATED column), which bq's encoder turns into the same protobuf bytes
+// Transcoder writes directly. It reads through hamba/avro's Reader and
+// builds its own tree of decoders per schema, so it shares no reading code
+// with the transcoder (only the error type, fail and at, and BigQuery's
+// ranges). It was the daemon's path before the transcoder; the daemon no
+// longer builds it.
+
 import (
 	"errors"
 	"fmt"
@@ -7,12 +17,180 @@ import (
 	"math/big"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 	"unsafe"
 
 	"github.com/hamba/avro/v2"
 )
+
+// Decode decodes an Avro binary body written with s into a row keyed by
+// column name, holding values as the row value contract says (NULL is an
+// absent key). The whole body must be consumed. Errors wrap ErrDecode and
+// name the field path; arbitrary input returns an error, never panics.
+// Strings and bytes in the row share one allocation the size of body, and
+// body itself is not retained.
+func (s *Schema) Decode(body []byte) (map[string]any, error) {
+	od := oracleFor(s)
+	d := od.pool.Get().(*decoder)
+	d.reset(body)
+	v, err := od.root(d)
+	if err == nil {
+		if d.r.Peek(); d.r.Error == nil {
+			err = fail("trailing bytes after the record")
+		}
+	}
+	d.reset(nil)
+	od.pool.Put(d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: schema %d: %v", ErrDecode, s.id, err)
+	}
+	return v.(map[string]any), nil
+}
+
+// oracleDecoder is the decoder tree of one Schema and its pooled readers.
+type oracleDecoder struct {
+	root decodeFunc
+	pool sync.Pool // *decoder, each owning a reusable *avro.Reader
+}
+
+var oracleDecoders sync.Map // *Schema -> *oracleDecoder, built on first use
+
+func oracleFor(s *Schema) *oracleDecoder {
+	if od, ok := oracleDecoders.Load(s); ok {
+		return od.(*oracleDecoder)
+	}
+	od := &oracleDecoder{root: decoderOf(s.writer)}
+	od.pool.New = func() any { return &decoder{r: avro.NewReader(nil, 0)} }
+	got, _ := oracleDecoders.LoadOrStore(s, od)
+	return got.(*oracleDecoder)
+}
+
+// decoderOf builds the decoder of a, an Avro type of a compiled schema (so
+// one mapper.mapType accepts: no recursion, no null alone), making the
+// values mapper's columns hold.
+func decoderOf(a avro.Schema) decodeFunc {
+	switch a := a.(type) {
+	case *avro.RefSchema:
+		return decoderOf(a.Schema())
+	case *avro.PrimitiveSchema:
+		return primitiveDecoder(a)
+	case *avro.RecordSchema:
+		fields := make([]fieldDecoder, len(a.Fields()))
+		for i, f := range a.Fields() {
+			fields[i] = fieldDecoder{name: f.Name(), dec: decoderOf(f.Type())}
+		}
+		return recordDecoder(fields)
+	case *avro.EnumSchema:
+		return enumDecoder(a.Symbols())
+	case *avro.FixedSchema:
+		size := a.Size()
+		if d, ok := a.Logical().(*avro.DecimalLogicalSchema); ok {
+			return decimalDecoder(func(d *decoder) ([]byte, error) { return d.fixed(size) }, d.Precision(), d.Scale())
+		}
+		return fixedDecoder(size) // duration too, as its raw bytes
+	case *avro.ArraySchema:
+		item := decoderOf(a.Items())
+		if repeatedType(a.Items()) {
+			// An array of arrays (or maps): each item is a RECORD holding
+			// the inner one in its field "items".
+			item = wrapDecoder("items", item)
+		}
+		return arrayDecoder(item)
+	case *avro.MapSchema:
+		return mapDecoder(decoderOf(a.Values()))
+	case *avro.UnionSchema:
+		types := a.Types()
+		null := -1
+		var branches []int
+		for i, t := range types {
+			if t.Type() == avro.Null {
+				null = i
+			} else {
+				branches = append(branches, i)
+			}
+		}
+		if len(branches) == 1 {
+			b := types[branches[0]]
+			return optionalDecoder(len(types), null, decoderOf(b), repeatedType(b))
+		}
+		decs := make([]branchDecoder, len(types))
+		for _, i := range branches {
+			decs[i] = branchDecoder{name: branchName(types[i]), dec: decoderOf(types[i])}
+		}
+		return unionDecoder(decs)
+	}
+	panic(fmt.Sprintf("no decoder for Avro type %s", a.Type()))
+}
+
+// repeatedType reports whether a maps to a REPEATED column: an array or a
+// map, or a union of null and one of them.
+func repeatedType(a avro.Schema) bool {
+	switch a := a.(type) {
+	case *avro.RefSchema:
+		return repeatedType(a.Schema())
+	case *avro.ArraySchema, *avro.MapSchema:
+		return true
+	case *avro.UnionSchema:
+		var branch avro.Schema
+		for _, t := range a.Types() {
+			if t.Type() != avro.Null {
+				if branch != nil {
+					return false // several branches: a RECORD
+				}
+				branch = t
+			}
+		}
+		return branch != nil && repeatedType(branch)
+	}
+	return false
+}
+
+// primitiveDecoder mirrors mapper.primitive.
+func primitiveDecoder(s *avro.PrimitiveSchema) decodeFunc {
+	var logical avro.LogicalType
+	if l := s.Logical(); l != nil {
+		logical = l.Type()
+	}
+	switch s.Type() {
+	case avro.Boolean:
+		return decodeBool
+	case avro.Int:
+		switch logical {
+		case avro.Date:
+			return decodeDate
+		case avro.TimeMillis:
+			return decodeTimeMillis
+		}
+		return decodeInt
+	case avro.Long:
+		switch logical {
+		case avro.TimeMicros:
+			return decodeTimeMicros
+		case avro.TimestampMillis:
+			return decodeTimestampMillis
+		case avro.TimestampMicros:
+			return decodeTimestampMicros
+		case avro.LocalTimestampMillis:
+			return decodeLocalTimestampMillis
+		case avro.LocalTimestampMicros:
+			return decodeLocalTimestampMicros
+		}
+		return decodeLong
+	case avro.Float:
+		return decodeFloat
+	case avro.Double:
+		return decodeDouble
+	case avro.Bytes:
+		if d, ok := s.Logical().(*avro.DecimalLogicalSchema); ok {
+			return decimalDecoder((*decoder).bytes, d.Precision(), d.Scale())
+		}
+		return decodeBytes
+	default: // avro.String; uuid and unknown logical types stay strings
+		return decodeString
+	}
+}
 
 // decodeFunc decodes one Avro value into its row value. A NULL is an untyped
 // nil. Errors are *decodeError.
@@ -38,42 +216,6 @@ func (d *decoder) reset(body []byte) {
 	d.r.Error = nil // Reset keeps the previous record's error
 	d.size, d.items = len(body), len(body)
 	d.arena, d.grown = nil, false
-}
-
-// decodeError is a decode failure and the path to the value that failed,
-// innermost segment first (it is built while unwinding).
-type decodeError struct {
-	rev []string
-	msg string
-}
-
-func (e *decodeError) Error() string { return e.path() + ": " + e.msg }
-
-func (e *decodeError) path() string {
-	var b strings.Builder
-	for i := len(e.rev) - 1; i >= 0; i-- {
-		s := e.rev[i]
-		if b.Len() > 0 && s[0] != '[' {
-			b.WriteByte('.')
-		}
-		b.WriteString(s)
-	}
-	if b.Len() == 0 {
-		return "(top level)"
-	}
-	return b.String()
-}
-
-func fail(format string, args ...any) error {
-	return &decodeError{msg: fmt.Sprintf(format, args...)}
-}
-
-// at prefixes the path of err with a field name or "[i]".
-func at(err error, segment string) error {
-	if de, ok := err.(*decodeError); ok {
-		de.rev = append(de.rev, segment)
-	}
-	return err
 }
 
 // readErr turns the reader's sticky error, if any, into a decodeError.
@@ -245,15 +387,6 @@ func enumDecoder(symbols []string) decodeFunc {
 	}
 }
 
-// BigQuery's DATE, DATETIME and TIMESTAMP ranges: 0001-01-01 to 9999-12-31.
-const (
-	minDate   = -719162 // days from 1970-01-01 to 0001-01-01
-	maxDate   = 2932896 // days from 1970-01-01 to 9999-12-31
-	minMicros = -62135596800000000
-	maxMicros = 253402300799999999
-	dayMicros = 86400000000
-)
-
 func decodeDate(d *decoder) (any, error) {
 	v := d.r.ReadInt()
 	if err := d.readErr(); err != nil {
@@ -376,14 +509,6 @@ func decimalDecoder(raw func(*decoder) ([]byte, error), precision, scale int) de
 		}
 		return s, nil
 	}
-}
-
-// trimSign drops leading bytes that only repeat the sign.
-func trimSign(b []byte) []byte {
-	for len(b) > 1 && (b[0] == 0 && b[1]&0x80 == 0 || b[0] == 0xff && b[1]&0x80 != 0) {
-		b = b[1:]
-	}
-	return b
 }
 
 // decimalText renders the two's-complement big-endian unscaled value b with
