@@ -292,3 +292,33 @@ func (d *decoder) remember(pair schemaPair, err error) {
 	}
 	d.ensured[pair] = ensured{err: err, at: time.Now()}
 }
+
+// maxUnknownIDs bounds the unknown schema IDs remembered for their
+// grace before old ones are forgotten.
+const maxUnknownIDs = 1024
+
+// withinUnknownGrace reports whether a schema ID the registry does not know
+// is still within unknown_schema_grace of the first record that carried it.
+func (s *Sink) withinUnknownGrace(id int) bool {
+	s.unknownMu.Lock()
+	defer s.unknownMu.Unlock()
+	now := time.Now()
+	first, seen := s.unknown[id]
+	if !seen {
+		if s.unknown == nil {
+			s.unknown = map[int]time.Time{}
+		}
+		if len(s.unknown) >= maxUnknownIDs {
+			// Garbage bytes that happen to start with 0 carry random IDs:
+			// forget the ones whose grace ended long ago.
+			for k, t := range s.unknown {
+				if now.Sub(t) > 2*s.cfg.UnknownSchemaGrace {
+					delete(s.unknown, k)
+				}
+			}
+		}
+		first = now
+		s.unknown[id] = first
+	}
+	return now.Sub(first) < s.cfg.UnknownSchemaGrace
+}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/zap"
 
@@ -348,5 +349,63 @@ func (r *eoResult) Wait(ctx context.Context) error {
 func (e *exactlyOnce) close() {
 	if e.stream != nil {
 		e.stream.Close()
+	}
+}
+
+// committedFunc reads the group's committed offset of tp, with its
+// metadata, bounded by kafka.request_timeout.
+func (s *Sink) committedFunc(tp topicPartition) committedFunc {
+	return func(ctx context.Context) (int64, string, bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+		defer cancel()
+		offsets, err := kadm.NewClient(s.admin).FetchOffsets(ctx, s.cfg.Kafka.GroupID)
+		if err != nil {
+			return 0, "", false, err
+		}
+		o, ok := offsets.Lookup(tp.topic, tp.partition)
+		if !ok || o.At < 0 {
+			return -1, "", false, nil
+		}
+		if o.Err != nil {
+			return 0, "", false, o.Err
+		}
+		return o.At, o.Metadata, true, nil
+	}
+}
+
+// skippedFunc reads tp's log start offset and whether its topic is
+// compacted, bounded by kafka.request_timeout. A topic whose configuration
+// may not be read counts as compacted: exactly-once then falls back rather
+// than guess.
+func (s *Sink) skippedFunc(tp topicPartition) skippedFunc {
+	return func(ctx context.Context) (int64, bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.Kafka.RequestTimeout)
+		defer cancel()
+		adm := kadm.NewClient(s.admin)
+		starts, err := adm.ListStartOffsets(ctx, tp.topic)
+		if err != nil {
+			return 0, false, err
+		}
+		start, ok := starts.Lookup(tp.topic, tp.partition)
+		if !ok {
+			return 0, false, fmt.Errorf("no start offset listed for %s", tp)
+		}
+		if start.Err != nil {
+			return 0, false, start.Err
+		}
+		rcs, err := adm.DescribeTopicConfigs(ctx, tp.topic)
+		if err != nil {
+			return 0, false, err
+		}
+		rc, err := rcs.On(tp.topic, nil)
+		if err != nil || rc.Err != nil {
+			return start.Offset, true, nil
+		}
+		for _, c := range rc.Configs {
+			if c.Key == "cleanup.policy" && c.Value != nil {
+				return start.Offset, strings.Contains(*c.Value, "compact"), nil
+			}
+		}
+		return start.Offset, false, nil
 	}
 }

@@ -50,6 +50,9 @@ type health struct {
 	mu sync.Mutex
 	// failing holds the current failures by stage and target.
 	failing map[failKey]*failure
+	// inStage counts the entries of failing per stage, kept with it under
+	// mu and read without it by metrics. The map itself never changes.
+	inStage map[string]*atomic.Int64
 }
 
 type failKey struct{ stage, target string }
@@ -69,7 +72,11 @@ type failure struct {
 }
 
 func newHealth(log *zap.Logger, m *metrics, attempts *atomic.Int64) *health {
-	return &health{log: log, metrics: m, attempts: attempts, failing: map[failKey]*failure{}}
+	h := &health{log: log, metrics: m, attempts: attempts, failing: map[failKey]*failure{}, inStage: map[string]*atomic.Int64{}}
+	for _, st := range stages {
+		h.inStage[st] = new(atomic.Int64)
+	}
+	return h
 }
 
 // fail reports one failed attempt. config marks a failure that only an
@@ -87,6 +94,7 @@ func (h *health) fail(stage, target string, err error, config bool) {
 		f = &failure{since: now, healed: make(chan struct{})}
 		h.failing[k] = f
 		h.n.Store(int64(len(h.failing)))
+		h.countLocked(stage, 1)
 	}
 	escalated := config && !f.config
 	f.attempts++
@@ -114,6 +122,7 @@ func (h *health) ok(stage, target string) {
 	if f != nil {
 		delete(h.failing, k)
 		h.n.Store(int64(len(h.failing)))
+		h.countLocked(stage, -1)
 		close(f.healed)
 	}
 	h.mu.Unlock()
@@ -149,6 +158,7 @@ func (h *health) tick(now time.Time) {
 	for k, f := range h.failing {
 		if now.Sub(f.last) > forgetAfter {
 			delete(h.failing, k)
+			h.countLocked(k.stage, -1)
 			close(f.healed)
 			continue
 		}
@@ -199,15 +209,18 @@ func (h *health) problems(stall time.Duration) []string {
 	return out
 }
 
-// failingStage counts the targets failing in stage, for a metric.
-func (h *health) failingStage(stage string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for k := range h.failing {
-		if k.stage == stage {
-			n++
-		}
+// countLocked adds d to the count of failures in stage. h.mu must be held.
+func (h *health) countLocked(stage string, d int64) {
+	if c := h.inStage[stage]; c != nil {
+		c.Add(d)
 	}
-	return n
+}
+
+// failingStage counts the targets failing in stage, for a metric. It takes
+// no lock.
+func (h *health) failingStage(stage string) int {
+	if c := h.inStage[stage]; c != nil {
+		return int(c.Load())
+	}
+	return 0
 }

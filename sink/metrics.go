@@ -25,7 +25,8 @@ var reasons = []string{reasonWireFormat, reasonSchemaNotFound, reasonUnsupported
 
 // metrics are the sink's Prometheus series. Every name is documented in the
 // README's Monitoring section. Values derived from state (partitions,
-// stalls, buffered bytes, appends in flight) are computed when scraped.
+// stalls, buffered bytes, appends in flight) are computed when scraped, by
+// scrapeCollector.
 type metrics struct {
 	consumed      *prometheus.CounterVec   // topic
 	rejected      *prometheus.CounterVec   // topic, reason
@@ -123,33 +124,10 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 	for _, e := range []string{"assigned", "revoked", "lost"} {
 		m.rebalances.WithLabelValues(e)
 	}
-	gauge := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
-	}
 	cs := []prometheus.Collector{
 		m.consumed, m.rejected, m.deadLettered, m.tombstones, m.written, m.retries, m.appendSeconds, m.appendedBytes,
-		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, m.eoFallbacks, m.eoExisting, partitionCollector{s},
-		gauge("bqsink_partitions_assigned", "Partitions this member owns.",
-			func() float64 { return float64(s.flow.parts.Load()) }),
-		gauge("bqsink_partitions_stalled", "Partitions holding unacknowledged records with no progress, or with records they cannot fetch, for longer than stall_timeout.",
-			func() float64 { return float64(len(s.stalled())) }),
-		gauge("bqsink_appends_inflight", "Batches sent to BigQuery and not yet delivered (answered, their rejections dead-lettered).",
-			func() float64 { return float64(s.inflight()) }),
-		gauge("bqsink_partitions_paused", "Partitions whose fetching is paused because they hold their share of memory.max_buffered_bytes.",
-			func() float64 { return float64(s.paused()) }),
-		gauge("bqsink_buffered_bytes", "Memory held for records fetched and not yet acknowledged (records and their rows); capped by memory.max_buffered_bytes.",
-			func() float64 { return float64(s.flow.used.Load()) }),
-		gauge("bqsink_buffered_bytes_peak", "The highest bqsink_buffered_bytes since the start.",
-			func() float64 { return float64(s.flow.peak.Load()) }),
-		gauge("bqsink_buffered_bytes_limit", "memory.max_buffered_bytes.",
-			func() float64 { return float64(s.flow.cap) }),
+		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, m.eoFallbacks, m.eoExisting, scrapeCollector{s},
 	}
-	stageFailing := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bqsink_stage_failing", Help: "Targets (tables, registry, topics) whose calls in this stage are failing now."}, []string{"stage"})
-	cs = append(cs, &scrapeCollector{vec: stageFailing, update: func() {
-		for _, st := range stages {
-			stageFailing.WithLabelValues(st).Set(float64(s.health.failingStage(st)))
-		}
-	}})
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return err
@@ -176,19 +154,21 @@ func (m *metrics) initTopic(topic string) {
 	}
 }
 
-// scrapeCollector refreshes a gauge vector from state when scraped.
-type scrapeCollector struct {
-	vec    *prometheus.GaugeVec
-	update func()
-}
-
-func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
-func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
-	c.update()
-	c.vec.Collect(ch)
-}
-
+// The series computed from state when scraped, by scrapeCollector.
 var (
+	assignedDesc = prometheus.NewDesc("bqsink_partitions_assigned", "Partitions this member owns.", nil, nil)
+	stalledDesc  = prometheus.NewDesc("bqsink_partitions_stalled",
+		"Partitions holding unacknowledged records with no progress, or with records they cannot fetch, for longer than stall_timeout.", nil, nil)
+	inflightDesc = prometheus.NewDesc("bqsink_appends_inflight",
+		"Batches sent to BigQuery and not yet delivered (answered, their rejections dead-lettered).", nil, nil)
+	pausedDesc = prometheus.NewDesc("bqsink_partitions_paused",
+		"Partitions whose fetching is paused because they hold their share of memory.max_buffered_bytes.", nil, nil)
+	bufferedDesc = prometheus.NewDesc("bqsink_buffered_bytes",
+		"Memory held for records fetched and not yet acknowledged (records and their rows); capped by memory.max_buffered_bytes.", nil, nil)
+	bufferedPeakDesc  = prometheus.NewDesc("bqsink_buffered_bytes_peak", "The highest bqsink_buffered_bytes since the start.", nil, nil)
+	bufferedLimitDesc = prometheus.NewDesc("bqsink_buffered_bytes_limit", "memory.max_buffered_bytes.", nil, nil)
+	stageFailingDesc  = prometheus.NewDesc("bqsink_stage_failing",
+		"Targets (tables, registry, topics) whose calls in this stage are failing now.", []string{"stage"}, nil)
 	lagDesc = prometheus.NewDesc("bqsink_partition_lag",
 		"Records of an owned partition not committed yet: its end offset minus the group's committed offset, each the newest of what the client saw and what the brokers said at the last refresh (every 15s).",
 		[]string{"topic", "partition"}, nil)
@@ -198,28 +178,73 @@ var (
 	committedDesc = prometheus.NewDesc("bqsink_partition_committed_offset",
 		"The group's committed offset of the partition: the next record to read after a restart.",
 		[]string{"topic", "partition"}, nil)
+
+	scrapeDescs = []*prometheus.Desc{assignedDesc, stalledDesc, inflightDesc, pausedDesc, bufferedDesc, bufferedPeakDesc,
+		bufferedLimitDesc, stageFailingDesc, lagDesc, groupLagDesc, committedDesc}
 )
 
-// partitionCollector reports each assigned partition's lag and committed
-// offset, and the group's lag, when scraped, from what the client knows and
-// the last lag refresh: no request to Kafka per scrape.
-type partitionCollector struct{ s *Sink }
+// scrapeCollector computes the gauges that describe state when scraped, as
+// const metrics: partitions, stalls, appends in flight, paused partitions,
+// memory, failing stages, and each assigned partition's lag and committed
+// offset and the group's lag (from what the client knows and the last lag
+// refresh: no request to Kafka per scrape). It takes none of the locks the
+// poll loop, the group callbacks and the workers hold: it reads the
+// published set of workers (Sink.owned), the workers', the memory budget's
+// and health's atomics, the last lag snapshot, and the consumer's committed
+// offsets (under franz-go's own lock, never held across a request). So a
+// scrape never waits on a rebalance, a poll or a worker.
+type scrapeCollector struct{ s *Sink }
 
-func (c partitionCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- lagDesc
-	ch <- committedDesc
-	ch <- groupLagDesc
+func (c scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range scrapeDescs {
+		ch <- d
+	}
 }
 
-func (c partitionCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, p := range c.s.partitionOffsets() {
+func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	gauge(assignedDesc, float64(s.flow.parts.Load()))
+	gauge(stalledDesc, float64(len(s.stalled())))
+	gauge(inflightDesc, float64(s.inflight()))
+	gauge(pausedDesc, float64(s.paused()))
+	gauge(bufferedDesc, float64(s.flow.used.Load()))
+	gauge(bufferedPeakDesc, float64(s.flow.peak.Load()))
+	gauge(bufferedLimitDesc, float64(s.flow.cap))
+	for _, st := range stages {
+		gauge(stageFailingDesc, float64(s.health.failingStage(st)), st)
+	}
+	offsets := s.partitionOffsets()
+	for _, p := range offsets {
 		labels := []string{p.tp.topic, strconv.Itoa(int(p.tp.partition))}
-		ch <- prometheus.MustNewConstMetric(committedDesc, prometheus.GaugeValue, float64(p.committed), labels...)
+		gauge(committedDesc, float64(p.committed), labels...)
 		if p.hwm >= 0 {
-			ch <- prometheus.MustNewConstMetric(lagDesc, prometheus.GaugeValue, float64(p.lag()), labels...)
+			gauge(lagDesc, float64(p.lag()), labels...)
 		}
 	}
-	for topic, n := range c.s.groupLag() {
-		ch <- prometheus.MustNewConstMetric(groupLagDesc, prometheus.GaugeValue, float64(n), topic)
+	for topic, n := range s.groupLagOf(offsets) {
+		gauge(groupLagDesc, float64(n), topic)
 	}
+}
+
+// inflight counts the batches sent and not yet acknowledged.
+func (s *Sink) inflight() int64 {
+	var n int64
+	for _, w := range s.ownedWorkers() {
+		n += w.inflight.Load()
+	}
+	return n
+}
+
+// paused counts the partitions holding their share of memory.
+func (s *Sink) paused() int {
+	n := 0
+	for _, w := range s.ownedWorkers() {
+		if w.paused.Load() {
+			n++
+		}
+	}
+	return n
 }

@@ -40,9 +40,11 @@ type worker struct {
 	stopDec context.CancelFunc
 	done    chan struct{}
 
-	mu     sync.Mutex // guards queue and paused
-	queue  []*kgo.Record
-	paused bool
+	mu    sync.Mutex // guards queue, and orders paused's changes with pause and resume
+	queue []*kgo.Record
+	// paused is whether the partition's fetching is paused; it changes
+	// under mu, and metrics read it without.
+	paused atomic.Bool
 	wake   chan struct{} // capacity 1: "the queue has records"
 
 	// held is what the partition holds: records pushed and not yet
@@ -212,8 +214,8 @@ func (w *worker) admit(recs []*kgo.Record) (n, data int) {
 		default:
 		}
 	}
-	if !w.paused && (n < len(recs) || w.held.Load() >= share) {
-		w.paused = true
+	if !w.paused.Load() && (n < len(recs) || w.held.Load() >= share) {
+		w.paused.Store(true)
 		w.deps.pause()
 	}
 	return n, data
@@ -250,8 +252,8 @@ func (w *worker) release(n int64) {
 	w.held.Add(-n)
 	w.deps.release(n)
 	w.mu.Lock()
-	if w.paused && w.held.Load() < w.deps.share()/2 {
-		w.paused = false
+	if w.paused.Load() && w.held.Load() < w.deps.share()/2 {
+		w.paused.Store(false)
 		w.deps.resume()
 	}
 	w.mu.Unlock()

@@ -531,6 +531,7 @@ func TestWorkerAdmitsOneLargeRecordWhenIdle(t *testing.T) {
 func TestStalledOnlyWhileHoldingRecords(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxWait = 10 * time.Millisecond })
 	s := &Sink{cfg: Config{StallTimeout: time.Minute}, workers: map[topicPartition]*worker{h.w.tp: h.w}, log: zap.NewNop()}
+	s.publishWorkersLocked()
 	h.w.progress.Store(time.Now().Add(-time.Hour).UnixNano()) // idle for an hour
 	if st := s.stalled(); len(st) != 0 {
 		t.Fatalf("idle partition reported stalled: %v", st)
