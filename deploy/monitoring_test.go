@@ -298,7 +298,7 @@ func metricUses(e parser.Expr) uses {
 		parser.Inspect(n, func(n parser.Node, _ []parser.Node) error {
 			if vs, ok := n.(*parser.VectorSelector); ok {
 				for _, m := range vs.LabelMatchers {
-					if m.Name == labels.MetricName && m.Type == labels.MatchEqual && !slices.Contains(ns, m.Value) {
+					if m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual && !slices.Contains(ns, m.Value) {
 						ns = append(ns, m.Value)
 					}
 				}
@@ -321,7 +321,7 @@ func metricUses(e parser.Expr) uses {
 			for _, name := range names(n) {
 				note(name)
 				for _, m := range n.LabelMatchers {
-					if m.Name != labels.MetricName {
+					if m.Name != model.MetricNameLabel {
 						note(name, m.Name)
 					}
 				}

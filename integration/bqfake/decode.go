@@ -1,5 +1,7 @@
 package bqfake
 
+//lint:file-ignore ST1005 bqfake returns BigQuery's own error messages verbatim (capitalised, some ending in a period), as clients see them from BigQuery.
+
 import (
 	"encoding/json"
 	"errors"

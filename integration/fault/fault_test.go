@@ -123,9 +123,6 @@ func recoveredLine(stage string) func(itest.LogLine) bool {
 	}
 }
 
-// targetIs accepts exactly want.
-func targetIs(want string) func(string) bool { return func(s string) bool { return s == want } }
-
 // awaitFirstWarning waits for the first warning of stage logged after line
 // index from, requires it within warnBound of since, checks its fields and
 // logs how long it took. It returns the line and its index.
@@ -312,17 +309,6 @@ func finishClean(t *testing.T, e *itest.Env, s *itest.Stream, d *itest.Daemon, g
 	t.Logf("%v", c)
 }
 
-// produceNoted produces recs synchronously and notes them in s.
-func produceNoted(t *testing.T, e *itest.Env, s *itest.Stream, recs []*kgo.Record) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := e.St.Produce(ctx, recs...); err != nil {
-		t.Fatal(err)
-	}
-	s.Note(recs)
-}
-
 // recordFeed produces records made by mk to Kafka at a steady rate in the
 // background until stopped, remembering each one's topic, partition and
 // offset. Its methods are goroutine-safe.
@@ -418,86 +404,283 @@ func (f *recordFeed) stop() []*kgo.Record {
 	return append([]*kgo.Record(nil), f.recs...)
 }
 
-// produced is how many records the feed has produced so far.
-func (f *recordFeed) produced() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.recs)
-}
-
-// runtimeFault is one runtime fault and what the daemon must say about it.
-type runtimeFault struct {
-	inject func()
-	// heal ends the fault; nil when the daemon must get over it by itself.
-	heal func()
-	// window is how long the fault lasts before heal; with heal nil, how
-	// long /readyz may take to fail.
-	window time.Duration
+// faultCase is a fault that TestFault injects while records flow, and what
+// the daemon must say about it.
+type faultCase struct {
+	name string
+	// setup starts the case's stack, stream and daemon, consuming as group,
+	// and returns them with the fault's inject and heal and the case's own
+	// checks. Each run of a case sets up a stack of its own.
+	setup func(t *testing.T, group string) *faultRig
+	// stage and target are the first warning's: a failure of stage on a
+	// target that target accepts (it gets the rig, for the group and
+	// addresses the warning may name).
 	stage  string
-	target func(string) bool
-	// names are what a failing /readyz must name (default: the target
-	// the first warning named).
-	names []string
+	target func(r *faultRig, target string) bool
+	// ready is what a failing /readyz must name (nil: the target the first
+	// warning named).
+	ready []string
+	// window is how long the fault lasts before it is healed; when nothing
+	// heals it, how long /readyz may take to fail.
+	window time.Duration
 	// recoverWithin bounds the "recovered" line after healing (after the
-	// injection when heal is nil).
+	// injection when nothing heals it).
 	recoverWithin time.Duration
 }
 
-// faultAndHeal injects f while records flow, requires the first warning
-// within warnBound, the retry counter to grow and /readyz to fail once the
-// fault outlasts stall_timeout, heals it after its window and requires the
-// "recovered" line and /readyz 200 again. It returns how long after the
-// injection the daemon recovered.
-func faultAndHeal(t *testing.T, d *itest.Daemon, f runtimeFault) time.Duration {
-	t.Helper()
-	before := retriesOf(d, f.stage)
+// faultRig is what a fault case's setup started: the stack, the daemon's
+// config, the daemon and the stream whose every record must land, and the
+// fault. The hooks a case leaves nil are skipped.
+type faultRig struct {
+	e     *itest.Env
+	group string
+	cfg   *itest.DaemonConfig
+	d     *itest.Daemon
+	// s is the stream; a case whose stream starts with the fault sets it in
+	// inject.
+	s      *itest.Stream
+	inject func()
+	// heal ends the fault; nil when the daemon must get over it by itself.
+	heal func()
+	// afterRecovery checks more once the healed run's daemon recovered and
+	// /readyz is 200 again, took after the injection.
+	afterRecovery func(took time.Duration)
+	// beforeFinish runs before the records are counted (records produced
+	// outside the stream noted in it).
+	beforeFinish func()
+	// afterFinish checks more once every record landed.
+	afterFinish func()
+}
+
+// The runtime faults: each is injected while records flow, and
+//   - healed after its window (TestFault/<name>): the daemon must warn
+//     naming the stage and target within 30s, count the retries, fail
+//     /readyz once the fault outlasts stall_timeout, warn again every 30s
+//     while it lasts, log "recovered" once healed, be ready again, and lose
+//     nothing;
+//   - with SIGTERM after the first warning (TestFault/<name>/SIGTERM): the
+//     exit must come within shutdown_timeout plus a second, and once the
+//     fault is healed a fresh daemon completes everything.
+//
+// A fault of another shape has a test of its own below: the unanswered
+// fetches, the table deleted at runtime, the problems at startup.
+func TestFault(t *testing.T) {
+	itest.SkipShortParallel(t)
+	for _, c := range faultCases() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			// Registered first, so that it runs even if the healed run
+			// fails; it starts once that run's function returns.
+			t.Run("SIGTERM", func(t *testing.T) {
+				t.Parallel()
+				faultAndTerminate(t, c)
+			})
+			faultAndHeal(t, c)
+		})
+	}
+}
+
+// faultCases are TestFault's faults.
+func faultCases() []faultCase {
+	return []faultCase{{
+		// The Storage Write endpoint closed for 20s mid-stream: connections
+		// reset, new ones refused.
+		name: "StorageWriteRefused",
+		setup: func(t *testing.T, group string) *faultRig {
+			var p *netfault.Proxy
+			r := writeFaultRig(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
+			r.inject, r.heal = p.Refuse, func() { mustPass(t, p) }
+			return r
+		},
+		stage: "append", target: stockTable, ready: []string{stockTableName},
+		window: 20 * time.Second, recoverWithin: 45 * time.Second,
+	}, {
+		// The Storage Write endpoint black-holed for 30s mid-stream: sockets
+		// stay open, nothing gets through, on existing and new connections
+		// alike.
+		name: "StorageWriteFrozen",
+		setup: func(t *testing.T, group string) *faultRig {
+			var p *netfault.Proxy
+			r := writeFaultRig(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
+			r.inject, r.heal = func() { mustFreeze(t, p) }, func() { mustPass(t, p) }
+			return r
+		},
+		stage: "append", target: stockTable, ready: []string{stockTableName},
+		window: 30 * time.Second, recoverWithin: 45 * time.Second,
+	}, {
+		// The open Storage Write connection stops answering mid-stream and
+		// never resumes, while new connections work: only the keepalive (a
+		// ping every 30s, 10s to answer) can tell, and must replace it, about
+		// 40s in. With SIGTERM, the hung connection must not hold the exit.
+		name: "StorageWriteConnectionHangs",
+		setup: func(t *testing.T, group string) *faultRig {
+			var p *hangingProxy
+			r := writeFaultRig(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
+			var conns int
+			r.inject = func() { conns = p.hangOpen() }
+			r.afterRecovery = func(took time.Duration) {
+				// Pings every 30s, 10s to answer, then a new connection and
+				// the next retry (backoff capped at 30s, but by then about
+				// 12s).
+				if took > 60*time.Second {
+					t.Errorf("recovered %v after the connection hung; the keepalive should replace it in about 40s", took.Round(time.Millisecond))
+				}
+				t.Logf("hung %d connections; the proxy accepted %d in all", conns, p.accepted())
+				if p.accepted() <= conns {
+					t.Errorf("no new connection after the hang: %d accepted, %d hung", p.accepted(), conns)
+				}
+			}
+			return r
+		},
+		stage: "append", target: stockTable, ready: []string{stockTableName},
+		window:        35 * time.Second, // nothing heals it: /readyz must fail before the keepalive fires
+		recoverWithin: 70 * time.Second,
+	}, {
+		// The BigQuery REST endpoint answers after 5s, beyond
+		// bigquery.timeout (2s), for 20s while v2 records need the table to
+		// gain v2's columns.
+		name: "RESTSlowWhileTableEvolves",
+		setup: func(t *testing.T, group string) *faultRig {
+			r, startStream := evolveFaultRig(t, group, nil)
+			r.inject = func() { r.e.St.BigQuery.SetRESTLatency(5 * time.Second); startStream() }
+			r.heal = func() { r.e.St.BigQuery.SetRESTLatency(0) }
+			return r
+		},
+		stage: "table", target: stockTable, ready: []string{stockTableName},
+		window: 20 * time.Second, recoverWithin: 45 * time.Second,
+	}, {
+		// The BigQuery REST endpoint closed for 20s while v2 records need the
+		// table to gain v2's columns.
+		name: "RESTRefusedWhileTableEvolves",
+		setup: func(t *testing.T, group string) *faultRig {
+			var p *netfault.Proxy
+			r, startStream := evolveFaultRig(t, group, func(target string) string {
+				p = faultProxy(t, urlHostPort(t, target))
+				return "http://" + p.Addr()
+			})
+			r.inject = func() { p.Refuse(); startStream() }
+			r.heal = func() { mustPass(t, p) }
+			return r
+		},
+		stage: "table", target: stockTable, ready: []string{stockTableName},
+		window: 20 * time.Second, recoverWithin: 45 * time.Second,
+	}, {
+		// The schema registry closed for 20s while records of a schema ID
+		// the daemon has not seen arrive.
+		name:  "RegistryRefusedWithUncachedSchema",
+		setup: registryFaultRig(func(_ *testing.T, p *netfault.Proxy) { p.Refuse() }),
+		stage: "schema", target: registry,
+		window: 20 * time.Second, recoverWithin: 45 * time.Second,
+	}, {
+		// The schema registry black-holed for 20s (connections accepted,
+		// never answered) while records of a schema ID the daemon has not
+		// seen arrive: every registry call is bounded by
+		// schema_registry.timeout.
+		name:  "RegistryFrozenWithUncachedSchema",
+		setup: registryFaultRig(mustFreeze),
+		stage: "schema", target: registry,
+		window: 20 * time.Second, recoverWithin: 45 * time.Second,
+	}, {
+		// The broker stops answering offset commits for 20s while records
+		// flow: each commit is bounded by kafka.request_timeout and retried;
+		// nothing is lost. With SIGTERM the final commit cannot succeed, so
+		// the exit is 1 saying so, within the bound.
+		name: "KafkaCommitUnanswered",
+		setup: func(t *testing.T, group string) *faultRig {
+			e := itest.NewEnv(t)
+			hang := unanswered(e, kmsg.OffsetCommit)
+			r := flowingRig(t, e, group, faultConfig(e, group))
+			r.inject, r.heal = func() { hang.Store(true) }, func() { hang.Store(false) }
+			return r
+		},
+		stage: "commit", target: consumerGroup,
+		window: 20 * time.Second, recoverWithin: 45 * time.Second,
+	}}
+}
+
+// stockTable accepts the stock table as the daemon names it.
+func stockTable(_ *faultRig, s string) bool { return s == stockTableName }
+
+// consumerGroup accepts the rig's consumer group as the daemon names it.
+func consumerGroup(r *faultRig, s string) bool { return s == "group "+r.group }
+
+// registry accepts the registry's name in logs: its address or words
+// naming it.
+func registry(r *faultRig, s string) bool {
+	url, _ := r.cfg.Get("schema_registry.url").(string)
+	return strings.Contains(s, "registry") || strings.Contains(s, strings.TrimPrefix(url, "http://"))
+}
+
+// faultAndHeal runs c healed: it injects the fault while records flow,
+// requires the first warning within warnBound, the retry counter to grow
+// and /readyz to fail once the fault outlasts stall_timeout, heals it after
+// its window, requires the "recovered" line, the repeated warnings if it
+// lasted long enough, and /readyz 200 again, then that every record lands.
+func faultAndHeal(t *testing.T, c faultCase) {
+	began := time.Now()
+	r := c.setup(t, "g-"+c.name)
+	d := r.d
+	target := func(s string) bool { return c.target(r, s) }
+	before := retriesOf(d, c.stage)
 	from := len(d.Logs())
 	at := time.Now()
-	f.inject()
-	first, i := awaitFirstWarning(t, d, from, at, f.stage, f.target)
-	requireRetriesGrew(t, d, f.stage, before)
-	if f.window > faultStall {
-		names := f.names
+	r.inject()
+	first, i := awaitFirstWarning(t, d, from, at, c.stage, target)
+	requireRetriesGrew(t, d, c.stage, before)
+	if c.window > faultStall {
+		names := c.ready
 		if names == nil {
 			names = []string{first.Str("target")}
 		}
-		awaitNotReady(t, d, at, at.Add(f.window), names...)
+		awaitNotReady(t, d, at, at.Add(c.window), names...)
 	}
 	healed, what := at, "the fault (never healed)"
-	if f.heal != nil {
-		waitOutWindow(t, at.Add(f.window))
+	if r.heal != nil {
+		waitOutWindow(t, at.Add(c.window))
 		healed, what = time.Now(), "healing"
-		f.heal()
+		r.heal()
 		t.Logf("healed %v after the fault", healed.Sub(at).Round(time.Millisecond))
 	}
-	rec := awaitRecovered(t, d, i, healed, what, f.stage, f.recoverWithin)
+	rec := awaitRecovered(t, d, i, healed, what, c.stage, c.recoverWithin)
 	recovered := time.Since(at)
-	requireRepeatedIfLong(t, d, f.stage, first, i, failedFor(rec))
+	requireRepeatedIfLong(t, d, c.stage, first, i, failedFor(rec))
 	d.WaitHTTP("/readyz", http.StatusOK, 30*time.Second)
-	return recovered
-}
-
-// faultAndTerminate injects f while records flow, waits for its first
-// warning, sends SIGTERM while it lasts, requires the exit within the bound,
-// then heals it.
-func faultAndTerminate(t *testing.T, d *itest.Daemon, f runtimeFault) {
-	t.Helper()
-	from := len(d.Logs())
-	at := time.Now()
-	f.inject()
-	awaitFirstWarning(t, d, from, at, f.stage, f.target)
-	terminateDuringFault(t, d)
-	if f.heal != nil {
-		f.heal()
+	if r.afterRecovery != nil {
+		r.afterRecovery(recovered)
 	}
+	finishRig(t, r, d, began)
 }
 
-// faultAndTerminateStock is faultAndTerminate for a daemon writing the
-// stock table as group, logging the rows beyond the commits after the exit.
-func faultAndTerminateStock(t *testing.T, e *itest.Env, group string, d *itest.Daemon, f runtimeFault) {
+// faultAndTerminate runs c with SIGTERM: it injects the fault while records
+// flow, waits for its first warning, sends SIGTERM while it lasts and
+// requires the exit within the bound, heals it, logs the rows beyond the
+// commits, and requires that a fresh daemon makes every record land.
+func faultAndTerminate(t *testing.T, c faultCase) {
+	began := time.Now()
+	r := c.setup(t, "g-"+c.name+"-term")
+	from := len(r.d.Logs())
+	at := time.Now()
+	r.inject()
+	awaitFirstWarning(t, r.d, from, at, c.stage, func(s string) bool { return c.target(r, s) })
+	terminateDuringFault(t, r.d)
+	if r.heal != nil {
+		r.heal()
+	}
+	logAheadOfCommits(t, r.e, r.group)
+	finishRig(t, r, itest.StartDaemon(t, r.cfg), began)
+}
+
+// finishRig is finishClean of r's stream and group with d, with r's hooks
+// before and after.
+func finishRig(t *testing.T, r *faultRig, d *itest.Daemon, began time.Time) {
 	t.Helper()
-	faultAndTerminate(t, d, f)
-	logAheadOfCommits(t, e, group)
+	if r.beforeFinish != nil {
+		r.beforeFinish()
+	}
+	finishClean(t, r.e, r.s, d, r.group, began)
+	if r.afterFinish != nil {
+		r.afterFinish()
+	}
 }
 
 // waitOutWindow waits until the moment comes (a fault window, not a condition).
@@ -510,129 +693,21 @@ func waitOutWindow(t *testing.T, until time.Time) {
 	}
 }
 
-// writeFaultEnv is a stack with the Storage Write endpoint behind addr
-// (a proxy to it), a daemon config using it, and a stream of records.
-func writeFaultEnv(t *testing.T, group string, via func(target string) string) (*itest.Env, *itest.DaemonConfig, *itest.Stream) {
+// flowingRig starts a stream of records on e and a daemon with cfg
+// consuming them as group, and waits until it has written rows.
+func flowingRig(t *testing.T, e *itest.Env, group string, cfg *itest.DaemonConfig) *faultRig {
+	t.Helper()
+	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
+	return &faultRig{e: e, group: group, cfg: cfg, s: s, d: startFlowing(t, cfg)}
+}
+
+// writeFaultRig is a flowing rig whose daemon reaches the Storage Write
+// endpoint at the address via returns for it (a proxy to it).
+func writeFaultRig(t *testing.T, group string, via func(target string) string) *faultRig {
 	t.Helper()
 	e := itest.NewEnv(t)
 	cfg := faultConfig(e, group).Set("bigquery.grpc_endpoint", via(e.St.BigQuery.GRPCEndpoint()))
-	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
-	return e, cfg, s
-}
-
-// Storage Write endpoint closed for 20s mid-stream: connections reset,
-// new ones refused.
-func TestFaultStorageWriteRefused(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-write-refused"
-	began := time.Now()
-	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
-	d := startFlowing(t, cfg)
-	faultAndHeal(t, d, runtimeFault{
-		inject: p.Refuse,
-		heal:   func() { mustPass(t, p) },
-		window: 20 * time.Second,
-		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
-		recoverWithin: 45 * time.Second,
-	})
-	finishClean(t, e, s, d, group, began)
-}
-
-// The same outage, with SIGTERM while it lasts.
-func TestFaultStorageWriteRefusedSIGTERM(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-write-refused-term"
-	began := time.Now()
-	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
-	d := startFlowing(t, cfg)
-	faultAndTerminateStock(t, e, group, d, runtimeFault{
-		inject: p.Refuse,
-		heal:   func() { mustPass(t, p) },
-		stage:  "append", target: targetIs(stockTableName),
-	})
-	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
-}
-
-// Storage Write endpoint black-holed for 30s mid-stream: sockets stay open,
-// nothing gets through, on existing and new connections alike.
-func TestFaultStorageWriteFrozen(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-write-frozen"
-	began := time.Now()
-	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
-	d := startFlowing(t, cfg)
-	faultAndHeal(t, d, runtimeFault{
-		inject: func() { mustFreeze(t, p) },
-		heal:   func() { mustPass(t, p) },
-		window: 30 * time.Second,
-		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
-		recoverWithin: 45 * time.Second,
-	})
-	finishClean(t, e, s, d, group, began)
-}
-
-// The same black hole, with SIGTERM while it lasts.
-func TestFaultStorageWriteFrozenSIGTERM(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-write-frozen-term"
-	began := time.Now()
-	var p *netfault.Proxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = faultProxy(t, target); return p.Addr() })
-	d := startFlowing(t, cfg)
-	faultAndTerminateStock(t, e, group, d, runtimeFault{
-		inject: func() { mustFreeze(t, p) },
-		heal:   func() { mustPass(t, p) },
-		stage:  "append", target: targetIs(stockTableName),
-	})
-	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
-}
-
-// The open Storage Write connection stops answering mid-stream and never
-// resumes, while new connections work: only the keepalive (a ping every
-// 30s, 10s to answer) can tell, and must replace it, about 40s in.
-func TestFaultStorageWriteConnectionHangsKeepaliveReplacesIt(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-write-hang"
-	began := time.Now()
-	var p *hangingProxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
-	d := startFlowing(t, cfg)
-	var conns int
-	took := faultAndHeal(t, d, runtimeFault{
-		inject: func() { conns = p.hangOpen() },
-		window: 35 * time.Second, // /readyz must fail before the keepalive fires
-		stage:  "append", target: targetIs(stockTableName), names: []string{stockTableName},
-		recoverWithin: 70 * time.Second,
-	})
-	// Pings every 30s, 10s to answer, then a new connection and the next
-	// retry (backoff capped at 30s, but by then about 12s).
-	if took > 60*time.Second {
-		t.Errorf("recovered %v after the connection hung; the keepalive should replace it in about 40s", took.Round(time.Millisecond))
-	}
-	t.Logf("hung %d connections; the proxy accepted %d in all", conns, p.accepted())
-	if p.accepted() <= conns {
-		t.Errorf("no new connection after the hang: %d accepted, %d hung", p.accepted(), conns)
-	}
-	finishClean(t, e, s, d, group, began)
-}
-
-// The same hang, with SIGTERM while it lasts: the hung connection must not
-// hold the exit.
-func TestFaultStorageWriteConnectionHangsSIGTERM(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-write-hang-term"
-	began := time.Now()
-	var p *hangingProxy
-	e, cfg, s := writeFaultEnv(t, group, func(target string) string { p = listenHanging(t, target); return p.Addr() })
-	d := startFlowing(t, cfg)
-	faultAndTerminateStock(t, e, group, d, runtimeFault{
-		inject: func() { p.hangOpen() },
-		stage:  "append", target: targetIs(stockTableName),
-	})
-	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
+	return flowingRig(t, e, group, cfg)
 }
 
 func mustPass(t *testing.T, p *netfault.Proxy) {
@@ -779,23 +854,24 @@ func (p *hangingProxy) close() {
 	p.wg.Wait()
 }
 
-// evolveFaultEnv is a stack whose stock table the daemon created from v1
+// evolveFaultRig is a rig whose stock table the daemon created from v1
 // records only, so that the stream's v2 records make it add columns: a
 // REST call. restVia puts the REST endpoint behind a proxy (nil: direct).
-// It returns the daemon, caught up on the v1 records, and starts the stream
-// through start, which notes those records in it.
-func evolveFaultEnv(t *testing.T, group string, restVia func(target string) string) (e *itest.Env, cfg *itest.DaemonConfig, d *itest.Daemon, start func() *itest.Stream) {
+// Its daemon is caught up on the v1 records and its stream not started:
+// startStream starts it, noting those records in it. Once every record
+// landed, the table must have v2's columns.
+func evolveFaultRig(t *testing.T, group string, restVia func(target string) string) (r *faultRig, startStream func()) {
 	t.Helper()
-	e = itest.NewEnv(t)
+	e := itest.NewEnv(t)
 	seed := itest.Seed(t)
 	var v1 []*kgo.Record
 	for _, u := range stack.StockUpdates(600, seed) {
 		if !u.V2 {
-			r, err := e.Schemas.Record(u)
+			rec, err := e.Schemas.Record(u)
 			if err != nil {
 				t.Fatal(err)
 			}
-			v1 = append(v1, r)
+			v1 = append(v1, rec)
 		}
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -803,20 +879,20 @@ func evolveFaultEnv(t *testing.T, group string, restVia func(target string) stri
 	if err := e.St.Produce(ctx, v1...); err != nil {
 		t.Fatal(err)
 	}
-	cfg = faultConfig(e, group)
+	cfg := faultConfig(e, group)
 	if restVia != nil {
 		cfg.Set("bigquery.endpoint", restVia(e.St.BigQuery.RESTEndpoint()))
 	}
-	d = itest.StartDaemon(t, cfg)
+	d := itest.StartDaemon(t, cfg)
 	itest.WaitCaughtUp(t, e, group, 30*time.Second)
 	if cols := tableColumns(t, e, stack.StockTable); cols["reason"] || !cols["delta"] {
 		t.Fatalf("after the v1 records, the table has columns %v; want v1's only", cols)
 	}
 	t.Logf("table created from %d v1 records", len(v1))
-	return e, cfg, d, func() *itest.Stream {
-		s := itest.StartStream(t, e, 1000, flowRate, seed+1)
-		s.Note(v1)
-		return s
+	r = &faultRig{e: e, group: group, cfg: cfg, d: d, afterFinish: func() { requireEvolved(t, e) }}
+	return r, func() {
+		r.s = itest.StartStream(t, e, 1000, flowRate, seed+1)
+		r.s.Note(v1)
 	}
 }
 
@@ -861,160 +937,57 @@ func requireEvolved(t *testing.T, e *itest.Env) {
 	}
 }
 
-// The BigQuery REST endpoint answers after 5s, beyond bigquery.timeout
-// (2s), for 20s while v2 records need the table to gain v2's columns.
-func TestFaultRESTSlowWhileTableEvolves(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-rest-slow"
-	began := time.Now()
-	e, _, d, start := evolveFaultEnv(t, group, nil)
-	var s *itest.Stream
-	faultAndHeal(t, d, runtimeFault{
-		inject: func() { e.St.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
-		heal:   func() { e.St.BigQuery.SetRESTLatency(0) },
-		window: 20 * time.Second,
-		stage:  "table", target: targetIs(stockTableName), names: []string{stockTableName},
-		recoverWithin: 45 * time.Second,
-	})
-	finishClean(t, e, s, d, group, began)
-	requireEvolved(t, e)
-}
-
-// The BigQuery REST endpoint closed for 20s while v2 records need the table
-// to gain v2's columns.
-func TestFaultRESTRefusedWhileTableEvolves(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-rest-refused"
-	began := time.Now()
-	var p *netfault.Proxy
-	e, _, d, start := evolveFaultEnv(t, group, func(target string) string {
-		p = faultProxy(t, urlHostPort(t, target))
-		return "http://" + p.Addr()
-	})
-	var s *itest.Stream
-	faultAndHeal(t, d, runtimeFault{
-		inject: func() { p.Refuse(); s = start() },
-		heal:   func() { mustPass(t, p) },
-		window: 20 * time.Second,
-		stage:  "table", target: targetIs(stockTableName), names: []string{stockTableName},
-		recoverWithin: 45 * time.Second,
-	})
-	finishClean(t, e, s, d, group, began)
-	requireEvolved(t, e)
-}
-
-// The slow REST endpoint, with SIGTERM while the table cannot evolve.
-func TestFaultRESTSlowWhileTableEvolvesSIGTERM(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-rest-slow-term"
-	began := time.Now()
-	e, cfg, d, start := evolveFaultEnv(t, group, nil)
-	var s *itest.Stream
-	faultAndTerminateStock(t, e, group, d, runtimeFault{
-		inject: func() { e.St.BigQuery.SetRESTLatency(5 * time.Second); s = start() },
-		heal:   func() { e.St.BigQuery.SetRESTLatency(0) },
-		stage:  "table", target: targetIs(stockTableName),
-	})
-	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
-	requireEvolved(t, e)
-}
-
-// registryFaultEnv is a stack with the registry behind a proxy, a daemon
-// using it and writing the stream's v1 and v2 records (both schema IDs
-// cached), and inject (breakIt on the proxy) and heal for an outage of the
-// registry during which a
-// v3 is registered and records with its (uncached) ID arrive. v3 has v2's
-// fields under a new doc: only the registry stands in the way. collect
-// stops the v3 records and notes them in the stream.
-func registryFaultEnv(t *testing.T, group string, breakIt func(*netfault.Proxy)) (e *itest.Env, cfg *itest.DaemonConfig, s *itest.Stream, d *itest.Daemon, inject, heal, collect func(), target func(string) bool) {
-	t.Helper()
-	e = itest.NewEnv(t)
-	p := faultProxy(t, urlHostPort(t, e.St.RegistryURL()))
-	cfg = faultConfig(e, group).Set("schema_registry.url", "http://"+p.Addr())
-	seed := itest.Seed(t)
-	s = itest.StartStream(t, e, 1000, flowRate, seed)
-	d = startFlowing(t, cfg)
-	waitRowsWritten(t, d, 300, 30*time.Second) // v1 and v2 both resolved by now
-	v2 := stack.Schema("sms_physical_stock_updates.v2.avsc")
-	v3 := strings.Replace(v2, `"doc": "v2: backward compatible with v1 (new optional fields only).",`, `"doc": "v3: v2's fields, new doc.",`, 1)
-	if v3 == v2 {
-		t.Fatal("v2 fixture: doc not found")
-	}
-	var f *recordFeed
-	inject = func() {
-		breakIt(p)
-		id, err := e.St.Register(stack.StockSubject, v3)
-		if err != nil {
-			t.Fatal(err)
+// registryFaultRig is the setup of an outage of the registry, breakIt on a
+// proxy in front of it: a flowing rig whose daemon has written the
+// stream's v1 and v2 records (both schema IDs cached), and whose fault
+// breaks the registry, then registers a v3 and feeds records with its
+// (uncached) ID. v3 has v2's fields under a new doc: only the registry
+// stands in the way. The v3 records are noted in the stream before the
+// finish.
+func registryFaultRig(breakIt func(*testing.T, *netfault.Proxy)) func(t *testing.T, group string) *faultRig {
+	return func(t *testing.T, group string) *faultRig {
+		t.Helper()
+		e := itest.NewEnv(t)
+		p := faultProxy(t, urlHostPort(t, e.St.RegistryURL()))
+		cfg := faultConfig(e, group).Set("schema_registry.url", "http://"+p.Addr())
+		seed := itest.Seed(t)
+		s := itest.StartStream(t, e, 1000, flowRate, seed)
+		d := startFlowing(t, cfg)
+		waitRowsWritten(t, d, 300, 30*time.Second) // v1 and v2 both resolved by now
+		v2 := stack.Schema("sms_physical_stock_updates.v2.avsc")
+		v3 := strings.Replace(v2, `"doc": "v2: backward compatible with v1 (new optional fields only).",`, `"doc": "v3: v2's fields, new doc.",`, 1)
+		if v3 == v2 {
+			t.Fatal("v2 fixture: doc not found")
 		}
-		t.Logf("registered v3 as schema ID %d while the registry is down", id)
-		f = startRecordFeed(t, e, 50, seed+1, func(u stack.StockUpdate) (*kgo.Record, error) {
-			if !u.V2 {
-				u.V2, u.Reason = true, "OTHER"
-			}
-			r, err := e.Schemas.Record(u)
+		var f *recordFeed
+		r := &faultRig{e: e, group: group, cfg: cfg, d: d, s: s}
+		r.inject = func() {
+			breakIt(t, p)
+			id, err := e.St.Register(stack.StockSubject, v3)
 			if err != nil {
-				return nil, err
+				t.Fatal(err)
 			}
-			r.Value = stack.WireFormat(id, r.Value[5:]) // v2's body is v3's
-			return r, nil
-		})
+			t.Logf("registered v3 as schema ID %d while the registry is down", id)
+			f = startRecordFeed(t, e, 50, seed+1, func(u stack.StockUpdate) (*kgo.Record, error) {
+				if !u.V2 {
+					u.V2, u.Reason = true, "OTHER"
+				}
+				rec, err := e.Schemas.Record(u)
+				if err != nil {
+					return nil, err
+				}
+				rec.Value = stack.WireFormat(id, rec.Value[5:]) // v2's body is v3's
+				return rec, nil
+			})
+		}
+		r.heal = func() { mustPass(t, p) }
+		r.beforeFinish = func() {
+			recs := f.stop()
+			t.Logf("%d records of v3", len(recs))
+			s.Note(recs)
+		}
+		return r
 	}
-	heal = func() { mustPass(t, p) }
-	collect = func() {
-		recs := f.stop()
-		t.Logf("%d records of v3", len(recs))
-		s.Note(recs)
-	}
-	// The registry's name in logs: its URL or words naming it.
-	target = func(s string) bool { return strings.Contains(s, "registry") || strings.Contains(s, p.Addr()) }
-	return e, cfg, s, d, inject, heal, collect, target
-}
-
-// The schema registry closed for 20s while records of a schema ID the
-// daemon has not seen arrive.
-func TestFaultRegistryRefusedWithUncachedSchema(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-registry-refused"
-	began := time.Now()
-	e, _, s, d, inject, heal, collect, target := registryFaultEnv(t, group, (*netfault.Proxy).Refuse)
-	faultAndHeal(t, d, runtimeFault{
-		inject: inject, heal: heal,
-		window: 20 * time.Second,
-		stage:  "schema", target: target,
-		recoverWithin: 45 * time.Second,
-	})
-	collect()
-	finishClean(t, e, s, d, group, began)
-}
-
-// The schema registry black-holed for 20s (connections accepted, never
-// answered) while records of a schema ID the daemon has not seen arrive:
-// every registry call is bounded by schema_registry.timeout.
-func TestFaultRegistryFrozenWithUncachedSchema(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-registry-frozen"
-	began := time.Now()
-	e, _, s, d, inject, heal, collect, target := registryFaultEnv(t, group, func(p *netfault.Proxy) { mustFreeze(t, p) })
-	faultAndHeal(t, d, runtimeFault{
-		inject: inject, heal: heal,
-		window: 20 * time.Second,
-		stage:  "schema", target: target,
-		recoverWithin: 45 * time.Second,
-	})
-	collect()
-	finishClean(t, e, s, d, group, began)
-}
-
-// The same registry outage, with SIGTERM while it lasts.
-func TestFaultRegistryRefusedSIGTERM(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-registry-refused-term"
-	began := time.Now()
-	e, cfg, s, d, inject, heal, collect, target := registryFaultEnv(t, group, (*netfault.Proxy).Refuse)
-	faultAndTerminateStock(t, e, group, d, runtimeFault{inject: inject, heal: heal, stage: "schema", target: target})
-	collect()
-	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 // The second topic of the deleted-table tests and its table.
@@ -1447,46 +1420,6 @@ func unanswered(e *itest.Env, key kmsg.Key) *atomic.Bool {
 		return nil, nil, true // handled, no answer: the client waits
 	})
 	return &on
-}
-
-// The broker stops answering offset commits for 20s while records flow:
-// each commit is bounded by kafka.request_timeout and retried; nothing is
-// lost.
-func TestFaultKafkaCommitUnanswered(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-commit-hang"
-	began := time.Now()
-	e := itest.NewEnv(t)
-	hang := unanswered(e, kmsg.OffsetCommit)
-	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
-	d := startFlowing(t, faultConfig(e, group))
-	faultAndHeal(t, d, runtimeFault{
-		inject: func() { hang.Store(true) },
-		heal:   func() { hang.Store(false) },
-		window: 20 * time.Second,
-		stage:  "commit", target: targetIs("group " + group),
-		recoverWithin: 45 * time.Second,
-	})
-	finishClean(t, e, s, d, group, began)
-}
-
-// The same unanswered commits, with SIGTERM while they last: the final
-// commit cannot succeed, so the exit is 1 saying so, within the bound.
-func TestFaultKafkaCommitUnansweredSIGTERM(t *testing.T) {
-	itest.SkipShortParallel(t)
-	const group = "g-commit-hang-term"
-	began := time.Now()
-	e := itest.NewEnv(t)
-	hang := unanswered(e, kmsg.OffsetCommit)
-	s := itest.StartStream(t, e, 1000, flowRate, itest.Seed(t))
-	cfg := faultConfig(e, group)
-	d := startFlowing(t, cfg)
-	faultAndTerminateStock(t, e, group, d, runtimeFault{
-		inject: func() { hang.Store(true) },
-		heal:   func() { hang.Store(false) },
-		stage:  "commit", target: targetIs("group " + group),
-	})
-	finishClean(t, e, s, itest.StartDaemon(t, cfg), group, began)
 }
 
 // The broker stops answering fetches while records are produced: the
