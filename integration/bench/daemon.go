@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/sink"
 )
 
 // daemonOutcome is what one daemon run measured.
@@ -109,27 +110,15 @@ func (s setFlags) lookup(key string) (any, bool) {
 	return nil, false
 }
 
-// maxWait is the daemon's batch.max_wait: -set's, else the default that the
-// repository's config.yaml lists.
+// maxWait is the daemon's batch.max_wait: -set's, else its declared
+// default (the daemon's config sets none).
 func (h *harness) maxWait() time.Duration {
 	if v, ok := h.o.set.lookup("batch.max_wait"); ok {
 		if d, err := time.ParseDuration(fmt.Sprint(v)); err == nil {
 			return d
 		}
 	}
-	var doc struct {
-		Batch struct {
-			MaxWait string `yaml:"max_wait"`
-		} `yaml:"batch"`
-	}
-	if text, err := os.ReadFile(filepath.Join(h.root, "config.yaml")); err == nil {
-		if yaml.Unmarshal(text, &doc) == nil {
-			if d, err := time.ParseDuration(doc.Batch.MaxWait); err == nil {
-				return d
-			}
-		}
-	}
-	return time.Second
+	return sink.DefaultConfig().Batch.MaxWait
 }
 
 // daemonEnv is the harness's environment without the memory settings that
