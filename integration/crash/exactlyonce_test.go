@@ -466,6 +466,12 @@ func TestExactlyOnceZombie(t *testing.T) {
 	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
+	// Freeze A with an append in flight, not between two: on a loaded
+	// machine the pause alone may land before A's records flow, and a
+	// zombie with nothing in flight writes nothing after the thaw.
+	itest.WaitUntil(t, 20*time.Second, func() string { return a.Name + " to have an append in flight" }, func() bool {
+		return a.Metric("bqsink_appends_inflight") > 0
+	})
 	owned := a.Metric("bqsink_partitions_assigned")
 	rowsBefore := a.Metric("bqsink_rows_written_total")
 	stopped := time.Now()
