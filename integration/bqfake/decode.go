@@ -68,6 +68,9 @@ func compileDescriptor(dp *descriptorpb.DescriptorProto) (protoreflect.MessageDe
 // schema's fields; it is built once per writer schema and table schema.
 type msgPlan struct {
 	cols []colPlan
+	// The CDC pseudo-columns, top level only; nil when the writer schema
+	// lacks them.
+	changeType, changeSeq protoreflect.FieldDescriptor
 }
 
 type colPlan struct {
@@ -112,13 +115,23 @@ func buildPlanLevel(md protoreflect.MessageDescriptor, cols []*bq.TableFieldSche
 		byName[strings.ToLower(c.Name)] = i
 	}
 	assigned := make([]protoreflect.FieldDescriptor, len(cols))
+	pseudoFields := map[string]protoreflect.FieldDescriptor{}
 	fields := md.Fields()
 	for i := range fields.Len() {
 		fd := fields.Get(i)
 		name := columnName(fd)
 		j, ok := byName[strings.ToLower(name)]
 		if !ok {
-			*extras = append(*extras, prefix+name)
+			pseudo := false
+			if prefix == "" {
+				var err error
+				if pseudo, err = pseudoColumn(fd, name, pseudoFields); err != nil {
+					return nil, err
+				}
+			}
+			if !pseudo {
+				*extras = append(*extras, prefix+name)
+			}
 			continue
 		}
 		col := cols[j]
@@ -131,7 +144,7 @@ func buildPlanLevel(md protoreflect.MessageDescriptor, cols []*bq.TableFieldSche
 		}
 		assigned[j] = fd
 	}
-	plan := &msgPlan{cols: make([]colPlan, 0, len(cols))}
+	plan := &msgPlan{cols: make([]colPlan, 0, len(cols)), changeType: pseudoFields[pseudoChangeType], changeSeq: pseudoFields[pseudoChangeSeq]}
 	for j, col := range cols {
 		cp := colPlan{col: col, path: prefix + col.Name, fd: assigned[j]}
 		if cp.fd != nil && col.Type == typeRecord {
@@ -144,6 +157,33 @@ func buildPlanLevel(md protoreflect.MessageDescriptor, cols []*bq.TableFieldSche
 		plan.cols = append(plan.cols, cp)
 	}
 	return plan, nil
+}
+
+// pseudoColumn reports whether a top-level descriptor field without a
+// column is one of the CDC pseudo-columns (matched case-insensitively, as
+// column names are), recording it in found; they must be STRING fields. A
+// table column of the same name takes the field instead.
+func pseudoColumn(fd protoreflect.FieldDescriptor, name string, found map[string]protoreflect.FieldDescriptor) (bool, error) {
+	var pseudo string
+	for _, p := range []string{pseudoChangeType, pseudoChangeSeq} {
+		if strings.EqualFold(name, p) {
+			pseudo = p
+		}
+	}
+	if pseudo == "" {
+		return false, nil
+	}
+	if found[pseudo] != nil {
+		return false, &schemaError{msg: fmt.Sprintf("Field %s appears more than once in the proto schema", pseudo)}
+	}
+	if fd.IsList() || fd.IsMap() {
+		return false, &schemaError{msg: fmt.Sprintf("The proto field mismatched with BigQuery field at %s, the proto field is repeated, BigQuery field mode NULLABLE", pseudo)}
+	}
+	if fd.Kind() != protoreflect.StringKind {
+		return false, &schemaError{msg: fmt.Sprintf("The proto field mismatched with BigQuery field at %s, the proto field type %s, BigQuery field type STRING", pseudo, kindName(fd))}
+	}
+	found[pseudo] = fd
+	return true, nil
 }
 
 func columnName(fd protoreflect.FieldDescriptor) string {
@@ -265,13 +305,58 @@ func kindAccepted(typ string, fd protoreflect.FieldDescriptor) bool {
 }
 
 // decodeRow parses one serialized row and converts it to the row value
-// contract; an error names the offending field and fails only this row.
-func decodeRow(plan *msgPlan, md protoreflect.MessageDescriptor, b []byte) (map[string]any, error) {
+// contract, together with the change its CDC pseudo-columns ask for; an
+// error names the offending field and fails only this row. A DELETE needs
+// only the key columns (keyCols, lower case): other REQUIRED columns may be
+// absent from it.
+func decodeRow(plan *msgPlan, md protoreflect.MessageDescriptor, b []byte, keyCols map[string]bool) (map[string]any, change, error) {
 	msg := dynamicpb.NewMessage(md)
 	if err := (proto.UnmarshalOptions{AllowPartial: true, DiscardUnknown: true}).Unmarshal(b, msg); err != nil {
-		return nil, fmt.Errorf("cannot parse the serialized row as %s: %v", md.FullName(), err)
+		return nil, change{}, fmt.Errorf("cannot parse the serialized row as %s: %v", md.FullName(), err)
 	}
-	return decodeMsg(plan, msg)
+	ch, err := decodeChange(plan, msg)
+	if err != nil {
+		return nil, change{}, err
+	}
+	row := make(map[string]any, len(plan.cols))
+	for _, c := range plan.cols {
+		if ch.typ == changeDelete && c.col.Mode == modeRequired && !keyCols[strings.ToLower(c.col.Name)] && (c.fd == nil || !msg.Has(c.fd)) {
+			continue
+		}
+		v, err := decodeCol(c, msg)
+		if err != nil {
+			return nil, change{}, err
+		}
+		if v != nil {
+			row[c.col.Name] = v
+		}
+	}
+	return row, ch, nil
+}
+
+// decodeChange reads a row's CDC pseudo-columns. An empty value counts as
+// absent, since proto3 cannot tell the two apart.
+func decodeChange(plan *msgPlan, msg protoreflect.Message) (change, error) {
+	var ch change
+	if fd := plan.changeType; fd != nil && msg.Has(fd) && msg.Get(fd).String() != "" {
+		typ, err := parseChangeType(msg.Get(fd).String())
+		if err != nil {
+			return change{}, err
+		}
+		ch.typ = typ
+	}
+	if fd := plan.changeSeq; fd != nil && msg.Has(fd) && msg.Get(fd).String() != "" {
+		if ch.typ == "" {
+			return change{}, errSeqWithoutType
+		}
+		raw := msg.Get(fd).String()
+		seq, err := parseSequence(raw)
+		if err != nil {
+			return change{}, err
+		}
+		ch.seq, ch.rawSeq = seq, raw
+	}
+	return ch, nil
 }
 
 func decodeMsg(plan *msgPlan, msg protoreflect.Message) (map[string]any, error) {

@@ -138,8 +138,9 @@
 //
 // The order of checks for one request, where BigQuery's documentation is
 // silent, is: the stream (NOT_FOUND; committed or finalized; an offset on the
-// default stream), then the writer schema against the table, then every
-// row (row_errors), and only then the offset. So a request whose offset is
+// default stream), then the writer schema against the table, then the
+// whole-request CDC checks (see Change data capture), then every row
+// (row_errors), and only then the offset. So a request whose offset is
 // already written but which carries a row BigQuery now rejects fails with
 // row_errors, not ALREADY_EXISTS: a writer learns that a row's fate
 // changed.
@@ -183,6 +184,83 @@
 // writer_schema on it), every response carries the new schema in
 // updated_schema. Sending a new writer_schema, or reconnecting,
 // makes the current schema the baseline again.
+//
+// # Change data capture
+//
+// BigQuery's CDC ("Stream table updates with change data capture") is
+// modelled on the _default stream. Messages marked * are reported from
+// BigQuery; the others are bqfake's, BigQuery's documentation quoting none.
+//
+// Primary key: tables.insert, get, patch and update carry
+// tableConstraints.primaryKey.columns (and foreignKeys, stored unchecked)
+// and maxStaleness (the INTERVAL text "Y-M D H:M:S[.F]" the Go client's
+// IntervalValue writes, e.g. "0-0 0 0:15:0"; anything else is refused),
+// stored as sent and returned by tables.get. A key is refused with 400
+// "invalid" when it names a column the schema lacks ("The field specified
+// for primary key cannot be found in the schema. Invalid field: x."), a
+// RECORD subfield, a REPEATED column or one column twice, or has more than
+// 16 columns ("Too many primary key columns: 17. At most 16 columns are
+// allowed in a primary key."). A key without columns is no key. tables.patch
+// changes primaryKey and foreignKeys only when sent (null removes them);
+// tables.update, replacing the resource, clears an omitted tableConstraints
+// and maxStaleness.
+//
+// Rows: the writer schema may carry two top-level STRING fields besides the
+// columns, the pseudo-columns _CHANGE_TYPE and _CHANGE_SEQUENCE_NUMBER
+// (names match case-insensitively, as columns do; a table column of the
+// same name takes the field instead; another proto type is refused like any
+// mismatched field). A row is a CDC row when it sets _CHANGE_TYPE to a
+// non-empty value; the empty string counts as unset, as proto3 cannot tell
+// them apart. Refused, for the whole request (INVALID_ARGUMENT in the
+// response, nothing written), checked after the rows are decoded and before
+// their row errors:
+//   - CDC rows on a COMMITTED, PENDING or BUFFERED stream: "CDC (rows with
+//     _CHANGE_TYPE) is only supported on the _default stream." with the
+//     StorageError INVALID_STREAM_TYPE;
+//   - CDC rows on a table without primary key: "The table P:D.T does not
+//     have a primary key, which is required for CDC (rows with
+//     _CHANGE_TYPE).";
+//   - rows with and without _CHANGE_TYPE on one AppendRows connection: the
+//     first request written on a connection puts it in upsert mode (CDC
+//     rows) or insert mode (plain rows), for every stream it carries; a
+//     later request, or a row of the same request, of the other kind fails
+//     with "The given value is not a valid CHANGE_TYPE in insert mode:
+//     UPSERT"* (or DELETE), respectively "... in upsert mode: INSERT" for a
+//     row without _CHANGE_TYPE. The connection keeps its mode.
+//
+// Row errors (FIELDS_ERROR, the request fails with INVALID_ARGUMENT and
+// writes nothing): a _CHANGE_TYPE other than UPSERT or DELETE, in any case
+// ("Field _CHANGE_TYPE: The given value is not a valid CHANGE_TYPE:
+// "INSERT". It must be UPSERT or DELETE."); a malformed
+// _CHANGE_SEQUENCE_NUMBER, i.e. not one to four sections of one to 16
+// hexadecimal digits (either case) separated by '/' ("Field
+// _CHANGE_SEQUENCE_NUMBER: Invalid value ..."); a sequence number on a row
+// without _CHANGE_TYPE; a CDC row without sequence number once the table
+// has received a row with one (or the same request carries one) — the
+// converse is accepted: rows with sequence numbers may follow rows without,
+// which then compare lowest. An UPSERT is a whole row: REQUIRED columns
+// apply as to any row. A DELETE needs only the key columns.
+//
+// Applied state: tabledata.list, numRows, Rows and RowCount show the table
+// as BigQuery's queries do with changes applied (max_staleness is stored,
+// not simulated: changes apply at once). Per primary key value, the change
+// with the highest _CHANGE_SEQUENCE_NUMBER wins, sections compared in turn
+// as unsigned 64-bit numbers (so FFFFFFFFFFFFFFFF > 1); when one number is
+// the other with sections added, the shorter is lower (2 < 2/0 < 2/0/1), and
+// no number is lowest of all. On a tie, including changes without numbers,
+// the change that arrived later wins, except within one request, where the
+// first of the tied rows wins (as reported from BigQuery). An UPSERT that
+// wins replaces the key's whole row (absent columns are NULL), in the place
+// of the key's first row, a new key's row going to the end; a DELETE that
+// wins removes it and is remembered, so an older change arriving later does
+// not bring the row back. Keys compare by the values of the key columns;
+// NULL equals NULL (the changes of rows whose key column is NULL apply to
+// one another, as in a GROUP BY). Rows written without _CHANGE_TYPE to a
+// keyed table are appended as they come, duplicates included (BigQuery
+// does not enforce keys); the next winning change of their key replaces or
+// removes all of them. KeyStates lists the winning change per key. Changing
+// the primary key starts the per-key memory afresh. Bench mode neither
+// decodes nor checks CDC rows: it counts them.
 //
 // # Fault injection on the wire
 //
@@ -268,7 +346,7 @@
 // client pinging every 30 s keeps its connection; faster pings get GOAWAY
 // too_many_pings.
 //
-// Not modelled: SQL queries and jobs (so neither partition pruning nor the
+// Not modelled: DML, SQL queries and jobs (so neither partition pruning nor the
 // requirePartitionFilter check of queries), tabledata.insertAll, partition
 // decorators, the Storage Read API, Arrow rows, missing-value
 // interpretations and default values, integer-range partitioning rules,

@@ -362,6 +362,15 @@ func (s *Server) insertTable(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return
 	}
+	tc, err := checkTableConstraints(body.TableConstraints, schema.Fields)
+	if err == nil {
+		err = checkMaxStaleness(body.MaxStaleness)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
+	body.TableConstraints = tc
 	key := tableKey{project, ds, ref.TableId}
 
 	s.mu.Lock()
@@ -423,7 +432,7 @@ func tableKeyOf(r *http.Request) tableKey {
 // request omits them (it replaces the resource; tables.patch leaves omitted
 // fields alone). An omitted schema or timePartitioning is kept, since
 // neither can be dropped.
-var replacedByUpdate = []string{"description", "friendlyName", "expirationTime", "labels", "clustering", "requirePartitionFilter"}
+var replacedByUpdate = []string{"description", "friendlyName", "expirationTime", "labels", "clustering", "requirePartitionFilter", "tableConstraints", "maxStaleness"}
 
 // changeTable serves tables.patch (replace false) and tables.update (replace
 // true).
@@ -483,6 +492,10 @@ func (s *Server) changeTable(w http.ResponseWriter, r *http.Request, replace boo
 		writeError(w, http.StatusBadRequest, "invalid", err.Error())
 		return
 	}
+	if err := applyConstraints(&upd, &body, present); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	}
 	if _, ok := present["description"]; ok {
 		upd.Description = body.Description
 	}
@@ -534,6 +547,10 @@ func (s *Server) changeTable(w http.ResponseWriter, r *http.Request, replace boo
 	t.res = &upd
 	t.etag = s.newEtagLocked()
 	t.modified = now
+	if t.cdc != nil && !slices.Equal(t.cdc.keyCols, primaryKeyColumns(&upd)) {
+		// Changes are keyed by the primary key they were written under.
+		t.cdc = nil
+	}
 	if schemaChanged {
 		t.version++
 		// Drop views the write path can no longer reach: every one older

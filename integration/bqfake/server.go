@@ -152,6 +152,12 @@ type table struct {
 	expired int
 	// benchRows counts the rows appended in bench mode, which are not kept.
 	benchRows int64
+	// cdc is the state of changes written through CDC (cdc.go); nil
+	// before the first one.
+	cdc *cdcState
+	// seqSeen is set once a row with _CHANGE_SEQUENCE_NUMBER was written:
+	// from then on, every CDC row must carry one.
+	seqSeen bool
 }
 
 // schemaView is a schema version together with the moment the write path
@@ -382,7 +388,8 @@ func (s *Server) SetSchemaDelay(d time.Duration) {
 
 // RowCount returns the number of committed (readable) rows of the table, or 0
 // if it does not exist; rows of expired partitions are not counted (see
-// ExpiredRows). Rows counted in bench mode (see SetBench) are
+// ExpiredRows), and for a table written through CDC, only the applied rows
+// (see Rows). Rows counted in bench mode (see SetBench) are
 // included although they were not kept.
 func (s *Server) RowCount(project, dataset, table string) int {
 	s.mu.Lock()
@@ -397,8 +404,12 @@ func (s *Server) RowCount(project, dataset, table string) int {
 // Rows returns a deep copy of the committed rows of the table in commit order,
 // or nil if it does not exist. Values follow the project's row value contract
 // (e.g. NUMERIC as a normalized decimal string, DATE as int32 days, TIMESTAMP
-// as int64 microseconds); absent keys are NULL. It is meant for debugging:
-// tests should read back through the real client where they can.
+// as int64 microseconds); absent keys are NULL. For a table written through
+// CDC these are the applied rows, as tabledata.list returns them: one row per
+// primary key value whose winning change is an UPSERT, in the place of the
+// key's first row (new keys at the end); see KeyStates for the changes that
+// won. It is meant for debugging: tests should read back through the real
+// client where they can.
 func (s *Server) Rows(project, dataset, table string) []map[string]any {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,10 +1,12 @@
 package bqfake
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -247,7 +249,7 @@ func (w *writeService) BatchCommitWriteStreams(_ context.Context, req *storagepb
 		return &storagepb.BatchCommitWriteStreamsResponse{StreamErrors: errs}, nil
 	}
 	for _, ws := range streams {
-		t.rows = append(t.rows, ws.pending...)
+		t.appendPlainLocked(ws.pending)
 		ws.pending = nil
 		ws.committed = now
 	}
@@ -277,7 +279,7 @@ func (w *writeService) FlushRows(_ context.Context, req *storagepb.FlushRowsRequ
 			fmt.Sprintf("Flush offset %d is beyond the end of the stream (%d rows).", off, ws.appended)).Err()
 	}
 	if n := off + 1 - ws.flushed; n > 0 {
-		t.rows = append(t.rows, ws.pending[:n]...)
+		t.appendPlainLocked(ws.pending[:n])
 		ws.pending = ws.pending[n:]
 		ws.flushed = off + 1
 		s.purgeExpiredLocked(t, time.Now())
@@ -290,6 +292,41 @@ func (w *writeService) FlushRows(_ context.Context, req *storagepb.FlushRowsRequ
 type appendConn struct {
 	current string
 	streams map[string]*connStream
+	// mode is fixed by the first request written on the connection: rows
+	// with _CHANGE_TYPE (upsert mode) and rows without (insert mode) never
+	// share a connection.
+	mode connMode
+}
+
+type connMode int
+
+const (
+	modeUnset connMode = iota
+	modeInsert
+	modeUpsert
+)
+
+func (m connMode) String() string {
+	if m == modeUpsert {
+		return "upsert"
+	}
+	return "insert"
+}
+
+func modeOf(ch change) connMode {
+	if ch.typ == "" {
+		return modeInsert
+	}
+	return modeUpsert
+}
+
+// changeTypeName names a row's change type in the mode mismatch message; a
+// row without _CHANGE_TYPE is an insert.
+func changeTypeName(ch change) string {
+	if ch.typ == "" {
+		return "INSERT"
+	}
+	return ch.typ
 }
 
 type connStream struct {
@@ -453,6 +490,48 @@ func failed(resp *storagepb.AppendRowsResponse, st *status.Status) *storagepb.Ap
 	return resp
 }
 
+// cdcRequestState is the error of a request whose rows BigQuery refuses as
+// a whole for their change types, checked after the rows were decoded and
+// before their row errors: CDC rows on an explicit stream or a table
+// without primary key, and rows whose mode (with or without _CHANGE_TYPE)
+// differs from the connection's or from the request's first row.
+func cdcRequestState(conn *appendConn, ws *writeStream, tbl *table, keyCols []string, changes []change, cdc bool, name string) *status.Status {
+	if cdc && ws != nil {
+		return storageStatus(codes.InvalidArgument, storagepb.StorageError_INVALID_STREAM_TYPE, name, msgCDCStream)
+	}
+	if cdc && len(keyCols) == 0 {
+		return status.New(codes.InvalidArgument, fmt.Sprintf(msgNoPrimaryKey, tbl.key.legacyID())+" Entity: "+name)
+	}
+	mode := conn.mode
+	for _, ch := range changes {
+		m := modeOf(ch)
+		if mode == modeUnset {
+			mode = m
+		}
+		if m != mode {
+			return status.New(codes.InvalidArgument, fmt.Sprintf(msgChangeTypeMode, mode, changeTypeName(ch))+" Entity: "+name)
+		}
+	}
+	return nil
+}
+
+// missingSequences returns the row errors of CDC rows without
+// _CHANGE_SEQUENCE_NUMBER once the table, or this request, has rows with
+// one; s.mu must be held.
+func missingSequences(tbl *table, changes []change, indexes []int64) []*storagepb.RowError {
+	required := tbl.seqSeen || slices.ContainsFunc(changes, func(ch change) bool { return ch.seq != nil })
+	if !required {
+		return nil
+	}
+	var out []*storagepb.RowError
+	for i, ch := range changes {
+		if ch.typ != "" && ch.seq == nil {
+			out = append(out, &storagepb.RowError{Index: indexes[i], Code: storagepb.RowError_FIELDS_ERROR, Message: errSeqRequired.Error()})
+		}
+	}
+	return out
+}
+
 // handleAppend processes one request. A non-nil error ends the stream with
 // that status; everything else is answered in the response.
 func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsRequest) (*storagepb.AppendRowsResponse, error) {
@@ -548,6 +627,10 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 	if st == nil {
 		st = requestStateLocked(ws, req, name)
 	}
+	var keyCols []string
+	if st == nil {
+		keyCols = primaryKeyColumns(tbl.res)
+	}
 	s.mu.Unlock()
 	if st != nil {
 		return failed(resp, st), nil
@@ -571,11 +654,17 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 		cs.plan, cs.planTbl, cs.planVersion, cs.planDescVer = plan, tbl, view.version, cs.descVer
 	}
 
+	keySet := make(map[string]bool, len(keyCols))
+	for _, c := range keyCols {
+		keySet[strings.ToLower(c)] = true
+	}
 	serialized := req.GetProtoRows().GetRows().GetSerializedRows()
 	rows := make([]map[string]any, 0, len(serialized))
+	changes := make([]change, 0, len(serialized))
+	indexes := make([]int64, 0, len(serialized)) // of rows in the request
 	var rowErrs []*storagepb.RowError
 	for i, b := range serialized {
-		row, err := decodeRow(cs.plan, cs.desc, b)
+		row, ch, err := decodeRow(cs.plan, cs.desc, b, keySet)
 		if err != nil {
 			rowErrs = append(rowErrs, &storagepb.RowError{Index: int64(i), Code: storagepb.RowError_FIELDS_ERROR, Message: err.Error()})
 			continue
@@ -585,12 +674,12 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 			continue
 		}
 		rows = append(rows, row)
+		changes = append(changes, ch)
+		indexes = append(indexes, int64(i))
 	}
-	// Rows are validated before the offset is checked: a request with a bad
-	// row fails with row_errors even if its offset is already written.
-	if len(rowErrs) > 0 {
-		resp.RowErrors = rowErrs
-		return failed(resp, status.New(codes.InvalidArgument, "Errors found while processing rows. Please refer to the row_errors field for details. The list may not be complete because of the size limitations. Entity: "+name)), nil
+	cdc := slices.ContainsFunc(changes, func(ch change) bool { return ch.typ != "" })
+	if st := cdcRequestState(conn, ws, tbl, keyCols, changes, cdc, name); st != nil {
+		return failed(resp, st), nil
 	}
 
 	s.mu.Lock()
@@ -603,6 +692,20 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 	}
 	if st := requestStateLocked(ws, req, name); st != nil {
 		return failed(resp, st), nil // finalized meanwhile
+	}
+	if cdc {
+		// The key may have changed since the rows were decoded.
+		if keyCols = primaryKeyColumns(tbl.res); len(keyCols) == 0 {
+			return failed(resp, status.New(codes.InvalidArgument, fmt.Sprintf(msgNoPrimaryKey, tbl.key.legacyID())+" Entity: "+name)), nil
+		}
+		rowErrs = append(rowErrs, missingSequences(tbl, changes, indexes)...)
+		slices.SortFunc(rowErrs, func(a, b *storagepb.RowError) int { return cmp.Compare(a.GetIndex(), b.GetIndex()) })
+	}
+	// Rows are validated before the offset is checked: a request with a bad
+	// row fails with row_errors even if its offset is already written.
+	if len(rowErrs) > 0 {
+		resp.RowErrors = rowErrs
+		return failed(resp, status.New(codes.InvalidArgument, "Errors found while processing rows. Please refer to the row_errors field for details. The list may not be complete because of the size limitations. Entity: "+name)), nil
 	}
 	if ws != nil {
 		if off := req.GetOffset(); off != nil {
@@ -620,16 +723,22 @@ func (w *writeService) processAppend(conn *appendConn, req *storagepb.AppendRows
 	}
 
 	result := &storagepb.AppendRowsResponse_AppendResult{}
-	if ws == nil {
-		tbl.rows = append(tbl.rows, rows...)
-	} else {
+	switch {
+	case ws == nil && cdc:
+		tbl.applyChangesLocked(rows, changes, keyCols)
+	case ws == nil:
+		tbl.appendPlainLocked(rows)
+	default:
 		result.Offset = wrapperspb.Int64(ws.appended)
 		ws.appended += int64(len(rows))
 		if ws.typ == storagepb.WriteStream_COMMITTED {
-			tbl.rows = append(tbl.rows, rows...)
+			tbl.appendPlainLocked(rows)
 		} else {
 			ws.pending = append(ws.pending, rows...)
 		}
+	}
+	if len(changes) > 0 && conn.mode == modeUnset {
+		conn.mode = modeOf(changes[0])
 	}
 	// Rows of partitions that have already expired are accepted and
 	// dropped at once, as BigQuery expires them on insert.
