@@ -191,6 +191,12 @@ type batch struct {
 // a version, each carrying its descriptor. It returns once the requests are
 // sent; the Result tells which rows were written.
 //
+// The default stream is the only one BigQuery takes changes (rows of a
+// table with a primary key) on. A Table's rows are all changes or all
+// plain rows (see SetOptions), so its connection never carries both, as
+// BigQuery requires; a row of the other kind (made by another Table's Row)
+// is rejected.
+//
 // Before the first request on each new connection, Append looks the
 // default stream up (GetWriteStream), as Google's managedwriter does, since
 // some servers refuse appends to a stream nobody asked about. BigQuery
@@ -289,6 +295,12 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 	for i, row := range rows {
 		if row.enc == nil {
 			r.record(nil, map[int]error{i: errors.New("not a row made by Table.Row")}, nil)
+			continue
+		}
+		if k := kindOf(row.enc.change); !t.fixKind(k) {
+			// Only a row of another Table's Row gets here: this one's
+			// Row refuses the other kind.
+			r.record(nil, map[int]error{i: t.kindErr(k, "the row (made by another Table's Row)")}, nil)
 			continue
 		}
 		overhead := t.overhead(row.enc)

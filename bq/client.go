@@ -11,6 +11,11 @@
 // and writes them with Append, whose Result says per row whether it was
 // written, rejected for good, or must be retried.
 //
+// A table with a primary key (TableOptions.PrimaryKey) mirrors its source
+// through BigQuery's change data capture: its rows are changes, UPSERT or
+// DELETE of the row with their key, ordered by an optional Sequence, which
+// Format.AppendChange writes as the pseudo-columns BigQuery reads.
+//
 // Every network call is bounded: REST calls, stream lookups, opens and
 // sends by Config.Timeout, the wait for an append's answer by
 // Config.AppendTimeout.

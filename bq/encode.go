@@ -30,6 +30,14 @@ type encoder struct {
 	root    *msgPlan
 	scratch sync.Pool // *encodeState, so concurrent AppendColumn calls do not share slots
 	format  *Format   // its exported face
+
+	// change: rows are changes to a table with a primary key, and the
+	// descriptor has the pseudo-columns _CHANGE_TYPE and
+	// _CHANGE_SEQUENCE_NUMBER as fields changeNum and sequenceNum, right
+	// after the columns' (see change.go).
+	change                 bool
+	changeNum, sequenceNum protowire.Number
+	changeTag, sequenceTag uint64 // their keys, as length-delimited fields
 }
 
 // encodeState is one AppendColumn call's scratch, reused across calls.
@@ -68,11 +76,20 @@ var wireTypes = []adapt.ProtoConversionOption{
 // newEncoder builds the descriptor and encoding plan for a table schema.
 // Columns of types bq cannot write (INTERVAL, RANGE, ...) are left out of
 // the descriptor: BigQuery matches proto fields to columns by name, and rows
-// naming such a column are rejected as unknown.
-func newEncoder(schema bigquery.Schema) (*encoder, error) {
+// naming such a column are rejected as unknown. With change, the
+// descriptor ends with the CDC pseudo-columns, which BigQuery reads from
+// the writer's descriptor and never from the table's schema.
+func newEncoder(schema bigquery.Schema, change bool) (*encoder, error) {
 	writable := writableSchema(schema)
 	if len(writable) == 0 {
 		return nil, fmt.Errorf("table has no column bq can write")
+	}
+	if change {
+		for _, name := range []string{changeTypeColumn, changeSequenceColumn} {
+			if f := topLevel(writable, name); f != nil {
+				return nil, fmt.Errorf("column %q has the name of a change pseudo-column", f.Name)
+			}
+		}
 	}
 	ts, err := adapt.BQSchemaToStorageTableSchema(writable)
 	if err != nil {
@@ -94,9 +111,30 @@ func newEncoder(schema bigquery.Schema) (*encoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	enc := &encoder{schema: schema, dp: dp, dpSize: proto.Size(dp), root: root}
+	enc := &encoder{schema: schema, dp: dp, root: root}
+	if change {
+		// adapt numbers the columns 1..n; the pseudo-columns follow.
+		enc.change = true
+		enc.changeNum = protowire.Number(len(writable) + 1)
+		enc.sequenceNum = enc.changeNum + 1
+		enc.changeTag = protowire.EncodeTag(enc.changeNum, protowire.BytesType)
+		enc.sequenceTag = protowire.EncodeTag(enc.sequenceNum, protowire.BytesType)
+		dp.Field = append(dp.Field, pseudoColumn(changeTypeColumn, enc.changeNum), pseudoColumn(changeSequenceColumn, enc.sequenceNum))
+	}
+	enc.dpSize = proto.Size(dp)
 	enc.format = &Format{enc: enc, columns: writable}
 	return enc, nil
+}
+
+// pseudoColumn is the descriptor field of a CDC pseudo-column: an optional
+// string, as BigQuery documents both.
+func pseudoColumn(name string, num protowire.Number) *descriptorpb.FieldDescriptorProto {
+	return &descriptorpb.FieldDescriptorProto{
+		Name:   proto.String(name),
+		Number: proto.Int32(int32(num)),
+		Label:  descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(),
+		Type:   descriptorpb.FieldDescriptorProto_TYPE_STRING.Enum(),
+	}
 }
 
 var writableTypes = map[bigquery.FieldType]bool{

@@ -93,7 +93,7 @@ type differ struct {
 
 func newDiffer(t testing.TB, s bigquery.Schema) *differ {
 	t.Helper()
-	enc, err := newEncoder(s)
+	enc, err := newEncoder(s, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -576,7 +576,7 @@ func TestEncodeConcurrent(t *testing.T) {
 }
 
 func BenchmarkEncodeOtherCase(b *testing.B) {
-	enc, err := newEncoder(typicalSchema())
+	enc, err := newEncoder(typicalSchema(), false)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func field(t *testing.T, m protoreflect.Message, name string) protoreflect.Value
 }
 
 func TestEncoderWireTypes(t *testing.T) {
-	enc, err := newEncoder(typicalSchema())
+	enc, err := newEncoder(typicalSchema(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestEncoderWireTypes(t *testing.T) {
 }
 
 func TestEncodeRoundTrip(t *testing.T) {
-	enc, err := newEncoder(typicalSchema())
+	enc, err := newEncoder(typicalSchema(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestEncodeRoundTrip(t *testing.T) {
 }
 
 func TestEncodeSpecialFloats(t *testing.T) {
-	enc, err := newEncoder(bigquery.Schema{col("f", bigquery.FloatFieldType, "REPEATED")})
+	enc, err := newEncoder(bigquery.Schema{col("f", bigquery.FloatFieldType, "REPEATED")}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestEncodeSpecialFloats(t *testing.T) {
 }
 
 func TestEncodeRejectsBadValues(t *testing.T) {
-	enc, err := newEncoder(typicalSchema())
+	enc, err := newEncoder(typicalSchema(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestEncodeRejectsBadValues(t *testing.T) {
 }
 
 func TestEncodeAcceptsIntKindsAndCase(t *testing.T) {
-	enc, err := newEncoder(bigquery.Schema{col("N", bigquery.IntegerFieldType, "REPEATED"), col("d", bigquery.DateFieldType, "NULLABLE")})
+	enc, err := newEncoder(bigquery.Schema{col("N", bigquery.IntegerFieldType, "REPEATED"), col("d", bigquery.DateFieldType, "NULLABLE")}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +271,7 @@ func TestValidators(t *testing.T) {
 }
 
 func BenchmarkEncode(b *testing.B) {
-	enc, err := newEncoder(typicalSchema())
+	enc, err := newEncoder(typicalSchema(), false)
 	if err != nil {
 		b.Fatal(err)
 	}

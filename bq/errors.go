@@ -13,8 +13,8 @@ import (
 
 // Error classes. Errors from bq wrap at most one of these (test with
 // errors.Is), including AppendError.Err and the errors EnsureSchema and
-// Check return. An error wrapping none of them is transient: retrying
-// later may succeed.
+// Check return; ErrTableConfig and its kind ErrPrimaryKey count as one. An
+// error wrapping none of them is transient: retrying later may succeed.
 var (
 	// ErrClosed is returned by Append once the Client is closed, and is the
 	// cause of Results that Close ended.
@@ -78,7 +78,7 @@ func withClass(err, class error) error {
 // which a cause should not hide behind a transient one.
 func permanent(err error) bool {
 	return errors.Is(err, ErrPermissionDenied) || errors.Is(err, ErrTableNotFound) || errors.Is(err, ErrDatasetNotFound) ||
-		errors.Is(err, ErrStreamNotFound) || errors.Is(err, ErrStreamFinalized) || errors.Is(err, ErrTableConfig)
+		errors.Is(err, ErrStreamNotFound) || errors.Is(err, ErrStreamFinalized) || errors.Is(err, ErrTableConfig) // ErrPrimaryKey too
 }
 
 // quotaReasons are 403 reasons that mean "slow down", not "not allowed".

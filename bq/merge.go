@@ -161,6 +161,18 @@ func schemaFingerprint(s bigquery.Schema) fingerprint {
 	return sha256.Sum256([]byte(b.String()))
 }
 
+// wantFingerprint identifies what EnsureSchema knows to fit: a wanted
+// schema and the primary key its rows are written as changes by (none for
+// plain rows), as a table keyed otherwise does not take them.
+func wantFingerprint(s bigquery.Schema, key []string) fingerprint {
+	var b strings.Builder
+	writeFingerprint(&b, s)
+	for _, k := range key {
+		fmt.Fprintf(&b, "key %d:%s;", len(k), strings.ToLower(k))
+	}
+	return sha256.Sum256([]byte(b.String()))
+}
+
 func writeFingerprint(b *strings.Builder, s bigquery.Schema) {
 	b.WriteByte('(')
 	for _, f := range s {

@@ -14,27 +14,49 @@ import (
 	"go.uber.org/zap"
 )
 
-// ErrTableConfig: the table's configured partitioning or clustering does
-// not fit the schema it is about to be created with (a column missing, not
-// top-level, of a type BigQuery cannot partition or cluster on). The rows
-// are fine and the configuration is not: an operator must fix it.
+// ErrTableConfig: the table's configured partitioning, clustering or
+// primary key does not fit the schema it is about to be created or written
+// with (a column missing, not top-level, of a type BigQuery cannot
+// partition, cluster or key on), or the table is configured to take changes
+// in one place and appended rows in another. ErrPrimaryKey, an existing
+// table keyed otherwise, is a kind of it. The rows are fine and the
+// configuration is not: an operator must fix it.
 var ErrTableConfig = errors.New("table settings do not fit the schema")
 
 // TableOptions are how bq creates a table: BigQuery's time partitioning,
-// clustering, description and labels. They apply only when bq creates the
-// table; an existing table is never altered for them (EnsureSchema warns
-// once when its settings differ). The zero value creates a plain table.
+// clustering, description, labels, primary key and max staleness; and
+// whether its rows are changes (PrimaryKey). The layout applies only when bq
+// creates the table; an existing table is never altered for it (EnsureSchema
+// warns once when its partitioning or clustering differ), but its primary
+// key must be PrimaryKey (else ErrPrimaryKey). The zero value creates a
+// plain table.
 type TableOptions struct {
 	// Partitioning is nil for none.
 	Partitioning *Partitioning
-	// Clustering lists up to four top-level columns, in order.
+	// Clustering lists up to four top-level columns, in order. Empty
+	// clusters a table with a primary key by its first four key columns,
+	// as BigQuery recommends for change tables.
 	Clustering  []string
 	Description string
 	Labels      map[string]string
 
-	// PartitioningKey and ClusteringKey name the settings in errors, e.g.
-	// the config keys they came from (default "partitioning", "clustering").
-	PartitioningKey, ClusteringKey string
+	// PrimaryKey, when not empty, makes the table a change table (BigQuery
+	// change data capture): it is created with PRIMARY KEY (PrimaryKey) NOT
+	// ENFORCED, its top-level columns other than the key's NULLABLE (a
+	// DELETE carries the key alone), and its rows must be changes made with
+	// Format.AppendChange. Up to 16 top-level columns of type STRING,
+	// INTEGER, NUMERIC, BIGNUMERIC, BOOLEAN, DATE, DATETIME or TIMESTAMP.
+	PrimaryKey []string
+	// MaxStaleness is BigQuery's max_staleness table option: how stale
+	// query results may be, which lets BigQuery apply changes in the
+	// background rather than at query time. 0 leaves it unset; a negative
+	// one fails creation with ErrTableConfig.
+	MaxStaleness time.Duration
+
+	// PartitioningKey, ClusteringKey and PrimaryKeyKey name the settings
+	// in errors, e.g. the config keys they came from (default
+	// "partitioning", "clustering", "primary_key").
+	PartitioningKey, ClusteringKey, PrimaryKeyKey string
 }
 
 // Partitioning is a table's time partitioning.
@@ -51,9 +73,19 @@ type Partitioning struct {
 	RequireFilter bool
 }
 
-// SetOptions sets how the table is created if bq creates it. Call it
-// before the first EnsureSchema.
+// SetOptions sets how the table is created if bq creates it, and whether
+// its rows are changes (PrimaryKey). Call it before the first EnsureSchema.
+//
+// Whether the table takes changes is fixed for the Table's life by its
+// first successful EnsureSchema or Row: the table's one connection carries
+// rows of one kind, as BigQuery requires. Options that say otherwise later
+// make EnsureSchema fail with ErrTableConfig (the Format stays as it was),
+// as Row does for a Format of the other kind. Another key, of a Table
+// already taking changes, is checked against the table at the next
+// EnsureSchema.
 func (t *Table) SetOptions(o TableOptions) {
+	o.PrimaryKey = slices.Clone(o.PrimaryKey)
+	o.Clustering = slices.Clone(o.Clustering)
 	t.knownMu.Lock()
 	t.opts = o
 	t.knownMu.Unlock()
@@ -67,8 +99,11 @@ func (t *Table) options() TableOptions {
 
 // CheckSettings reads the table and, if it exists with other partitioning
 // or clustering than SetOptions gave, logs the one warning EnsureSchema
-// would. A table that does not exist is not an error: bq creates it. The
-// read is bounded by Timeout.
+// would. For a change table (TableOptions.PrimaryKey) whose existing table
+// has no primary key or another one, it returns the error EnsureSchema
+// would, wrapping ErrPrimaryKey, with the DDL that fixes it. A table that
+// does not exist is not an error: bq creates it. The read is bounded by
+// Timeout.
 func (t *Table) CheckSettings(ctx context.Context) error {
 	if t.nameErr != nil {
 		return t.nameErr
@@ -80,7 +115,11 @@ func (t *Table) CheckSettings(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	t.warnIfDifferent(md)
+	o := t.options()
+	t.warnIfDifferent(o, md)
+	if len(o.PrimaryKey) > 0 {
+		return checkPrimaryKey(t.Name(), o, md, false)
+	}
 	return nil
 }
 
@@ -95,6 +134,12 @@ var clusterableTypes = map[bigquery.FieldType]bool{
 // checkOptions reports why o cannot create a table of schema, naming the
 // setting and the column; nil if it can.
 func checkOptions(o TableOptions, schema bigquery.Schema) error {
+	if err := checkKey(o, schema); err != nil {
+		return err
+	}
+	if o.MaxStaleness < 0 {
+		return fmt.Errorf("%w: max_staleness %v is negative (0 leaves it unset)", ErrTableConfig, o.MaxStaleness)
+	}
 	pk, ck := o.PartitioningKey, o.ClusteringKey
 	if pk == "" {
 		pk = "partitioning"
@@ -147,9 +192,20 @@ func columnList(s bigquery.Schema) string {
 	return strings.Join(names, ", ")
 }
 
-// metadataFor is the TableMetadata bq creates the table with.
+// metadataFor is the TableMetadata bq creates the table with. A change
+// table's non-key columns are made NULLABLE, and it is declared keyed and
+// clustered by its key (see TableOptions).
 func (o TableOptions) metadataFor(schema bigquery.Schema) *bigquery.TableMetadata {
+	if o.change() {
+		schema = changeSchema(schema, o.PrimaryKey)
+	}
 	md := &bigquery.TableMetadata{Schema: schema, Description: o.Description, Labels: maps.Clone(o.Labels)}
+	if o.change() {
+		md.TableConstraints = &bigquery.TableConstraints{PrimaryKey: &bigquery.PrimaryKey{Columns: slices.Clone(o.PrimaryKey)}}
+	}
+	if o.MaxStaleness > 0 {
+		md.MaxStaleness = bigquery.IntervalValueFromDuration(o.MaxStaleness)
+	}
 	if p := o.Partitioning; p != nil {
 		md.TimePartitioning = &bigquery.TimePartitioning{
 			Type:       bigquery.TimePartitioningType(strings.ToUpper(p.Type)),
@@ -158,21 +214,20 @@ func (o TableOptions) metadataFor(schema bigquery.Schema) *bigquery.TableMetadat
 		}
 		md.RequirePartitionFilter = p.RequireFilter
 	}
-	if len(o.Clustering) > 0 {
-		md.Clustering = &bigquery.Clustering{Fields: slices.Clone(o.Clustering)}
+	if c := o.clustering(); len(c) > 0 {
+		md.Clustering = &bigquery.Clustering{Fields: slices.Clone(c)}
 	}
 	return md
 }
 
 // warnIfDifferent logs once per Table when an existing table's
-// partitioning or clustering is not what the options would have created.
-func (t *Table) warnIfDifferent(md *bigquery.TableMetadata) {
-	o := t.options()
+// partitioning or clustering is not what the options o would have created.
+func (t *Table) warnIfDifferent(o TableOptions, md *bigquery.TableMetadata) {
 	want, have := describePartitioning(o.Partitioning), "none"
 	if tp := md.TimePartitioning; tp != nil {
 		have = describePartitioning(&Partitioning{Type: string(tp.Type), Field: tp.Field, Expiration: tp.Expiration, RequireFilter: md.RequirePartitionFilter})
 	}
-	wantC, haveC := strings.Join(o.Clustering, ", "), ""
+	wantC, haveC := strings.Join(o.clustering(), ", "), ""
 	if md.Clustering != nil {
 		haveC = strings.Join(md.Clustering.Fields, ", ")
 	}

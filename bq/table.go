@@ -45,12 +45,61 @@ type Table struct {
 
 	enc atomic.Pointer[encoder] // built from the table's latest known schema
 
+	// kind is whether the table's rows are changes (kindChange) or plain
+	// rows (kindPlain), fixed by the first successful EnsureSchema or Row
+	// (kindUnset before). BigQuery refuses rows with and without change
+	// type on one connection; a Table sends all its rows on one (its
+	// default stream's, def), so fixing the kind per Table is what keeps
+	// them apart. Options saying otherwise later are refused rather than
+	// obeyed: switching would need the connection drained and replaced,
+	// and a table written both ways is a configuration error anyway.
+	kind atomic.Int32
+
 	lookupMu sync.Mutex
 	lookup   *lookup // the latest table lookup after a NOT_FOUND
 
 	// beforePatch, if set (tests only), runs between reading the table and
 	// patching it, to interleave a concurrent writer deterministically.
 	beforePatch func()
+}
+
+// Table kinds (Table.kind).
+const (
+	kindUnset int32 = iota
+	kindPlain
+	kindChange
+)
+
+func kindOf(change bool) int32 {
+	if change {
+		return kindChange
+	}
+	return kindPlain
+}
+
+func kindName(k int32) string {
+	if k == kindChange {
+		return "changes (it has a primary key)"
+	}
+	return "appended rows (no primary key)"
+}
+
+// fixKind makes k the table's kind if it has none yet, and reports whether
+// the table's kind is k. Once fixed, it only reads: Row and Append call it
+// per row, from every goroutine writing to the table.
+func (t *Table) fixKind(k int32) bool {
+	if cur := t.kind.Load(); cur != kindUnset {
+		return cur == k
+	}
+	t.kind.CompareAndSwap(kindUnset, k)
+	return t.kind.Load() == k
+}
+
+// kindErr says that rows of kind k, which what is for, cannot be written
+// to the table, which takes the other kind; it wraps ErrTableConfig.
+func (t *Table) kindErr(k int32, what string) error {
+	return fmt.Errorf("%w: table %s takes %s in this process, but %s is for %s; a table takes one or the other on its one connection: give everything writing to it the same primary key setting, and restart",
+		ErrTableConfig, t.Name(), kindName(t.kind.Load()), what, kindName(k))
 }
 
 func newTable(c *Client, dataset, table string, nameErr error) *Table {
@@ -66,6 +115,8 @@ func newTable(c *Client, dataset, table string, nameErr error) *Table {
 	if nameErr == nil {
 		t.ref = c.rest.DatasetInProject(t.project, dataset).Table(table)
 	}
+	// The table's one default-stream writer: one AppendRows connection at
+	// a time for all its rows, which kind keeps all changes or all plain.
 	t.def = newWriter(t, t.streamPrefix()+"_default", false)
 	t.log = c.logger.With(zap.String("table", t.Name()))
 	return t
@@ -77,23 +128,35 @@ func (t *Table) Name() string {
 }
 
 // EnsureSchema makes the table able to take rows of want. A missing table is
-// created with want (config auto_create_tables; else an error wrapping
-// ErrTableNotFound). An existing one gets want's missing columns as NULLABLE
-// (REPEATED stays REPEATED, records recursively) and REQUIRED columns relaxed
-// where want has them NULLABLE or lacks them; nothing is ever dropped. The
-// patch is conditional on the table's etag and retried on conflict, so
-// processes evolving one table concurrently lose no column.
+// created with want and the options (SetOptions; config auto_create_tables,
+// else an error wrapping ErrTableNotFound). An existing one gets want's
+// missing columns as NULLABLE (REPEATED stays REPEATED, records
+// recursively) and REQUIRED columns relaxed where want has them NULLABLE or
+// lacks them; nothing is ever dropped. The patch is conditional on the
+// table's etag and retried on conflict, so processes evolving one table
+// concurrently lose no column.
+//
+// With a primary key in the options the table takes changes (change data
+// capture): want's top-level columns other than the key's are taken as
+// NULLABLE (a DELETE row carries the key alone), so a REQUIRED one never
+// asks a table to tighten and an existing REQUIRED one is relaxed; want
+// must have the key columns; and an existing table must be keyed by the
+// same columns, else EnsureSchema fails with an error wrapping
+// ErrPrimaryKey whose message gives the ALTER TABLE statement to run. The
+// Format it leaves is a change format (Format.Change).
 //
 // A type change or REPEATED change fails with *IncompatibleError and leaves
 // the table untouched; a needed change with auto_update_schema off fails
 // with an error wrapping ErrIncompatible. Both are permanent, as are errors
-// wrapping ErrDatasetNotFound or ErrPermissionDenied. Other errors (network,
-// quota, a REST call that timed out) are worth retrying. Each REST call is
-// bounded by Timeout.
+// wrapping ErrDatasetNotFound, ErrPermissionDenied, ErrTableConfig (options
+// that do not fit want, or that change whether the Table takes changes; see
+// SetOptions) or ErrPrimaryKey. Other errors (network, quota, a REST call
+// that timed out) are worth retrying. Each REST call is bounded by Timeout.
 //
-// Once want is known to fit, later calls with an equal want return nil
-// without calling BigQuery, until an append finds the table deleted. Calls
-// on one Table run one at a time; Format then returns the new schema's.
+// Once want is known to fit, later calls with an equal want and key return
+// nil without calling BigQuery, until an append finds the table deleted.
+// Calls on one Table run one at a time; Format then returns the new
+// schema's.
 func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 	if t.nameErr != nil {
 		return t.nameErr
@@ -101,31 +164,48 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 	if len(want) == 0 {
 		return fmt.Errorf("ensure schema of %s: empty schema", t.Name())
 	}
-	fp := schemaFingerprint(want)
 	select {
 	case t.schemaSem <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	defer func() { <-t.schemaSem }()
+	o := t.options()
+	if k := kindOf(o.change()); t.kind.Load() != kindUnset && t.kind.Load() != k {
+		// Before the cache: a cached want says nothing of options that
+		// changed since.
+		return t.kindErr(k, "its "+o.primaryKeyKey()+" now")
+	}
+	// The key is part of what is known to fit: another key must be
+	// checked against the table.
+	fp := wantFingerprint(want, o.PrimaryKey)
 	if t.isKnown(fp) {
 		return nil
+	}
+	cw := want
+	if o.change() {
+		if err := checkKey(o, want); err != nil {
+			return fmt.Errorf("table %s: %w", t.Name(), err)
+		}
+		cw = changeSchema(want, o.PrimaryKey)
 	}
 	// patched is the change this call made, once BigQuery answered it:
 	// the table is read again to see that it kept it.
 	var patched []schemaChange
+	created := false
 	for range maxPatchTries {
 		md, err := t.metadata(ctx)
 		if httpStatus(err) == http.StatusNotFound && !errors.Is(err, ErrDatasetNotFound) {
 			if !t.c.cfg.AutoCreateTables {
 				return fmt.Errorf("table %s: %w (auto_create_tables is off)", t.Name(), ErrTableNotFound)
 			}
-			if err := checkOptions(t.options(), want); err != nil {
+			if err := checkOptions(o, want); err != nil {
 				return fmt.Errorf("create table %s: %w", t.Name(), err)
 			}
-			switch err := t.create(ctx, want); {
+			switch err := t.create(ctx, o, want); {
 			case err == nil:
-				t.log.Info("created table", zap.Int("columns", len(want)))
+				created = true
+				t.log.Info("created table", zap.Int("columns", len(want)), zap.Strings("primary_key", o.PrimaryKey))
 			case httpStatus(err) == http.StatusConflict:
 				// A concurrent creator won; read what it made.
 			default:
@@ -136,8 +216,13 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 		if err != nil {
 			return err
 		}
-		t.warnIfDifferent(md)
-		merged, changes, err := mergeSchema(t.Name(), md.Schema, want)
+		t.warnIfDifferent(o, md)
+		if o.change() {
+			if err := checkPrimaryKey(t.Name(), o, md, created); err != nil {
+				return err
+			}
+		}
+		merged, changes, err := mergeSchema(t.Name(), md.Schema, cw)
 		if err != nil {
 			return err
 		}
@@ -145,7 +230,7 @@ func (t *Table) EnsureSchema(ctx context.Context, want bigquery.Schema) error {
 			if patched != nil {
 				t.log.Info("updated table schema", zap.Stringers("changes", patched))
 			}
-			return t.useSchema(md.Schema, fp)
+			return t.useSchema(md.Schema, fp, o.change())
 		}
 		if patched != nil {
 			// Rows written now would lose the new columns' values
@@ -184,9 +269,9 @@ func (t *Table) metadata(ctx context.Context) (md *bigquery.TableMetadata, err e
 	return md, err
 }
 
-func (t *Table) create(ctx context.Context, schema bigquery.Schema) error {
+func (t *Table) create(ctx context.Context, o TableOptions, schema bigquery.Schema) error {
 	return t.c.call(ctx, "create table "+t.Name(), func(ctx context.Context) error {
-		return t.ref.Create(ctx, t.options().metadataFor(schema))
+		return t.ref.Create(ctx, o.metadataFor(schema))
 	})
 }
 
@@ -204,11 +289,15 @@ func (t *Table) forget() {
 	clear(t.known)
 }
 
-// useSchema makes s the schema Format describes and records that the want
-// with fingerprint fp fits it. Callers hold schemaSem.
-func (t *Table) useSchema(s bigquery.Schema, fp fingerprint) error {
-	if cur := t.enc.Load(); cur == nil || schemaFingerprint(cur.schema) != schemaFingerprint(s) {
-		enc, err := newEncoder(s)
+// useSchema makes s the schema Format describes, as a change format if
+// change, and records that the want with fingerprint fp fits it. Callers
+// hold schemaSem.
+func (t *Table) useSchema(s bigquery.Schema, fp fingerprint, change bool) error {
+	if !t.fixKind(kindOf(change)) { // Row fixed the other kind meanwhile
+		return t.kindErr(kindOf(change), "its "+t.options().primaryKeyKey())
+	}
+	if cur := t.enc.Load(); cur == nil || cur.change != change || schemaFingerprint(cur.schema) != schemaFingerprint(s) {
+		enc, err := newEncoder(s, change)
 		if err != nil {
 			return fmt.Errorf("table %s: %w", t.Name(), err)
 		}
@@ -329,7 +418,12 @@ func (t *Table) lookupVerdict() error {
 	if enc == nil { // rows encoded by another Table were appended to this one
 		return fmt.Errorf("table %s: %w (and its schema was never known here)", t.Name(), ErrTableNotFound)
 	}
-	switch err := t.create(ctx, enc.schema); {
+	o := t.options()
+	if o.change() != enc.change {
+		// Recreated so, it would refuse the rows the Format makes.
+		return fmt.Errorf("table %s was deleted while writing, and its options changed since: not recreated: %w", t.Name(), ErrTableNotFound)
+	}
+	switch err := t.create(ctx, o, enc.schema); {
 	case err == nil:
 		t.log.Warn("table was deleted while writing; recreated it with the last known schema", zap.Int("columns", len(enc.schema)))
 		return fmt.Errorf("table %s was deleted while writing; recreated it", t.Name())

@@ -142,12 +142,21 @@ func (s *Stream) Close() {
 // rows after OUT_OF_RANGE (an earlier offset is not written yet) are to be
 // appended again at their offsets once the rows before them are. Every row
 // must come from Row (no row is skipped, or offsets would shift).
+//
+// Changes (rows of a table with a primary key) cannot be appended to an
+// explicit stream: BigQuery takes them on the default stream only
+// (Table.Append). Append refuses them, with an error wrapping
+// ErrTableConfig, and sends nothing.
 func (s *Stream) Append(ctx context.Context, rows []Row, offset int64) (*Result, error) {
 	t := s.w.t
 	limit := t.c.cfg.maxRequestBytes()
 	for i, row := range rows {
 		if row.enc == nil || t.overhead(row.enc)+rowWireSize(len(row.b)) > limit {
 			return nil, fmt.Errorf("append to %s: row %d was not made by Row for this table", s.w.name, i)
+		}
+		if row.enc.change {
+			return nil, fmt.Errorf("append to %s: row %d is a change (%s has a primary key): %w: BigQuery takes changes on the default stream only (Table.Append), not exactly-once",
+				s.w.name, i, t.Name(), ErrTableConfig)
 		}
 	}
 	first, err := s.w.append(ctx, rows, offset)
