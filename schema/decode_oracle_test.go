@@ -77,6 +77,9 @@ func decoderOf(a avro.Schema) decodeFunc {
 	case *avro.PrimitiveSchema:
 		return primitiveDecoder(a)
 	case *avro.RecordSchema:
+		if oracleVariableScaleDecimal(a) {
+			return decodeVariableScaleDecimal
+		}
 		fields := make([]fieldDecoder, len(a.Fields()))
 		for i, f := range a.Fields() {
 			fields[i] = fieldDecoder{name: f.Name(), dec: decoderOf(f.Type())}
@@ -149,6 +152,9 @@ func repeatedType(a avro.Schema) bool {
 
 // primitiveDecoder mirrors mapper.primitive.
 func primitiveDecoder(s *avro.PrimitiveSchema) decodeFunc {
+	if dec := connectDecoder(s); dec != nil {
+		return dec
+	}
 	var logical avro.LogicalType
 	if l := s.Logical(); l != nil {
 		logical = l.Type()
@@ -209,6 +215,28 @@ type decoder struct {
 	// again.
 	arena []byte
 	grown bool
+
+	// lax: the body is a change envelope (DecodeChange) whose parts are
+	// only read past unless they are the row written. A value BigQuery
+	// cannot store does not stop the reading: the first such error is kept
+	// in laxErr and a stand-in value is returned.
+	lax    bool
+	laxErr error
+}
+
+// invalid reports a value BigQuery cannot store: the error, or in lax mode
+// the stand-in (the value as read, where there is one) after noting it.
+func (d *decoder) invalid(err error, standIn any) (any, error) {
+	if !d.lax {
+		return nil, err
+	}
+	if d.laxErr == nil {
+		d.laxErr = err
+	}
+	if standIn == nil {
+		standIn = "(invalid)"
+	}
+	return standIn, nil
 }
 
 func (d *decoder) reset(body []byte) {
@@ -216,6 +244,7 @@ func (d *decoder) reset(body []byte) {
 	d.r.Error = nil // Reset keeps the previous record's error
 	d.size, d.items = len(body), len(body)
 	d.arena, d.grown = nil, false
+	d.lax, d.laxErr = false, nil
 }
 
 // readErr turns the reader's sticky error, if any, into a decodeError.
@@ -355,7 +384,7 @@ func decodeString(d *decoder) (any, error) {
 		return nil, err
 	}
 	if !utf8.Valid(b) {
-		return nil, fail("string is not valid UTF-8")
+		return d.invalid(fail("string is not valid UTF-8"), string(b))
 	}
 	if len(b) == 0 {
 		return "", nil
@@ -393,7 +422,7 @@ func decodeDate(d *decoder) (any, error) {
 		return nil, err
 	}
 	if v < minDate || v > maxDate {
-		return nil, fail("date %d days from 1970-01-01 is outside BigQuery's 0001-01-01..9999-12-31", v)
+		return d.invalid(fail("date %d days from 1970-01-01 is outside BigQuery's 0001-01-01..9999-12-31", v), nil)
 	}
 	return v, nil
 }
@@ -403,7 +432,7 @@ func decodeTimeMillis(d *decoder) (any, error) {
 	if err := d.readErr(); err != nil {
 		return nil, err
 	}
-	return timeOfDay(int64(v)*1000, "time-millis", int64(v))
+	return d.checked(timeOfDay(int64(v)*1000, "time-millis", int64(v)))
 }
 
 func decodeTimeMicros(d *decoder) (any, error) {
@@ -411,7 +440,15 @@ func decodeTimeMicros(d *decoder) (any, error) {
 	if err := d.readErr(); err != nil {
 		return nil, err
 	}
-	return timeOfDay(v, "time-micros", v)
+	return d.checked(timeOfDay(v, "time-micros", v))
+}
+
+// checked passes a value on, or its error through invalid.
+func (d *decoder) checked(v any, err error) (any, error) {
+	if err != nil {
+		return d.invalid(err, nil)
+	}
+	return v, nil
 }
 
 // timeOfDay formats microseconds after midnight as BigQuery TIME
@@ -442,7 +479,7 @@ func decodeTimestampMillis(d *decoder) (any, error) {
 		return nil, err
 	}
 	if v < minMicros/1000 || v > maxMicros/1000 {
-		return nil, fail("timestamp-millis %d is outside BigQuery's years 1..9999", v)
+		return d.invalid(fail("timestamp-millis %d is outside BigQuery's years 1..9999", v), nil)
 	}
 	return v * 1000, nil
 }
@@ -453,7 +490,7 @@ func decodeTimestampMicros(d *decoder) (any, error) {
 		return nil, err
 	}
 	if v < minMicros || v > maxMicros {
-		return nil, fail("timestamp-micros %d is outside BigQuery's years 1..9999", v)
+		return d.invalid(fail("timestamp-micros %d is outside BigQuery's years 1..9999", v), nil)
 	}
 	return v, nil
 }
@@ -464,7 +501,7 @@ func decodeLocalTimestampMillis(d *decoder) (any, error) {
 		return nil, err
 	}
 	if v < minMicros/1000 || v > maxMicros/1000 {
-		return nil, fail("local-timestamp-millis %d is outside BigQuery's years 1..9999", v)
+		return d.invalid(fail("local-timestamp-millis %d is outside BigQuery's years 1..9999", v), nil)
 	}
 	return dateTime(v * 1000), nil
 }
@@ -475,7 +512,7 @@ func decodeLocalTimestampMicros(d *decoder) (any, error) {
 		return nil, err
 	}
 	if v < minMicros || v > maxMicros {
-		return nil, fail("local-timestamp-micros %d is outside BigQuery's years 1..9999", v)
+		return d.invalid(fail("local-timestamp-micros %d is outside BigQuery's years 1..9999", v), nil)
 	}
 	return dateTime(v), nil
 }
@@ -501,11 +538,11 @@ func decimalDecoder(raw func(*decoder) ([]byte, error), precision, scale int) de
 		}
 		b = trimSign(b)
 		if len(b) > maxBytes {
-			return nil, fail("decimal of %d bytes exceeds precision %d", len(b), precision)
+			return d.invalid(fail("decimal of %d bytes exceeds precision %d", len(b), precision), nil)
 		}
 		s, digits := decimalText(b, scale)
 		if digits > precision {
-			return nil, fail("decimal %s has %d digits, more than its precision %d", s, digits, precision)
+			return d.invalid(fail("decimal %s has %d digits, more than its precision %d", s, digits, precision), nil)
 		}
 		return s, nil
 	}
@@ -601,7 +638,7 @@ func arrayDecoder(item decodeFunc) decodeFunc {
 			for range n {
 				v, err := item(d)
 				if err == nil && v == nil {
-					err = fail("NULL array element: BigQuery arrays cannot hold NULL")
+					v, err = d.invalid(fail("NULL array element: BigQuery arrays cannot hold NULL"), nil)
 				}
 				if err != nil {
 					return nil, at(err, "["+strconv.Itoa(len(out))+"]")

@@ -7,7 +7,15 @@
 // into the protobuf bytes of their rows, in the wire format of package bq.
 // It describes columns and produces row bytes; it never talks to BigQuery.
 //
-// Its tests hold the transcoder to a reference: a decoder of bodies into
-// the row value contract (decode_oracle_test.go), whose rows bq's encoder
-// writes. The reference is test code only.
+// For tables written as changes (BigQuery CDC), a ChangeTranscoder does the
+// same for Debezium change events (or values that are rows, deletes marked
+// by Debezium's unwrap transform) and says what each record changes: an
+// upsert, a delete or a truncate, and the leading sections of its sequence
+// (ChangeSpec). Kafka Connect and Debezium types (a connect.name on the
+// Avro type) map as the README's table says.
+//
+// Its tests hold the transcoders to a reference: a decoder of bodies into
+// the row value contract (decode_oracle_test.go; change_oracle_test.go for
+// changes), whose rows bq's encoder writes. The reference is test code
+// only.
 package schema

@@ -58,4 +58,11 @@ var (
 	// holds a value BigQuery cannot store (invalid UTF-8, a date out of
 	// range, a NULL array element). The message names the field path.
 	ErrDecode = errors.New("undecodable record")
+
+	// ErrEnvelope: a writer schema does not fit a ChangeSpec (see
+	// Schema.ChangeRow): not the envelope the spec names, or sequence
+	// fields it does not have. Such an error is ErrUnsupported too: no
+	// record of the schema can be written under that spec. It is about the
+	// pair (writer schema, spec), never one record.
+	ErrEnvelope = errors.New("schema does not fit the change spec")
 )

@@ -26,6 +26,7 @@ const (
 	DATETIME   = bigquery.DateTimeFieldType
 	NUMERIC    = bigquery.NumericFieldType
 	BIGNUMERIC = bigquery.BigNumericFieldType
+	JSON       = bigquery.JSONFieldType
 )
 
 func stockV1Columns() bigquery.Schema {
@@ -201,7 +202,7 @@ func goldens() []golden {
 	v2Row["unit_cost"] = "-123.4500"
 	v2Row["reason"] = "DAMAGE"
 
-	return []golden{
+	return append([]golden{
 		{
 			name: "stock v1", files: []string{"sms_physical_stock_updates.v1.avsc"},
 			columns: stockV1Columns(), record: stockRecord(), row: stockRow(),
@@ -335,7 +336,7 @@ func goldens() []golden {
 				"unknown_lt": `{"a":1}`, "with_default": int64(7),
 			},
 		},
-	}
+	}, debeziumGoldens()...)
 }
 
 func TestGolden(t *testing.T) {
@@ -409,7 +410,13 @@ func TestWideDecimalWarnsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body := encode(t, parseFiles(t, "all_types.avsc"), goldens()[len(goldens())-1].record)
+	var g golden
+	for _, x := range goldens() {
+		if x.name == "all types" {
+			g = x
+		}
+	}
+	body := encode(t, parseFiles(t, "all_types.avsc"), g.record)
 	for range 3 {
 		tc, err := s.Transcoder(s.Columns(), "")
 		if err != nil {

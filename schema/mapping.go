@@ -80,6 +80,9 @@ func (m *mapper) mapType(path string, s avro.Schema) (column, error) {
 	case *avro.PrimitiveSchema:
 		return m.primitive(path, s), nil
 	case *avro.RecordSchema:
+		if isVariableScaleDecimal(s) {
+			return column{typ: bigquery.BigNumericFieldType, doc: s.Doc()}, nil
+		}
 		return m.record(path, s)
 	case *avro.EnumSchema:
 		return column{typ: bigquery.StringFieldType, doc: s.Doc()}, nil
@@ -123,6 +126,21 @@ func (m *mapper) record(path string, s *avro.RecordSchema) (column, error) {
 }
 
 func (m *mapper) primitive(path string, s *avro.PrimitiveSchema) column {
+	switch connectKindOf(s) {
+	case connectDate:
+		return column{typ: bigquery.DateFieldType}
+	case connectTimeMillis, connectTimeMicros, connectTimeNanos:
+		return column{typ: bigquery.TimeFieldType}
+	case connectTimestampMillis, connectZoned:
+		return column{typ: bigquery.TimestampFieldType}
+	case connectLocalMillis, connectLocalMicros, connectLocalNanos:
+		return column{typ: bigquery.DateTimeFieldType}
+	case connectJSON:
+		return column{typ: bigquery.JSONFieldType}
+	case connectDecimal:
+		p, sc, _ := connectDecimalParams(s)
+		return m.decimal(path, p, sc)
+	}
 	// hamba/avro leaves Logical nil for unknown logical types and for known
 	// ones on the wrong base type: both map as the base type, as the Avro
 	// spec asks.
@@ -155,7 +173,7 @@ func (m *mapper) primitive(path string, s *avro.PrimitiveSchema) column {
 		return column{typ: bigquery.FloatFieldType}
 	case avro.Bytes:
 		if d, ok := s.Logical().(*avro.DecimalLogicalSchema); ok {
-			return m.decimal(path, d)
+			return m.decimal(path, d.Precision(), d.Scale())
 		}
 		return column{typ: bigquery.BytesFieldType}
 	default: // avro.String; uuid and unknown logical types stay strings
@@ -171,7 +189,7 @@ func (m *mapper) fixed(path string, s *avro.FixedSchema) (column, error) {
 		return column{}, fmt.Errorf("field %s: fixed %s has size 0 and carries no data", path, s.FullName())
 	}
 	if d, ok := s.Logical().(*avro.DecimalLogicalSchema); ok {
-		return m.decimal(path, d), nil
+		return m.decimal(path, d.Precision(), d.Scale()), nil
 	}
 	// duration (fixed 12) lands here too, as its raw bytes.
 	return column{typ: bigquery.BytesFieldType}, nil
@@ -182,8 +200,7 @@ func (m *mapper) fixed(path string, s *avro.FixedSchema) (column, error) {
 // keeps no precision/scale parameters (neither does BigQuery's loading): a
 // parameterised column would need an ALTER each time a schema version widens
 // the decimal, and the transcoder already rejects values over the precision.
-func (m *mapper) decimal(path string, d *avro.DecimalLogicalSchema) column {
-	p, s := d.Precision(), d.Scale()
+func (m *mapper) decimal(path string, p, s int) column {
 	typ := bigquery.StringFieldType
 	switch {
 	case p <= 38 && s <= 9 && p-s <= 29:

@@ -70,7 +70,7 @@ func TestReadmeMappingTable(t *testing.T) {
 	if rows < 30 {
 		t.Errorf("found %d table rows, the table seems truncated", rows)
 	}
-	for _, typ := range []bigquery.FieldType{BOOLEAN, INTEGER, FLOAT, STRING, BYTES, NUMERIC, BIGNUMERIC, DATE, TIME, DATETIME, TIMESTAMP, RECORD} {
+	for _, typ := range []bigquery.FieldType{BOOLEAN, INTEGER, FLOAT, STRING, BYTES, NUMERIC, BIGNUMERIC, DATE, TIME, DATETIME, TIMESTAMP, RECORD, JSON} {
 		if !seen[typ] {
 			t.Errorf("no README row maps to %s", typ)
 		}

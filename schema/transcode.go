@@ -113,6 +113,33 @@ func (t *Transcoder) Append(dst, body, extraField []byte) ([]byte, error) {
 	return out, nil
 }
 
+// run is Append on a state: the whole body is one row (ChangeTranscoder's
+// EnvelopeNone; Append keeps its own copy, a call shorter).
+func (t *Transcoder) run(st *tstate, dst, extra []byte) ([]byte, error) {
+	start := len(dst)
+	out, err := t.root.run(st, dst, extra)
+	if err == nil && st.pos < len(st.buf) {
+		err = fail("trailing bytes after the record")
+	}
+	t.release(st)
+	if err != nil {
+		return dst[:start], fmt.Errorf("%w: schema %d: %v", ErrDecode, t.id, err)
+	}
+	if st.enc != nil {
+		return dst[:start], st.enc
+	}
+	return out, nil
+}
+
+// release returns the state's scratch to the pool.
+func (t *Transcoder) release(st *tstate) {
+	if st.spans != nil {
+		*st.spans = (*st.spans)[:0]
+		t.spans.Put(st.spans)
+		st.spans = nil
+	}
+}
+
 // ---- compiled plan ----
 
 // kind is how a node reads its Avro value and what it writes.
@@ -141,6 +168,15 @@ const (
 	kArray
 	kMap
 	kUnion // several non-null branches: a RECORD with one field set
+
+	// Kafka Connect and Debezium types without an Avro logical type
+	// (connect.go).
+	kTimeNanos           // io.debezium.time.NanoTime
+	kLocalTimestampNanos // io.debezium.time.NanoTimestamp
+	kZonedTimestamp      // io.debezium.time.ZonedTimestamp
+	kVarDecimal          // io.debezium.data.VariableScaleDecimal
+
+	kCapture // ChangeTranscoder: elem reads and writes, the value is kept (change.go)
 )
 
 // node reads one Avro value and appends its protobuf encoding: the key
@@ -164,9 +200,10 @@ type node struct {
 	maxBytes  int
 
 	rec    *recPlan   // kRecord; kMap: the entry
-	elem   *node      // kArray
+	elem   *node      // kArray; kCapture: the node read
 	packed bool       // kArray: elements written as one length-delimited run
 	union  []*recPlan // kUnion: per branch, nil for null
+	slot   slot       // kCapture: where the value goes
 }
 
 // recPlan writes one message: a record's fields, read in writer order and
@@ -311,6 +348,9 @@ func (c *tcompiler) node(a avro.Schema, wpath string, col *bigquery.FieldSchema,
 	case *avro.PrimitiveSchema:
 		return primitiveNode(a, tag), nil
 	case *avro.RecordSchema:
+		if isVariableScaleDecimal(a) {
+			return &node{kind: kVarDecimal, tag: tag}, nil
+		}
 		fields := make([]wfield, len(a.Fields()))
 		for i, f := range a.Fields() {
 			fields[i] = wfield{name: f.Name(), typ: f.Type()}
@@ -328,7 +368,7 @@ func (c *tcompiler) node(a avro.Schema, wpath string, col *bigquery.FieldSchema,
 		return n, nil
 	case *avro.FixedSchema:
 		if d, ok := a.Logical().(*avro.DecimalLogicalSchema); ok {
-			n := decimalNode(kDecimalFixed, d, tag)
+			n := decimalNode(kDecimalFixed, d.Precision(), d.Scale(), tag)
 			n.size = a.Size()
 			return n, nil
 		}
@@ -399,6 +439,31 @@ func (c *tcompiler) node(a avro.Schema, wpath string, col *bigquery.FieldSchema,
 
 // primitiveNode mirrors mapper.primitive.
 func primitiveNode(s *avro.PrimitiveSchema, tag []byte) *node {
+	switch connectKindOf(s) {
+	case connectDate:
+		return &node{kind: kDate, tag: tag}
+	case connectTimeMillis:
+		return &node{kind: kTimeMillis, tag: tag}
+	case connectTimeMicros:
+		return &node{kind: kTimeMicros, tag: tag}
+	case connectTimeNanos:
+		return &node{kind: kTimeNanos, tag: tag}
+	case connectTimestampMillis:
+		return &node{kind: kTimestampMillis, tag: tag}
+	case connectLocalMillis:
+		return &node{kind: kLocalTimestampMillis, tag: tag}
+	case connectLocalMicros:
+		return &node{kind: kLocalTimestampMicros, tag: tag}
+	case connectLocalNanos:
+		return &node{kind: kLocalTimestampNanos, tag: tag}
+	case connectZoned:
+		return &node{kind: kZonedTimestamp, tag: tag}
+	case connectJSON:
+		return &node{kind: kString, tag: tag} // JSON travels as a string
+	case connectDecimal:
+		p, sc, _ := connectDecimalParams(s)
+		return decimalNode(kDecimalBytes, p, sc, tag)
+	}
 	var logical avro.LogicalType
 	if l := s.Logical(); l != nil {
 		logical = l.Type()
@@ -437,19 +502,18 @@ func primitiveNode(s *avro.PrimitiveSchema, tag []byte) *node {
 		k = kDouble
 	case avro.Bytes:
 		if d, ok := s.Logical().(*avro.DecimalLogicalSchema); ok {
-			return decimalNode(kDecimalBytes, d, tag)
+			return decimalNode(kDecimalBytes, d.Precision(), d.Scale(), tag)
 		}
 		k = kBytes
 	}
 	return &node{kind: k, tag: tag}
 }
 
-func decimalNode(k kind, d *avro.DecimalLogicalSchema, tag []byte) *node {
-	p := d.Precision()
+func decimalNode(k kind, p, scale int, tag []byte) *node {
 	// The most bytes a value of p digits needs once redundant sign bytes are
 	// stripped: checking it first keeps a hostile length from costing a long
 	// conversion.
-	return &node{kind: k, tag: tag, precision: p, scale: d.Scale(), maxBytes: (p*3322/1000+1)/8 + 2}
+	return &node{kind: k, tag: tag, precision: p, scale: scale, maxBytes: (p*3322/1000+1)/8 + 2}
 }
 
 // lookupColumn finds name among cols as bq's encoder does: the exact name,
@@ -526,6 +590,9 @@ func typeName(a avro.Schema) string {
 			}
 			return string(a.Type()) + " " + string(l.Type())
 		}
+		if name, _ := a.Prop(connectName).(string); name != "" {
+			return string(a.Type()) + " " + name
+		}
 	case *avro.UnionSchema:
 		names := make([]string, len(a.Types()))
 		for i, t := range a.Types() {
@@ -580,6 +647,10 @@ type tstate struct {
 	// body has decoded.
 	enc   error
 	spans *[]int // field offsets of records written out of order
+	// change: what a ChangeTranscoder's kCapture nodes read from the row
+	// on the way. A value, not a pointer: the state's contents escape (into
+	// errors), so a pointer to the caller's stack would cost an allocation.
+	change rowCapture
 }
 
 func errEarly() error { return fail("body ends early") }
@@ -1033,6 +1104,17 @@ func (n *node) run(st *tstate, dst []byte) ([]byte, bool, error) {
 		}
 		dst, err = n.appendDecimal(n.appendTag(dst), b)
 		return dst, false, err
+
+	case kTimeNanos, kLocalTimestampNanos, kZonedTimestamp, kVarDecimal:
+		return n.runConnect(st, dst)
+
+	case kCapture:
+		start := st.pos
+		dst, null, err := n.elem.run(st, dst)
+		if err != nil || null {
+			return dst, null, err
+		}
+		return dst, false, st.capture(n, start)
 
 	case kRecord:
 		var start int

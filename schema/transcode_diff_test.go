@@ -51,6 +51,11 @@ var goldenFiles = []struct {
 	{"warehouse", []string{"com.huub.types.Address.avsc", "com.huub.types.Warehouse.avsc"}},
 	{"delivery", []string{"com.huub.types.Address.avsc", "com.huub.types.Warehouse.avsc", "delivery_created.avsc"}},
 	{"all types", []string{"all_types.avsc"}},
+	{"debezium postgres key", []string{"debezium/dbserver1.inventory.products-key.avsc"}},
+	{"debezium postgres envelope", []string{"debezium/dbserver1.inventory.products-value.avsc"}},
+	{"debezium mysql envelope", []string{"debezium/mysqlserver1.inventory.products-value.avsc"}},
+	{"debezium unwrapped value", []string{"debezium/unwrap.dbserver1.inventory.products-value.avsc"}},
+	{"debezium types", []string{"debezium/dbserver1.public.all_types-value.avsc"}},
 }
 
 // moreSchemas cover what the goldens do not: repeated columns of every
@@ -109,6 +114,29 @@ var moreSchemas = []struct{ name, text string }{
 		{"name":"e","type":["null",{"type":"enum","name":"E2","symbols":["X","Y"]}]},
 		{"name":"fx","type":["null",{"type":"fixed","name":"F1","size":1}]},
 		{"name":"by","type":["null","bytes"]}
+	]}`},
+	{"connect", `{"type":"record","name":"Cn","namespace":"t","fields":[
+		{"name":"dates","type":{"type":"array","items":{"type":"int","connect.name":"io.debezium.time.Date"}}},
+		{"name":"times","type":{"type":"array","items":{"type":"int","connect.name":"io.debezium.time.Time"}}},
+		{"name":"utimes","type":{"type":"array","items":["null",{"type":"long","connect.name":"io.debezium.time.MicroTime"}]}},
+		{"name":"ntimes","type":["null",{"type":"array","items":{"type":"long","connect.name":"io.debezium.time.NanoTime"}}]},
+		{"name":"ts_ms","type":{"type":"array","items":{"type":"long","connect.name":"io.debezium.time.Timestamp"}}},
+		{"name":"ts_us","type":["null",{"type":"long","connect.name":"io.debezium.time.MicroTimestamp"}]},
+		{"name":"ts_ns","type":{"type":"array","items":{"type":"long","connect.name":"io.debezium.time.NanoTimestamp"}}},
+		{"name":"k_ts","type":{"type":"array","items":{"type":"long","connect.name":"org.apache.kafka.connect.data.Timestamp"}}},
+		{"name":"k_time","type":["null",{"type":"int","connect.name":"org.apache.kafka.connect.data.Time"}]},
+		{"name":"zoned","type":{"type":"array","items":{"type":"string","connect.name":"io.debezium.time.ZonedTimestamp"}}},
+		{"name":"zoned_opt","type":["null",{"type":"string","connect.name":"io.debezium.time.ZonedTimestamp"}]},
+		{"name":"vsd","type":{"type":"record","name":"VariableScaleDecimal","namespace":"io.debezium.data","fields":[{"name":"scale","type":"int"},{"name":"value","type":"bytes"}],"connect.name":"io.debezium.data.VariableScaleDecimal"}},
+		{"name":"vsds","type":{"type":"array","items":["null","io.debezium.data.VariableScaleDecimal"]}},
+		{"name":"vsd_map","type":{"type":"map","values":["null","io.debezium.data.VariableScaleDecimal"]}},
+		{"name":"multi","type":["null",{"type":"string","connect.name":"io.debezium.time.ZonedTimestamp"},"io.debezium.data.VariableScaleDecimal",{"type":"long","connect.name":"io.debezium.time.MicroTimestamp"}]},
+		{"name":"js","type":{"type":"array","items":{"type":"string","connect.name":"io.debezium.data.Json"}}},
+		{"name":"dec_nolt","type":{"type":"bytes","connect.parameters":{"scale":"3","connect.decimal.precision":"12"},"connect.name":"org.apache.kafka.connect.data.Decimal"}},
+		{"name":"dec_noprec","type":["null",{"type":"bytes","connect.parameters":{"scale":"9"},"connect.name":"org.apache.kafka.connect.data.Decimal"}]},
+		{"name":"dec_wide","type":{"type":"bytes","connect.parameters":{"scale":"40"},"connect.name":"org.apache.kafka.connect.data.Decimal"}},
+		{"name":"dec_bad","type":{"type":"bytes","connect.parameters":{"scale":"-1"},"connect.name":"org.apache.kafka.connect.data.Decimal"}},
+		{"name":"misplaced","type":{"type":"long","connect.name":"io.debezium.time.Date"}}
 	]}`},
 }
 
@@ -294,6 +322,9 @@ func (g *gen) value(b []byte, a avro.Schema) []byte {
 	case *avro.RefSchema:
 		return g.value(b, a.Schema())
 	case *avro.RecordSchema:
+		if isVSD(a) {
+			return g.variableScaleDecimal(b)
+		}
 		g.depth++
 		for _, f := range a.Fields() {
 			b = g.value(b, f.Type())
@@ -376,6 +407,9 @@ func (g *gen) blocks(b []byte, item func([]byte) []byte) []byte {
 }
 
 func (g *gen) primitive(b []byte, a *avro.PrimitiveSchema) []byte {
+	if out, ok := g.connect(b, a); ok {
+		return out
+	}
 	var logical avro.LogicalType
 	if l := a.Logical(); l != nil {
 		logical = l.Type()
