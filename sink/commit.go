@@ -44,6 +44,18 @@ func (c *commits) mark(topic string, partition int32, eo kgo.EpochOffset, meta s
 	}
 }
 
+// claim records a watermark for a new exactly-once stream: as mark, but at
+// the offset of a pending mark too, whose metadata names the old stream.
+func (c *commits) claim(topic string, partition int32, eo kgo.EpochOffset, meta string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.marks[topic][partition]; ok && old.Offset == eo.Offset {
+		c.meta[topic][partition] = meta
+		return
+	}
+	c.markLocked(topic, partition, eo, meta)
+}
+
 func (c *commits) markLocked(topic string, partition int32, eo kgo.EpochOffset, meta string) bool {
 	ps := c.marks[topic]
 	if ps == nil {

@@ -37,6 +37,24 @@ func TestMarkOnlyMovesForward(t *testing.T) {
 	}
 }
 
+// A new exactly-once stream is committed at the next flight's first
+// record: over a pending mark at that offset (the flight before, not
+// committed yet) its metadata names the new stream; a fresh partition gets
+// the mark itself.
+func TestClaimNamesTheNewStream(t *testing.T) {
+	c := commits{marks: map[string]map[int32]kgo.EpochOffset{}}
+	c.mark("t", 0, kgo.EpochOffset{Offset: 50}, "bqsink-eo/1 old 50 50 rc")
+	c.claim("t", 0, kgo.EpochOffset{Offset: 50}, "bqsink-eo/1 new 0 50 rc")
+	c.claim("t", 1, kgo.EpochOffset{Offset: 0}, "bqsink-eo/1 fresh 0 0 rc")
+	got, meta := c.takeWithMeta(nil)
+	if got["t"][0].Offset != 50 || meta["t"][0] != "bqsink-eo/1 new 0 50 rc" {
+		t.Errorf("partition 0: %v %q; want 50 with the new stream", got["t"][0], meta["t"][0])
+	}
+	if got["t"][1].Offset != 0 || meta["t"][1] != "bqsink-eo/1 fresh 0 0 rc" {
+		t.Errorf("partition 1: %v %q; want 0 with the fresh stream", got["t"][1], meta["t"][1])
+	}
+}
+
 func TestBackoffGrowsAndIsCapped(t *testing.T) {
 	for attempt := 1; attempt < 40; attempt++ {
 		d := backoff(attempt)

@@ -24,7 +24,13 @@ type item struct {
 	rej       *rejection // the record can never be written
 	tombstone bool       // null value: no row, nothing to report
 	control   bool       // a transaction marker: no row, nothing to report
+	truncate  bool       // upsert mode: Debezium's truncate event, which no change expresses
 	charge    int64      // bytes accounted for the record and its row
+
+	// Upsert mode: row is a change of the row keyed by the record's key,
+	// ordered by seq; a batch keeps the latest change of a key only.
+	change bool
+	seq    bq.Sequence
 }
 
 // rejection is a record that can never be written, and why.
@@ -68,10 +74,12 @@ type decoder struct {
 	// asks BigQuery nothing once a schema is known.
 	ensured map[schemaPair]ensured
 
-	rows  transcoders // of values into rows
-	arena []byte      // the chunk rows are transcoded into; see rowBuf
+	rows  transcoders[*schema.Transcoder] // of values into rows
+	arena []byte                          // the chunk rows are transcoded into; see rowBuf
 
-	keys transcoders // of keys into the metadata column's key RECORD
+	keys transcoders[*schema.Transcoder] // of keys into the metadata column's key RECORD
+
+	change *changeDecoder // upsert mode; nil appends
 }
 
 // schemaPair identifies what a row's columns come from: the value's writer
@@ -102,6 +110,9 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 		return it, nil
 	}
 	if r.Value == nil {
+		if d.change != nil {
+			return d.decodeDelete(ctx, it)
+		}
 		it.tombstone = true
 		return it, nil
 	}
@@ -113,19 +124,14 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	if err != nil {
 		return reject(reasonWireFormat, 0, err)
 	}
-	sch, err := d.reg.Schema(ctx, id)
-	switch {
-	case errors.Is(err, schema.ErrNotFound) && d.grace(id):
-		return it, &stageError{stage: stageSchema, target: fmt.Sprintf("schema ID %d", id),
-			err: fmt.Errorf("%w (waiting unknown_schema_grace before rejecting its records)", err)}
-	case errors.Is(err, schema.ErrNotFound):
-		return reject(reasonSchemaNotFound, id, err)
-	case errors.Is(err, schema.ErrUnsupported):
-		return reject(reasonUnsupportedSchema, id, err)
-	case errors.Is(err, schema.ErrIncompatible):
-		return reject(reasonIncompatible, id, err)
-	case err != nil:
-		return it, &stageError{stage: stageSchema, target: d.registry, config: registryNeedsOperator(err), err: err}
+	sch, reason, err := d.writerSchema(ctx, id)
+	if reason != "" {
+		return reject(reason, id, err)
+	} else if err != nil {
+		return it, err
+	}
+	if d.change != nil {
+		return d.decodeChange(ctx, it, id, sch, body)
 	}
 	pair := schemaPair{value: sch}
 	var key []byte // the key's Avro body when its schema is pair.key
@@ -184,16 +190,37 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	return reject(reasonIncompatible, id, fmt.Errorf("table %s does not take the columns of schema %d after ensuring it twice", d.table.Name(), id))
 }
 
-// transcoders caches transcoders compiled for one table format. Only the
-// current format's are kept: a schema change of the table makes the old
-// ones unreachable.
-type transcoders struct {
+// writerSchema resolves schema ID id. A record that can never be written
+// because of it comes back as a rejection reason with its error; a failure
+// to retry as a *stageError.
+func (d *decoder) writerSchema(ctx context.Context, id int) (*schema.Schema, string, error) {
+	sch, err := d.reg.Schema(ctx, id)
+	switch {
+	case errors.Is(err, schema.ErrNotFound) && d.grace(id):
+		return nil, "", &stageError{stage: stageSchema, target: fmt.Sprintf("schema ID %d", id),
+			err: fmt.Errorf("%w (waiting unknown_schema_grace before rejecting its records)", err)}
+	case errors.Is(err, schema.ErrNotFound):
+		return nil, reasonSchemaNotFound, err
+	case errors.Is(err, schema.ErrUnsupported):
+		return nil, reasonUnsupportedSchema, err
+	case errors.Is(err, schema.ErrIncompatible):
+		return nil, reasonIncompatible, err
+	case err != nil:
+		return nil, "", &stageError{stage: stageSchema, target: d.registry, config: registryNeedsOperator(err), err: err}
+	}
+	return sch, "", nil
+}
+
+// transcoders caches transcoders (T) compiled for one table format. Only
+// the current format's are kept: a schema change of the table makes the
+// old ones unreachable.
+type transcoders[T any] struct {
 	format *bq.Format
-	m      map[*schema.Schema]*schema.Transcoder
+	m      map[*schema.Schema]T
 }
 
 // get returns the transcoder of s for f, compiling it once per pair.
-func (c *transcoders) get(s *schema.Schema, f *bq.Format, compile func() (*schema.Transcoder, error)) (*schema.Transcoder, error) {
+func (c *transcoders[T]) get(s *schema.Schema, f *bq.Format, compile func() (T, error)) (T, error) {
 	if f != c.format {
 		clear(c.m)
 		c.format = f
@@ -203,10 +230,10 @@ func (c *transcoders) get(s *schema.Schema, f *bq.Format, compile func() (*schem
 	}
 	tc, err := compile()
 	if err != nil {
-		return nil, err
+		return tc, err
 	}
 	if c.m == nil {
-		c.m = make(map[*schema.Schema]*schema.Transcoder)
+		c.m = make(map[*schema.Schema]T)
 	}
 	c.m[s] = tc
 	return tc, nil

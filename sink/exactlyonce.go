@@ -133,6 +133,11 @@ type exactlyOnce struct {
 	flightStart int64 // first record offset of the flight being delivered
 	uncertain   bool  // this flight's rows may be in the stream already
 	newStream   string
+
+	// claim commits offset with metadata now, and claimed says the current
+	// stream was committed before its first append: see appendRows.
+	claim   func(ctx context.Context, offset int64, meta string) error
+	claimed bool
 }
 
 // beginFlight starts delivering the flight whose first record is at
@@ -210,7 +215,7 @@ func (e *exactlyOnce) open(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
-	e.stream, e.next = s, next
+	e.stream, e.next, e.claimed = s, next, true
 	e.log.Info("continuing the exactly-once write stream", zap.String("stream", name), zap.Int64("stream_offset", next), zap.Int64("committed", committed))
 	return nil
 }
@@ -261,7 +266,7 @@ func (e *exactlyOnce) create(ctx context.Context, reason string, from int64, old
 		e.stream.Close()
 		old = e.stream.Name()
 	}
-	e.stream, e.next = s, 0
+	e.stream, e.next, e.claimed = s, 0, false
 	if reason == "" {
 		return nil
 	}
@@ -287,6 +292,16 @@ func (e *exactlyOnce) appendRows(ctx context.Context, rows []bq.Row, _ []*kgo.Re
 			return nil, err
 		}
 		e.newStream = ""
+	}
+	if !e.claimed {
+		// A new stream is committed, at the flight's first record, before
+		// any row goes to it: an owner that dies before its first commit
+		// (or a zombie, frozen with its first append in flight) leaves
+		// the next owner the stream to continue, not rows it cannot see.
+		if err := e.claim(ctx, e.flightStart, e.meta(e.flightStart)); err != nil {
+			return nil, fmt.Errorf("commit the new exactly-once stream of %s/%d before its first append: %w", e.tp.topic, e.tp.partition, err)
+		}
+		e.claimed = true
 	}
 	res, err := e.stream.Append(ctx, rows, e.next)
 	if err != nil {
@@ -349,6 +364,15 @@ func (r *eoResult) Wait(ctx context.Context) error {
 func (e *exactlyOnce) close() {
 	if e.stream != nil {
 		e.stream.Close()
+	}
+}
+
+// claimFunc commits tp's offset with exactly-once metadata now, bounded by
+// kafka.request_timeout.
+func (s *Sink) claimFunc(tp topicPartition) func(ctx context.Context, offset int64, meta string) error {
+	return func(ctx context.Context, offset int64, meta string) error {
+		s.commits.claim(tp.topic, tp.partition, kgo.EpochOffset{Epoch: -1, Offset: offset}, meta)
+		return s.commitPartitions(ctx, s.cl, map[string][]int32{tp.topic: {tp.partition}}, "exactly-once stream created")
 	}
 }
 

@@ -18,10 +18,11 @@ const (
 	reasonEncode            = "encode"              // its row does not fit the table's columns
 	reasonRowTooLarge       = "row_too_large"       // its row alone exceeds BigQuery's request limit
 	reasonBigQuery          = "bigquery_rejected"   // BigQuery refused the row
+	reasonKey               = "key"                 // upsert tables: its key is missing, or does not decode where the change needs it
 )
 
 var reasons = []string{reasonWireFormat, reasonSchemaNotFound, reasonUnsupportedSchema, reasonIncompatible,
-	reasonDecode, reasonEncode, reasonRowTooLarge, reasonBigQuery}
+	reasonDecode, reasonEncode, reasonRowTooLarge, reasonBigQuery, reasonKey}
 
 // metrics are the sink's Prometheus series. Every name is documented in the
 // README's Monitoring section. Values derived from state (partitions,
@@ -43,6 +44,8 @@ type metrics struct {
 	rebalances    *prometheus.CounterVec // event
 	eoFallbacks   *prometheus.CounterVec // topic, reason
 	eoExisting    *prometheus.CounterVec // topic
+	superseded    *prometheus.CounterVec // topic
+	truncates     *prometheus.CounterVec // topic
 }
 
 func newMetrics() *metrics {
@@ -66,6 +69,14 @@ func newMetrics() *metrics {
 		eoExisting: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_exactly_once_rows_existing_total",
 			Help: "Rows appended again (after a restart, rebalance or lost answer) that BigQuery already held at their stream offset, and so did not write twice.",
+		}, []string{"topic"}),
+		superseded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_changes_superseded_total",
+			Help: "Upsert tables: changes not sent because a later change of the same key was in the same batch (BigQuery would apply only the later one).",
+		}, []string{"topic"}),
+		truncates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bqsink_truncates_skipped_total",
+			Help: "Upsert tables: Debezium truncate events, which change data capture cannot apply; the table keeps its rows.",
 		}, []string{"topic"}),
 		tombstones: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bqsink_tombstones_total",
@@ -126,7 +137,7 @@ func (m *metrics) register(reg prometheus.Registerer, s *Sink) error {
 	}
 	cs := []prometheus.Collector{
 		m.consumed, m.rejected, m.deadLettered, m.tombstones, m.written, m.retries, m.appendSeconds, m.appendedBytes,
-		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, m.eoFallbacks, m.eoExisting, scrapeCollector{s},
+		m.lastWrite, m.freshness, m.batchRows, m.commits, m.rebalances, m.eoFallbacks, m.eoExisting, m.superseded, m.truncates, scrapeCollector{s},
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
@@ -148,6 +159,8 @@ func (m *metrics) initTopic(topic string) {
 	m.consumed.WithLabelValues(topic)
 	m.tombstones.WithLabelValues(topic)
 	m.eoExisting.WithLabelValues(topic)
+	m.superseded.WithLabelValues(topic)
+	m.truncates.WithLabelValues(topic)
 	for _, r := range reasons {
 		m.rejected.WithLabelValues(topic, r)
 		m.deadLettered.WithLabelValues(topic, r)

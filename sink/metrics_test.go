@@ -2,6 +2,8 @@ package sink
 
 import (
 	"errors"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +145,60 @@ func TestTakePublishesTheWorkersLeft(t *testing.T) {
 	}
 	if len(before) != 2 {
 		t.Errorf("the set read before the take changed: %v", before)
+	}
+}
+
+// Every series the sink registers is in the README's metrics table, and
+// every bqsink_ series the table lists (but franz-go's and the build's,
+// which main registers) is registered: operators read the table to write
+// their alerts.
+func TestREADMEListsEveryMetric(t *testing.T) {
+	m := newMetrics()
+	s := &Sink{cfg: Config{StallTimeout: time.Minute}, log: zap.NewNop(), metrics: m, flow: newFlow(64 << 20),
+		workers: map[topicPartition]*worker{}}
+	s.health = newHealth(s.log, m, &s.stats.retries)
+	reg := prometheus.NewRegistry()
+	if err := m.register(reg, s); err != nil {
+		t.Fatal(err)
+	}
+	m.initTopic("t")
+	m.initTable("t")
+	m.appendSeconds.WithLabelValues("t")
+	m.lastWrite.WithLabelValues("t")
+	m.freshness.WithLabelValues("t")
+	m.eoFallbacks.WithLabelValues("t", "stream_lost")
+	// Gauges computed at scrape time only appear with a partition and a
+	// lag refresh.
+	s.workers[topicPartition{"t", 0}] = &worker{}
+	s.brokerLag.Store(&lagSnapshot{parts: map[topicPartition]brokerOffsets{{"t", 0}: {start: 0, end: 10, committed: 5}}})
+	s.mu.Lock()
+	s.publishWorkersLocked()
+	s.mu.Unlock()
+	registered := map[string]bool{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		registered[mf.GetName()] = true
+	}
+
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(bqsink_[a-z_]+)` \\|").FindAllStringSubmatch(string(readme), -1) {
+		listed[m[1]] = true
+	}
+	for name := range registered {
+		if !listed[name] {
+			t.Errorf("%s is registered but not in the README's metrics table", name)
+		}
+	}
+	for name := range listed {
+		if !registered[name] && name != "bqsink_build_info" {
+			t.Errorf("the README lists %s, which the sink does not register", name)
+		}
 	}
 }

@@ -47,10 +47,15 @@ func countPartitions(m map[string][]int32) int {
 func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	t := s.wh.Table(s.cfg.TableFor(tp.topic))
 	settings, keys := s.cfg.SettingsFor(tp.topic)
-	t.SetOptions(settings.tableOptions(keys))
+	opts := settings.tableOptions(keys)
 	log := s.log.With(zap.String("topic", tp.topic), zap.Int32("partition", tp.partition), zap.String("table", t.Name()))
+	change := s.newChangeDecoder(tp.topic, t.Name(), settings, opts, log)
+	if change != nil {
+		opts = change.opts // with the key the table's first records named
+	}
+	t.SetOptions(opts)
 	dec := &decoder{reg: s.reg, registry: "schema registry", table: t, meta: s.cfg.MetadataColumn,
-		grace: s.withinUnknownGrace, log: log}
+		grace: s.withinUnknownGrace, log: log, change: change}
 	one := map[string][]int32{tp.topic: {tp.partition}}
 	deps := workerDeps{
 		decode: dec.decode,
@@ -77,7 +82,7 @@ func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	var eo *exactlyOnce
 	if s.cfg.BigQuery.ExactlyOnce() {
 		eo = &exactlyOnce{table: t, tp: tp, log: log, metrics: s.metrics, committed: s.committedFunc(tp),
-			skipped: s.skippedFunc(tp), readCommitted: s.cfg.Kafka.IsolationLevel == IsolationReadCommitted}
+			skipped: s.skippedFunc(tp), readCommitted: s.cfg.Kafka.IsolationLevel == IsolationReadCommitted, claim: s.claimFunc(tp)}
 		deps.append = eo.appendRows
 	}
 	b := s.cfg.Batch

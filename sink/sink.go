@@ -80,6 +80,9 @@ type Sink struct {
 	unknownMu sync.Mutex
 	unknown   map[int]time.Time // schema ID -> first record that carried it unresolved
 
+	primaryKeys primaryKeys // upsert tables' keys once known
+	warned      sync.Map    // warnings given once: see once
+
 	fatalErr atomic.Pointer[error] // set once by fatal
 
 	started atomic.Bool

@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"go.uber.org/zap"
 
+	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/schema"
 )
 
@@ -241,19 +242,33 @@ func (s *Sink) kafkaErr(err error) error {
 }
 
 // checkTableSettings compares, in the background, the tables of the
-// literal topics that configure partitioning or clustering with what
-// exists, so that a table created otherwise is reported at startup rather
-// than at its first record. Failures to read are left to the write path.
+// literal topics that configure partitioning, clustering or a primary key
+// with what exists, so that a table created otherwise is reported at
+// startup rather than at its first record: a different partitioning or
+// clustering is a warning; an upsert table without the configured primary
+// key an error with the DDL that fixes it (its partitions then stall at
+// their first record, as the write path finds the same). Failures to read
+// are left to the write path.
 func (s *Sink) checkTableSettings(ctx context.Context) {
+	if s.cfg.BigQuery.Endpoint != "" && s.cfg.upserts() {
+		s.log.Warn("upsert tables write through change data capture, which BigQuery applies by primary key; an emulator may not: goccy's bigquery-emulator (v0.6.6) appends changes as plain rows, so updates add rows and deletes add rows of NULLs",
+			zap.String("endpoint", s.cfg.BigQuery.Endpoint))
+	}
 	for _, topic := range s.cfg.literalTopics() {
 		settings, keys := s.cfg.SettingsFor(topic)
-		if settings.Partitioning == nil && len(settings.Clustering) == 0 {
+		keyed := settings.Mode == ModeUpsert && len(settings.PrimaryKey) > 0
+		if settings.Partitioning == nil && len(settings.Clustering) == 0 && !keyed {
 			continue
 		}
 		t := s.wh.Table(s.cfg.TableFor(topic))
 		t.SetOptions(settings.tableOptions(keys))
 		go func() {
-			if err := t.CheckSettings(ctx); err != nil {
+			err := t.CheckSettings(ctx)
+			switch {
+			case errors.Is(err, bq.ErrPrimaryKey):
+				s.log.Error("the table cannot take changes by the configured primary key; its partitions stop at their first record until it is fixed",
+					zap.String("topic", topic), zap.String("table", t.Name()), zap.Error(err))
+			case err != nil:
 				s.log.Debug("could not compare the table's settings at startup", zap.String("table", t.Name()), zap.Error(err))
 			}
 		}()

@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -85,5 +86,73 @@ func TestTableSettingsProblems(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() lacks %q:\n%v", want, err)
 		}
+	}
+}
+
+// Upsert mode's keys are checked before anything runs, each problem naming
+// its key; what needs the schema (key columns, a sequence field's type) is
+// checked when the table is written.
+func TestUpsertSettingsProblems(t *testing.T) {
+	valid := func() Config {
+		c := DefaultConfig()
+		c.Kafka.Brokers, c.Kafka.GroupID, c.Kafka.Topics = []string{"k:9092"}, "g", []string{"a"}
+		c.SchemaRegistry.URL = "http://sr"
+		c.BigQuery.Project, c.BigQuery.Dataset = "p", "d"
+		return c
+	}
+	c := valid()
+	c.Tables = map[string]TableRoute{
+		"dbz": {TableSettings: TableSettings{Mode: ModeUpsert, Envelope: EnvelopeDebezium, Sequence: Sequence{SequenceDebezium}, MaxStaleness: 15 * time.Minute}},
+		"ent": {TableSettings: TableSettings{Mode: ModeUpsert, PrimaryKey: []string{"id", "region"}, Sequence: Sequence{"meta.version"}}},
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate refused good upsert settings: %v", err)
+	}
+	if s, _ := c.SettingsFor("dbz"); s.Mode != ModeUpsert || s.Sequence.Word() != SequenceDebezium || s.MaxStaleness != 15*time.Minute {
+		t.Errorf("SettingsFor(dbz) = %+v", s)
+	}
+	if s, _ := c.SettingsFor("other"); s.Mode != ModeAppend || s.Sequence.Word() != SequenceKafkaOffset {
+		t.Errorf("an unlisted topic gets mode %q sequence %q; want append, kafka_offset", s.Mode, s.Sequence.Word())
+	}
+
+	key := make([]string, 17)
+	for i := range key {
+		key[i] = fmt.Sprintf("c%d", i)
+	}
+	c = valid()
+	c.TableDefaults.Mode = "merge"
+	c.Tables = map[string]TableRoute{
+		"a": {TableSettings: TableSettings{PrimaryKey: []string{"id"}, Envelope: EnvelopeDebezium}},
+		"b": {TableSettings: TableSettings{Mode: ModeUpsert, PrimaryKey: append(key, "c1", "bad-name"), Sequence: Sequence{SequenceDebezium}}},
+		"c": {TableSettings: TableSettings{Mode: ModeUpsert, Sequence: Sequence{"a", "b", "c", "d"}, Envelope: "maxwell", MaxStaleness: -time.Second}},
+		"d": {TableSettings: TableSettings{Mode: ModeUpsert, Sequence: Sequence{"9lives"}}},
+	}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate accepted bad upsert settings")
+	}
+	for _, want := range []string{
+		`table_defaults.mode: "merge" is not append or upsert`,
+		"tables.a.primary_key: only tables with mode: upsert",
+		"tables.a.envelope: debezium needs mode: upsert",
+		"tables.b.primary_key: 19 columns; BigQuery keys on at most 16",
+		`tables.b.primary_key[17]: "c1" is listed twice`,
+		`tables.b.primary_key[18]: "bad-name" is not a top-level column name`,
+		"tables.b.sequence: debezium takes the source position from Debezium's change events",
+		"tables.c.sequence: 4 fields; at most 3",
+		`tables.c.envelope: "maxwell" is not none or debezium`,
+		"tables.c.max_staleness: negative",
+		`tables.d.sequence[0]: "9lives" is not kafka_offset, debezium or a dotted path`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() lacks %q:\n%v", want, err)
+		}
+	}
+
+	c = valid()
+	c.BigQuery.Delivery = "exactly_once"
+	c.Tables = map[string]TableRoute{"a": {TableSettings: TableSettings{Mode: ModeUpsert}}}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "tables.a.mode: upsert with bigquery.delivery: exactly_once") {
+		t.Errorf("upsert with exactly_once: %v", err)
 	}
 }

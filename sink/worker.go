@@ -1,9 +1,11 @@
 package sink
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -140,9 +142,10 @@ type batch struct {
 	rowRecs []*kgo.Record // rowRecs[i] produced rows[i]
 	rejects []*rejection
 	first   *kgo.Record
-	last    *kgo.Record // the last record consumed into the batch, row or not
-	bytes   int         // of encoded rows
-	charge  int64       // accounted bytes of every record in the batch
+	last    *kgo.Record         // the last record consumed into the batch, row or not
+	bytes   int                 // of encoded rows
+	charge  int64               // accounted bytes of every record in the batch
+	byKey   map[uint64]keyedRow // upsert tables: the change of each key in rows, by the key's hash
 }
 
 // flight is a batch handed to a delivery goroutine. The goroutine owns it
@@ -476,6 +479,9 @@ func (w *worker) add(it item) {
 	case it.tombstone:
 		w.deps.metrics.tombstones.WithLabelValues(w.tp.topic).Inc()
 	case it.control:
+	case it.truncate:
+	case it.change:
+		w.addChange(it)
 	default:
 		b.rows = append(b.rows, it.row)
 		b.rowRecs = append(b.rowRecs, it.rec)
@@ -497,6 +503,45 @@ func (w *worker) add(it item) {
 	if it.rej != nil && w.cfg.policy == PolicyFail {
 		w.failed = true
 	}
+}
+
+// addChange puts a change into the open batch, which holds one change per
+// key: the latest. BigQuery applies changes by sequence number anyway, but
+// a request holding a key twice was seen to keep the first; and a
+// superseded change costs nothing to leave out. Its record is acknowledged
+// with the batch.
+func (w *worker) addChange(it item) {
+	b := &w.batch
+	// Keys are found by their hash, without a string per record; rows whose
+	// keys collide on the hash alone are both kept, as their sequence
+	// numbers still order them in BigQuery.
+	h := maphash.Bytes(keySeed, it.rec.Key)
+	if prev, ok := b.byKey[h]; ok && bytes.Equal(b.rowRecs[prev.idx].Key, it.rec.Key) {
+		w.deps.metrics.superseded.WithLabelValues(w.tp.topic).Inc()
+		if !supersede(prev.seq, it.seq) {
+			return
+		}
+		b.bytes += it.row.Size() - b.rows[prev.idx].Size()
+		b.rows[prev.idx], b.rowRecs[prev.idx] = it.row, it.rec
+		b.byKey[h] = keyedRow{prev.idx, it.seq}
+		return
+	}
+	if b.byKey == nil {
+		b.byKey = make(map[uint64]keyedRow, min(w.cfg.maxRecords, 1024))
+	}
+	b.byKey[h] = keyedRow{len(b.rows), it.seq}
+	b.rows = append(b.rows, it.row)
+	b.rowRecs = append(b.rowRecs, it.rec)
+	b.bytes += it.row.Size()
+}
+
+// keySeed seeds the hashes of record keys in batches.
+var keySeed = maphash.MakeSeed()
+
+// keyedRow is where a key's change sits in a batch, and its sequence.
+type keyedRow struct {
+	idx int
+	seq bq.Sequence
 }
 
 // shareBatches is how many batches a partition's memory share holds, so

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,13 +25,23 @@ import (
 type daemonOutcome struct {
 	result result
 	notes  []string
+	// rows is how many rows the table took: one per record, less the
+	// changes the daemon left out of upsert batches (superseded by a later
+	// change of the same key in the batch).
+	rows       int
+	superseded int
 }
 
 // daemonConfig is the daemon's config file: the defaults, except what
 // points it at the stack (brokers, group, topic, registry, BigQuery
-// endpoints, the table, the stack's dead-letter topic, a free port for
-// /metrics), then extra, then -set.
+// endpoints, the table and, with -mode upsert, its mode, the stack's
+// dead-letter topic, a free port for /metrics), then extra, then -set.
 func (h *harness) daemonConfig(group string, extra map[string]any, listen string) (string, error) {
+	var route any = h.fx.table // the short form, as before modes existed
+	if h.o.mode == sink.ModeUpsert {
+		// The primary key is left to its default: the key schema's fields.
+		route = map[string]any{"table": h.fx.table, "mode": sink.ModeUpsert}
+	}
 	doc := map[string]any{
 		"kafka": map[string]any{
 			"brokers":  h.st.Brokers(),
@@ -43,7 +55,7 @@ func (h *harness) daemonConfig(group string, extra map[string]any, listen string
 			"endpoint":      h.st.BigQuery.RESTEndpoint(),
 			"grpc_endpoint": h.st.BigQuery.GRPCEndpoint(),
 		},
-		"tables": map[string]any{h.fx.topic: h.fx.table},
+		"tables": map[string]any{h.fx.topic: route},
 		"errors": map[string]any{"dlq_topic": stack.DLQTopic},
 		"http":   map[string]any{"listen": listen},
 	}
@@ -184,13 +196,26 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 	n := want()
 	// Until lag 0 and every row landed; records that went elsewhere (the
 	// dead-letter topic) would leave lag 0 with rows missing: give up 15s
-	// after lag 0 without the rows.
+	// after lag 0 without the rows. An upsert table takes a row per record
+	// less the changes superseded in their batch (none when keys are
+	// unique): read from /metrics once lag 0 is reached with rows missing,
+	// when every record has been batched and the count is final.
+	expect := n
+	upsert := h.o.mode == sink.ModeUpsert
+	superseded := func() error {
+		sup, err := supersededChanges("http://"+listen+"/metrics", h.fx.topic)
+		if err != nil {
+			return err
+		}
+		out.superseded, expect = sup, n-sup
+		return nil
+	}
 	var landedAt, lagZeroAt, lagZeroShort time.Time
 	var lastLag int64 = -1
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	stop := progress(ctx, 10*time.Second, func() {
-		logf("bqsink: %d of %d rows in BigQuery, lag %s (%.0f s)", h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table), n, lagText(lastLag), time.Since(c.started).Seconds())
+		logf("bqsink: %d of %d rows in BigQuery, lag %s (%.0f s)", h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table), expect, lagText(lastLag), time.Since(c.started).Seconds())
 	})
 	defer stop()
 	for lagZeroAt.IsZero() {
@@ -205,7 +230,7 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 		}
 		now := time.Now()
 		rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table)
-		if rows >= n && landedAt.IsZero() {
+		if rows >= expect && landedAt.IsZero() {
 			landedAt = now
 		}
 		o, err := h.st.GroupOffsets(ctx, group, h.fx.topic)
@@ -213,10 +238,18 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 			continue
 		}
 		lastLag = o.Lag()
+		if upsert && lastLag == 0 && rows < expect {
+			if err := superseded(); err != nil {
+				return fail("%v", err)
+			}
+			if rows >= expect && landedAt.IsZero() {
+				landedAt = now
+			}
+		}
 		switch {
 		case lastLag != 0:
 			lagZeroShort = time.Time{}
-		case rows >= n:
+		case rows >= expect:
 			lagZeroAt = now
 		case lagZeroShort.IsZero():
 			lagZeroShort = now
@@ -226,7 +259,7 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 			for _, e := range dlq.End {
 				dead += e
 			}
-			return fail("lag 0 but %d of %d rows in BigQuery for 15s; %d records in the dead-letter topic %s", rows, n, dead, stack.DLQTopic)
+			return fail("lag 0 but %d of %d rows in BigQuery for 15s; %d records in the dead-letter topic %s", rows, expect, dead, stack.DLQTopic)
 		}
 	}
 	stop()
@@ -237,6 +270,12 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 	logf("bqsink caught up: lag 0 after %.2f s (every row acknowledged by BigQuery after %.2f s)", wall.Seconds(), landedAt.Sub(from).Seconds())
 
 	hwm, hwmErr := procStatusKiB(c.pid, "VmHWM")
+	if upsert {
+		// Read for the report in any case: none should be, with unique keys.
+		if err := superseded(); err != nil {
+			return fail("%v", err)
+		}
+	}
 	termAt := time.Now()
 	c.signal(syscall.SIGTERM)
 	rep, err := c.wait(ctx, time.Minute)
@@ -247,9 +286,13 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 		return fail("exit code %d%s after SIGTERM, want 0", rep.Exit, signalNote(rep.Signal))
 	}
 	logf("bqsink exited 0 %.2f s after SIGTERM", time.Since(termAt).Seconds())
-	if rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table); rows != n {
+	if rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table); rows != expect {
+		if upsert {
+			return fail("%d rows in %s.%s for %d records of which %d changes were superseded: want exactly %d", rows, stack.Dataset, h.fx.table, n, out.superseded, expect)
+		}
 		return fail("%d rows in %s.%s for %d records: want exactly one row per record", rows, stack.Dataset, h.fx.table, n)
 	}
+	out.rows = expect
 	cpu := time.Duration(rep.UserUS+rep.SysUS) * time.Microsecond
 	out.result = newResult("bqsink", n, wall, cpu, rep.MaxRSSKiB)
 	if hwmErr == nil {
@@ -259,7 +302,58 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 		fmt.Sprintf("bqsink: every row acknowledged by BigQuery after %.2f s, lag 0 seen after %.2f s (it commits each acknowledged batch at once); CPU s is the process's whole life, startup to exit after SIGTERM",
 			landedAt.Sub(from).Seconds(), wall.Seconds()),
 		rssNote("bqsink", out.result, "before SIGTERM"))
+	if upsert {
+		out.notes = append(out.notes, fmt.Sprintf("bqsink: upsert: %d rows (UPSERT changes) for %d records; %d changes superseded by a later one of the same key in their batch (bqsink_changes_superseded_total)",
+			expect, n, out.superseded))
+	}
 	return out, nil
+}
+
+// supersededChanges reads bqsink_changes_superseded_total of topic from
+// the daemon's /metrics.
+func supersededChanges(url, topic string) (int, error) {
+	cl := &http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(url)
+	if err != nil {
+		return 0, fmt.Errorf("reading the superseded changes: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("reading the superseded changes: %s answered %s", url, resp.Status)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("reading the superseded changes: %w", err)
+	}
+	return parseSuperseded(string(body), topic)
+}
+
+// parseSuperseded finds bqsink_changes_superseded_total of topic in a
+// Prometheus text exposition.
+func parseSuperseded(text, topic string) (int, error) {
+	const name = "bqsink_changes_superseded_total"
+	label := `topic="` + topic + `"`
+	for line := range strings.Lines(text) {
+		line = strings.TrimSpace(line)
+		rest, ok := strings.CutPrefix(line, name+"{")
+		if !ok {
+			continue
+		}
+		labels, value, ok := strings.Cut(rest, "} ")
+		if !ok || !slices.Contains(strings.Split(labels, ","), label) {
+			continue
+		}
+		fields := strings.Fields(value)
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s{%s}: %w", name, label, err)
+		}
+		return int(v), nil
+	}
+	return 0, fmt.Errorf("the daemon's /metrics has no %s{%s}", name, label)
 }
 
 // waitReady polls url until it answers 200.

@@ -8,6 +8,8 @@
 //	go run ./integration/bench -rate 20000 -duration 60s   # steady: freshness at a fixed rate
 //	go run ./integration/bench -short                  # CI: 20,000 records, fails unless all landed exactly once
 //	go run ./integration/bench -rev HEAD               # the daemon as committed, not the working tree
+//	go run ./integration/bench -mode upsert            # the table in upsert mode (change data capture)
+//	go run ./integration/bench -mode append -keyed     # the same records as -mode upsert, appended
 //
 // Backlog mode (the default): the harness builds bqsink (go build from the
 // repository root, or takes -bin), starts the stack with bqfake in bench
@@ -30,8 +32,30 @@
 // the daemon's batch.max_wait (the target is p99 ≤ max_wait + 250ms; it is
 // reported, not enforced).
 //
+// Table mode (-mode, either run mode): append (the default) routes the
+// topic's table in the config's short form, a row per record; upsert routes
+// it with mode: upsert and no primary_key, so that the key schema's fields
+// are the primary key, and each record becomes an UPSERT change (envelope
+// none, sequence kafka_offset: the defaults). An upsert table needs keys:
+// -keyed encodes every record's key as an Avro record of fields of its
+// value holding the value's values, in the wire format under a key schema
+// registered as <topic>-key (stock updates: variant_id, warehouse_id,
+// timestamp; deliveries: delivery_id), unique per record. -mode upsert
+// implies -keyed; without -keyed the keys are raw strings (EAN, delivery
+// ID), as before -keyed existed, so that earlier figures stay comparable.
+// For "upsert next to append of the same records", run -mode upsert and
+// -mode append -keyed with the same -n and -seed: the values are the same
+// bytes (bar DeliveryCreated's map entries, in Go's map order), and the
+// keys too. The floor reads values alone, whatever the mode; the report
+// names the table mode and the keys.
+//
 // Every mode fails (exit 1) unless the daemon reached lag 0, exited 0 on
 // SIGTERM and the table's row count equals the records produced exactly.
+// In upsert mode the daemon keeps one change per key per batch: the rows
+// expected are the records less its bqsink_changes_superseded_total (read
+// from /metrics at lag 0), which is 0 in backlog mode, keys being unique;
+// steady mode cycles a pool of up to 50,000 records, so its keys repeat
+// and a batch that spans a cycle supersedes some (reported).
 // Progress goes to stderr, results to stdout (-json for JSON).
 package main
 
@@ -52,6 +76,7 @@ import (
 
 	"github.com/bqsink/bqsink/integration/bqfake"
 	"github.com/bqsink/bqsink/integration/stack"
+	"github.com/bqsink/bqsink/sink"
 )
 
 type options struct {
@@ -68,6 +93,8 @@ type options struct {
 	noFloor    bool
 	rev        string
 	set        setFlags
+	mode       string // the table's mode: append or upsert
+	keyed      bool   // records keyed in the wire format (upsert implies it)
 }
 
 func main() {
@@ -93,15 +120,27 @@ func main() {
 	flag.Uint64Var(&o.seed, "seed", 42, "seed of the generated records")
 	flag.BoolVar(&o.noFloor, "no-floor", false, "backlog mode: skip the floor")
 	flag.Var(&o.set, "set", "key=value: set a daemon config key (dotted, e.g. batch.max_wait=500ms; the value is YAML); repeatable")
+	flag.StringVar(&o.mode, "mode", sink.ModeAppend, "the table's mode: append (a row per record) or upsert (change data capture keyed by the record key; implies -keyed)")
+	flag.BoolVar(&o.keyed, "keyed", false, "key every record with an Avro record of value fields, unique per record, in the wire format under the subject <topic>-key (upsert needs it; with append, the same records for a comparison)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
 	}
-	nSet := false
-	flag.Visit(func(f *flag.Flag) { nSet = nSet || f.Name == "n" })
+	nSet, keyedSet := false, false
+	flag.Visit(func(f *flag.Flag) {
+		nSet = nSet || f.Name == "n"
+		keyedSet = keyedSet || f.Name == "keyed"
+	})
 	if o.short && !nSet {
 		o.n = 20_000
+	}
+	if o.mode == sink.ModeUpsert {
+		if keyedSet && !o.keyed {
+			fmt.Fprintln(os.Stderr, "bench: -mode upsert needs keyed records: drop -keyed=false")
+			os.Exit(2)
+		}
+		o.keyed = true
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -129,6 +168,8 @@ func run(ctx context.Context, o options) (err error) {
 		return fmt.Errorf("-schema %q: want seed or delivery", o.schema)
 	}
 	switch {
+	case o.mode != sink.ModeAppend && o.mode != sink.ModeUpsert:
+		return fmt.Errorf("-mode %q: want %s or %s", o.mode, sink.ModeAppend, sink.ModeUpsert)
 	case o.n <= 0:
 		return fmt.Errorf("-n %d: want a positive number", o.n)
 	case o.partitions <= 0:
@@ -210,7 +251,7 @@ type harness struct {
 // backlog is the default mode: N records waiting, then bqsink, then the
 // floor.
 func (h *harness) backlog(ctx context.Context) error {
-	rec, err := h.fx.register(h.st, h.o.n, h.o.seed)
+	rec, err := h.fx.register(h.st, h.o.n, h.o.seed, h.o.keyed)
 	if err != nil {
 		return err
 	}
@@ -226,8 +267,7 @@ func (h *harness) backlog(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rep := report{Mode: "backlog", Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: h.o.n, Bqsink: d.result}
-	rep.Notes = append(rep.Notes, d.notes...)
+	rep := h.report("backlog", h.o.n, d)
 	if !h.o.noFloor {
 		f, err := h.runFloor(ctx)
 		if err != nil {
@@ -235,6 +275,9 @@ func (h *harness) backlog(ctx context.Context) error {
 		}
 		rep.Floor = &f
 		rep.Notes = append(rep.Notes, rssNote("floor", f, "at its exit"))
+		if h.o.keyed {
+			rep.Notes = append(rep.Notes, "floor: reads and decodes the values alone, whatever the table mode (the keys are not decoded)")
+		}
 		if f.CPUUsPerRecord > 0 {
 			rep.Ratio = d.result.CPUUsPerRecord / f.CPUUsPerRecord
 		}
@@ -249,7 +292,7 @@ func (h *harness) steady(ctx context.Context) error {
 		return fmt.Errorf("-rate %d for %v is no records", h.o.rate, h.o.duration)
 	}
 	poolSize := min(total, 50_000)
-	rec, err := h.fx.register(h.st, poolSize, h.o.seed)
+	rec, err := h.fx.register(h.st, poolSize, h.o.seed, h.o.keyed)
 	if err != nil {
 		return err
 	}
@@ -272,19 +315,32 @@ func (h *harness) steady(ctx context.Context) error {
 		return err
 	}
 	span := produced.last.Sub(produced.first)
-	rep := report{Mode: "steady", Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: produced.records, Bqsink: d.result}
-	rep.Notes = append(rep.Notes, d.notes...)
+	rep := h.report("steady", produced.records, d)
 	rep.Notes = append(rep.Notes, fmt.Sprintf("produced %d records in %.1f s (%.0f records/s, asked %d/s) once the daemon was ready; wall s runs from the first record produced",
 		produced.records, span.Seconds(), float64(produced.records)/max(span.Seconds(), 1e-9), h.o.rate))
 
 	stats := h.st.BigQuery.BenchStats()
-	if stats.NoTimestamp > 0 || len(stats.Freshness) != produced.records {
-		return fmt.Errorf("freshness: %d rows carried %s.timestamp and %d did not, of %d records: is metadata_column %s still the daemon's key?",
-			len(stats.Freshness), metadataColumn, stats.NoTimestamp, produced.records, metadataColumn)
+	if stats.NoTimestamp > 0 || len(stats.Freshness) != d.rows {
+		return fmt.Errorf("freshness: %d rows carried %s.timestamp and %d did not, of %d rows written for %d records: is metadata_column %s still the daemon's key?",
+			len(stats.Freshness), metadataColumn, stats.NoTimestamp, d.rows, produced.records, metadataColumn)
 	}
 	maxWait := h.maxWait()
 	rep.Freshness = freshnessOf(stats.Freshness, maxWait)
 	return rep.print(os.Stdout, h.o.json)
+}
+
+// report starts a run's report: what ran, and the daemon's outcome.
+func (h *harness) report(mode string, records int, d daemonOutcome) report {
+	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: records,
+		TableMode: h.o.mode, Bqsink: d.result}
+	if h.o.keyed {
+		rep.Keys = fmt.Sprintf("Avro in the wire format, subject %s-key: %s", h.fx.topic, strings.Join(h.fx.keyFields(), ", "))
+	}
+	if h.o.mode == sink.ModeUpsert {
+		rep.Superseded = &d.superseded
+	}
+	rep.Notes = append(rep.Notes, d.notes...)
+	return rep
 }
 
 // metadataColumn is the metadata_column steady mode configures.

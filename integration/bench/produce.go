@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/bqsink/bqsink/integration/stack"
@@ -16,34 +17,132 @@ import (
 // fixture is a kind of record the bench produces.
 type fixture struct {
 	name, topic, table string
-	// register registers the fixture's schemas and returns the encoder of
-	// the i-th of n records for a seed (safe for concurrent use).
-	register func(st *stack.Stack, n int, seed uint64) (func(i int) (*kgo.Record, error), error)
+	// keySchema is the Avro schema of the records' keys with -keyed,
+	// registered as <topic>-key: fields of the value, each with the value's
+	// type, that tell the records apart (unique per record).
+	keySchema string
+	// register registers the fixture's schemas (and with keyed its key
+	// schema) and returns the encoder of the i-th of n records for a seed
+	// (safe for concurrent use). Without keyed a record's key is a raw
+	// string, as before -keyed existed; with it, the key record of its
+	// value's fields in the wire format.
+	register func(st *stack.Stack, n int, seed uint64, keyed bool) (func(i int) (*kgo.Record, error), error)
 }
+
+// stockKey is a stock update's key with -keyed: the stock item (variant
+// and warehouse) and the update's timestamp, unique per record
+// (StockUpdates spaces timestamps 1.5 s apart), so that an upsert table
+// keeps one row per record.
+type stockKey struct {
+	VariantID   int32 `avro:"variant_id"`
+	WarehouseID int32 `avro:"warehouse_id"`
+	Timestamp   int64 `avro:"timestamp"`
+}
+
+// deliveryKey is a DeliveryCreated's key with -keyed: its random UUID.
+type deliveryKey struct {
+	DeliveryID string `avro:"delivery_id"`
+}
+
+// The key schemas of -keyed (see fixture.keySchema).
+const (
+	stockKeySchema = `{"type": "record", "name": "SMSPhysicalStockUpdates_key", "namespace": "com.huub.types", "fields": [
+		{"name": "variant_id", "type": "int"},
+		{"name": "warehouse_id", "type": "int"},
+		{"name": "timestamp", "type": "long"}]}`
+	deliveryKeySchema = `{"type": "record", "name": "DeliveryCreated_key", "namespace": "com.huub.events", "fields": [
+		{"name": "delivery_id", "type": {"type": "string", "logicalType": "uuid"}}]}`
+)
 
 var fixtures = map[string]fixture{
 	"seed": {
 		name: "seed", topic: stack.StockTopic, table: stack.StockTable,
-		register: func(st *stack.Stack, n int, seed uint64) (func(int) (*kgo.Record, error), error) {
+		keySchema: stockKeySchema,
+		register: func(st *stack.Stack, n int, seed uint64, keyed bool) (func(int) (*kgo.Record, error), error) {
 			schemas, err := st.RegisterStock()
+			if err != nil {
+				return nil, err
+			}
+			key, err := registerKey(st, stack.StockTopic, stockKeySchema, keyed)
 			if err != nil {
 				return nil, err
 			}
 			// v1 and v2 interleaved; v2 only in the second half.
 			updates := stack.StockUpdates(n, seed)
-			return func(i int) (*kgo.Record, error) { return schemas.Record(updates[i]) }, nil
+			return func(i int) (*kgo.Record, error) {
+				u := updates[i]
+				r, err := schemas.Record(u)
+				if err != nil || key == nil {
+					return r, err
+				}
+				r.Key, err = key(stockKey{VariantID: u.VariantID, WarehouseID: u.WarehouseID, Timestamp: u.Timestamp})
+				return r, err
+			}, nil
 		},
 	},
 	"delivery": {
 		name: "delivery", topic: stack.DeliveryTopic, table: stack.DeliveryTable,
-		register: func(st *stack.Stack, _ int, seed uint64) (func(int) (*kgo.Record, error), error) {
+		keySchema: deliveryKeySchema,
+		register: func(st *stack.Stack, _ int, seed uint64, keyed bool) (func(int) (*kgo.Record, error), error) {
 			schemas, err := st.RegisterDelivery()
 			if err != nil {
 				return nil, err
 			}
-			return func(i int) (*kgo.Record, error) { return schemas.Record(stack.MakeDelivery(seed, i)) }, nil
+			key, err := registerKey(st, stack.DeliveryTopic, deliveryKeySchema, keyed)
+			if err != nil {
+				return nil, err
+			}
+			return func(i int) (*kgo.Record, error) {
+				d := stack.MakeDelivery(seed, i)
+				r, err := schemas.Record(d)
+				if err != nil || key == nil {
+					return r, err
+				}
+				r.Key, err = key(deliveryKey{DeliveryID: d.DeliveryID})
+				return r, err
+			}, nil
 		},
 	},
+}
+
+// registerKey registers a key schema as topic's key subject (<topic>-key)
+// and returns the encoder of keys in the wire format; nil without keyed.
+func registerKey(st *stack.Stack, topic, text string, keyed bool) (func(v any) ([]byte, error), error) {
+	if !keyed {
+		return nil, nil
+	}
+	s, err := avro.Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("key schema of %s: %w", topic, err)
+	}
+	id, err := st.Register(topic+"-key", text)
+	if err != nil {
+		return nil, err
+	}
+	return func(v any) ([]byte, error) {
+		body, err := avro.Marshal(s, v)
+		if err != nil {
+			return nil, fmt.Errorf("encode key: %w", err)
+		}
+		return stack.WireFormat(id, body), nil
+	}, nil
+}
+
+// keyFields are the field names of a fixture's key schema.
+func (f fixture) keyFields() []string {
+	s, err := avro.Parse(f.keySchema)
+	if err != nil {
+		return nil
+	}
+	rs, ok := s.(*avro.RecordSchema)
+	if !ok {
+		return nil
+	}
+	var names []string
+	for _, fl := range rs.Fields() {
+		names = append(names, fl.Name())
+	}
+	return names
 }
 
 // producer writes to one topic asynchronously in batches, as a busy

@@ -70,11 +70,16 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // report is everything a run prints.
 type report struct {
-	Mode       string     `json:"mode"`
-	Schema     string     `json:"schema"`
-	Partitions int        `json:"partitions"`
-	Commit     string     `json:"daemon_commit"`
-	Records    int        `json:"records"`
+	Mode       string `json:"mode"`
+	Schema     string `json:"schema"`
+	Partitions int    `json:"partitions"`
+	Commit     string `json:"daemon_commit"`
+	Records    int    `json:"records"`
+	TableMode  string `json:"table_mode"`     // append or upsert
+	Keys       string `json:"keys,omitempty"` // with -keyed: the records' keys
+	// Superseded is, in upsert mode, how many changes the daemon left out
+	// for a later one of the same key in their batch.
+	Superseded *int       `json:"superseded_changes,omitempty"`
 	Bqsink     result     `json:"bqsink"`
 	Floor      *result    `json:"floor,omitempty"`
 	Ratio      float64    `json:"cpu_per_record_ratio,omitempty"` // bqsink ÷ floor
@@ -88,8 +93,17 @@ func (r report) print(w io.Writer, asJSON bool) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	fmt.Fprintf(w, "\nbqsink bench, %s mode: %d %s records on %d partitions; daemon at commit %s\n\n",
+	fmt.Fprintf(w, "\nbqsink bench, %s mode: %d %s records on %d partitions; daemon at commit %s\n",
 		r.Mode, r.Records, r.Schema, r.Partitions, r.Commit)
+	keys := "raw strings (not -keyed)"
+	if r.Keys != "" {
+		keys = r.Keys
+	}
+	fmt.Fprintf(w, "table mode %s; record keys: %s\n", r.TableMode, keys)
+	if r.Superseded != nil {
+		fmt.Fprintf(w, "upsert: primary key = the key schema's fields; %d changes superseded in their batch\n", *r.Superseded)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "\trecords\twall s\trecords/s\tCPU s\tCPU µs/record\tpeak RSS MiB\t")
 	rows := []result{r.Bqsink}

@@ -1157,3 +1157,59 @@ func TestExactlyOnceIsolationChangeFallsBackOnce(t *testing.T) {
 		t.Errorf("%v across clean restarts", c.Coverage)
 	}
 }
+
+// An owner frozen with its first appends in flight, before it ever
+// committed, then SIGKILLed: BigQuery writes those rows, and the next owner
+// continues the same streams (committed, with the partitions' first
+// offsets, before the first appends), so they are answered ALREADY_EXISTS,
+// not written twice.
+func TestExactlyOnceOwnerDiesBeforeItsFirstCommit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a daemon with its first appends in flight")
+	}
+	const group = "g-eo-first"
+	e := itest.NewEnvPartitions(t, 3)
+	e.Produce(t.Context(), stack.StockUpdates(3000, 7))
+	cfg := eoConfig(e, group)
+	e.St.BigQuery.SetAppendLatency(1500 * time.Millisecond)
+	a := itest.StartDaemon(t, cfg)
+	itest.WaitUntil(t, 30*time.Second, func() string { return a.Name + "'s first append to reach BigQuery" }, func() bool {
+		return e.St.BigQuery.AppendsReceived() > 0
+	})
+	if n := a.Metric("bqsink_rows_written_total"); n != 0 {
+		t.Fatalf("%s had %v rows acknowledged before the kill: the kill must come before any answer", a.Name, n)
+	}
+	// Frozen, A keeps its connections open: BigQuery writes what it
+	// received, and A never hears of it.
+	a.Signal(syscall.SIGSTOP)
+	time.Sleep(2 * time.Second)
+	a.Kill()
+	e.St.BigQuery.SetAppendLatency(0)
+	logConflicts(t, e, "after the kill")
+
+	b := itest.StartDaemon(t, cfg)
+	itest.WaitCaughtUp(t, e, group, 60*time.Second)
+	b.Shutdown(15 * time.Second)
+	itest.LogProblems(t, b)
+	ae, _ := e.St.BigQuery.OffsetConflicts()
+	if ae == 0 {
+		t.Errorf("no append met ALREADY_EXISTS: %s continued no stream %s had written to", b.Name, a.Name)
+	}
+	o, err := e.St.GroupOffsets(t.Context(), group, stack.StockTopic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	produced := map[int32][]int64{}
+	for p, end := range o.End {
+		for off := range end {
+			produced[p] = append(produced[p], off)
+		}
+	}
+	warns := fallbackLines(a, b)
+	c := countRows(t, e, produced, nil)
+	t.Logf("first owner killed before its first commit: %v; %d appends answered ALREADY_EXISTS", c.Coverage, ae)
+	checkExactlyOnce(t, c, warns)
+	if len(warns) != 0 {
+		t.Errorf("fallbacks: %s", describeFallbacks(warns))
+	}
+}

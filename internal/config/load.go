@@ -231,6 +231,10 @@ const durationHint = "write 1s, 500ms, 5m"
 // key ShortForm names (tables: `topic: table`).
 type shortFormer interface{ ShortForm() string }
 
+// oneScalar is a list that a bare scalar may stand for, as its one entry
+// (`sequence: debezium`).
+type oneScalar interface{ OneScalar() }
+
 // decode sets v from node n, found under key. A null value leaves v as it
 // is (its default), as yaml.v3 does, except that it empties a list, map or
 // pointer.
@@ -294,6 +298,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) {
 	case reflect.Slice:
 		if t.Elem().Kind() == reflect.Uint8 {
 			d.fallback(n, v, key)
+			return
+		}
+		if _, ok := v.Interface().(oneScalar); ok && n.Kind == yaml.ScalarNode {
+			s := reflect.MakeSlice(t, 1, 1)
+			d.decode(n, s.Index(0), key)
+			v.Set(s)
 			return
 		}
 		d.decodeSlice(n, v, key)

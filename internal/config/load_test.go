@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/bqsink/bqsink/internal/testcert"
+	"github.com/bqsink/bqsink/sink"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -384,6 +385,38 @@ shutdown_timeout: 1m30s
 		b.MaxRecords != 1000 || b.MaxBytes != 1<<20 || b.MaxInflight != 8 ||
 		cfg.Tables["t"].Table != "tt" || cfg.ShutdownTimeout != 90*time.Second {
 		t.Errorf("decoded wrong: %+v", cfg)
+	}
+}
+
+// The issue's own example of upsert mode loads as written: sequence takes
+// a word or a list of fields.
+func TestUpsertTablesLoad(t *testing.T) {
+	p := writeConfig(t, validKafka+validSR+validBQ+`
+tables:
+  inventory.public.products:
+    table: products
+    mode: upsert
+    primary_key: [id]
+    envelope: debezium
+    sequence: debezium
+    max_staleness: 15m
+  entities: {mode: upsert, sequence: [meta.version]}
+`)
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbz := cfg.Tables["inventory.public.products"]
+	if dbz.Mode != "upsert" || !slices.Equal(dbz.PrimaryKey, []string{"id"}) || dbz.Envelope != "debezium" ||
+		!slices.Equal(dbz.Sequence, sink.Sequence{"debezium"}) || dbz.MaxStaleness != 15*time.Minute {
+		t.Errorf("products decoded as %+v", dbz)
+	}
+	if got := cfg.Tables["entities"].Sequence; !slices.Equal(got, sink.Sequence{"meta.version"}) {
+		t.Errorf("entities sequence %q", got)
+	}
+	p = writeConfig(t, validKafka+validSR+validBQ+"tables: {t: {mode: upsert, sequence: {a: b}}}\n")
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "tables.t.sequence: want a list") {
+		t.Errorf("a mapping as sequence: %v", err)
 	}
 }
 
