@@ -8,7 +8,10 @@ import (
 	"time"
 
 	"cloud.google.com/go/bigquery"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/api/option"
 
 	"github.com/bqsink/bqsink/integration/itest"
@@ -185,4 +188,76 @@ func TestUpsertTableWithoutKeyStallsOnlyItsTopic(t *testing.T) {
 	src.Check(ctx, e.St, "products", "after the key was added")
 	d.WaitHTTP("/readyz", http.StatusOK, 20*time.Second)
 	d.Shutdown(15 * time.Second)
+}
+
+// A table an earlier bqsink created from Debezium records holds their
+// Kafka Connect types as the base Avro types (a MicroTimestamp as INTEGER,
+// a ZonedTimestamp as STRING). Upgrading must not reject its records: they
+// are written as before, with one warning saying how to get the new types.
+func TestConnectTypesIntoATableOfTheirBaseTypes(t *testing.T) {
+	ctx := t.Context()
+	const topic = "unwrap.inventory.products"
+	st, err := stack.Start(stack.Options{Partitions: 1, Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	bqc, err := bigquery.NewClient(ctx, stack.Project, option.WithEndpoint(st.BigQuery.RESTEndpoint()), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bqc.Close()
+	req := func(name string, typ bigquery.FieldType) *bigquery.FieldSchema {
+		return &bigquery.FieldSchema{Name: name, Type: typ, Required: true}
+	}
+	opt := func(name string, typ bigquery.FieldType) *bigquery.FieldSchema {
+		return &bigquery.FieldSchema{Name: name, Type: typ}
+	}
+	old := bigquery.Schema{req("id", bigquery.IntegerFieldType), req("name", bigquery.StringFieldType), opt("description", bigquery.StringFieldType),
+		opt("weight", bigquery.FloatFieldType), req("price", bigquery.NumericFieldType), req("created_at", bigquery.IntegerFieldType),
+		opt("updated", bigquery.StringFieldType), opt("__op", bigquery.StringFieldType), opt("__source_ts_ms", bigquery.IntegerFieldType),
+		opt("__lsn", bigquery.IntegerFieldType), opt("__deleted", bigquery.StringFieldType)}
+	if err := bqc.Dataset(stack.Dataset).Table("products_old").Create(ctx, &bigquery.TableMetadata{Schema: old}); err != nil {
+		t.Fatal(err)
+	}
+	src := itest.NewDebezium(t, st, topic, false)
+	recs := src.Unwrapped(200, 1000)
+	if err := st.Produce(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	c := st.Config("g-old-types", topic)
+	c.Tables = map[string]sink.TableRoute{topic: sink.Route("products_old")}
+	run := itest.StartSink(ctx, t, st, c, zap.New(core))
+	if _, err := st.WaitCommitted(ctx, "g-old-types", topic); err != nil {
+		t.Fatal(err)
+	}
+	if n := itest.MetricValue(t, run.Metrics, "bqsink_records_rejected_total"); n != 0 {
+		t.Errorf("%v records rejected", n)
+	}
+	tbl, err := st.ReadTable(ctx, "products_old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tbl.Rows) != len(recs)-countTombstones(recs) {
+		t.Errorf("%d rows, want one per record with a value (%d)", len(tbl.Rows), len(recs)-countTombstones(recs))
+	}
+	for _, r := range tbl.Rows[:1] {
+		if _, ok := r["created_at"].(int64); !ok {
+			t.Errorf("created_at = %#v, want the INTEGER it was", r["created_at"])
+		}
+	}
+	if n := logs.FilterMessageSnippet("Kafka Connect types").Len(); n != 1 {
+		t.Errorf("%d warnings about the base types, want 1; logs: %v", n, logs.All())
+	}
+}
+
+func countTombstones(recs []*kgo.Record) int {
+	n := 0
+	for _, r := range recs {
+		if r.Value == nil {
+			n++
+		}
+	}
+	return n
 }

@@ -146,7 +146,7 @@ func (s *Schema) ChangeRow(spec ChangeSpec) (*Schema, error) {
 	if shape.value == nil {
 		return s, nil
 	}
-	return &Schema{id: s.id, columns: shape.columns, writer: shape.value}, nil
+	return &Schema{id: s.id, columns: shape.columns, writer: shape.value, plain: s.plain}, nil
 }
 
 // envelopeError is an ErrEnvelope that is also ErrUnsupported.
@@ -367,7 +367,7 @@ func (s *Schema) debeziumShape() (*changeShape, error) {
 		}
 	}
 	if shape.columns == nil {
-		m := &mapper{id: s.id, logger: zap.NewNop()}
+		m := &mapper{id: s.id, logger: zap.NewNop(), plain: s.plain}
 		c, err := m.record("", after)
 		if err != nil {
 			return nil, s.envelopeErr("%v", err)
@@ -452,7 +452,7 @@ func (s *Schema) ChangeTranscoder(table bigquery.Schema, extra string, spec Chan
 		return t, nil
 	}
 
-	row := &Schema{id: s.id, columns: shape.columns, writer: shape.value}
+	row := &Schema{id: s.id, columns: shape.columns, writer: shape.value, plain: s.plain}
 	if t.row, err = row.Transcoder(table, extra); err != nil {
 		return nil, err
 	}

@@ -43,6 +43,15 @@ const (
 	connectDecimal                     // bytes, a Connect Decimal without an Avro decimal -> NUMERIC/BIGNUMERIC
 )
 
+// connectKindIf is connectKindOf(s) when on, else connectNone: for the
+// plain mapping (Schema.WithoutConnectTypes).
+func connectKindIf(on bool, s *avro.PrimitiveSchema) connectKind {
+	if !on {
+		return connectNone
+	}
+	return connectKindOf(s)
+}
+
 // connectKindOf says what s's connect.name makes of it, connectNone when it
 // changes nothing.
 func connectKindOf(s *avro.PrimitiveSchema) connectKind {

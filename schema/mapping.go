@@ -68,6 +68,7 @@ func compile(id int, root avro.Schema, logger *zap.Logger) (*Schema, error) {
 type mapper struct {
 	id     int
 	logger *zap.Logger
+	plain  bool // Connect's types map as their base types (Schema.WithoutConnectTypes)
 	stack  []string // full names of the records being mapped, outermost first
 }
 
@@ -80,7 +81,7 @@ func (m *mapper) mapType(path string, s avro.Schema) (column, error) {
 	case *avro.PrimitiveSchema:
 		return m.primitive(path, s), nil
 	case *avro.RecordSchema:
-		if isVariableScaleDecimal(s) {
+		if !m.plain && isVariableScaleDecimal(s) {
 			return column{typ: bigquery.BigNumericFieldType, doc: s.Doc()}, nil
 		}
 		return m.record(path, s)
@@ -126,7 +127,7 @@ func (m *mapper) record(path string, s *avro.RecordSchema) (column, error) {
 }
 
 func (m *mapper) primitive(path string, s *avro.PrimitiveSchema) column {
-	switch connectKindOf(s) {
+	switch connectKindIf(!m.plain, s) {
 	case connectDate:
 		return column{typ: bigquery.DateFieldType}
 	case connectTimeMillis, connectTimeMicros, connectTimeNanos:

@@ -59,7 +59,7 @@ func (s *Schema) Transcoder(table bigquery.Schema, extra string) (*Transcoder, e
 	if s.writer == nil {
 		return nil, fmt.Errorf("schema %d: no writer schema to transcode from", s.id)
 	}
-	c := &tcompiler{id: s.id, mapper: &mapper{id: s.id, logger: zap.NewNop()}}
+	c := &tcompiler{id: s.id, mapper: &mapper{id: s.id, logger: zap.NewNop(), plain: s.plain}}
 	extraIdx := -1
 	if extra != "" {
 		if extraIdx = lookupColumn(table, extra); extraIdx < 0 {
@@ -346,9 +346,9 @@ func (c *tcompiler) node(a avro.Schema, wpath string, col *bigquery.FieldSchema,
 	case *avro.RefSchema:
 		return c.node(a.Schema(), wpath, col, tpath, tag)
 	case *avro.PrimitiveSchema:
-		return primitiveNode(a, tag), nil
+		return primitiveNode(a, tag, c.mapper.plain), nil
 	case *avro.RecordSchema:
-		if isVariableScaleDecimal(a) {
+		if !c.mapper.plain && isVariableScaleDecimal(a) {
 			return &node{kind: kVarDecimal, tag: tag}, nil
 		}
 		fields := make([]wfield, len(a.Fields()))
@@ -437,9 +437,9 @@ func (c *tcompiler) node(a avro.Schema, wpath string, col *bigquery.FieldSchema,
 	return nil, fmt.Errorf("schema %d: field %s: Avro type %s has no BigQuery mapping", c.id, wpath, a.Type())
 }
 
-// primitiveNode mirrors mapper.primitive.
-func primitiveNode(s *avro.PrimitiveSchema, tag []byte) *node {
-	switch connectKindOf(s) {
+// primitiveNode mirrors mapper.primitive; plain as mapper.plain.
+func primitiveNode(s *avro.PrimitiveSchema, tag []byte, plain bool) *node {
+	switch connectKindIf(!plain, s) {
 	case connectDate:
 		return &node{kind: kDate, tag: tag}
 	case connectTimeMillis:

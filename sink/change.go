@@ -181,6 +181,7 @@ func (d *decoder) decodeChange(ctx context.Context, it item, id int, sch *schema
 	} else if err != nil {
 		return it, err
 	}
+	sch = d.writeAs(sch)
 	row, err := c.rowSchema(sch)
 	if err != nil {
 		return reject(reasonUnsupportedSchema, id, err)
@@ -192,6 +193,13 @@ func (d *decoder) decodeChange(ctx context.Context, it item, id int, sch *schema
 	}
 	for range 2 {
 		if err := d.ensure(ctx, pair); err != nil {
+			if errors.Is(err, bq.ErrIncompatible) {
+				if plain := d.plainIfTableHas(ctx, sch, pair, c.rowSchema); plain != nil {
+					sch = plain
+					pair.value, _ = c.rowSchema(plain)
+					continue
+				}
+			}
 			if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
 				return reject(reasonIncompatible, id, err)
 			}

@@ -80,6 +80,11 @@ type decoder struct {
 	keys transcoders[*schema.Transcoder] // of keys into the metadata column's key RECORD
 
 	change *changeDecoder // upsert mode; nil appends
+
+	// plain marks the writer schemas written without Kafka Connect's
+	// types (writeAs); warnPlain says whether to warn for a schema ID.
+	plain     map[*schema.Schema]bool
+	warnPlain func(id int) bool
 }
 
 // schemaPair identifies what a row's columns come from: the value's writer
@@ -133,6 +138,7 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	if d.change != nil {
 		return d.decodeChange(ctx, it, id, sch, body)
 	}
+	sch = d.writeAs(sch)
 	pair := schemaPair{value: sch}
 	var key []byte // the key's Avro body when its schema is pair.key
 	if d.meta != "" {
@@ -142,6 +148,12 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 	}
 	for range 2 {
 		if err := d.ensure(ctx, pair); err != nil {
+			if errors.Is(err, bq.ErrIncompatible) {
+				if plain := d.plainIfTableHas(ctx, sch, pair, func(p *schema.Schema) (*schema.Schema, error) { return p, nil }); plain != nil {
+					sch, pair.value = plain, plain
+					continue
+				}
+			}
 			if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
 				return reject(reasonIncompatible, id, err)
 			}
@@ -188,6 +200,46 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 		}
 	}
 	return reject(reasonIncompatible, id, fmt.Errorf("table %s does not take the columns of schema %d after ensuring it twice", d.table.Name(), id))
+}
+
+// writeAs returns the schema to write records of writer schema s with: s,
+// or its variant without Kafka Connect's types once the table turned out
+// to hold them as their base types (plainIfTableHas).
+func (d *decoder) writeAs(s *schema.Schema) *schema.Schema {
+	if d.plain[s] {
+		return s.WithoutConnectTypes()
+	}
+	return s
+}
+
+// plainIfTableHas is for a writer schema s whose columns the table cannot
+// take (pair, the columns of rowOf(s), failed with ErrIncompatible): if s
+// has Kafka Connect's or Debezium's types and the table holds them as their
+// base types, as an earlier bqsink created it (a MicroTimestamp as
+// INTEGER), it returns the variant of s to write with from now on, and
+// warns once. Otherwise nil: the records are incompatible.
+func (d *decoder) plainIfTableHas(ctx context.Context, s *schema.Schema, pair schemaPair, rowOf func(*schema.Schema) (*schema.Schema, error)) *schema.Schema {
+	p := s.WithoutConnectTypes()
+	if p == s {
+		return nil
+	}
+	row, err := rowOf(p)
+	if err != nil {
+		return nil
+	}
+	pair.value = row
+	if d.ensure(ctx, pair) != nil {
+		return nil
+	}
+	if d.plain == nil {
+		d.plain = map[*schema.Schema]bool{}
+	}
+	d.plain[s] = true
+	if d.warnPlain(s.ID()) {
+		d.log.Warn("the table holds this schema's Kafka Connect types (connect.name) as their base types, as bqsink created tables before it knew them; writing them so: recreate the table, or its columns, for DATE, TIME, DATETIME, TIMESTAMP, BIGNUMERIC and JSON columns",
+			zap.Int("schema_id", s.ID()))
+	}
+	return p
 }
 
 // writerSchema resolves schema ID id. A record that can never be written

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"maps"
+	"strconv"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -55,7 +56,8 @@ func (s *Sink) newWorker(cl *kgo.Client, tp topicPartition) *worker {
 	}
 	t.SetOptions(opts)
 	dec := &decoder{reg: s.reg, registry: "schema registry", table: t, meta: s.cfg.MetadataColumn,
-		grace: s.withinUnknownGrace, log: log, change: change}
+		grace: s.withinUnknownGrace, log: log, change: change,
+		warnPlain: func(id int) bool { return s.once(t.Name() + "\x00plain\x00" + strconv.Itoa(id)) }}
 	one := map[string][]int32{tp.topic: {tp.partition}}
 	deps := workerDeps{
 		decode: dec.decode,
