@@ -147,9 +147,10 @@ func TestCallerGivingUpMidSendLeavesTheStreamAlone(t *testing.T) {
 // stream ends, and its requests, and those waiting to be sent after it,
 // are in Retry.
 func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
+	const sendTimeout = 2 * time.Second
 	s := newFake(t)
 	c := newTestClient(t, s, func(c *Config) {
-		c.Timeout, c.AppendTimeout = 500*time.Millisecond, time.Minute
+		c.Timeout, c.AppendTimeout = sendTimeout, time.Minute
 		c.MaxRequestBytes = 1 << 20
 	})
 	tbl := c.Table("stuck")
@@ -180,12 +181,25 @@ func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
 		res, err := tbl.Append(ctxA, rowsA)
 		doneA <- outcome{res, err}
 	}()
-	// Cancelled once its send is under way (it blocks: the server reads
-	// nothing), however long encoding and the first sends took.
-	eventually(t, 20*time.Second, "A's send to be under way", func() bool {
+	// Cancelled once one of its sends is stuck (the server reads nothing,
+	// and the connection's window is full), however long encoding and the
+	// first sends took: a send seen under way may still be one the window
+	// takes, and B's small send would then go through and wait for an
+	// answer instead.
+	var seen *op
+	var since time.Time
+	eventually(t, 20*time.Second, "A's send to be stuck", func() bool {
 		st.mu.Lock()
 		defer st.mu.Unlock()
-		return st.op != nil && st.op.what == "send"
+		switch {
+		case st.op == nil || st.op.what != "send":
+			seen = nil
+			return false
+		case st.op != seen:
+			seen, since = st.op, time.Now()
+			return false
+		}
+		return time.Since(since) > sendTimeout/5
 	})
 	cancelA()
 	a := <-doneA
@@ -198,9 +212,9 @@ func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	aeB := appendErr(t, within(t, 500*time.Millisecond+slack, "B behind a stuck send", func() error { return wait(t, resB) }))
+	aeB := appendErr(t, within(t, sendTimeout+slack, "B behind a stuck send", func() error { return wait(t, resB) }))
 	t.Logf("B after %v: %v", time.Since(start), aeB.Err)
-	if !slices.Equal(aeB.Retry, []int{0}) || !strings.Contains(aeB.Err.Error(), "send a write stream for proj.ds.stuck: not done within timeout 500ms") {
+	if !slices.Equal(aeB.Retry, []int{0}) || !strings.Contains(aeB.Err.Error(), "send a write stream for proj.ds.stuck: not done within timeout 2s") {
 		t.Errorf("B: %+v, want its row to retry, naming the send timeout", aeB)
 	}
 	// The server read A's first request as the stall began.
