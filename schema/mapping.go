@@ -68,7 +68,7 @@ func compile(id int, root avro.Schema, logger *zap.Logger) (*Schema, error) {
 type mapper struct {
 	id     int
 	logger *zap.Logger
-	plain  bool // Connect's types map as their base types (Schema.WithoutConnectTypes)
+	plain  bool     // Connect's types map as their base types (Schema.WithoutConnectTypes)
 	stack  []string // full names of the records being mapped, outermost first
 }
 
