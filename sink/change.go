@@ -7,9 +7,10 @@ import (
 	"slices"
 	"sync"
 
+	"go.uber.org/zap"
+
 	"github.com/bqsink/bqsink/bq"
 	"github.com/bqsink/bqsink/schema"
-	"go.uber.org/zap"
 )
 
 // changeDecoder is what a decoder of an upsert table needs beyond rows: how
@@ -28,10 +29,10 @@ type changeDecoder struct {
 	trans   transcoders[*schema.ChangeTranscoder]
 	deletes transcoders[*schema.Transcoder] // of keys into DELETE rows
 
-	// last are the leading sequence sections of the partition's last
-	// change: a tombstone has no position of its own, and comes right after
-	// the change it follows (Debezium's delete event, or the key's last
-	// version).
+	// last are the highest leading sequence sections of the partition's
+	// changes so far: a tombstone has no position of its own, and comes
+	// right after the change it follows (Debezium's delete event, or the
+	// key's last version), which a stale change delivered late may not be.
 	last    [schema.MaxSequenceSections]uint64
 	lastLen int
 
