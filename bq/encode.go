@@ -369,6 +369,9 @@ func (f *fieldPlan) appendValue(st *encodeState, b []byte, v any) ([]byte, error
 			if msg, ok := v.(Message); ok {
 				return protowire.AppendBytes(f.appendTag(b), msg), nil
 			}
+			if fs, ok := v.(Fields); ok {
+				return f.appendFields(st, b, fs)
+			}
 			m, ok := v.(map[string]any)
 			if !ok {
 				return b, fmt.Errorf("column %q: RECORD wants map[string]any, got %T", f.path, v)
@@ -434,6 +437,31 @@ func (f *fieldPlan) appendRecord(st *encodeState, b []byte, m map[string]any) ([
 	b, err := f.sub.appendMsg(st, b, m)
 	if err != nil {
 		return b, err
+	}
+	return endLen(b, start), nil
+}
+
+// appendFields appends one RECORD value given by position.
+func (f *fieldPlan) appendFields(st *encodeState, b []byte, fs Fields) ([]byte, error) {
+	if len(fs) > len(f.sub.fields) {
+		return b, fmt.Errorf("column %q: %d values for a RECORD of %d columns", f.path, len(fs), len(f.sub.fields))
+	}
+	b, start := beginLen(f.appendTag(b))
+	for i, sf := range f.sub.fields {
+		var v any
+		if i < len(fs) {
+			v = fs[i]
+		}
+		if v == nil {
+			if sf.required {
+				return b, sf.missingErr()
+			}
+			continue
+		}
+		var err error
+		if b, err = sf.appendValue(st, b, v); err != nil {
+			return b, err
+		}
 	}
 	return endLen(b, start), nil
 }

@@ -41,6 +41,14 @@ func NewFormat(schema bigquery.Schema) (*Format, error) {
 // it.
 func (f *Format) Columns() bigquery.Schema { return f.columns }
 
+// Fields is a RECORD value given by position, accepted by AppendColumn in
+// place of a map[string]any: Fields[i] is the value of the record's i-th
+// column in Columns' order (nil, or a missing tail, is NULL). It spares
+// building and hashing a map per value where the caller knows the
+// record's layout, as for a column it writes on every row. More values
+// than columns is an error naming the column.
+type Fields []any
+
 // Message is the encoded content of a RECORD value (its fields, without
 // key or length), accepted by AppendColumn in place of a map[string]any
 // for a RECORD column and written as is. It lets a caller build part of a

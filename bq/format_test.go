@@ -130,3 +130,45 @@ func TestTableRowFromBytes(t *testing.T) {
 		t.Errorf("Row of 64 KiB under a 64 KiB limit: %v, want ErrRowTooLarge", err)
 	}
 }
+
+// A RECORD given by position (Fields) is written as the same record given
+// as a map; NULLs and a short tail are NULL; too many values, or NULL in a
+// REQUIRED sub-column, are errors naming the column.
+func TestAppendColumnFieldsMatchesMap(t *testing.T) {
+	schema := bigquery.Schema{{Name: "meta", Type: bigquery.RecordFieldType, Schema: bigquery.Schema{
+		{Name: "topic", Type: bigquery.StringFieldType, Required: true},
+		{Name: "offset", Type: bigquery.IntegerFieldType},
+		{Name: "key", Type: bigquery.BytesFieldType},
+		{Name: "tags", Type: bigquery.StringFieldType, Repeated: true},
+	}}}
+	f, err := NewFormat(schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		fields Fields
+		m      map[string]any
+	}{
+		{Fields{"t", int64(1 << 40), []byte("k"), []any{"a", "b"}}, map[string]any{"topic": "t", "offset": int64(1 << 40), "key": []byte("k"), "tags": []any{"a", "b"}}},
+		{Fields{"t", nil, []byte("k")}, map[string]any{"topic": "t", "key": []byte("k")}},
+		{Fields{"t"}, map[string]any{"topic": "t"}},
+	} {
+		got, err := f.AppendColumn(nil, "meta", c.fields)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := f.AppendColumn(nil, "meta", c.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("Fields %v: %x\nmap %v: %x", c.fields, got, c.m, want)
+		}
+	}
+	if _, err := f.AppendColumn(nil, "meta", Fields{"t", nil, nil, nil, "extra"}); err == nil {
+		t.Error("five values for a RECORD of four columns: no error")
+	}
+	if _, err := f.AppendColumn(nil, "meta", Fields{nil, int64(1)}); err == nil || !bytes.Contains([]byte(err.Error()), []byte(`"meta.topic"`)) {
+		t.Errorf("NULL in the REQUIRED meta.topic: %v", err)
+	}
+}

@@ -9,6 +9,12 @@ import (
 // 4-byte schema ID.
 const wireHeader = 5
 
+// Framed reports whether b can be in the Confluent wire format: magic byte
+// 0 and a whole header. Split says what is wrong with one that is not; a
+// caller for whom most values are not framed (raw Kafka keys) asks this
+// first, which costs nothing.
+func Framed(b []byte) bool { return len(b) >= wireHeader && b[0] == 0 }
+
 // Split separates a Kafka record value in the Confluent wire format into the
 // writer schema ID and the Avro binary body. body aliases value. Errors wrap
 // ErrWireFormat and say what is wrong (empty value, too short, wrong magic

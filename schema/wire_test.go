@@ -38,3 +38,13 @@ func TestSplit(t *testing.T) {
 		})
 	}
 }
+
+// Framed agrees with Split on which values are in the wire format.
+func TestFramedAgreesWithSplit(t *testing.T) {
+	for _, b := range [][]byte{nil, {}, {0}, {0, 0, 0, 0}, {0, 0, 0, 0, 1}, {1, 0, 0, 0, 1}, {0, 0, 0, 0, 1, 2, 3}, []byte("5601234567890")} {
+		_, _, err := Split(b)
+		if Framed(b) != (err == nil) {
+			t.Errorf("Framed(%x) = %v, Split's error %v", b, Framed(b), err)
+		}
+	}
+}

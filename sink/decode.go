@@ -77,7 +77,10 @@ type decoder struct {
 	rows  transcoders[*schema.Transcoder] // of values into rows
 	arena []byte                          // the chunk rows are transcoded into; see rowBuf
 
-	keys transcoders[*schema.Transcoder] // of keys into the metadata column's key RECORD
+	keys     transcoders[*schema.Transcoder] // of keys into the metadata column's key RECORD
+	metaAt   *metaAt                         // the metadata RECORD's layout in the current format
+	metaVals bq.Fields                       // its values, reused row after row
+	metaBuf  []byte                          // its encoding, reused row after row
 
 	change *changeDecoder // upsert mode; nil appends
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"cloud.google.com/go/bigquery"
@@ -53,6 +54,9 @@ var errKeyUndecodable = errors.New("key does not decode with its schema")
 // are often plain bytes that happen to start with 0. Only a transient
 // registry failure is returned, to be retried.
 func (d *decoder) keySchema(ctx context.Context, r *kgo.Record) (*schema.Schema, []byte, error) {
+	if !schema.Framed(r.Key) {
+		return nil, nil, nil // most keys are not: no error built per record
+	}
 	id, body, err := schema.Split(r.Key)
 	if err != nil {
 		return nil, nil, nil
@@ -68,17 +72,32 @@ func (d *decoder) keySchema(ctx context.Context, r *kgo.Record) (*schema.Schema,
 }
 
 // metadata encodes the metadata column of r for format f: the complete
-// field, as a transcoder takes it. With keySchema the key is transcoded
+// field, as a transcoder takes it, valid until the next call. With keySchema the key is transcoded
 // into its RECORD; a key that does not decode returns errKeyUndecodable.
+// The record is given by position (bq.Fields) in the table's order of its
+// sub-columns, found once per format: no map per row.
 func (d *decoder) metadata(f *bq.Format, r *kgo.Record, keySchema *schema.Schema, keyBody []byte) ([]byte, error) {
-	m := map[string]any{
-		"topic":     r.Topic,
-		"partition": int64(r.Partition),
-		"offset":    r.Offset,
-		"timestamp": r.Timestamp.UnixMicro(),
+	at, err := d.metaLayout(f)
+	if err != nil {
+		return nil, err
 	}
+	vals := d.metaVals[:len(at.names)]
+	clear(vals)
+	var missing string
+	set := func(i int, name string, v any) {
+		switch {
+		case i >= 0:
+			vals[i] = v
+		case missing == "":
+			missing = name // the table's RECORD lacks it: ensure the table again
+		}
+	}
+	set(at.topic, "topic", r.Topic)
+	set(at.partition, "partition", int64(r.Partition))
+	set(at.offset, "offset", r.Offset)
+	set(at.timestamp, "timestamp", r.Timestamp.UnixMicro())
 	if r.Key != nil {
-		m["key"] = r.Key
+		set(at.key, "key", r.Key)
 	}
 	if keySchema != nil {
 		tc, err := d.keyTranscoder(keySchema, f)
@@ -89,7 +108,7 @@ func (d *decoder) metadata(f *bq.Format, r *kgo.Record, keySchema *schema.Schema
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", errKeyUndecodable, err)
 		}
-		m["key"] = bq.Message(key)
+		set(at.key, "key", bq.Message(key))
 	}
 	if len(r.Headers) > 0 {
 		hs := make([]any, len(r.Headers))
@@ -97,9 +116,53 @@ func (d *decoder) metadata(f *bq.Format, r *kgo.Record, keySchema *schema.Schema
 			// A header key is any string to Kafka; STRING must be UTF-8.
 			hs[i] = map[string]any{"key": strings.ToValidUTF8(h.Key, "\uFFFD"), "value": h.Value}
 		}
-		m["headers"] = hs
+		set(at.headers, "headers", hs)
 	}
-	return f.AppendColumn(nil, d.meta, m)
+	if missing != "" {
+		return nil, fmt.Errorf("table %s: %w %s.%s", d.table.Name(), bq.ErrUnknownColumn, d.meta, missing)
+	}
+	// The field is copied into the row by the transcoder: one buffer serves
+	// every row.
+	b, err := f.AppendColumn(d.metaBuf[:0], d.meta, vals)
+	d.metaBuf = b
+	return b, err
+}
+
+// metaAt is where each value of the metadata RECORD sits in a format's
+// layout of it (-1: the table lacks that sub-column).
+type metaAt struct {
+	format                                            *bq.Format
+	names                                             []string
+	topic, partition, offset, timestamp, key, headers int
+}
+
+// metaLayout returns the positions of the metadata RECORD's sub-columns in
+// format f, computed once per format.
+func (d *decoder) metaLayout(f *bq.Format) (*metaAt, error) {
+	if d.metaAt != nil && d.metaAt.format == f {
+		return d.metaAt, nil
+	}
+	at := &metaAt{format: f}
+	for _, c := range f.Columns() {
+		if strings.EqualFold(c.Name, d.meta) && c.Type == bigquery.RecordFieldType {
+			for _, sub := range c.Schema {
+				at.names = append(at.names, sub.Name)
+			}
+		}
+	}
+	if at.names == nil {
+		return nil, fmt.Errorf("table %s: column %s is not a RECORD", d.table.Name(), d.meta)
+	}
+	find := func(name string) int {
+		return slices.IndexFunc(at.names, func(n string) bool { return strings.EqualFold(n, name) })
+	}
+	at.topic, at.partition, at.offset, at.timestamp = find("topic"), find("partition"), find("offset"), find("timestamp")
+	at.key, at.headers = find("key"), find("headers")
+	if cap(d.metaVals) < len(at.names) {
+		d.metaVals = make(bq.Fields, len(at.names))
+	}
+	d.metaAt = at
+	return at, nil
 }
 
 // keyTranscoder returns the transcoder of keys of s into the key RECORD of
