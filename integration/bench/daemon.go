@@ -387,23 +387,42 @@ func waitReady(ctx context.Context, c *child, url string, within time.Duration) 
 	}
 }
 
-// runFloor runs the floor over the topic's first N records.
-func (h *harness) runFloor(ctx context.Context) (result, error) {
+// runFloor runs the floor over n records: in backlog mode (from nil) the
+// topic's first n, the wall time running from its start; in steady mode
+// the n that during (the steady producer) produces from the offsets from,
+// during starting once the floor is connected (it says floorReady), the
+// wall time running from the time during returns (its first record), as
+// the daemon's does. Its CPU is its whole life in either mode.
+func (h *harness) runFloor(ctx context.Context, n int, from map[int32]int64, during func(context.Context) (time.Time, error)) (result, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return result{}, err
 	}
 	logPath := filepath.Join(h.tmp, "floor.log")
-	c, err := launch(ctx, "floor", logPath, daemonEnv(), self, "-floor",
+	args := []string{self, "-floor",
 		"-brokers", strings.Join(h.st.Brokers(), ","), "-registry", h.st.RegistryURL(),
-		"-topic", h.fx.topic, "-n", strconv.Itoa(h.o.n), "-schema", h.fx.name, "-timeout", h.o.timeout.String())
+		"-topic", h.fx.topic, "-n", strconv.Itoa(n), "-schema", h.fx.name, "-timeout", h.o.timeout.String()}
+	if from != nil {
+		args = append(args, "-from", formatOffsets(from))
+	}
+	c, err := launch(ctx, "floor", logPath, daemonEnv(), args...)
 	if err != nil {
 		return result{}, err
 	}
 	defer c.kill()
 	logf("floor started (pid %d)", c.pid)
+	began := c.started
+	if during != nil {
+		if err := waitLine(ctx, c, logPath, floorReady, time.Minute); err != nil {
+			return result{}, fmt.Errorf("floor: %v%s", err, tailNote(logPath))
+		}
+		logf("floor ready after %.1f s", time.Since(c.started).Seconds())
+		if began, err = during(ctx); err != nil {
+			return result{}, fmt.Errorf("floor: while it ran: %v%s", err, tailNote(logPath))
+		}
+	}
 	rep, err := c.wait(ctx, h.o.timeout)
-	wall := time.Since(c.started)
+	wall := time.Since(began)
 	if err != nil {
 		return result{}, fmt.Errorf("floor: %v%s", err, tailNote(logPath))
 	}
@@ -419,14 +438,36 @@ func (h *harness) runFloor(ctx context.Context) (result, error) {
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &fr); err != nil {
 		return result{}, fmt.Errorf("floor: its last line is not its result: %v%s", err, tailNote(logPath))
 	}
-	if fr.Records != h.o.n {
-		return result{}, fmt.Errorf("floor: read %d records, want %d", fr.Records, h.o.n)
+	if fr.Records != n {
+		return result{}, fmt.Errorf("floor: read %d records, want %d", fr.Records, n)
 	}
 	logf("floor read and decoded %d records (%d writer schemas) in %.2f s", fr.Records, fr.Schemas, wall.Seconds())
 	cpu := time.Duration(rep.UserUS+rep.SysUS) * time.Microsecond
 	r := newResult("floor", fr.Records, wall, cpu, rep.MaxRSSKiB)
 	r.VmHWMMiB = float64(fr.VmHWMKiB) / 1024
 	return r, nil
+}
+
+// waitLine polls a child's log until a line equals line.
+func waitLine(ctx context.Context, c *child, logPath, line string, within time.Duration) error {
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if text, err := os.ReadFile(logPath); err == nil && slices.Contains(strings.Split(string(text), "\n"), line) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %q: %w", line, context.Cause(ctx))
+		case <-c.exited:
+			return fmt.Errorf("exited before saying %q (exit code %d%s)", line, c.report.Exit, signalNote(c.report.Signal))
+		case <-deadline.C:
+			return fmt.Errorf("did not say %q within %v", line, within)
+		case <-tick.C:
+		}
+	}
 }
 
 // lagText is a lag, or "unknown" before the group's offsets were read.

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,7 +57,12 @@ type floorResult struct {
 	VmHWMKiB int64 `json:"vmhwm_kib"`
 }
 
-// floorMain runs the floor: -floor -brokers B -registry URL -topic T -n N -schema S.
+// floorReady is the line the floor writes to stderr once its Kafka client
+// reached the broker, with -from: the harness then starts producing.
+const floorReady = "floor: ready"
+
+// floorMain runs the floor: -floor -brokers B -registry URL -topic T -n N
+// -schema S [-from P:O,...].
 func floorMain(args []string) int {
 	fs := flag.NewFlagSet("floor", flag.ContinueOnError)
 	brokers := fs.String("brokers", "", "comma-separated bootstrap brokers")
@@ -65,10 +71,16 @@ func floorMain(args []string) int {
 	n := fs.Int("n", 0, "records to read")
 	schemaName := fs.String("schema", "seed", "fixture: seed or delivery")
 	timeout := fs.Duration("timeout", 30*time.Minute, "give up after this")
+	from := fs.String("from", "", "partition:offset,...: read every partition from these offsets (records still to be produced, as they arrive) and say "+floorReady+" on stderr once connected; empty: the topic from its start")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	res, err := floor(*brokers, *registry, *topic, *schemaName, *n, *timeout)
+	offsets, err := parseOffsets(*from)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "floor: -from:", err)
+		return 2
+	}
+	res, err := floor(*brokers, *registry, *topic, *schemaName, *n, offsets, *timeout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "floor:", err)
 		return 1
@@ -78,7 +90,36 @@ func floorMain(args []string) int {
 	return 0
 }
 
-func floor(brokers, registry, topic, fixture string, n int, timeout time.Duration) (floorResult, error) {
+// formatOffsets is -from's value: partition:offset pairs.
+func formatOffsets(offsets map[int32]int64) string {
+	parts := make([]string, 0, len(offsets))
+	for p, o := range offsets {
+		parts = append(parts, fmt.Sprintf("%d:%d", p, o))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
+}
+
+// parseOffsets reads -from; nil for "".
+func parseOffsets(text string) (map[int32]int64, error) {
+	if text == "" {
+		return nil, nil
+	}
+	out := map[int32]int64{}
+	for _, kv := range strings.Split(text, ",") {
+		var p int32
+		var o int64
+		if _, err := fmt.Sscanf(kv, "%d:%d", &p, &o); err != nil || p < 0 || o < 0 {
+			return nil, fmt.Errorf("%q: want partition:offset", kv)
+		}
+		out[p] = o
+	}
+	return out, nil
+}
+
+// floor reads n records of topic: from its start, or with from, from those
+// offsets of its partitions, as they are produced.
+func floor(brokers, registry, topic, fixture string, n int, from map[int32]int64, timeout time.Duration) (floorResult, error) {
 	var res floorResult
 	var decode func(avro.Schema, []byte) (int64, error)
 	switch fixture {
@@ -103,12 +144,27 @@ func floor(brokers, registry, topic, fixture string, n int, timeout time.Duratio
 	if err != nil {
 		return res, err
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	opts := []kgo.Opt{kgo.SeedBrokers(strings.Split(brokers, ",")...)}
+	if from == nil {
+		opts = append(opts, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	} else {
+		parts := map[int32]kgo.Offset{}
+		for p, o := range from {
+			parts[p] = kgo.NewOffset().At(o)
+		}
+		opts = append(opts, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: parts}))
+	}
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return res, err
 	}
 	defer cl.Close()
+	if from != nil {
+		if err := cl.Ping(ctx); err != nil {
+			return res, fmt.Errorf("reaching the brokers: %w", err)
+		}
+		fmt.Fprintln(os.Stderr, floorReady)
+	}
 
 	schemas := map[uint32]avro.Schema{}
 	for res.Records < n {

@@ -5,7 +5,10 @@
 //
 //	go run ./integration/bench                         # 1,000,000 stock updates waiting, then bqsink, then the floor
 //	go run ./integration/bench -schema delivery -n 200000
-//	go run ./integration/bench -rate 20000 -duration 60s   # steady: freshness at a fixed rate
+//	go run ./integration/bench -rate 20000 -duration 60s   # steady: freshness and CPU at a fixed rate, then the floor likewise
+//	go run ./integration/bench -rate 20000 -duration 30s -set metadata_column=   # steady without the metadata column (no freshness)
+//	go run ./integration/bench -bq-latency 200ms       # backpressure: BigQuery answers each append 200 ms late
+//	go run ./integration/bench -bq-rate 100000         # backpressure: BigQuery takes at most 100,000 rows/s
 //	go run ./integration/bench -short                  # CI: 20,000 records, fails unless all landed exactly once
 //	go run ./integration/bench -rev HEAD               # the daemon as committed, not the working tree
 //	go run ./integration/bench -mode upsert            # the table in upsert mode (change data capture)
@@ -30,7 +33,25 @@
 // per row the time of BigQuery's acknowledgement minus the row's
 // _kafka.timestamp. It reports p50, p99 and max of that freshness next to
 // the daemon's batch.max_wait (the target is p99 ≤ max_wait + 250ms; it is
-// reported, not enforced).
+// reported, not enforced). -set metadata_column= turns the column off (and
+// -set metadata_column=NAME renames it): the run then reports that
+// freshness was not measured, and everything else as ever. Once the daemon
+// has exited, the floor runs the same way (unless -no-floor): it starts in
+// its own process on the offsets the topic then ends at, says when it is
+// connected, and the harness produces the same records afresh at the same
+// rate for the same duration, which the floor reads and decodes as they
+// arrive, exiting once it has them all. Both rows' wall time runs from
+// their run's first record produced; CPU is each process's whole life
+// (startup, the wait for records, exit), and the report gives bqsink ÷
+// floor CPU µs per record as backlog mode does.
+//
+// Backpressure (either mode): -bq-latency D makes bqfake answer each
+// AppendRows request D after it arrived (SetAppendLatency: pipelined
+// requests wait concurrently), -bq-rate N makes it acknowledge at most N
+// rows per second over all connections (SetRowRate: each request waits
+// for its share of one timeline, rows/N seconds, before it is counted and
+// answered). The report's header names them. The floor writes nothing to
+// BigQuery, so neither slows it.
 //
 // Table mode (-mode, either run mode): append (the default) routes the
 // topic's table in the config's short form, a row per record; upsert routes
@@ -93,8 +114,10 @@ type options struct {
 	noFloor    bool
 	rev        string
 	set        setFlags
-	mode       string // the table's mode: append or upsert
-	keyed      bool   // records keyed in the wire format (upsert implies it)
+	mode       string        // the table's mode: append or upsert
+	keyed      bool          // records keyed in the wire format (upsert implies it)
+	bqLatency  time.Duration // bqfake's added latency per append
+	bqRate     int           // bqfake's cap on rows acknowledged per second; 0: none
 }
 
 func main() {
@@ -118,7 +141,9 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "", "a bqsink binary to measure instead of building the repository's")
 	flag.StringVar(&o.rev, "rev", "", "build bqsink from this git revision (e.g. HEAD, a commit) instead of the working tree")
 	flag.Uint64Var(&o.seed, "seed", 42, "seed of the generated records")
-	flag.BoolVar(&o.noFloor, "no-floor", false, "backlog mode: skip the floor")
+	flag.BoolVar(&o.noFloor, "no-floor", false, "skip the floor (either mode)")
+	flag.DurationVar(&o.bqLatency, "bq-latency", 0, "backpressure: BigQuery (bqfake) answers every append this long after it arrived (SetAppendLatency; either mode)")
+	flag.IntVar(&o.bqRate, "bq-rate", 0, "backpressure: BigQuery (bqfake) acknowledges at most this many rows per second over all connections (SetRowRate; either mode; 0: no cap)")
 	flag.Var(&o.set, "set", "key=value: set a daemon config key (dotted, e.g. batch.max_wait=500ms; the value is YAML); repeatable")
 	flag.StringVar(&o.mode, "mode", sink.ModeAppend, "the table's mode: append (a row per record) or upsert (change data capture keyed by the record key; implies -keyed)")
 	flag.BoolVar(&o.keyed, "keyed", false, "key every record with an Avro record of value fields, unique per record, in the wire format under the subject <topic>-key (upsert needs it; with append, the same records for a comparison)")
@@ -178,6 +203,10 @@ func run(ctx context.Context, o options) (err error) {
 		return fmt.Errorf("-rate %d: want a positive number", o.rate)
 	case o.rate > 0 && o.duration <= 0:
 		return fmt.Errorf("-duration %v: want a positive duration", o.duration)
+	case o.bqLatency < 0:
+		return fmt.Errorf("-bq-latency %v: want a positive duration or 0", o.bqLatency)
+	case o.bqRate < 0:
+		return fmt.Errorf("-bq-rate %d: want a positive number or 0", o.bqRate)
 	}
 	root, err := repoRoot(ctx)
 	if err != nil {
@@ -225,10 +254,12 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	defer st.Close()
 	bopts := &bqfake.BenchOptions{}
-	if o.rate > 0 {
-		bopts.Freshness = metadataColumn + ".timestamp"
+	if col := o.metadataColumn(); o.rate > 0 && col != "" {
+		bopts.Freshness = col + ".timestamp"
 	}
 	st.BigQuery.SetBench(bopts)
+	st.BigQuery.SetAppendLatency(o.bqLatency)
+	st.BigQuery.SetRowRate(o.bqRate)
 
 	h := &harness{o: o, fx: fx, st: st, bin: bin, tmp: tmp, root: root, commit: commit}
 	if o.rate > 0 {
@@ -269,23 +300,34 @@ func (h *harness) backlog(ctx context.Context) error {
 	}
 	rep := h.report("backlog", h.o.n, d)
 	if !h.o.noFloor {
-		f, err := h.runFloor(ctx)
+		f, err := h.runFloor(ctx, h.o.n, nil, nil)
 		if err != nil {
 			return err
 		}
-		rep.Floor = &f
-		rep.Notes = append(rep.Notes, rssNote("floor", f, "at its exit"))
-		if h.o.keyed {
-			rep.Notes = append(rep.Notes, "floor: reads and decodes the values alone, whatever the table mode (the keys are not decoded)")
-		}
-		if f.CPUUsPerRecord > 0 {
-			rep.Ratio = d.result.CPUUsPerRecord / f.CPUUsPerRecord
-		}
+		h.addFloor(&rep, f)
 	}
 	return rep.print(os.Stdout, h.o.json)
 }
 
-// steady is -rate mode: the daemon first, then records at a fixed rate.
+// addFloor puts the floor's result in the report, with the ratio.
+func (h *harness) addFloor(rep *report, f result) {
+	rep.Floor = &f
+	rep.Notes = append(rep.Notes, rssNote("floor", f, "at its exit"))
+	if h.o.keyed {
+		rep.Notes = append(rep.Notes, "floor: reads and decodes the values alone, whatever the table mode (the keys are not decoded)")
+	}
+	if h.o.bqLatency > 0 || h.o.bqRate > 0 {
+		rep.Notes = append(rep.Notes, "floor: writes nothing to BigQuery, so -bq-latency and -bq-rate do not slow it")
+	}
+	if f.CPUUsPerRecord > 0 {
+		rep.Ratio = rep.Bqsink.CPUUsPerRecord / f.CPUUsPerRecord
+	}
+}
+
+// steady is -rate mode: the daemon first, then records at a fixed rate;
+// then, unless -no-floor, the floor the same way: started on the offsets
+// the topic ends at, then records at the same rate for the same duration
+// (a fresh produce of the same records), read as they arrive.
 func (h *harness) steady(ctx context.Context) error {
 	total := int(float64(h.o.rate) * h.o.duration.Seconds())
 	if total <= 0 {
@@ -302,37 +344,69 @@ func (h *harness) steady(ctx context.Context) error {
 			return err
 		}
 	}
-	var produced steadyProduced
-	produce := func(ctx context.Context) (time.Time, error) {
-		logf("producing %d records/s for %v", h.o.rate, h.o.duration)
-		var err error
-		produced, err = produceSteady(ctx, h.st, h.fx.topic, h.o.rate, h.o.duration, pool)
-		return produced.first, err
+	producer := func(produced *steadyProduced) func(ctx context.Context) (time.Time, error) {
+		return func(ctx context.Context) (time.Time, error) {
+			logf("producing %d records/s for %v", h.o.rate, h.o.duration)
+			var err error
+			*produced, err = produceSteady(ctx, h.st, h.fx.topic, h.o.rate, h.o.duration, pool)
+			return produced.first, err
+		}
 	}
+	producedNote := func(who string, p steadyProduced) string {
+		span := p.last.Sub(p.first)
+		return fmt.Sprintf("%s: produced %d records in %.1f s (%.0f records/s, asked %d/s) once it was ready; its wall s runs from the first record produced",
+			who, p.records, span.Seconds(), float64(p.records)/max(span.Seconds(), 1e-9), h.o.rate)
+	}
+
+	col := h.o.metadataColumn()
+	var produced steadyProduced
 	d, err := h.runDaemon(ctx, "bqsink-bench-steady", map[string]any{"metadata_column": metadataColumn},
-		func() int { return produced.records }, produce)
+		func() int { return produced.records }, producer(&produced))
 	if err != nil {
 		return err
 	}
-	span := produced.last.Sub(produced.first)
 	rep := h.report("steady", produced.records, d)
-	rep.Notes = append(rep.Notes, fmt.Sprintf("produced %d records in %.1f s (%.0f records/s, asked %d/s) once the daemon was ready; wall s runs from the first record produced",
-		produced.records, span.Seconds(), float64(produced.records)/max(span.Seconds(), 1e-9), h.o.rate))
+	rep.MetadataColumn = col
+	rep.Notes = append(rep.Notes, producedNote("bqsink", produced))
 
 	stats := h.st.BigQuery.BenchStats()
-	if stats.NoTimestamp > 0 || len(stats.Freshness) != d.rows {
-		return fmt.Errorf("freshness: %d rows carried %s.timestamp and %d did not, of %d rows written for %d records: is metadata_column %s still the daemon's key?",
-			len(stats.Freshness), metadataColumn, stats.NoTimestamp, d.rows, produced.records, metadataColumn)
-	}
 	maxWait := h.maxWait()
-	rep.Freshness = freshnessOf(stats.Freshness, maxWait)
+	switch {
+	case col == "":
+		rep.FreshnessOff = "metadata_column is off (-set metadata_column=): freshness needs each row's " + metadataColumn + ".timestamp"
+	case stats.NoTimestamp > 0 || len(stats.Freshness) != d.rows:
+		return fmt.Errorf("freshness: %d rows carried %s.timestamp and %d did not, of %d rows written for %d records: is metadata_column %s still the daemon's key?",
+			len(stats.Freshness), col, stats.NoTimestamp, d.rows, produced.records, col)
+	default:
+		rep.Freshness = freshnessOf(stats.Freshness, maxWait)
+	}
+
+	if !h.o.noFloor {
+		o, err := h.st.GroupOffsets(ctx, "bqsink-bench-steady", h.fx.topic) // End is what matters
+		if err != nil {
+			return err
+		}
+		if len(o.End) != h.o.partitions {
+			return fmt.Errorf("end offsets of %s: %d partitions, want %d", h.fx.topic, len(o.End), h.o.partitions)
+		}
+		var floorProduced steadyProduced
+		f, err := h.runFloor(ctx, total, o.End, producer(&floorProduced))
+		if err != nil {
+			return err
+		}
+		if floorProduced.records != produced.records {
+			return fmt.Errorf("floor: %d records produced, the daemon's run had %d", floorProduced.records, produced.records)
+		}
+		h.addFloor(&rep, f)
+		rep.Notes = append(rep.Notes, producedNote("floor", floorProduced)+"; it ends once it has read them all, CPU s its whole life")
+	}
 	return rep.print(os.Stdout, h.o.json)
 }
 
 // report starts a run's report: what ran, and the daemon's outcome.
 func (h *harness) report(mode string, records int, d daemonOutcome) report {
 	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: records,
-		TableMode: h.o.mode, Bqsink: d.result}
+		TableMode: h.o.mode, Bqsink: d.result, BQLatencyMs: ms(h.o.bqLatency), BQRowRate: h.o.bqRate}
 	if h.o.keyed {
 		rep.Keys = fmt.Sprintf("Avro in the wire format, subject %s-key: %s", h.fx.topic, strings.Join(h.fx.keyFields(), ", "))
 	}
@@ -345,6 +419,19 @@ func (h *harness) report(mode string, records int, d daemonOutcome) report {
 
 // metadataColumn is the metadata_column steady mode configures.
 const metadataColumn = "_kafka"
+
+// metadataColumn is steady mode's metadata column: metadataColumn unless
+// -set metadata_column gives another, or none ("" or nothing: off).
+func (o options) metadataColumn() string {
+	v, ok := o.set.lookup("metadata_column")
+	switch {
+	case !ok:
+		return metadataColumn
+	case v == nil:
+		return ""
+	}
+	return fmt.Sprint(v)
+}
 
 // repoRoot is the module root: the directory of `go env GOMOD`.
 func repoRoot(ctx context.Context) (string, error) {

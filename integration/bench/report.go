@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -79,12 +80,21 @@ type report struct {
 	Keys       string `json:"keys,omitempty"` // with -keyed: the records' keys
 	// Superseded is, in upsert mode, how many changes the daemon left out
 	// for a later one of the same key in their batch.
-	Superseded *int       `json:"superseded_changes,omitempty"`
-	Bqsink     result     `json:"bqsink"`
-	Floor      *result    `json:"floor,omitempty"`
-	Ratio      float64    `json:"cpu_per_record_ratio,omitempty"` // bqsink ÷ floor
-	Freshness  *freshness `json:"freshness,omitempty"`
-	Notes      []string   `json:"notes,omitempty"`
+	Superseded *int `json:"superseded_changes,omitempty"`
+	// BQLatencyMs and BQRowRate are the backpressure of -bq-latency and
+	// -bq-rate (0: none).
+	BQLatencyMs float64 `json:"bq_latency_ms"`
+	BQRowRate   int     `json:"bq_row_rate"`
+	// MetadataColumn is, in steady mode, the daemon's metadata_column
+	// ("": off).
+	MetadataColumn string `json:"metadata_column,omitempty"`
+	// FreshnessOff says why freshness was not measured, if it was not.
+	FreshnessOff string     `json:"freshness_not_measured,omitempty"`
+	Bqsink       result     `json:"bqsink"`
+	Floor        *result    `json:"floor,omitempty"`
+	Ratio        float64    `json:"cpu_per_record_ratio,omitempty"` // bqsink ÷ floor
+	Freshness    *freshness `json:"freshness,omitempty"`
+	Notes        []string   `json:"notes,omitempty"`
 }
 
 func (r report) print(w io.Writer, asJSON bool) error {
@@ -100,6 +110,25 @@ func (r report) print(w io.Writer, asJSON bool) error {
 		keys = r.Keys
 	}
 	fmt.Fprintf(w, "table mode %s; record keys: %s\n", r.TableMode, keys)
+	bp := "none (appends answered at once, no row cap)"
+	if r.BQLatencyMs > 0 || r.BQRowRate > 0 {
+		var parts []string
+		if r.BQLatencyMs > 0 {
+			parts = append(parts, fmt.Sprintf("each append answered %v after it arrived (-bq-latency)", time.Duration(r.BQLatencyMs*float64(time.Millisecond))))
+		}
+		if r.BQRowRate > 0 {
+			parts = append(parts, fmt.Sprintf("at most %d rows/s acknowledged (-bq-rate)", r.BQRowRate))
+		}
+		bp = strings.Join(parts, ", ")
+	}
+	fmt.Fprintf(w, "BigQuery backpressure: %s\n", bp)
+	if r.Mode == "steady" {
+		col := r.MetadataColumn
+		if col == "" {
+			col = "off"
+		}
+		fmt.Fprintf(w, "metadata_column: %s\n", col)
+	}
 	if r.Superseded != nil {
 		fmt.Fprintf(w, "upsert: primary key = the key schema's fields; %d changes superseded in their batch\n", *r.Superseded)
 	}
@@ -118,6 +147,9 @@ func (r report) print(w io.Writer, asJSON bool) error {
 	}
 	if r.Floor != nil {
 		fmt.Fprintf(w, "\nbqsink ÷ floor, CPU µs/record: %.1f×\n", r.Ratio)
+	}
+	if r.FreshnessOff != "" {
+		fmt.Fprintf(w, "\nfreshness: not measured: %s (CPU is measured as ever)\n", r.FreshnessOff)
 	}
 	if f := r.Freshness; f != nil {
 		verdict := "within"

@@ -147,3 +147,63 @@ func TestBenchRejectsMismatchedDescriptor(t *testing.T) {
 		t.Fatalf("PENDING stream in bench mode: %v, want FAILED_PRECONDITION", err)
 	}
 }
+
+// SetRowRate caps the rows acknowledged per second over all connections:
+// rows counted in bench mode never run ahead of the rate, and the cap
+// removed, requests are answered at once again.
+func TestRowRate(t *testing.T) {
+	srv := newServer(t, bqfake.Dataset(project, dsID))
+	srv.SetBench(&bqfake.BenchOptions{})
+	createTable(t, restClient(t, srv), "t", benchSchema)
+	md, dp := descriptorFor(t, benchSchema)
+	mw := writeClient(t, srv)
+	// Two connections (two writer clients' streams would do as well): the
+	// cap is the server's, not a connection's.
+	a := mustOpen(t, mw, "t", managedwriter.DefaultStream, dp)
+	b := mustOpen(t, writeClient(t, srv), "t", managedwriter.DefaultStream, dp)
+	rows := make([][]byte, 100)
+	for i := range rows {
+		rows[i] = newMsg(t, md).set("ean", "560000000000").set("delta", int64(i)).bytes()
+	}
+
+	const rate, requests = 1000, 8 // 800 rows: at least 0.8 s
+	srv.SetRowRate(rate)
+	began := time.Now()
+	var results []*managedwriter.AppendResult
+	for i := range requests {
+		ms := a
+		if i%2 == 1 {
+			ms = b
+		}
+		results = append(results, send(t, ms, rows))
+	}
+	// While they are answered, rows counted stay within the rate.
+	for srv.RowCount(project, dsID, "t") < requests*len(rows) {
+		n, limit := srv.RowCount(project, dsID, "t"), rate*time.Since(began).Seconds()
+		if float64(n) > limit+float64(len(rows)) { // a request's rows count at once
+			t.Fatalf("%d rows counted %v after the first request: more than %d/s", n, time.Since(began), rate)
+		}
+		if time.Since(began) > 10*time.Second {
+			t.Fatalf("%d rows counted after 10s", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, r := range results {
+		ok(t, r)
+	}
+	if took, least := time.Since(began), time.Duration(requests*len(rows))*time.Second/rate; took < least-10*time.Millisecond {
+		t.Fatalf("%d rows answered in %v at %d rows/s, want at least %v", requests*len(rows), took, rate, least)
+	}
+	if st := srv.BenchStats(); st.Rows != requests*int64(len(rows)) {
+		t.Fatalf("BenchStats counted %d rows", st.Rows)
+	}
+
+	srv.SetRowRate(0)
+	began = time.Now()
+	for range 5 {
+		ok(t, send(t, a, rows))
+	}
+	if took := time.Since(began); took > 400*time.Millisecond {
+		t.Fatalf("without a cap, 5 appends took %v", took)
+	}
+}

@@ -312,6 +312,10 @@
 // SetAppendLatency(d) holds every AppendRows response until d after its
 // request arrived; a long d models a backend that takes requests and never
 // answers (the client's cancellation still ends the stream).
+// SetRowRate(n) caps the rows acknowledged per second at n over all
+// connections: each request waits for its share (rows/n seconds) of one
+// shared timeline before it is processed and answered, so a writer faster
+// than n meets backpressure; bench mode counts rows as they are answered.
 // StallReads(true) stops reading AppendRows requests on every connection
 // (one a connection is already waiting for is still taken), while requests
 // read are answered as usual; HTTP/2 flow control then blocks a client's

@@ -102,6 +102,8 @@ type faults struct {
 	restStatus    int
 	appendLatency time.Duration
 	restLatency   time.Duration
+	rowRate       int       // SetRowRate: rows per second; 0: no cap
+	rowRateNext   time.Time // SetRowRate: when the rows reserved so far are all answered
 	schemaDelay   time.Duration
 	loseLeft      int                       // LoseAnswers: requests still to process without answering
 	answersLost   int                       // requests processed whose answer LoseAnswers dropped
@@ -316,6 +318,42 @@ func (s *Server) SetAppendLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults.appendLatency = max(d, 0)
+}
+
+// SetRowRate caps the rows per second the server acknowledges over all
+// connections and tables at n, like a backend (or a quota) that takes rows
+// no faster: each AppendRows request, once it is next on its connection (and
+// after SetAppendLatency's delay), reserves the next len(rows)/n seconds of
+// a single timeline shared by every connection, and is processed and
+// answered at the end of its reservation. So the rows answered by any time t
+// are at most n × (t − the first reservation's start), with no burst, and
+// in bench mode (see SetBench) rows are counted, and their freshness taken,
+// when they are answered. A request is charged its rows whatever its
+// outcome. n <= 0 (the default) removes the cap; a new n starts the timeline
+// afresh.
+func (s *Server) SetRowRate(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.rowRate = max(n, 0)
+	s.faults.rowRateNext = time.Time{}
+}
+
+// rowRateWait reserves rows on SetRowRate's timeline and returns how long
+// their request must wait: 0 without a cap.
+func (s *Server) rowRateWait(rows int) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults.rowRate <= 0 {
+		return 0
+	}
+	now := time.Now()
+	start := now
+	if s.faults.rowRateNext.After(now) {
+		start = s.faults.rowRateNext
+	}
+	end := start.Add(time.Duration(rows) * time.Second / time.Duration(s.faults.rowRate))
+	s.faults.rowRateNext = end
+	return end.Sub(now)
 }
 
 // StallReads stops (true) or resumes (false) reading AppendRows requests

@@ -423,14 +423,15 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 		s.mu.Lock()
 		latency := s.faults.appendLatency
 		s.mu.Unlock()
-		if wait := time.Until(r.at.Add(latency)); latency > 0 && wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return status.FromContextError(ctx.Err()).Err()
-			case <-t.C:
-			}
+		wait := time.Until(r.at.Add(latency))
+		if latency <= 0 || wait < 0 {
+			wait = 0
+		}
+		if !sleepCtx(ctx, wait) {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		if !sleepCtx(ctx, s.rowRateWait(len(r.req.GetProtoRows().GetRows().GetSerializedRows()))) {
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		resp, err := w.handleAppend(conn, r.req)
 		if err != nil {
@@ -446,6 +447,21 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
+	}
+}
+
+// sleepCtx waits d (nothing if d <= 0); false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
