@@ -484,3 +484,22 @@ func TestREADMEPackageMapMatchesTheTree(t *testing.T) {
 		}
 	}
 }
+
+// A clone carries sources, not build output: no tracked file is a binary
+// of several megabytes (a bench or demo binary built at the root once
+// slipped into a commit).
+func TestNoBuildOutputTracked(t *testing.T) {
+	out, err := exec.Command("git", "ls-files", "-z").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (git ls-files: %v): nothing to check", err)
+	}
+	for _, name := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
+		fi, err := os.Stat(name)
+		if err != nil {
+			continue // deleted in the working tree
+		}
+		if fi.Size() > 2<<20 {
+			t.Errorf("%s is tracked and %d MiB: build output? (.gitignore lists the binaries built at the root)", name, fi.Size()>>20)
+		}
+	}
+}
