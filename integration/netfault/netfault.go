@@ -13,7 +13,9 @@ package netfault
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -60,7 +62,7 @@ type link struct {
 // (host:port). It fails only if it cannot listen; the target is dialled
 // for each accepted connection, once traffic may flow.
 func Listen(target string) (*Proxy, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := listenOutsideEphemeral()
 	if err != nil {
 		return nil, fmt.Errorf("netfault: listen: %w", err)
 	}
@@ -75,6 +77,23 @@ func Listen(target string) (*Proxy, error) {
 	p.wg.Add(1)
 	go p.accept(ln)
 	return p, nil
+}
+
+// listenOutsideEphemeral listens on a free loopback port below Linux's
+// ephemeral range (32768 and up), where the system never puts the local
+// end of an outgoing connection: Refuse gives the port up and Pass takes
+// it again, and a port from :0 was seen taken in between by another
+// test's connection. Other proxies choose at random among 12,000 ports, so
+// one taking it meanwhile is rare. If none is free it takes any port.
+func listenOutsideEphemeral() (net.Listener, error) {
+	const lo, hi = 20000, 32768
+	for range 64 {
+		port := lo + rand.IntN(hi-lo)
+		if ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port)); err == nil {
+			return ln, nil
+		}
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
 }
 
 // Addr returns the proxy's "127.0.0.1:port". It stays the same across
