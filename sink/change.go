@@ -201,10 +201,10 @@ func (d *decoder) decodeChange(ctx context.Context, it item, id int, sch *schema
 					continue
 				}
 			}
-			if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
-				return reject(reasonIncompatible, id, err)
+			if retry := d.ensureFailed(err); retry != nil {
+				return it, retry
 			}
-			return it, &stageError{stage: stageTable, target: d.table.Name(), config: needsOperator(err), err: err}
+			return reject(reasonIncompatible, id, err)
 		}
 		f := d.table.Format()
 		tc, err := c.trans.get(sch, f, func() (*schema.ChangeTranscoder, error) {
@@ -275,10 +275,10 @@ func (d *decoder) decodeDelete(ctx context.Context, it item) (item, error) {
 		pair.key = keySch
 	}
 	if err := d.ensure(ctx, pair); err != nil {
-		if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
-			return reject(reasonIncompatible, err)
+		if retry := d.ensureFailed(err); retry != nil {
+			return it, retry
 		}
-		return it, &stageError{stage: stageTable, target: d.table.Name(), config: needsOperator(err), err: err}
+		return reject(reasonIncompatible, err)
 	}
 	f := d.table.Format()
 	b, err := d.deleteRow(f, keySch, keyBody)

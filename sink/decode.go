@@ -157,10 +157,10 @@ func (d *decoder) decode(ctx context.Context, r *kgo.Record) (it item, err error
 					continue
 				}
 			}
-			if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
-				return reject(reasonIncompatible, id, err)
+			if retry := d.ensureFailed(err); retry != nil {
+				return it, retry
 			}
-			return it, &stageError{stage: stageTable, target: d.table.Name(), config: needsOperator(err), err: err}
+			return reject(reasonIncompatible, id, err)
 		}
 		f := d.table.Format()
 		tc, err := d.transcoder(pair.value, f)
@@ -340,6 +340,16 @@ func registryNeedsOperator(err error) bool {
 func needsOperator(err error) bool {
 	return errors.Is(err, bq.ErrTableNotFound) || errors.Is(err, bq.ErrDatasetNotFound) || errors.Is(err, bq.ErrPermissionDenied) ||
 		errors.Is(err, bq.ErrTableConfig)
+}
+
+// ensureFailed classifies a failure of ensure: nil when the records can
+// never be written to the table as it is (they are rejected as
+// incompatible), else the table-stage failure to retry.
+func (d *decoder) ensureFailed(err error) error {
+	if errors.Is(err, bq.ErrIncompatible) || errors.Is(err, errMetadataCollides) {
+		return nil
+	}
+	return &stageError{stage: stageTable, target: d.table.Name(), config: needsOperator(err), err: err}
 }
 
 // ensure makes the table able to hold rows of pair: created, or evolved by
