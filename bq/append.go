@@ -268,7 +268,7 @@ func (w *writer) append(ctx context.Context, rows []Row, offset int64) (*Result,
 			// append answered so would get: the table may be gone.
 			for _, rest := range batches[k:] {
 				r.hold()
-				t.retry(&request{res: r, idx: rest.idx, named: w.named, offset: rest.offset}, le.err)
+				t.retry(&request{w: w, res: r, idx: rest.idx, offset: rest.offset}, le.err)
 			}
 			break
 		}
@@ -320,49 +320,67 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 	return batches
 }
 
-// send hands one batch to the writer's stream, opening one if there is
-// none or it ended. sent reports whether the request reached a stream,
-// whose answer (or end) then settles it; err says why sending stops.
-// Callers hold the send slot.
+// send hands one batch to a connection: the writer's own, or one its
+// pool picks. sent reports whether the request reached a stream, whose
+// answer (or end) then settles it; err says why sending stops. Callers
+// hold the writer's turn (sendMu); the connection's send slot is held for
+// this one request, so that the tables sharing the connection interleave.
 func (w *writer) send(ctx context.Context, r *Result, b *batch) (sent bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	st := w.stream
-	if st == nil || st.ended() != nil {
-		if !w.named {
-			if err := w.lookupDefault(ctx); err != nil {
-				return false, err
-			}
-		}
-		if st, err = w.t.openStream(ctx); err != nil {
+	if !w.named && (w.checked == nil || w.checked.ended() != nil) {
+		// Looked up with the writer's turn only, not a connection's slot:
+		// a slow lookup holds back no other table.
+		location, err := w.lookupDefault(ctx)
+		if err != nil {
 			return false, err
 		}
-		w.stream = st
+		if w.own == nil && w.pool == nil {
+			w.pool = w.t.c.poolFor(poolKey{location: location, kind: w.t.kind.Load()})
+		}
 	}
+	cn := w.own
+	if cn == nil {
+		cn = w.pool.pick(w)
+	}
+	if err := cn.acquire(ctx); err != nil {
+		return false, err
+	}
+	defer cn.release()
+	st, err := cn.live(ctx)
+	if err != nil {
+		return false, err
+	}
+	w.conn = cn
 	data := &storagepb.AppendRowsRequest_ProtoData{Rows: &storagepb.ProtoRows{SerializedRows: b.rows}}
 	msg := &storagepb.AppendRowsRequest{Rows: &storagepb.AppendRowsRequest_ProtoRows{ProtoRows: data}}
 	if st.lastEnc == nil {
 		msg.TraceId = traceID
 	}
 	// The first request names the stream and the schema; so does one that
-	// changes the schema, as BigQuery requires on the default stream.
-	if st.resendSchema.Swap(false) || st.lastEnc != b.enc {
+	// changes the schema, as BigQuery requires on the default stream, or
+	// the table. A shared connection names the stream on every request, as
+	// Google's client does when it multiplexes.
+	if st.resendSchema.Swap(false) || st.lastEnc != b.enc || st.lastW != w {
 		msg.WriteStream = w.name
 		data.WriterSchema = &storagepb.ProtoSchema{ProtoDescriptor: b.enc.dp}
+	} else if cn.pool != nil {
+		msg.WriteStream = w.name
 	}
 	if b.offset >= 0 {
 		msg.Offset = wrapperspb.Int64(b.offset)
 	}
 	r.hold()
-	registered, err := st.send(ctx, &request{res: r, idx: b.idx, named: w.named, offset: b.offset}, msg)
+	registered, err := st.send(ctx, &request{w: w, res: r, idx: b.idx, offset: b.offset}, msg)
 	if !registered {
 		r.release()
 		return false, err
 	}
 	// Even if its caller gave up, the request goes out with its descriptor;
 	// if the send fails, the stream is not used again.
-	st.lastEnc = b.enc
+	st.lastEnc, st.lastW = b.enc, w
+	w.checked = st
 	return true, err
 }
 
@@ -374,34 +392,37 @@ type lookupError struct{ err error }
 func (e *lookupError) Error() string { return e.err.Error() }
 func (e *lookupError) Unwrap() error { return e.err }
 
-// lookupDefault asks BigQuery about the table's default stream before a new
-// connection writes to it, as Google's managedwriter does: some servers
-// (goccy's bigquery-emulator) refuse appends to a default stream nobody
-// asked about. It is bounded by Timeout, ctx and Close. A server without
+// lookupDefault asks BigQuery about the table's default stream before the
+// writer's first request, and again after the connection its last request
+// went on ended, as Google's managedwriter does: some servers (goccy's
+// bigquery-emulator) refuse appends to a default stream nobody asked
+// about. The answer names the stream's location, whose pool the writer
+// joins. It is bounded by Timeout, ctx and Close. A server without
 // GetWriteStream (UNIMPLEMENTED) is no reason to stop appending. An error
 // that is not the caller's ctx ending, nor Close (ErrClosed), is a
-// *lookupError. Callers hold the send slot.
-func (w *writer) lookupDefault(ctx context.Context) error {
+// *lookupError. Callers hold the writer's turn.
+func (w *writer) lookupDefault(ctx context.Context) (location string, err error) {
 	c := w.t.c
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(c.ctx, cancel)()
-	err := c.call(lctx, "look up write stream "+w.name, func(ctx context.Context) error {
-		_, err := c.write.GetWriteStream(ctx, &storagepb.GetWriteStreamRequest{Name: w.name}, noRetry)
+	err = c.call(lctx, "look up write stream "+w.name, func(ctx context.Context) error {
+		ws, err := c.write.GetWriteStream(ctx, &storagepb.GetWriteStreamRequest{Name: w.name}, noRetry)
+		location = ws.GetLocation()
 		return err
 	})
 	switch {
 	case err == nil:
-		return nil
+		return location, nil
 	case c.closed.Load():
-		return ErrClosed
+		return "", ErrClosed
 	case ctx.Err() != nil:
-		return err
+		return "", err
 	case status.Code(err) == codes.Unimplemented:
 		w.t.log.Debug("the Storage Write API has no GetWriteStream; appending without it", zap.Error(err))
-		return nil
+		return "", nil
 	}
-	return &lookupError{err: err}
+	return "", &lookupError{err: err}
 }
 
 // answer settles req with BigQuery's response to it.
@@ -469,7 +490,7 @@ func (t *Table) retry(req *request, cause error) {
 	settle := func(verdict error) {
 		if verdict == nil {
 			class := grpcClass(cause)
-			if req.named && status.Code(cause) == codes.NotFound {
+			if req.w.named && status.Code(cause) == codes.NotFound {
 				class = ErrStreamNotFound // the table is there, the stream is not
 			}
 			verdict = withClass(cause, class)

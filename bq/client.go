@@ -72,8 +72,11 @@ type Client struct {
 	wg     sync.WaitGroup // every goroutine bq starts; Close waits for them
 	closed atomic.Bool
 
-	mu     sync.Mutex // guards tables and, with closed, wg.Add
+	mu     sync.Mutex // guards tables, pools and, with closed, wg.Add
 	tables map[string]*Table
+	pools  map[poolKey]*pool
+
+	open atomic.Int64 // AppendRows calls open (Connections)
 }
 
 // NewClient builds the REST and Storage Write clients after validating cfg.
@@ -135,6 +138,7 @@ func NewClient(ctx context.Context, cfg Config, logger *zap.Logger) (*Client, er
 		ctx:    cctx,
 		cancel: cancel,
 		tables: make(map[string]*Table),
+		pools:  make(map[poolKey]*pool),
 	}, nil
 }
 

@@ -71,6 +71,17 @@ type Config struct {
 	// DeliveryExactlyOnce. bq itself offers both kinds of stream whatever
 	// it says (Table.Append, Table.CreateStream); the caller picks by it.
 	Delivery string `yaml:"delivery"`
+	// MaxConnections bounds the Storage Write connections (AppendRows
+	// calls) that the default streams of all tables share, per region and
+	// per kind of table (plain rows; changes), whatever the table count:
+	// BigQuery allows 1,000 concurrent connections per project and region
+	// (10,000 in the US and EU multi-regions). A pool opens another only
+	// while each one it has is saturated. 0 means the default: 4 against
+	// BigQuery; against a GRPCEndpoint (an emulator or test server), a
+	// connection per table, since goccy's bigquery-emulator decodes every
+	// request of a connection with its first schema and so cannot share
+	// one. Explicit streams (exactly-once) never share: each has its own.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Delivery guarantees, the values of Config.Delivery.
@@ -133,6 +144,9 @@ func (c Config) Validate() error {
 	if c.Timeout < 0 {
 		bad("timeout", "%v is negative (0 means the default %v)", c.Timeout, defaultTimeout)
 	}
+	if c.MaxConnections < 0 {
+		bad("max_connections", "%d is negative (0 means the default)", c.MaxConnections)
+	}
 	if c.AppendTimeout < 0 {
 		bad("append_timeout", "%v is negative (0 means the default %v)", c.AppendTimeout, defaultAppendTimeout)
 	}
@@ -154,6 +168,24 @@ func (c Config) WithDefaults() Config {
 	}
 	return c
 }
+
+// DefaultMaxConnections is Config.MaxConnections's default against
+// BigQuery; the README's Performance section says how it was chosen.
+const DefaultMaxConnections = 4
+
+// maxConnections is the pool size, 0 when each table has a connection of
+// its own.
+func (c Config) maxConnections() int {
+	switch {
+	case c.MaxConnections > 0:
+		return c.MaxConnections
+	case c.GRPCEndpoint != "":
+		return 0
+	}
+	return DefaultMaxConnections
+}
+
+func (c Config) pooling() bool { return c.maxConnections() > 0 }
 
 func (c Config) timeout() time.Duration {
 	if c.Timeout == 0 {

@@ -33,6 +33,9 @@ func newTestClient(t testing.TB, s *bqfake.Server, edits ...func(*Config)) *Clie
 	cfg := DefaultConfig()
 	cfg.Project, cfg.Dataset = testProject, testDataset
 	cfg.Endpoint, cfg.GRPCEndpoint = s.RESTEndpoint(), s.GRPCEndpoint()
+	// BigQuery's default; against a GRPCEndpoint the default is a
+	// connection per table, which tests ask for by setting 0 back.
+	cfg.MaxConnections = DefaultMaxConnections
 	for _, e := range edits {
 		e(&cfg)
 	}
@@ -170,4 +173,17 @@ func appendRowsUntilWritten(t *testing.T, tbl *Table, rows []Row, deadline time.
 			t.Fatalf("rows still not written after %v; last cause: %v", deadline, ae.Err)
 		}
 	}
+}
+
+// streamNow returns the stream the writer's last request went on, or nil.
+// Call it between the writer's appends.
+func (w *writer) streamNow() *stream {
+	cn := w.own
+	if cn == nil {
+		cn = w.conn
+	}
+	if cn == nil {
+		return nil
+	}
+	return cn.cur.Load()
 }

@@ -16,28 +16,34 @@ import (
 // traceID names bqsink to BigQuery on the first request of each stream.
 const traceID = "bqsink"
 
-// stream is one AppendRows call on a table's write stream. Requests are
-// sent in order by the holder of the writer's send slot and answered in
-// order, read by one receive goroutine. A watchdog goroutine bounds the
+// stream is one AppendRows call on a connection. Requests are sent in
+// order by the holder of the connection's send slot and answered in order,
+// read by one receive goroutine. A watchdog goroutine bounds the
 // open (and ends it with its caller's context) and every send by Timeout,
 // and every answer by AppendTimeout; past either it tears the stream down,
 // which completes every unanswered request with its rows in Retry. A
 // sender's context ending does not: the stream is shared by every caller
-// appending to the table, and its other requests may be written already.
+// appending on the connection, and its other requests may be written
+// already.
 // A stream that ended is never used again.
 type stream struct {
-	t      *Table
+	cn     *conn
+	c      *Client
 	ctx    context.Context // cancelled when the stream ends
 	cancel context.CancelFunc
 	rpc    storagepb.BigQueryWrite_AppendRowsClient // set by openStream before use
 
-	// lastEnc is the encoder whose descriptor the stream last carried;
-	// guarded by the table's send slot.
+	// lastEnc is the encoder whose descriptor the stream last carried, for
+	// the writer lastW; guarded by the connection's send slot.
 	lastEnc *encoder
+	lastW   *writer
 	// resendSchema is set by an answer with an error: the next request
 	// carries its descriptor again rather than trust the server kept the
 	// one a failed request brought.
 	resendSchema atomic.Bool
+	// counted is set once the stream is counted in Client.open; the count
+	// drops when it ends.
+	counted bool
 	// sending is the latest request handed to rpc.Send, which may outlive
 	// the caller that gave up on it; guarded by the send slot. gRPC forbids
 	// concurrent sends on a stream, so the next send waits for it.
@@ -67,46 +73,62 @@ type sendOp struct {
 	err  error         // why the stream ended, if the send failed; set before done closes
 }
 
-// request is one AppendRows request in flight: which rows of which Append.
+// request is one AppendRows request in flight: which rows of which Append,
+// by which writer.
 type request struct {
+	w      *writer
 	res    *Result
 	idx    []int
 	sentAt time.Time
-	named  bool  // on an explicit stream, where NOT_FOUND may mean the stream
 	offset int64 // stream offset of its first row, -1 for none
 }
 
-// openStream opens a new AppendRows stream for the table, bounded by
-// Timeout and ctx. Callers hold the send slot.
-func (t *Table) openStream(ctx context.Context) (*stream, error) {
-	sctx, cancel := context.WithCancel(t.c.ctx)
+// open opens a new AppendRows stream on the connection, bounded by Timeout
+// and ctx. Callers hold the slot.
+func (cn *conn) open(ctx context.Context) (*stream, error) {
+	c := cn.c
+	sctx, cancel := context.WithCancel(c.ctx)
 	st := &stream{
-		t:      t,
+		cn:     cn,
+		c:      c,
 		ctx:    sctx,
 		cancel: cancel,
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
-	open := &op{what: "open", due: time.Now().Add(t.c.cfg.timeout()), ctx: ctx}
+	open := &op{what: "open", due: time.Now().Add(c.cfg.timeout()), ctx: ctx}
 	st.op = open
-	if !t.c.goOwned(st.watch) {
+	if !c.goOwned(st.watch) {
 		cancel()
 		return nil, ErrClosed
 	}
-	rpc, err := t.c.write.AppendRows(sctx, noRetry)
+	rpc, err := c.write.AppendRows(sctx, noRetry)
 	st.endOp(open)
 	if err != nil {
-		return nil, st.fail(fmt.Errorf("open a write stream for %s: %w", t.Name(), err))
+		return nil, st.fail(fmt.Errorf("open a write stream for %s: %w", cn.name, err))
 	}
 	st.rpc = rpc
-	if !t.c.goOwned(st.recv) {
+	st.mu.Lock()
+	if st.err == nil {
+		st.counted = true
+		c.open.Add(1)
+	}
+	st.mu.Unlock()
+	if !c.goOwned(st.recv) {
 		return nil, st.fail(ErrClosed)
 	}
 	if err := st.ended(); err != nil {
 		return nil, err // the watchdog gave up just as the open returned
 	}
-	t.log.Debug("opened write stream")
+	c.logger.Debug("opened write stream", zap.String("connection", cn.name))
 	return st, nil
+}
+
+// unanswered is how many requests sent on the stream await an answer.
+func (st *stream) unanswered() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.pending)
 }
 
 // ended returns why the stream ended, or nil while it is usable.
@@ -126,7 +148,7 @@ func (st *stream) ended() error {
 // its send is under way gets ctx's error at once, but the send goes on: the
 // other requests on the stream are not disturbed, and req is settled by
 // BigQuery's answer (or the stream's end) like any other. Callers hold the
-// send slot.
+// connection's send slot.
 func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendRowsRequest) (registered bool, err error) {
 	if prev := st.sending; prev != nil {
 		select {
@@ -146,7 +168,7 @@ func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendR
 	now := time.Now()
 	req.sentAt = now
 	st.pending = append(st.pending, req)
-	o := &op{what: "send", due: now.Add(st.t.c.cfg.timeout())}
+	o := &op{what: "send", due: now.Add(st.c.cfg.timeout())}
 	st.op = o
 	st.mu.Unlock()
 	st.poke()
@@ -155,7 +177,7 @@ func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendR
 	// of the stream interrupts rpc.Send.
 	so := &sendOp{done: make(chan struct{})}
 	st.sending = so
-	if !st.t.c.goOwned(func() { st.sendNow(o, so, msg) }) {
+	if !st.c.goOwned(func() { st.sendNow(o, so, msg) }) {
 		close(so.done)
 		return true, st.fail(ErrClosed)
 	}
@@ -163,7 +185,7 @@ func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendR
 	case <-so.done:
 		return true, so.err
 	case <-ctx.Done():
-		return true, fmt.Errorf("send to %s: the caller gave up while sending; the request goes on: %w", st.t.Name(), ctx.Err())
+		return true, fmt.Errorf("send to %s: the caller gave up while sending; the request goes on: %w", req.w.t.Name(), ctx.Err())
 	}
 }
 
@@ -178,7 +200,7 @@ func (st *stream) sendNow(o *op, so *sendOp, msg *storagepb.AppendRowsRequest) {
 	}
 	st.endOp(o)
 	if err != nil {
-		so.err = st.fail(fmt.Errorf("send to %s: %w", st.t.Name(), err))
+		so.err = st.fail(fmt.Errorf("send to %s: %w", st.cn.name, err))
 	}
 }
 
@@ -202,7 +224,9 @@ func (st *stream) poke() {
 
 // fail ends the stream with cause (ErrClosed once the Client is closing)
 // unless it already ended, completes every unanswered request with its rows
-// in Retry, and returns the reason the stream ended.
+// in Retry, and returns the reason the stream ended. On a shared
+// connection, the writer of the oldest unanswered request becomes a
+// suspect (see pool).
 func (st *stream) fail(cause error) error {
 	st.mu.Lock()
 	if st.err != nil {
@@ -210,20 +234,27 @@ func (st *stream) fail(cause error) error {
 		st.mu.Unlock()
 		return err
 	}
-	if st.t.c.closed.Load() {
+	closing := st.c.closed.Load()
+	if closing {
 		cause = ErrClosed
 	}
 	st.err = cause
 	pending := st.pending
 	st.pending = nil
+	if st.counted {
+		st.c.open.Add(-1)
+	}
 	close(st.done)
 	st.mu.Unlock()
 	st.cancel()
 	if len(pending) > 0 {
-		st.t.log.Debug("write stream ended", zap.Int("unanswered", len(pending)), zap.Error(cause))
+		st.c.logger.Debug("write stream ended", zap.String("connection", st.cn.name), zap.Int("unanswered", len(pending)), zap.Error(cause))
+		if p := st.cn.pool; p != nil && !closing {
+			p.suspect(pending[0].w)
+		}
 	}
 	for _, req := range pending {
-		st.t.retry(req, cause)
+		req.w.t.retry(req, cause)
 	}
 	return cause
 }
@@ -236,7 +267,7 @@ func (st *stream) recv() {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("the server ended the stream")
 			}
-			st.fail(fmt.Errorf("append to %s: %w", st.t.Name(), err))
+			st.fail(fmt.Errorf("append to %s: %w", st.cn.name, err))
 			return
 		}
 		st.mu.Lock()
@@ -246,7 +277,7 @@ func (st *stream) recv() {
 		}
 		if len(st.pending) == 0 {
 			st.mu.Unlock()
-			st.fail(fmt.Errorf("append to %s: an answer to no request", st.t.Name()))
+			st.fail(fmt.Errorf("append to %s: an answer to no request", st.cn.name))
 			return
 		}
 		req := st.pending[0]
@@ -255,8 +286,10 @@ func (st *stream) recv() {
 		st.mu.Unlock()
 		if resp.GetError() != nil {
 			st.resendSchema.Store(true)
+		} else if p := st.cn.pool; p != nil {
+			p.clear(req.w)
 		}
-		st.t.answer(req, resp)
+		req.w.t.answer(req, resp)
 	}
 }
 
@@ -290,13 +323,13 @@ func (st *stream) watch() {
 		case <-st.kick:
 		case <-opDone:
 			if st.opUnderWay(cur) {
-				st.fail(fmt.Errorf("%s a write stream for %s: the caller gave up: %w", cur.what, st.t.Name(), cur.ctx.Err()))
+				st.fail(fmt.Errorf("%s a write stream for %s: the caller gave up: %w", cur.what, st.cn.name, cur.ctx.Err()))
 				return
 			}
 			// That open is over: what its caller does with its context now
 			// is not the stream's business.
 		case <-st.ctx.Done():
-			st.fail(fmt.Errorf("write stream for %s: %w", st.t.Name(), context.Cause(st.ctx)))
+			st.fail(fmt.Errorf("write stream for %s: %w", st.cn.name, context.Cause(st.ctx)))
 			return
 		case <-st.done:
 			return
@@ -318,7 +351,7 @@ func (st *stream) nextDeadline() (due time.Time, what string, cur *op, ok bool) 
 		due, what = cur.due, cur.what
 	}
 	if len(st.pending) > 0 {
-		if d := st.pending[0].sentAt.Add(st.t.c.cfg.appendTimeout()); due.IsZero() || d.Before(due) {
+		if d := st.pending[0].sentAt.Add(st.c.cfg.appendTimeout()); due.IsZero() || d.Before(due) {
 			due, what = d, "answer"
 		}
 	}
@@ -334,7 +367,7 @@ func (st *stream) opUnderWay(o *op) bool {
 
 func (st *stream) timeoutErr(what string) error {
 	if what == "answer" {
-		return fmt.Errorf("append to %s: no answer from the Storage Write API within append_timeout %v", st.t.Name(), st.t.c.cfg.appendTimeout())
+		return fmt.Errorf("append to %s: no answer from the Storage Write API within append_timeout %v", st.cn.name, st.c.cfg.appendTimeout())
 	}
-	return fmt.Errorf("%s a write stream for %s: not done within timeout %v", what, st.t.Name(), st.t.c.cfg.timeout())
+	return fmt.Errorf("%s a write stream for %s: not done within timeout %v", what, st.cn.name, st.c.cfg.timeout())
 }

@@ -31,7 +31,7 @@ func TestCallerGivingUpMidSendLeavesTheStreamAlone(t *testing.T) {
 	if err := appendRows(t, tbl, map[string]any{"id": 0}); err != nil {
 		t.Fatal(err)
 	}
-	st := tbl.def.stream // set by that append; replaced only if it ends
+	st := tbl.def.streamNow() // set by that append; replaced only if it ends
 	blob := bytes.Repeat([]byte{7}, 900<<10)
 	var maps []map[string]any
 	for id := 100; id < 140; id++ {
@@ -120,7 +120,7 @@ func TestCallerGivingUpMidSendLeavesTheStreamAlone(t *testing.T) {
 	if err := appendRows(t, tbl, map[string]any{"id": 2}); err != nil {
 		t.Fatalf("append after A gave up: %v", err)
 	}
-	if tbl.def.stream != st {
+	if tbl.def.streamNow() != st {
 		t.Error("the stream was replaced")
 	}
 	seen := map[int64]int{}
@@ -161,7 +161,7 @@ func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
 	if err := appendRows(t, tbl, map[string]any{"id": 0}); err != nil {
 		t.Fatal(err)
 	}
-	st := tbl.def.stream
+	st := tbl.def.streamNow()
 	s.StallReads(true)
 	defer s.StallReads(false)
 	blob := bytes.Repeat([]byte{7}, 900<<10)
@@ -214,7 +214,7 @@ func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
 	}
 	aeB := appendErr(t, within(t, sendTimeout+slack, "B behind a stuck send", func() error { return wait(t, resB) }))
 	t.Logf("B after %v: %v", time.Since(start), aeB.Err)
-	if !slices.Equal(aeB.Retry, []int{0}) || !strings.Contains(aeB.Err.Error(), "send a write stream for proj.ds.stuck: not done within timeout 2s") {
+	if !slices.Equal(aeB.Retry, []int{0}) || !strings.Contains(aeB.Err.Error(), "send a write stream for ") || !strings.Contains(aeB.Err.Error(), ": not done within timeout 2s") {
 		t.Errorf("B: %+v, want its row to retry, naming the send timeout", aeB)
 	}
 	// The server read A's first request as the stall began.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"cloud.google.com/go/bigquery/storage/apiv1/storagepb"
 	"go.uber.org/zap"
@@ -26,14 +27,29 @@ type writer struct {
 	name  string
 	named bool // an explicit stream, not _default
 
-	// sendMu (capacity 1) is the send slot. A channel rather than a mutex
-	// so that a caller whose context ends stops waiting.
+	// sendMu (capacity 1) is the writer's turn: its requests go out in the
+	// order of its appends. A channel rather than a mutex so that a caller
+	// whose context ends stops waiting.
 	sendMu chan struct{}
-	stream *stream // the current AppendRows connection; guarded by sendMu
+	// own is the writer's own connection: explicit streams always have
+	// one (BigQuery multiplexes default streams only), default streams
+	// when the Client does not pool (MaxConnections). Otherwise nil, and
+	// pool hands out shared ones.
+	own *conn
+	// guarded by sendMu:
+	pool    *pool   // set by the first lookup of the default stream
+	conn    *conn   // the connection its last request went on
+	checked *stream // the stream its last request went on, after a lookup
+
+	suspect atomic.Bool // see pool
 }
 
 func newWriter(t *Table, name string, named bool) *writer {
-	return &writer{t: t, name: name, named: named, sendMu: make(chan struct{}, 1)}
+	w := &writer{t: t, name: name, named: named, sendMu: make(chan struct{}, 1)}
+	if named || !t.c.cfg.pooling() {
+		w.own = newConn(t.c, nil, t.Name())
+	}
+	return w
 }
 
 // streamPrefix is what the names of the table's streams start with.
@@ -120,12 +136,7 @@ func (s *Stream) Name() string { return s.w.name }
 // BigQuery for OpenStream). Appends awaiting an answer end with their rows
 // in Retry.
 func (s *Stream) Close() {
-	s.w.sendMu <- struct{}{}
-	if st := s.w.stream; st != nil {
-		st.fail(fmt.Errorf("write stream %s: closed", s.w.name))
-		s.w.stream = nil
-	}
-	<-s.w.sendMu
+	s.w.own.close(context.Background(), fmt.Errorf("write stream %s: closed", s.w.name))
 }
 
 // Append writes rows at stream offsets offset, offset+1, ...: a row lands

@@ -188,12 +188,14 @@ var (
 	groupLagDesc = prometheus.NewDesc("bqsink_group_lag",
 		"The group's records of the topic not committed yet, summed over its partitions whoever owns them, as the brokers said at the last refresh (every 15s); every member reports it.",
 		[]string{"topic"}, nil)
+	connectionsDesc = prometheus.NewDesc("bqsink_storage_write_connections",
+		"Storage Write connections (AppendRows calls) open: the tables' shared ones, at most bigquery.max_connections per region and kind of table, plus one per exactly-once stream writing.", nil, nil)
 	committedDesc = prometheus.NewDesc("bqsink_partition_committed_offset",
 		"The group's committed offset of the partition: the next record to read after a restart.",
 		[]string{"topic", "partition"}, nil)
 
 	scrapeDescs = []*prometheus.Desc{assignedDesc, stalledDesc, inflightDesc, pausedDesc, bufferedDesc, bufferedPeakDesc,
-		bufferedLimitDesc, stageFailingDesc, lagDesc, groupLagDesc, committedDesc}
+		bufferedLimitDesc, stageFailingDesc, lagDesc, groupLagDesc, committedDesc, connectionsDesc}
 )
 
 // scrapeCollector computes the gauges that describe state when scraped, as
@@ -226,6 +228,11 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(bufferedDesc, float64(s.flow.used.Load()))
 	gauge(bufferedPeakDesc, float64(s.flow.peak.Load()))
 	gauge(bufferedLimitDesc, float64(s.flow.cap))
+	connections := 0
+	if s.wh != nil { // nil until the sink starts
+		connections = s.wh.Connections()
+	}
+	gauge(connectionsDesc, float64(connections))
 	for _, st := range stages {
 		gauge(stageFailingDesc, float64(s.health.failingStage(st)), st)
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/bqsink/bqsink/bq"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,7 +48,7 @@ func (h *harness) daemonConfig(group string, extra map[string]any, listen string
 		"kafka": map[string]any{
 			"brokers":  h.st.Brokers(),
 			"group_id": group,
-			"topics":   []string{h.fx.topic},
+			"topics":   h.subscription(),
 		},
 		"schema_registry": map[string]any{"url": h.st.RegistryURL()},
 		"bigquery": map[string]any{
@@ -54,8 +56,11 @@ func (h *harness) daemonConfig(group string, extra map[string]any, listen string
 			"dataset":       stack.Dataset,
 			"endpoint":      h.st.BigQuery.RESTEndpoint(),
 			"grpc_endpoint": h.st.BigQuery.GRPCEndpoint(),
+			// BigQuery's default pool, which the test server serves as
+			// BigQuery does (not the emulators' connection per table).
+			"max_connections": bq.DefaultMaxConnections,
 		},
-		"tables": map[string]any{h.fx.topic: route},
+		"tables": h.routes(route),
 		"errors": map[string]any{"dlq_topic": stack.DLQTopic},
 		"http":   map[string]any{"listen": listen},
 	}
@@ -71,6 +76,24 @@ func (h *harness) daemonConfig(group string, extra map[string]any, listen string
 	}
 	path := filepath.Join(h.tmp, "config.yaml")
 	return path, os.WriteFile(path, text, 0o600)
+}
+
+// subscription is the daemon's kafka.topics: the topic, or with -tables a
+// regular expression matching every one.
+func (h *harness) subscription() []string {
+	if h.o.tables == 0 {
+		return []string{h.fx.topic}
+	}
+	return []string{"^" + regexp.QuoteMeta(h.fx.topic) + "-[0-9]+$"}
+}
+
+// routes is the daemon's tables: the topic's route, or with -tables none
+// (each topic goes to the table of its name).
+func (h *harness) routes(route any) map[string]any {
+	if h.o.tables > 0 {
+		return map[string]any{}
+	}
+	return map[string]any{h.fx.topic: route}
 }
 
 // setKey sets a dotted key in a document of nested maps.
@@ -215,26 +238,26 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	stop := progress(ctx, 10*time.Second, func() {
-		logf("bqsink: %d of %d rows in BigQuery, lag %s (%.0f s)", h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table), expect, lagText(lastLag), time.Since(c.started).Seconds())
+		logf("bqsink: %d of %d rows in BigQuery, lag %s (%.0f s)", h.rowCount(), expect, lagText(lastLag), time.Since(c.started).Seconds())
 	})
 	defer stop()
 	for lagZeroAt.IsZero() {
 		select {
 		case <-ctx.Done():
 			return fail("waiting for lag 0 and %d rows: %v (lag %s, %d rows)", n, context.Cause(ctx), lagText(lastLag),
-				h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table))
+				h.rowCount())
 		case <-c.exited:
 			return fail("exited before catching up: lag %s, %d of %d rows", lagText(lastLag),
-				h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table), n)
+				h.rowCount(), n)
 		case <-tick.C:
 		}
 		now := time.Now()
-		rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table)
+		rows := h.rowCount()
 		if rows >= expect && landedAt.IsZero() {
 			landedAt = now
 		}
-		o, err := h.st.GroupOffsets(ctx, group, h.fx.topic)
-		if err != nil || len(o.End) != h.o.partitions {
+		o, err := h.groupOffsets(ctx, group)
+		if err != nil || len(o.End) != h.o.partitions*len(h.topics()) {
 			continue
 		}
 		lastLag = o.Lag()
@@ -286,7 +309,7 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 		return fail("exit code %d%s after SIGTERM, want 0", rep.Exit, signalNote(rep.Signal))
 	}
 	logf("bqsink exited 0 %.2f s after SIGTERM", time.Since(termAt).Seconds())
-	if rows := h.st.BigQuery.RowCount(stack.Project, stack.Dataset, h.fx.table); rows != expect {
+	if rows := h.rowCount(); rows != expect {
 		if upsert {
 			return fail("%d rows in %s.%s for %d records of which %d changes were superseded: want exactly %d", rows, stack.Dataset, h.fx.table, n, out.superseded, expect)
 		}

@@ -13,6 +13,7 @@
 //	go run ./integration/bench -rev HEAD               # the daemon as committed, not the working tree
 //	go run ./integration/bench -mode upsert            # the table in upsert mode (change data capture)
 //	go run ./integration/bench -mode append -keyed     # the same records as -mode upsert, appended
+//	go run ./integration/bench -tables 200 -rate 5000 -duration 60s   # 200 topics, a table each: CPU, RSS, Storage Write connections
 //
 // Backlog mode (the default): the harness builds bqsink (go build from the
 // repository root, or takes -bin), starts the stack with bqfake in bench
@@ -70,6 +71,15 @@
 // keys too. The floor reads values alone, whatever the mode; the report
 // names the table mode and the keys.
 //
+// Many tables (-tables N, either run mode): N topics <topic>-000 ... of
+// -partitions partitions each (1 unless given), which the daemon
+// subscribes to with one regular expression and writes each to the table
+// of its name; records go round-robin over them. The report adds the most
+// Storage Write connections (AppendRows calls) bqfake saw open at once,
+// on a line of its own ("storage write connections: N"); bigquery.
+// max_connections is BigQuery's default (-set bigquery.max_connections=N
+// to change it). There is no floor: it would read the same records.
+//
 // Every mode fails (exit 1) unless the daemon reached lag 0, exited 0 on
 // SIGTERM and the table's row count equals the records produced exactly.
 // In upsert mode the daemon keeps one change per key per batch: the rows
@@ -118,6 +128,7 @@ type options struct {
 	keyed      bool          // records keyed in the wire format (upsert implies it)
 	bqLatency  time.Duration // bqfake's added latency per append
 	bqRate     int           // bqfake's cap on rows acknowledged per second; 0: none
+	tables     int           // many tables: this many topics, a table each; 0: one
 }
 
 func main() {
@@ -132,7 +143,8 @@ func main() {
 	var o options
 	flag.IntVar(&o.n, "n", 1_000_000, "records in the backlog (default 20000 with -short)")
 	flag.StringVar(&o.schema, "schema", "seed", "records: seed (stock updates, v1 and v2 mixed) or delivery (nested DeliveryCreated with references)")
-	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the topic")
+	flag.IntVar(&o.partitions, "partitions", 6, "partitions of the topic (of each topic with -tables; default 1 then)")
+	flag.IntVar(&o.tables, "tables", 0, "many tables: this many topics <topic>-000, <topic>-001, ..., each to a table of its own, subscribed by a regular expression; records go round-robin over them; reports the peak of concurrent Storage Write connections (no floor)")
 	flag.BoolVar(&o.short, "short", false, "CI mode: 20,000 records unless -n is given")
 	flag.IntVar(&o.rate, "rate", 0, "steady mode: produce this many records per second while the daemon runs (0: backlog mode)")
 	flag.DurationVar(&o.duration, "duration", 60*time.Second, "steady mode: how long to produce")
@@ -152,11 +164,18 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)
 	}
-	nSet, keyedSet := false, false
+	nSet, keyedSet, partitionsSet := false, false, false
 	flag.Visit(func(f *flag.Flag) {
 		nSet = nSet || f.Name == "n"
 		keyedSet = keyedSet || f.Name == "keyed"
+		partitionsSet = partitionsSet || f.Name == "partitions"
 	})
+	if o.tables > 0 {
+		if !partitionsSet {
+			o.partitions = 1
+		}
+		o.noFloor = true
+	}
 	if o.short && !nSet {
 		o.n = 20_000
 	}
@@ -207,6 +226,10 @@ func run(ctx context.Context, o options) (err error) {
 		return fmt.Errorf("-bq-latency %v: want a positive duration or 0", o.bqLatency)
 	case o.bqRate < 0:
 		return fmt.Errorf("-bq-rate %d: want a positive number or 0", o.bqRate)
+	case o.tables < 0 || o.tables > 1000:
+		return fmt.Errorf("-tables %d: want 0 to 1000", o.tables)
+	case o.tables > 0 && (o.keyed || o.mode != sink.ModeAppend):
+		return fmt.Errorf("-tables runs append tables of unkeyed records: drop -keyed and -mode")
 	}
 	root, err := repoRoot(ctx)
 	if err != nil {
@@ -248,7 +271,8 @@ func run(ctx context.Context, o options) (err error) {
 		logf("built bqsink (commit %s) in %.1f s", commit, time.Since(began).Seconds())
 	}
 
-	st, err := stack.Start(stack.Options{Partitions: int32(o.partitions), Topics: []string{fx.topic}})
+	h := &harness{o: o, fx: fx, bin: bin, tmp: tmp, root: root, commit: commit}
+	st, err := stack.Start(stack.Options{Partitions: int32(o.partitions), Topics: h.topics()})
 	if err != nil {
 		return err
 	}
@@ -261,7 +285,7 @@ func run(ctx context.Context, o options) (err error) {
 	st.BigQuery.SetAppendLatency(o.bqLatency)
 	st.BigQuery.SetRowRate(o.bqRate)
 
-	h := &harness{o: o, fx: fx, st: st, bin: bin, tmp: tmp, root: root, commit: commit}
+	h.st = st
 	if o.rate > 0 {
 		return h.steady(ctx)
 	}
@@ -287,11 +311,11 @@ func (h *harness) backlog(ctx context.Context) error {
 		return err
 	}
 	began := time.Now()
-	if err := produceBacklog(ctx, h.st, h.fx.topic, h.o.n, rec); err != nil {
+	if err := produceBacklog(ctx, h.st, h.topics(), h.o.n, rec); err != nil {
 		return err
 	}
 	took := time.Since(began)
-	logf("produced %d %s records on %d partitions in %.2f s (%.0f records/s)", h.o.n, h.fx.name, h.o.partitions, took.Seconds(), float64(h.o.n)/took.Seconds())
+	logf("produced %d %s records on %d partitions in %.2f s (%.0f records/s)", h.o.n, h.fx.name, h.o.partitions*len(h.topics()), took.Seconds(), float64(h.o.n)/took.Seconds())
 	rec = nil
 
 	d, err := h.runDaemon(ctx, "bqsink-bench", nil, func() int { return h.o.n }, nil)
@@ -348,7 +372,7 @@ func (h *harness) steady(ctx context.Context) error {
 		return func(ctx context.Context) (time.Time, error) {
 			logf("producing %d records/s for %v", h.o.rate, h.o.duration)
 			var err error
-			*produced, err = produceSteady(ctx, h.st, h.fx.topic, h.o.rate, h.o.duration, pool)
+			*produced, err = produceSteady(ctx, h.st, h.topics(), h.o.rate, h.o.duration, pool)
 			return produced.first, err
 		}
 	}
@@ -405,7 +429,8 @@ func (h *harness) steady(ctx context.Context) error {
 
 // report starts a run's report: what ran, and the daemon's outcome.
 func (h *harness) report(mode string, records int, d daemonOutcome) report {
-	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Commit: h.commit, Records: records,
+	_, peak := h.st.BigQuery.Connections()
+	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Topics: len(h.topics()), Connections: peak, Commit: h.commit, Records: records,
 		TableMode: h.o.mode, Bqsink: d.result, BQLatencyMs: ms(h.o.bqLatency), BQRowRate: h.o.bqRate}
 	if h.o.keyed {
 		rep.Keys = fmt.Sprintf("Avro in the wire format, subject %s-key: %s", h.fx.topic, strings.Join(h.fx.keyFields(), ", "))
@@ -478,4 +503,69 @@ func daemonCommit(ctx context.Context, root string) string {
 		commit += " + uncommitted changes"
 	}
 	return commit
+}
+
+// topics are the topics records go to: the fixture's, or with -tables
+// that many numbered after it.
+func (h *harness) topics() []string {
+	if h.o.tables == 0 {
+		return []string{h.fx.topic}
+	}
+	out := make([]string, h.o.tables)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s-%03d", h.fx.topic, i)
+	}
+	return out
+}
+
+// tables are the tables the topics go to: the fixture's, or with -tables
+// the default name of each topic (see sink's TableFor).
+func (h *harness) tables() []string {
+	if h.o.tables == 0 {
+		return []string{h.fx.table}
+	}
+	var out []string
+	for _, t := range h.topics() {
+		out = append(out, strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' {
+				return r
+			}
+			return '_'
+		}, t))
+	}
+	return out
+}
+
+// rowCount is how many rows the tables hold.
+func (h *harness) rowCount() int {
+	n := 0
+	for _, t := range h.tables() {
+		n += h.st.BigQuery.RowCount(stack.Project, stack.Dataset, t)
+	}
+	return n
+}
+
+// groupOffsets reads what group committed on every topic, and their ends,
+// as one Offsets whose partitions are numbered across the topics.
+func (h *harness) groupOffsets(ctx context.Context, group string) (stack.Offsets, error) {
+	topics := h.topics()
+	if len(topics) == 1 {
+		return h.st.GroupOffsets(ctx, group, topics[0])
+	}
+	by, err := h.st.GroupOffsetsOf(ctx, group, topics...)
+	if err != nil {
+		return stack.Offsets{}, err
+	}
+	all := stack.Offsets{Committed: map[int32]int64{}, End: map[int32]int64{}}
+	for i, t := range topics {
+		o := by[t]
+		base := int32(i * h.o.partitions)
+		for p, v := range o.End {
+			all.End[base+p] = v
+		}
+		for p, v := range o.Committed {
+			all.Committed[base+p] = v
+		}
+	}
+	return all, nil
 }

@@ -201,7 +201,8 @@ func (p *producer) close() { p.cl.Close() }
 
 // produceBacklog writes records 0..n-1 of rec, encoded on every core in
 // parallel, and waits until the broker has them all.
-func produceBacklog(ctx context.Context, st *stack.Stack, topic string, n int, rec func(int) (*kgo.Record, error)) error {
+func produceBacklog(ctx context.Context, st *stack.Stack, topics []string, n int, rec func(int) (*kgo.Record, error)) error {
+	topic := topics[0]
 	p, err := newProducer(st, topic)
 	if err != nil {
 		return err
@@ -226,7 +227,7 @@ func produceBacklog(ctx context.Context, st *stack.Stack, topic string, n int, r
 					errs <- fmt.Errorf("record %d: %w", i, err)
 					return
 				}
-				r.Topic = topic
+				r.Topic = topics[i%len(topics)]
 				p.produce(ctx, r)
 			}
 		})
@@ -257,8 +258,9 @@ type steadyProduced struct {
 // produceSteady produces rate records per second for d, cycling through a
 // pool of encoded records; each record's timestamp is the moment it is
 // handed to the client.
-func produceSteady(ctx context.Context, st *stack.Stack, topic string, rate int, d time.Duration, pool []*kgo.Record) (steadyProduced, error) {
+func produceSteady(ctx context.Context, st *stack.Stack, topics []string, rate int, d time.Duration, pool []*kgo.Record) (steadyProduced, error) {
 	var out steadyProduced
+	topic := topics[0]
 	p, err := newProducer(st, topic)
 	if err != nil {
 		return out, err
@@ -276,7 +278,7 @@ func produceSteady(ctx context.Context, st *stack.Stack, topic string, rate int,
 		due := min(total, int(float64(rate)*time.Since(out.first).Seconds())+1)
 		for ; out.records < due; out.records++ {
 			src := pool[out.records%len(pool)]
-			p.produce(ctx, &kgo.Record{Topic: topic, Key: src.Key, Value: src.Value, Timestamp: time.Now()})
+			p.produce(ctx, &kgo.Record{Topic: topics[out.records%len(topics)], Key: src.Key, Value: src.Value, Timestamp: time.Now()})
 		}
 		out.last = time.Now()
 		select {

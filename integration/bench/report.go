@@ -74,10 +74,15 @@ type report struct {
 	Mode       string `json:"mode"`
 	Schema     string `json:"schema"`
 	Partitions int    `json:"partitions"`
-	Commit     string `json:"daemon_commit"`
-	Records    int    `json:"records"`
-	TableMode  string `json:"table_mode"`     // append or upsert
-	Keys       string `json:"keys,omitempty"` // with -keyed: the records' keys
+	// Topics is how many topics (and tables) the records went to.
+	Topics int `json:"topics"`
+	// Connections is the most Storage Write connections (AppendRows
+	// calls) that were open at once while the daemon ran.
+	Connections int    `json:"storage_write_connections"`
+	Commit      string `json:"daemon_commit"`
+	Records     int    `json:"records"`
+	TableMode   string `json:"table_mode"`     // append or upsert
+	Keys        string `json:"keys,omitempty"` // with -keyed: the records' keys
 	// Superseded is, in upsert mode, how many changes the daemon left out
 	// for a later one of the same key in their batch.
 	Superseded *int `json:"superseded_changes,omitempty"`
@@ -103,8 +108,12 @@ func (r report) print(w io.Writer, asJSON bool) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
-	fmt.Fprintf(w, "\nbqsink bench, %s mode: %d %s records on %d partitions; daemon at commit %s\n",
-		r.Mode, r.Records, r.Schema, r.Partitions, r.Commit)
+	where := fmt.Sprintf("%d partitions", r.Partitions)
+	if r.Topics > 1 {
+		where = fmt.Sprintf("%d topics of %d partitions, a table each", r.Topics, r.Partitions)
+	}
+	fmt.Fprintf(w, "\nbqsink bench, %s mode: %d %s records on %s; daemon at commit %s\n",
+		r.Mode, r.Records, r.Schema, where, r.Commit)
 	keys := "raw strings (not -keyed)"
 	if r.Keys != "" {
 		keys = r.Keys
@@ -145,6 +154,7 @@ func (r report) print(w io.Writer, asJSON bool) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintf(w, "\nstorage write connections: %d\n", r.Connections)
 	if r.Floor != nil {
 		fmt.Fprintf(w, "\nbqsink ÷ floor, CPU µs/record: %.1f×\n", r.Ratio)
 	}

@@ -91,6 +91,9 @@ type Server struct {
 	bench *benchState
 
 	received atomic.Int64 // AppendRows requests read off the wire
+
+	connsOpen, connsPeak int          // AppendRows connections (Connections); guarded by mu
+	writerSchemas        atomic.Int64 // requests carrying a writer_schema
 }
 
 type faults struct {
@@ -113,6 +116,7 @@ type faults struct {
 	requireLookup bool                      // RequireStreamLookup
 	forgetSchema  bool                      // ForgetSchemaChanges
 	readsStalled  chan struct{}             // StallReads: closed when reads resume; nil: reading
+	tableCodes    map[string]codes.Code     // FailTable, by default stream name
 }
 
 type datasetKey struct{ project, dataset string }

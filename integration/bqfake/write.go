@@ -375,6 +375,8 @@ type received struct {
 // for pipelined requests; requests are processed and answered in order.
 func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServer) error {
 	s := w.s
+	s.connOpened()
+	defer s.connClosed()
 	ctx := stream.Context()
 	reqs := make(chan received, 1024)
 	recvErr := make(chan error, 1)
@@ -565,7 +567,17 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 	}
 	bench := s.bench
 	reject := s.faults.rejectRows
+	name := req.GetWriteStream()
+	if name == "" {
+		name = conn.current
+	}
+	if code, ok := s.faults.tableCodes[name]; ok && fault == codes.OK {
+		fault = code
+	}
 	s.mu.Unlock()
+	if req.GetProtoRows().GetWriterSchema() != nil {
+		s.writerSchemas.Add(1)
+	}
 
 	resp, err := w.processAppend(conn, req, fault, bench, reject)
 	if !lose {

@@ -3,6 +3,7 @@ package itest
 import (
 	"context"
 	"errors"
+	"github.com/bqsink/bqsink/bq"
 	"maps"
 	"os"
 	"os/exec"
@@ -65,6 +66,9 @@ func DaemonConfigNoDLQ(e *Env, group string) *DaemonConfig {
 				"dataset":       stack.Dataset,
 				"endpoint":      e.St.BigQuery.RESTEndpoint(),
 				"grpc_endpoint": e.St.BigQuery.GRPCEndpoint(),
+				// The test server shares connections as BigQuery does:
+				// run BigQuery's default, not the emulators' one.
+				"max_connections": bq.DefaultMaxConnections,
 			},
 			"tables":               map[string]any{stack.StockTopic: stack.StockTable},
 			"batch":                map[string]any{"max_records": 500, "max_wait": "100ms"},

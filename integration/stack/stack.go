@@ -9,6 +9,7 @@ import (
 	"context"
 	"embed"
 	"fmt"
+	"github.com/bqsink/bqsink/bq"
 	"net"
 	"net/http"
 	"strconv"
@@ -178,6 +179,9 @@ func (st *Stack) Config(group string, topics ...string) sink.Config {
 	cfg.BigQuery.Dataset = Dataset
 	cfg.BigQuery.Endpoint = st.BigQuery.RESTEndpoint()
 	cfg.BigQuery.GRPCEndpoint = st.BigQuery.GRPCEndpoint()
+	// The test server shares connections as BigQuery does: run BigQuery's
+	// default pool, not the emulators' connection per table.
+	cfg.BigQuery.MaxConnections = bq.DefaultMaxConnections
 	cfg.Tables = map[string]sink.TableRoute{StockTopic: sink.Route(StockTable)} // as in config.yaml
 	cfg.Batch = sink.BatchConfig{MaxRecords: 500, MaxWait: 100 * time.Millisecond}
 	cfg.Errors.DLQTopic = DLQTopic
@@ -246,6 +250,34 @@ func (st *Stack) GroupOffsets(ctx context.Context, group, topic string) (Offsets
 		}
 	})
 	return o, nil
+}
+
+// GroupOffsetsOf is GroupOffsets for many topics in two requests.
+func (st *Stack) GroupOffsetsOf(ctx context.Context, group string, topics ...string) (map[string]Offsets, error) {
+	adm := kadm.NewClient(st.producer)
+	out := make(map[string]Offsets, len(topics))
+	for _, t := range topics {
+		out[t] = Offsets{Committed: map[int32]int64{}, End: map[int32]int64{}}
+	}
+	ends, err := adm.ListEndOffsets(ctx, topics...)
+	if err != nil {
+		return nil, fmt.Errorf("list end offsets: %w", err)
+	}
+	ends.Each(func(l kadm.ListedOffset) {
+		if o, ok := out[l.Topic]; ok {
+			o.End[l.Partition] = l.Offset
+		}
+	})
+	committed, err := adm.FetchOffsetsForTopics(ctx, group, topics...)
+	if err != nil {
+		return nil, fmt.Errorf("fetch committed offsets: %w", err)
+	}
+	committed.Each(func(r kadm.OffsetResponse) {
+		if o, ok := out[r.Topic]; ok {
+			o.Committed[r.Partition] = r.At
+		}
+	})
+	return out, nil
 }
 
 // WaitCommitted polls until group has committed every record of topic, or
