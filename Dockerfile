@@ -1,6 +1,6 @@
 # bqsink's image: the static binary on distroless, run as its non-root user
 # (uid 65532). It carries no config: mount yours at /etc/bqsink/config.yaml
-# (README, "Running it"). config.yaml in this repository points at the local
+# (README, "Docker"). config.yaml in this repository points at the local
 # test stack with authentication off, and .dockerignore keeps it out.
 #
 #   docker build -t bqsink \

@@ -164,43 +164,46 @@ func (c configDoc) fileKeys() map[string]string {
 // from Application Default Credentials (workload identity), dynamic group
 // membership, secrets only through ${VAR}.
 func TestProductionConfig(t *testing.T) {
-	cfg := readConfig(t, "config.example.yaml")
-	for _, key := range []string{"bigquery.endpoint", "bigquery.grpc_endpoint"} {
-		if v, ok := cfg.lookup(key); ok && v != "" {
-			t.Errorf("%s is %v: an endpoint override turns authentication off; production talks to Google", key, v)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		cfg := s.cfg
+		for _, key := range []string{"bigquery.endpoint", "bigquery.grpc_endpoint"} {
+			if v, ok := cfg.lookup(key); ok && v != "" {
+				t.Errorf("%s is %v: an endpoint override turns authentication off; production talks to Google", key, v)
+			}
 		}
-	}
-	if v := cfg.string(t, "bigquery.credentials_file"); v != "" {
-		t.Errorf("bigquery.credentials_file is %q: on GKE the pod's workload identity provides the credentials", v)
-	}
-	if v := cfg.string(t, "kafka.instance_id"); v != "" {
-		t.Errorf("kafka.instance_id %q: static membership gives every replica the same ID under a Deployment", v)
-	}
-	if u := cfg.string(t, "schema_registry.url"); !strings.HasPrefix(u, "https://") {
-		t.Errorf("schema_registry.url %q: production credentials go over https", u)
-	}
-	if cfg.bool(t, "kafka.tls.insecure_skip_verify") || cfg.bool(t, "kafka.sasl.allow_plaintext") {
-		t.Error("kafka.tls.insecure_skip_verify and kafka.sasl.allow_plaintext must be false in production")
-	}
-	for _, key := range []string{"kafka.sasl.password", "schema_registry.password"} {
-		if v := cfg.string(t, key); v != "" && envRef(v) == "" {
-			t.Errorf("%s is written in the config; use ${VAR} set from a Secret", key)
+		if v := cfg.string(t, "bigquery.credentials_file"); v != "" {
+			t.Errorf("bigquery.credentials_file is %q: on GKE the pod's workload identity provides the credentials", v)
 		}
-	}
+		if v := cfg.string(t, "kafka.instance_id"); v != "" {
+			t.Errorf("kafka.instance_id %q: static membership gives every replica the same ID under a Deployment", v)
+		}
+		if u := cfg.string(t, "schema_registry.url"); !strings.HasPrefix(u, "https://") {
+			t.Errorf("schema_registry.url %q: production credentials go over https", u)
+		}
+		if cfg.bool(t, "kafka.tls.insecure_skip_verify") || cfg.bool(t, "kafka.sasl.allow_plaintext") {
+			t.Error("kafka.tls.insecure_skip_verify and kafka.sasl.allow_plaintext must be false in production")
+		}
+		for _, key := range []string{"kafka.sasl.password", "schema_registry.password"} {
+			if v := cfg.string(t, key); v != "" && envRef(v) == "" {
+				t.Errorf("%s is written in the config; use ${VAR} set from a Secret", key)
+			}
+		}
+	})
 }
 
 // TestConfigPassesCheck runs `bqsink -check` (the daemon built from the
 // parent module) on the ConfigMap's config, with every variable it reads
 // set and every file it names present.
 func TestConfigPassesCheck(t *testing.T) {
-	d := load(t)
-	cfg := readConfig(t, "config.example.yaml")
-	if d.configMap.Data["config.yaml"] != string(cfg.raw) {
-		t.Fatal("the ConfigMap's config differs from config.example.yaml (TestConfigMapMatchesExample)")
-	}
-	if out, err := runCheck(t, cfg); err != nil {
-		t.Fatalf("bqsink -check failed on the ConfigMap's config: %v\n%s", err, out)
-	}
+	forEachSetup(t, func(t *testing.T, s setup) {
+		d, cfg := s.d, s.cfg
+		if d.configMap.Data["config.yaml"] != string(cfg.raw) {
+			t.Fatal("the ConfigMap's config differs from config.example.yaml (TestConfigMapMatchesExample)")
+		}
+		if out, err := runCheck(t, cfg); err != nil {
+			t.Fatalf("bqsink -check failed on the ConfigMap's config: %v\n%s", err, out)
+		}
+	})
 }
 
 // runCheck writes cfg with each file it names replaced by a generated one
@@ -363,56 +366,69 @@ func (d deployFiles) mountedSecretFile(p string) (secretKey, bool) {
 // exists in the Secret example (and is not optional), and every file the
 // config names is a Secret key the Deployment mounts there.
 func TestSecretReferences(t *testing.T) {
-	d := load(t)
-	cfg := readConfig(t, "config.example.yaml")
-	c := d.deployment.Spec.Template.Spec.Containers[0]
-	set := map[string]bool{}
-	for _, e := range c.Env {
-		set[e.Name] = true
-	}
-	vars := cfg.envVars()
-	for _, v := range vars {
-		if !set[v] {
-			t.Errorf("config reads ${%s}; the Deployment does not set it (bqsink would refuse to start)", v)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		d, cfg := s.d, s.cfg
+		c := d.deployment.Spec.Template.Spec.Containers[0]
+		set := map[string]bool{}
+		for _, e := range c.Env {
+			set[e.Name] = true
 		}
-	}
-	for name, src := range d.secretEnv() {
-		if !slices.Contains(vars, name) {
-			t.Errorf("the Deployment sets %s from %s; the config never reads it", name, src)
-		}
-	}
-	for _, e := range c.Env {
-		if r := e.ValueFrom; r != nil && r.SecretKeyRef != nil {
-			k := secretKey{r.SecretKeyRef.Name, r.SecretKeyRef.Key}
-			if !d.hasSecretKey(k) {
-				t.Errorf("env %s reads %s, which the Secret example does not have", e.Name, k)
-			}
-			if r.SecretKeyRef.Optional != nil && *r.SecretKeyRef.Optional {
-				t.Errorf("env %s: optional: a missing Secret must stop the pod, not start it without credentials", e.Name)
+		vars := cfg.envVars()
+		for _, v := range vars {
+			if !set[v] {
+				t.Errorf("config reads ${%s}; the Deployment does not set it (bqsink would refuse to start)", v)
 			}
 		}
-	}
-	for _, v := range d.deployment.Spec.Template.Spec.Volumes {
-		if v.Secret == nil {
-			continue
-		}
-		if _, ok := d.secrets[v.Secret.SecretName]; !ok {
-			t.Errorf("volume %s mounts Secret %s, which the Secret example does not define", v.Name, v.Secret.SecretName)
-		}
-		for _, it := range v.Secret.Items {
-			if !d.hasSecretKey(secretKey{v.Secret.SecretName, it.Key}) {
-				t.Errorf("volume %s mounts %s", v.Name, secretKey{v.Secret.SecretName, it.Key})
+		for name, src := range d.secretEnv() {
+			if !slices.Contains(vars, name) {
+				t.Errorf("the Deployment sets %s from %s; the config never reads it", name, src)
 			}
 		}
-	}
-	for key, file := range cfg.fileKeys() {
-		if src, ok := d.mountedSecretFile(file); !ok {
-			t.Errorf("config %s names %s; the Deployment mounts no Secret key there", key, file)
-		} else if !d.hasSecretKey(src) {
-			t.Errorf("config %s names %s: %s is not in the Secret example", key, file, src)
+		for _, e := range c.Env {
+			if r := e.ValueFrom; r != nil && r.SecretKeyRef != nil {
+				k := secretKey{r.SecretKeyRef.Name, r.SecretKeyRef.Key}
+				if !d.hasSecretKey(k) {
+					t.Errorf("env %s reads %s, which the Secret example does not have", e.Name, k)
+				}
+				if r.SecretKeyRef.Optional != nil && *r.SecretKeyRef.Optional {
+					t.Errorf("env %s: optional: a missing Secret must stop the pod, not start it without credentials", e.Name)
+				}
+			}
 		}
-	}
-	if len(vars) == 0 {
-		t.Error("the config reads no variables: where do the credentials come from?")
-	}
+		for _, v := range d.deployment.Spec.Template.Spec.Volumes {
+			if v.Secret == nil {
+				continue
+			}
+			if _, ok := d.secrets[v.Secret.SecretName]; !ok {
+				t.Errorf("volume %s mounts Secret %s, which the Secret example does not define", v.Name, v.Secret.SecretName)
+			}
+			for _, it := range v.Secret.Items {
+				if !d.hasSecretKey(secretKey{v.Secret.SecretName, it.Key}) {
+					t.Errorf("volume %s mounts %s", v.Name, secretKey{v.Secret.SecretName, it.Key})
+				}
+			}
+		}
+		for key, file := range cfg.fileKeys() {
+			if src, ok := d.mountedSecretFile(file); !ok {
+				t.Errorf("config %s names %s; the Deployment mounts no Secret key there", key, file)
+			} else if !d.hasSecretKey(src) {
+				t.Errorf("config %s names %s: %s is not in the Secret example", key, file, src)
+			}
+		}
+		// Files named by the environment rather than the config: the
+		// BigQuery key of Application Default Credentials.
+		for _, e := range c.Env {
+			if e.Name != "GOOGLE_APPLICATION_CREDENTIALS" {
+				continue
+			}
+			if src, ok := d.mountedSecretFile(e.Value); !ok {
+				t.Errorf("env %s names %s; the Deployment mounts no Secret key there", e.Name, e.Value)
+			} else if !d.hasSecretKey(src) {
+				t.Errorf("env %s names %s: %s is not in the Secret examples", e.Name, e.Value, src)
+			}
+		}
+		if len(vars) == 0 {
+			t.Error("the config reads no variables: where do the credentials come from?")
+		}
+	})
 }

@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"fmt"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -256,194 +257,232 @@ var saslMechanisms = map[string][2]string{
 // above the lag a healthy group carries; a group stuck on a BigQuery outage
 // does not scale out.
 func TestScaledObject(t *testing.T) {
-	d := load(t)
-	cfg := readConfig(t, "config.example.yaml")
-	so := d.scaledObject
-	if so.APIVersion != "keda.sh/v1alpha1" || so.Kind != "ScaledObject" {
-		t.Fatalf("ScaledObject: apiVersion %q kind %q", so.APIVersion, so.Kind)
-	}
-	ref := so.Spec.ScaleTargetRef
-	if ref.Name != d.deployment.Name || (ref.Kind != "" && ref.Kind != "Deployment") || (ref.APIVersion != "" && ref.APIVersion != "apps/v1") {
-		t.Errorf("scaleTargetRef %+v: want the Deployment %s", ref, d.deployment.Name)
-	}
-	if so.Spec.MinReplicaCount == nil || so.Spec.MaxReplicaCount == nil {
-		t.Fatal("minReplicaCount and maxReplicaCount must be set")
-	}
-	minR, maxR := *so.Spec.MinReplicaCount, *so.Spec.MaxReplicaCount
-	if minR < 0 || maxR < 1 || minR > maxR {
-		t.Errorf("minReplicaCount %d, maxReplicaCount %d", minR, maxR)
-	}
+	forEachSetup(t, func(t *testing.T, s setup) {
+		d, cfg := s.d, s.cfg
+		so := d.scaledObject
+		if so.APIVersion != "keda.sh/v1alpha1" || so.Kind != "ScaledObject" {
+			t.Fatalf("ScaledObject: apiVersion %q kind %q", so.APIVersion, so.Kind)
+		}
+		ref := so.Spec.ScaleTargetRef
+		if ref.Name != d.deployment.Name || (ref.Kind != "" && ref.Kind != "Deployment") || (ref.APIVersion != "" && ref.APIVersion != "apps/v1") {
+			t.Errorf("scaleTargetRef %+v: want the Deployment %s", ref, d.deployment.Name)
+		}
+		if so.Spec.MinReplicaCount == nil || so.Spec.MaxReplicaCount == nil {
+			t.Fatal("minReplicaCount and maxReplicaCount must be set")
+		}
+		minR, maxR := *so.Spec.MinReplicaCount, *so.Spec.MaxReplicaCount
+		if minR < 0 || maxR < 1 || minR > maxR {
+			t.Errorf("minReplicaCount %d, maxReplicaCount %d", minR, maxR)
+		}
 
-	// Partitions: documented per topic, and maxReplicaCount within them.
-	partitions := map[string]int{}
-	for pair := range strings.SplitSeq(so.Metadata.Annotations["bqsink/topic-partitions"], ",") {
-		topic, n, ok := strings.Cut(strings.TrimSpace(pair), "=")
-		p, err := strconv.Atoi(n)
-		if !ok || err != nil || p < 1 {
-			t.Fatalf("annotation bqsink/topic-partitions %q: want topic=partitions,...", so.Metadata.Annotations["bqsink/topic-partitions"])
+		// Partitions: documented per topic, and maxReplicaCount within them.
+		partitions := map[string]int{}
+		for pair := range strings.SplitSeq(so.Metadata.Annotations["bqsink/topic-partitions"], ",") {
+			topic, n, ok := strings.Cut(strings.TrimSpace(pair), "=")
+			p, err := strconv.Atoi(n)
+			if !ok || err != nil || p < 1 {
+				t.Fatalf("annotation bqsink/topic-partitions %q: want topic=partitions,...", so.Metadata.Annotations["bqsink/topic-partitions"])
+			}
+			partitions[topic] = p
 		}
-		partitions[topic] = p
-	}
-	topics := cfg.strings(t, "kafka.topics")
-	total := 0
-	for _, topic := range topics {
-		n, ok := partitions[topic]
-		if !ok {
-			t.Errorf("annotation bqsink/topic-partitions does not give the partitions of %s", topic)
-		}
-		total += n
-	}
-	if int(maxR) > total {
-		t.Errorf("maxReplicaCount %d is above the %d partitions of %v: the extra replicas would own nothing", maxR, total, topics)
-	}
-
-	// One kafka trigger per configured topic, each matching the config.
-	group := cfg.string(t, "kafka.group_id")
-	brokers := cfg.strings(t, "kafka.brokers")
-	mechanism := strings.ToLower(cfg.string(t, "kafka.sasl.mechanism"))
-	tlsEnabled := cfg.bool(t, "kafka.tls.enabled")
-	startOffset := cfg.string(t, "kafka.start_offset")
-	// A record waits up to max_wait in its batch, then for the append's
-	// answer and the commit that follows it at once: a second at most.
-	steady := cfg.duration(t, "batch.max_wait") + time.Second
-	peak, err := strconv.ParseFloat(so.Metadata.Annotations["bqsink/peak-records-per-second"], 64)
-	if err != nil || peak <= 0 {
-		t.Fatalf("annotation bqsink/peak-records-per-second %q: want the expected peak rate", so.Metadata.Annotations["bqsink/peak-records-per-second"])
-	}
-	var watched []string
-	for i, tr := range so.Spec.Triggers {
-		name := fmt.Sprintf("triggers[%d]", i)
-		if tr.Type != "kafka" {
-			t.Errorf("%s: type %q, want kafka", name, tr.Type)
-			continue
-		}
-		for k, v := range tr.Metadata {
-			check, ok := kafkaTriggerKeys[k]
+		topics := cfg.strings(t, "kafka.topics")
+		total := 0
+		for _, topic := range topics {
+			n, ok := partitions[topic]
 			if !ok {
-				t.Errorf("%s: metadata key %q is not one of the kafka trigger's", name, k)
+				t.Errorf("annotation bqsink/topic-partitions does not give the partitions of %s", topic)
+			}
+			total += n
+		}
+		if int(maxR) > total {
+			t.Errorf("maxReplicaCount %d is above the %d partitions of %v: the extra replicas would own nothing", maxR, total, topics)
+		}
+
+		// One kafka trigger per configured topic, each matching the config.
+		group := cfg.string(t, "kafka.group_id")
+		brokers := cfg.strings(t, "kafka.brokers")
+		mechanism := strings.ToLower(cfg.string(t, "kafka.sasl.mechanism"))
+		tlsEnabled := cfg.bool(t, "kafka.tls.enabled")
+		startOffset := cfg.string(t, "kafka.start_offset")
+		// A record waits up to max_wait in its batch, then for the append's
+		// answer and the commit that follows it at once: a second at most.
+		steady := cfg.duration(t, "batch.max_wait") + time.Second
+		peak, err := strconv.ParseFloat(so.Metadata.Annotations["bqsink/peak-records-per-second"], 64)
+		if err != nil || peak <= 0 {
+			t.Fatalf("annotation bqsink/peak-records-per-second %q: want the expected peak rate", so.Metadata.Annotations["bqsink/peak-records-per-second"])
+		}
+		var watched []string
+		for i, tr := range so.Spec.Triggers {
+			name := fmt.Sprintf("triggers[%d]", i)
+			if tr.Type != "kafka" {
+				t.Errorf("%s: type %q, want kafka", name, tr.Type)
 				continue
 			}
-			if err := check(v); err != nil {
-				t.Errorf("%s: metadata %s: %v", name, k, err)
+			for k, v := range tr.Metadata {
+				check, ok := kafkaTriggerKeys[k]
+				if !ok {
+					t.Errorf("%s: metadata key %q is not one of the kafka trigger's", name, k)
+					continue
+				}
+				if err := check(v); err != nil {
+					t.Errorf("%s: metadata %s: %v", name, k, err)
+				}
+			}
+			md := tr.Metadata
+			if tr.MetricType != "" && tr.MetricType != "AverageValue" {
+				t.Errorf("%s: metricType %s: lagThreshold is explained as a per-replica average (AverageValue)", name, tr.MetricType)
+			}
+			if md["consumerGroup"] != group {
+				t.Errorf("%s: consumerGroup %q, config kafka.group_id %q", name, md["consumerGroup"], group)
+			}
+			if got := strings.Split(md["bootstrapServers"], ","); !slices.Equal(got, brokers) {
+				t.Errorf("%s: bootstrapServers %v, config kafka.brokers %v", name, got, brokers)
+			}
+			if md["topic"] == "" {
+				t.Errorf("%s: no topic: KEDA would sum the lag of every topic the group ever committed", name)
+			}
+			watched = append(watched, md["topic"])
+			if md["offsetResetPolicy"] != startOffset {
+				t.Errorf("%s: offsetResetPolicy %q, config kafka.start_offset %q: KEDA would count a new group's lag differently from where bqsink starts", name, md["offsetResetPolicy"], startOffset)
+			}
+			wantSASL, ok := saslMechanisms[mechanism]
+			if !ok {
+				t.Errorf("config kafka.sasl.mechanism %q: no kafka trigger equivalent known", mechanism)
+			}
+			if md["sasl"] != wantSASL[0] || md["saslTokenProvider"] != wantSASL[1] {
+				t.Errorf("%s: sasl %q saslTokenProvider %q, want %q %q for kafka.sasl.mechanism %q",
+					name, md["sasl"], md["saslTokenProvider"], wantSASL[0], wantSASL[1], mechanism)
+			}
+			if (md["tls"] == "enable") != tlsEnabled {
+				t.Errorf("%s: tls %q, config kafka.tls.enabled %v", name, md["tls"], tlsEnabled)
+			}
+			if md["unsafeSsl"] == "true" {
+				t.Errorf("%s: unsafeSsl true", name)
+			}
+			if md["excludePersistentLag"] != "true" {
+				t.Errorf("%s: excludePersistentLag must be \"true\": during a BigQuery outage every partition's lag grows and more replicas would not help", name)
+			}
+			if md["allowIdleConsumers"] == "true" {
+				t.Errorf("%s: allowIdleConsumers true: replicas beyond the partitions would own nothing", name)
+			}
+			lag, _ := strconv.ParseFloat(md["lagThreshold"], 64)
+			if steadyLag := peak * steady.Seconds(); lag < 2*steadyLag {
+				t.Errorf("%s: lagThreshold %.0f is below twice the steady lag of a healthy group, %.0f records/s x (batch.max_wait + 1s for the append and the commit = %s) = %.0f: KEDA would scale out replicas that keep up",
+					name, lag, peak, steady, steadyLag)
+			}
+			if minR == 0 && md["activationLagThreshold"] != "0" {
+				t.Errorf("%s: with minReplicaCount 0, activationLagThreshold %q leaves that many records unwritten on a quiet topic", name, md["activationLagThreshold"])
+			}
+			if tr.AuthenticationRef == nil || tr.AuthenticationRef.Name != d.triggerAuth.Metadata.Name ||
+				(tr.AuthenticationRef.Kind != "" && tr.AuthenticationRef.Kind != "TriggerAuthentication") {
+				t.Errorf("%s: authenticationRef %+v, want the TriggerAuthentication %s", name, tr.AuthenticationRef, d.triggerAuth.Metadata.Name)
 			}
 		}
-		md := tr.Metadata
-		if tr.MetricType != "" && tr.MetricType != "AverageValue" {
-			t.Errorf("%s: metricType %s: lagThreshold is explained as a per-replica average (AverageValue)", name, tr.MetricType)
+		slices.Sort(watched)
+		if want := slices.Sorted(slices.Values(topics)); !slices.Equal(watched, want) {
+			t.Errorf("the kafka triggers watch %v; config kafka.topics is %v (one trigger per topic; a regular expression cannot be watched)", watched, want)
 		}
-		if md["consumerGroup"] != group {
-			t.Errorf("%s: consumerGroup %q, config kafka.group_id %q", name, md["consumerGroup"], group)
-		}
-		if got := strings.Split(md["bootstrapServers"], ","); !slices.Equal(got, brokers) {
-			t.Errorf("%s: bootstrapServers %v, config kafka.brokers %v", name, got, brokers)
-		}
-		if md["topic"] == "" {
-			t.Errorf("%s: no topic: KEDA would sum the lag of every topic the group ever committed", name)
-		}
-		watched = append(watched, md["topic"])
-		if md["offsetResetPolicy"] != startOffset {
-			t.Errorf("%s: offsetResetPolicy %q, config kafka.start_offset %q: KEDA would count a new group's lag differently from where bqsink starts", name, md["offsetResetPolicy"], startOffset)
-		}
-		wantSASL, ok := saslMechanisms[mechanism]
-		if !ok {
-			t.Errorf("config kafka.sasl.mechanism %q: no kafka trigger equivalent known", mechanism)
-		}
-		if md["sasl"] != wantSASL[0] || md["saslTokenProvider"] != wantSASL[1] {
-			t.Errorf("%s: sasl %q saslTokenProvider %q, want %q %q for kafka.sasl.mechanism %q",
-				name, md["sasl"], md["saslTokenProvider"], wantSASL[0], wantSASL[1], mechanism)
-		}
-		if (md["tls"] == "enable") != tlsEnabled {
-			t.Errorf("%s: tls %q, config kafka.tls.enabled %v", name, md["tls"], tlsEnabled)
-		}
-		if md["unsafeSsl"] == "true" {
-			t.Errorf("%s: unsafeSsl true", name)
-		}
-		if md["excludePersistentLag"] != "true" {
-			t.Errorf("%s: excludePersistentLag must be \"true\": during a BigQuery outage every partition's lag grows and more replicas would not help", name)
-		}
-		if md["allowIdleConsumers"] == "true" {
-			t.Errorf("%s: allowIdleConsumers true: replicas beyond the partitions would own nothing", name)
-		}
-		lag, _ := strconv.ParseFloat(md["lagThreshold"], 64)
-		if steadyLag := peak * steady.Seconds(); lag < 2*steadyLag {
-			t.Errorf("%s: lagThreshold %.0f is below twice the steady lag of a healthy group, %.0f records/s x (batch.max_wait + 1s for the append and the commit = %s) = %.0f: KEDA would scale out replicas that keep up",
-				name, lag, peak, steady, steadyLag)
-		}
-		if minR == 0 && md["activationLagThreshold"] != "0" {
-			t.Errorf("%s: with minReplicaCount 0, activationLagThreshold %q leaves that many records unwritten on a quiet topic", name, md["activationLagThreshold"])
-		}
-		if tr.AuthenticationRef == nil || tr.AuthenticationRef.Name != d.triggerAuth.Metadata.Name ||
-			(tr.AuthenticationRef.Kind != "" && tr.AuthenticationRef.Kind != "TriggerAuthentication") {
-			t.Errorf("%s: authenticationRef %+v, want the TriggerAuthentication %s", name, tr.AuthenticationRef, d.triggerAuth.Metadata.Name)
-		}
-	}
-	slices.Sort(watched)
-	if want := slices.Sorted(slices.Values(topics)); !slices.Equal(watched, want) {
-		t.Errorf("the kafka triggers watch %v; config kafka.topics is %v (one trigger per topic; a regular expression cannot be watched)", watched, want)
-	}
 
-	// Scaling behaviour: slow, one-at-a-time scale-in; scale-out that waits
-	// out a rebalance's lag bump.
-	adv := so.Spec.Advanced
-	if adv == nil || adv.HorizontalPodAutoscalerConfig == nil || adv.HorizontalPodAutoscalerConfig.Behavior == nil {
-		t.Fatal("advanced.horizontalPodAutoscalerConfig.behavior is not set")
-	}
-	b := adv.HorizontalPodAutoscalerConfig.Behavior
-	if b.ScaleDown == nil || b.ScaleDown.StabilizationWindowSeconds == nil || *b.ScaleDown.StabilizationWindowSeconds < 300 {
-		t.Errorf("scaleDown.stabilizationWindowSeconds must be at least 300: every scale-in is a rebalance")
-	}
-	if b.ScaleUp == nil || b.ScaleUp.StabilizationWindowSeconds == nil || *b.ScaleUp.StabilizationWindowSeconds < 30 {
-		t.Errorf("scaleUp.stabilizationWindowSeconds must be at least 30: a rebalance's own lag bump must not trigger the next")
-	}
+		// Scaling behaviour: slow, one-at-a-time scale-in; scale-out that waits
+		// out a rebalance's lag bump.
+		adv := so.Spec.Advanced
+		if adv == nil || adv.HorizontalPodAutoscalerConfig == nil || adv.HorizontalPodAutoscalerConfig.Behavior == nil {
+			t.Fatal("advanced.horizontalPodAutoscalerConfig.behavior is not set")
+		}
+		b := adv.HorizontalPodAutoscalerConfig.Behavior
+		if b.ScaleDown == nil || b.ScaleDown.StabilizationWindowSeconds == nil || *b.ScaleDown.StabilizationWindowSeconds < 300 {
+			t.Errorf("scaleDown.stabilizationWindowSeconds must be at least 300: every scale-in is a rebalance")
+		}
+		if b.ScaleUp == nil || b.ScaleUp.StabilizationWindowSeconds == nil || *b.ScaleUp.StabilizationWindowSeconds < 30 {
+			t.Errorf("scaleUp.stabilizationWindowSeconds must be at least 30: a rebalance's own lag bump must not trigger the next")
+		}
+	})
 }
 
-// TestTriggerAuthentication checks that KEDA authenticates with the same
-// credentials as bqsink: the same Secret keys for the SASL user and
-// password that the Deployment puts in the environment the config reads,
-// and the same CA that the Deployment mounts at kafka.tls.ca_file.
+// TestTriggerAuthentication checks that KEDA authenticates as bqsink does.
+// With a user and password (plain, scram-*): the same Secret keys that the
+// Deployment puts in the environment the config reads. With aws-msk-iam:
+// the workload's own AWS identity (IRSA: the role annotated on bqsink's
+// service account), and the region of the brokers' host names. And KEDA
+// trusts the CA bqsink trusts: the same Secret key the Deployment mounts at
+// kafka.tls.ca_file, or, without one, no ca at all (both use their system
+// roots).
 func TestTriggerAuthentication(t *testing.T) {
-	d := load(t)
-	cfg := readConfig(t, "config.example.yaml")
-	ta := d.triggerAuth
-	if ta.APIVersion != "keda.sh/v1alpha1" || ta.Kind != "TriggerAuthentication" {
-		t.Fatalf("TriggerAuthentication: apiVersion %q kind %q", ta.APIVersion, ta.Kind)
-	}
-	params := map[string]secretKey{}
-	for _, r := range ta.Spec.SecretTargetRef {
-		if !slices.Contains(kafkaAuthParameters, r.Parameter) {
-			t.Errorf("secretTargetRef parameter %q is not one of the kafka trigger's", r.Parameter)
+	forEachSetup(t, func(t *testing.T, s setup) {
+		d, cfg := s.d, s.cfg
+		ta := d.triggerAuth
+		if ta.APIVersion != "keda.sh/v1alpha1" || ta.Kind != "TriggerAuthentication" {
+			t.Fatalf("TriggerAuthentication: apiVersion %q kind %q", ta.APIVersion, ta.Kind)
 		}
-		if _, dup := params[r.Parameter]; dup {
-			t.Errorf("secretTargetRef parameter %q given twice", r.Parameter)
+		params := map[string]secretKey{}
+		for _, r := range ta.Spec.SecretTargetRef {
+			if !slices.Contains(kafkaAuthParameters, r.Parameter) {
+				t.Errorf("secretTargetRef parameter %q is not one of the kafka trigger's", r.Parameter)
+			}
+			if _, dup := params[r.Parameter]; dup {
+				t.Errorf("secretTargetRef parameter %q given twice", r.Parameter)
+			}
+			k := secretKey{r.Name, r.Key}
+			if !d.hasSecretKey(k) {
+				t.Errorf("secretTargetRef %s: %s is not in the Secret examples", r.Parameter, k)
+			}
+			params[r.Parameter] = k
 		}
-		k := secretKey{r.Name, r.Key}
-		if !d.hasSecretKey(k) {
-			t.Errorf("secretTargetRef %s: %s is not in the Secret example", r.Parameter, k)
+		env := d.secretEnv()
+		switch mechanism := strings.ToLower(cfg.string(t, "kafka.sasl.mechanism")); mechanism {
+		case "plain", "scram-sha-256", "scram-sha-512":
+			for param, cfgKey := range map[string]string{"username": "kafka.sasl.username", "password": "kafka.sasl.password"} {
+				v := envRef(cfg.string(t, cfgKey))
+				if v == "" {
+					t.Errorf("config %s should come from the environment (${VAR}), not be written in the ConfigMap", cfgKey)
+					continue
+				}
+				if params[param] != env[v] {
+					t.Errorf("KEDA's %s comes from %s, bqsink's %s (${%s}) from %s: they must be the same", param, params[param], cfgKey, v, env[v])
+				}
+			}
+			if ta.Spec.PodIdentity != nil {
+				t.Errorf("podIdentity %+v with SASL %s: KEDA authenticates with the user and password", ta.Spec.PodIdentity, mechanism)
+			}
+		case "aws-msk-iam":
+			role := d.serviceAccount.Annotations["eks.amazonaws.com/role-arn"]
+			if !strings.HasPrefix(role, "arn:aws:iam::") {
+				t.Errorf("ServiceAccount %s: annotation eks.amazonaws.com/role-arn %q: IRSA gives bqsink its AWS role from it", d.serviceAccount.Name, role)
+			}
+			pi := ta.Spec.PodIdentity
+			if pi == nil || pi.Provider != "aws" || !(pi.IdentityOwner == "workload" || (pi.IdentityOwner == "" && pi.RoleArn == role)) {
+				t.Errorf("podIdentity %+v: want provider aws with identityOwner workload (the role of bqsink's service account, %s)", pi, role)
+			}
+			for _, p := range []string{"username", "password", "awsAccessKeyID", "awsSecretAccessKey"} {
+				if _, ok := params[p]; ok {
+					t.Errorf("secretTargetRef %s with aws-msk-iam: KEDA takes the workload's role", p)
+				}
+			}
+			for i, tr := range d.scaledObject.Spec.Triggers {
+				for _, b := range cfg.strings(t, "kafka.brokers") {
+					if m := mskHost.FindStringSubmatch(b); m == nil || m[1] != tr.Metadata["awsRegion"] {
+						t.Errorf("triggers[%d]: awsRegion %q; broker %s is in %v (bqsink takes the region from the host name)", i, tr.Metadata["awsRegion"], b, m)
+					}
+				}
+			}
+		default:
+			t.Errorf("kafka.sasl.mechanism %q: no check of KEDA's authentication for it", mechanism)
 		}
-		params[r.Parameter] = k
-	}
-	env := d.secretEnv()
-	for param, cfgKey := range map[string]string{"username": "kafka.sasl.username", "password": "kafka.sasl.password"} {
-		v := envRef(cfg.string(t, cfgKey))
-		if v == "" {
-			t.Errorf("config %s should come from the environment (${VAR}), not be written in the ConfigMap", cfgKey)
-			continue
-		}
-		if params[param] != env[v] {
-			t.Errorf("KEDA's %s comes from %s, bqsink's %s (${%s}) from %s: they must be the same", param, params[param], cfgKey, v, env[v])
-		}
-	}
-	if cfg.bool(t, "kafka.tls.enabled") {
-		if ca := cfg.string(t, "kafka.tls.ca_file"); ca != "" {
+		if ca := cfg.string(t, "kafka.tls.ca_file"); cfg.bool(t, "kafka.tls.enabled") && ca != "" {
 			src, ok := d.mountedSecretFile(ca)
 			if !ok {
 				t.Errorf("config kafka.tls.ca_file %s is not a Secret's key mounted by the Deployment", ca)
 			} else if params["ca"] != src {
 				t.Errorf("KEDA's ca comes from %s, bqsink's kafka.tls.ca_file from %s", params["ca"], src)
 			}
+		} else if _, ok := params["ca"]; ok {
+			t.Errorf("KEDA's ca comes from %s, but bqsink trusts its system roots (no kafka.tls.ca_file)", params["ca"])
 		}
-	}
+	})
 }
+
+// mskHost matches an MSK broker's host name and captures its region.
+var mskHost = regexp.MustCompile(`\.kafka\.([a-z0-9-]+)\.amazonaws\.com(:\d+)?$`)
 
 // envRef returns VAR when s is exactly "${VAR}".
 func envRef(s string) string {

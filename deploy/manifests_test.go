@@ -3,32 +3,30 @@ package deploy
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/yaml"
 )
 
-var update = flag.Bool("update", false, "rewrite kubernetes/configmap.yaml and the Deployment's config checksum from config.example.yaml")
-
-// manifest is one YAML document of a file under kubernetes/ or monitoring/.
+// manifest is one YAML document: of a file under kubernetes/ or
+// monitoring/, or of what kustomize built from a directory.
 type manifest struct {
-	file       string // relative to deploy/
+	file       string // relative to deploy/; a built directory's name ends in " (built)"
 	index      int    // document number in the file, from 0
 	raw        []byte
 	apiVersion string
@@ -40,49 +38,48 @@ func (m manifest) String() string {
 	return fmt.Sprintf("%s#%d (%s %s)", m.file, m.index, m.kind, m.name)
 }
 
-// readManifests reads every document of every .yaml file in dir, except
-// kustomization.yaml.
-func readManifests(t *testing.T, dir string) []manifest {
+// readManifests reads every document of a YAML file.
+func readManifests(t *testing.T, file string) []manifest {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ms, err := splitManifests(file, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ms
+}
+
+// splitManifests splits a YAML stream into its documents.
+func splitManifests(file string, b []byte) ([]manifest, error) {
 	var out []manifest
-	for _, f := range files {
-		if filepath.Base(f) == "kustomization.yaml" {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
+	for i := 0; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", file, err)
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
 			continue
 		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+			Metadata   struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
 		}
-		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(b)))
-		for i := 0; ; i++ {
-			doc, err := r.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", f, err)
-			}
-			if len(bytes.TrimSpace(stripComments(doc))) == 0 {
-				continue
-			}
-			var head struct {
-				APIVersion string `json:"apiVersion"`
-				Kind       string `json:"kind"`
-				Metadata   struct {
-					Name string `json:"name"`
-				} `json:"metadata"`
-			}
-			if err := yaml.Unmarshal(doc, &head); err != nil {
-				t.Fatalf("%s#%d: %v", f, i, err)
-			}
-			out = append(out, manifest{file: f, index: i, raw: doc, apiVersion: head.APIVersion, kind: head.Kind, name: head.Metadata.Name})
+		if err := yaml.Unmarshal(doc, &head); err != nil {
+			return nil, fmt.Errorf("%s#%d: %v", file, i, err)
 		}
+		out = append(out, manifest{file: file, index: i, raw: doc, apiVersion: head.APIVersion, kind: head.Kind, name: head.Metadata.Name})
 	}
-	return out
+	return out, nil
 }
 
 func stripComments(b []byte) []byte {
@@ -120,55 +117,70 @@ func decodeStrict(m manifest, v any) error {
 // value of the type it decodes strictly into. Anything else is an error:
 // a new kind needs a type here first.
 var kinds = map[string]func() any{
-	"v1/Namespace":                  func() any { return new(corev1.Namespace) },
-	"v1/ServiceAccount":             func() any { return new(corev1.ServiceAccount) },
-	"v1/ConfigMap":                  func() any { return new(corev1.ConfigMap) },
-	"v1/Secret":                     func() any { return new(corev1.Secret) },
-	"v1/Service":                    func() any { return new(corev1.Service) },
-	"apps/v1/Deployment":            func() any { return new(appsv1.Deployment) },
-	"policy/v1/PodDisruptionBudget": func() any { return new(policyv1.PodDisruptionBudget) },
+	"v1/Namespace":                            func() any { return new(corev1.Namespace) },
+	"v1/ServiceAccount":                       func() any { return new(corev1.ServiceAccount) },
+	"v1/ConfigMap":                            func() any { return new(corev1.ConfigMap) },
+	"v1/Secret":                               func() any { return new(corev1.Secret) },
+	"v1/Service":                              func() any { return new(corev1.Service) },
+	"apps/v1/Deployment":                      func() any { return new(appsv1.Deployment) },
+	"policy/v1/PodDisruptionBudget":           func() any { return new(policyv1.PodDisruptionBudget) },
+	"networking.k8s.io/v1/NetworkPolicy":      func() any { return new(networkingv1.NetworkPolicy) },
 	"monitoring.coreos.com/v1/ServiceMonitor": func() any { return new(serviceMonitor) },
 	"monitoring.coreos.com/v1/PrometheusRule": func() any { return new(prometheusRule) },
 	"keda.sh/v1alpha1/ScaledObject":           func() any { return new(scaledObject) },
 	"keda.sh/v1alpha1/TriggerAuthentication":  func() any { return new(triggerAuthentication) },
 }
 
-// deployFiles is every manifest of kubernetes/ and monitoring/, each decoded.
+// configMapName is the name of bqsink's config ConfigMap before kustomize
+// appends the content hash.
+const configMapName = "bqsink-config"
+
+// deployFiles is one setup as a cluster receives it: what kustomize builds
+// from one overlay, what it builds from monitoring/, the Secret examples the
+// overlay's README steps create by hand, and the Namespace created first.
+// Each document is decoded strictly.
 type deployFiles struct {
+	overlay        string // its directory, relative to deploy/
 	all            []manifest
 	namespace      *corev1.Namespace
 	serviceAccount *corev1.ServiceAccount
-	configMap      *corev1.ConfigMap
+	configMap      *corev1.ConfigMap // bqsink's config
+	dashboard      *corev1.ConfigMap
 	secrets        map[string]*corev1.Secret
 	deployment     *appsv1.Deployment
 	service        *corev1.Service
 	pdb            *policyv1.PodDisruptionBudget
+	networkPolicy  *networkingv1.NetworkPolicy // only where a component adds it
 	serviceMonitor *serviceMonitor
 	rule           *prometheusRule
 	scaledObject   *scaledObject
 	triggerAuth    *triggerAuthentication
 }
 
-// load decodes every manifest strictly and files each by kind; a kind that
-// appears twice (other than Secret) is an error, as the checks assume one.
-func load(t *testing.T) deployFiles {
-	t.Helper()
+// file decodes the manifests strictly and files each by kind; a kind that
+// appears twice (other than Secret, and ConfigMap for the config and the
+// dashboard) is an error, as the checks assume one.
+func file(ms []manifest) (deployFiles, error) {
 	d := deployFiles{secrets: map[string]*corev1.Secret{}}
-	d.all = append(readManifests(t, "kubernetes"), readManifests(t, "monitoring")...)
+	d.all = ms
 	seen := map[string]manifest{}
-	for _, m := range d.all {
+	for _, m := range ms {
 		key := m.apiVersion + "/" + m.kind
 		mk, ok := kinds[key]
 		if !ok {
-			t.Fatalf("%s: no type to check %s against; add one to kinds", m, key)
+			return d, fmt.Errorf("%s: no type to check %s against; add one to kinds", m, key)
 		}
-		if prev, dup := seen[key]; dup && m.kind != "Secret" {
-			t.Fatalf("%s: a second %s (first in %s); the checks assume one", m, m.kind, prev)
+		dupKey := key
+		if m.kind == "ConfigMap" {
+			dupKey += "/" + m.name
 		}
-		seen[key] = m
+		if prev, dup := seen[dupKey]; dup && m.kind != "Secret" {
+			return d, fmt.Errorf("%s: a second %s (first in %s); the checks assume one", m, m.kind, prev)
+		}
+		seen[dupKey] = m
 		v := mk()
 		if err := decodeStrict(m, v); err != nil {
-			t.Fatal(err)
+			return d, err
 		}
 		switch v := v.(type) {
 		case *corev1.Namespace:
@@ -176,8 +188,18 @@ func load(t *testing.T) deployFiles {
 		case *corev1.ServiceAccount:
 			d.serviceAccount = v
 		case *corev1.ConfigMap:
-			d.configMap = v
+			if strings.HasPrefix(v.Name, configMapName) {
+				if d.configMap != nil {
+					return d, fmt.Errorf("%s: a second config ConfigMap", m)
+				}
+				d.configMap = v
+			} else {
+				d.dashboard = v
+			}
 		case *corev1.Secret:
+			if _, dup := d.secrets[v.Name]; dup {
+				return d, fmt.Errorf("%s: Secret %s defined twice", m, v.Name)
+			}
 			d.secrets[v.Name] = v
 		case *appsv1.Deployment:
 			d.deployment = v
@@ -185,6 +207,8 @@ func load(t *testing.T) deployFiles {
 			d.service = v
 		case *policyv1.PodDisruptionBudget:
 			d.pdb = v
+		case *networkingv1.NetworkPolicy:
+			d.networkPolicy = v
 		case *serviceMonitor:
 			d.serviceMonitor = v
 		case *prometheusRule:
@@ -195,190 +219,226 @@ func load(t *testing.T) deployFiles {
 			d.triggerAuth = v
 		}
 	}
-	for what, missing := range map[string]bool{
-		"Namespace": d.namespace == nil, "ServiceAccount": d.serviceAccount == nil, "ConfigMap": d.configMap == nil,
-		"Secret": len(d.secrets) == 0, "Deployment": d.deployment == nil, "Service": d.service == nil,
-		"PodDisruptionBudget": d.pdb == nil, "ServiceMonitor": d.serviceMonitor == nil, "PrometheusRule": d.rule == nil,
-		"ScaledObject": d.scaledObject == nil, "TriggerAuthentication": d.triggerAuth == nil,
+	var missing []string
+	for what, none := range map[string]bool{
+		"Namespace": d.namespace == nil, "ServiceAccount": d.serviceAccount == nil, "config ConfigMap": d.configMap == nil,
+		"dashboard ConfigMap": d.dashboard == nil, "Secret": len(d.secrets) == 0, "Deployment": d.deployment == nil,
+		"Service": d.service == nil, "PodDisruptionBudget": d.pdb == nil, "ServiceMonitor": d.serviceMonitor == nil,
+		"PrometheusRule": d.rule == nil, "ScaledObject": d.scaledObject == nil, "TriggerAuthentication": d.triggerAuth == nil,
 	} {
-		if missing {
-			t.Errorf("no %s among the deploy files", what)
+		if none {
+			missing = append(missing, what)
 		}
 	}
-	if t.Failed() {
-		t.FailNow()
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return d, fmt.Errorf("no %s", strings.Join(missing, ", "))
 	}
-	return d
+	return d, nil
 }
 
-// TestManifestsDecodeStrictly decodes every document under kubernetes/ and
-// monitoring/ into its Kubernetes API type (or our mirror of a CRD's),
-// refusing unknown fields: a typo such as readinessProbe.periodSecond or a
-// field at the wrong level fails here instead of being dropped by the API
-// server.
+// setup is one overlay, built, with the config its ConfigMap carries.
+type setup struct {
+	name string // the overlay's directory name
+	d    deployFiles
+	cfg  configDoc
+}
+
+// TestManifestsDecodeStrictly builds every overlay and monitoring/ with
+// kustomize and decodes every document they produce (and every Secret
+// example, and the Namespace) into its Kubernetes API type (or our mirror
+// of a CRD's), refusing unknown fields: a typo such as
+// readinessProbe.periodSecond or a field at the wrong level fails here
+// instead of being dropped by the API server.
 func TestManifestsDecodeStrictly(t *testing.T) {
-	d := load(t)
-	for _, m := range d.all {
-		t.Logf("%s: ok", m)
-	}
+	forEachSetup(t, func(t *testing.T, s setup) {
+		for _, m := range s.d.all {
+			t.Logf("%s: ok", m)
+		}
+	})
 }
 
-// kustomization mirrors the fields of kustomize's Kustomization that the
-// deploy files use (kustomize.config.k8s.io/v1beta1); others are errors.
-type kustomization struct {
-	APIVersion         string   `json:"apiVersion"`
-	Kind               string   `json:"kind"`
-	Namespace          string   `json:"namespace,omitempty"`
-	Resources          []string `json:"resources,omitempty"`
-	ConfigMapGenerator []struct {
-		Name    string   `json:"name"`
-		Files   []string `json:"files,omitempty"`
-		Options *struct {
-			Labels                map[string]string `json:"labels,omitempty"`
-			DisableNameSuffixHash bool              `json:"disableNameSuffixHash,omitempty"`
-		} `json:"options,omitempty"`
-	} `json:"configMapGenerator,omitempty"`
-	Images []struct {
-		Name    string `json:"name"`
-		NewName string `json:"newName,omitempty"`
-		NewTag  string `json:"newTag,omitempty"`
-		Digest  string `json:"digest,omitempty"`
-	} `json:"images,omitempty"`
-}
+// namespaceFile is created by hand before anything else (README,
+// "Kubernetes"): no kustomization holds it, so `kubectl delete -k` of an
+// overlay never deletes the namespace and the Secrets in it.
+const namespaceFile = "kubernetes/namespace.yaml"
 
-func readKustomization(t *testing.T, dir string) kustomization {
+// secretExample is the file name of a directory's Secret example: created
+// by hand, never listed in a kustomization, so that applying never
+// overwrites real credentials.
+const secretExample = "secret.example.yaml"
+
+// kustomizationDirs lists every directory under kubernetes/ and monitoring/
+// that holds a kustomization.yaml.
+func kustomizationDirs(t *testing.T) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	var dirs []string
+	for _, root := range []string{"kubernetes", "monitoring"} {
+		err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !e.IsDir() && e.Name() == "kustomization.yaml" {
+				dirs = append(dirs, filepath.Dir(p))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dirs
+}
+
+// readKustomization reads a kustomization.yaml (or a Component's) strictly
+// into kustomize's own type.
+func readKustomization(t *testing.T, dir string) *types.Kustomization {
+	t.Helper()
+	f := filepath.Join(dir, "kustomization.yaml")
+	b, err := os.ReadFile(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var k kustomization
-	if err := decodeStrict(manifest{file: filepath.Join(dir, "kustomization.yaml"), raw: b, kind: "Kustomization"}, &k); err != nil {
-		t.Fatal(err)
+	j, err := yaml.YAMLToJSONStrict(b)
+	if err != nil {
+		t.Fatalf("%s: %v", f, err)
 	}
-	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
-		t.Fatalf("%s/kustomization.yaml: apiVersion %q kind %q", dir, k.APIVersion, k.Kind)
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	var k types.Kustomization
+	if err := dec.Decode(&k); err != nil {
+		t.Fatalf("%s: %v", f, err)
 	}
-	return k
+	return &k
 }
 
-// secretExamples are the files kubectl apply -k must not apply: they hold
-// placeholders that would overwrite real credentials.
-var secretExamples = []string{"secret.example.yaml"}
-
-// TestKustomizationsListEveryManifest checks that kubectl apply -k applies
-// every manifest of its directory (except the Secret example, on purpose),
-// that every listed file exists, that everything lands in the namespace the
-// Secret example names, and that the image kustomize rewrites is the
-// Deployment's.
-func TestKustomizationsListEveryManifest(t *testing.T) {
-	d := load(t)
-	for _, dir := range []string{"kubernetes", "monitoring"} {
+// TestKustomizationsListEveryFile checks that every file beside a
+// kustomization.yaml is used by it (a resource, a patch, a generator's
+// file, a transformer's config), except the Secret examples, which must
+// not be; that no kustomization creates a Namespace; that every component
+// is used; and that every overlay sets the namespace the Namespace file and
+// its Secret examples name, and the Deployment's image.
+func TestKustomizationsListEveryFile(t *testing.T) {
+	ns := readManifests(t, namespaceFile)
+	if len(ns) != 1 || ns[0].kind != "Namespace" {
+		t.Fatalf("%s: want one Namespace", namespaceFile)
+	}
+	used := map[string]bool{}
+	for _, dir := range kustomizationDirs(t) {
 		k := readKustomization(t, dir)
-		listed := map[string]bool{}
+		named := map[string]bool{}
 		for _, r := range k.Resources {
-			listed[r] = true
-			if _, err := os.Stat(filepath.Join(dir, r)); err != nil {
-				t.Errorf("%s/kustomization.yaml lists %s: %v", dir, r, err)
-			}
+			named[r] = true
+		}
+		for _, p := range k.Patches {
+			named[p.Path] = true
 		}
 		for _, g := range k.ConfigMapGenerator {
-			for _, f := range g.Files {
-				listed[f] = true
-				if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-					t.Errorf("%s/kustomization.yaml generates %s from %s: %v", dir, g.Name, f, err)
+			for _, f := range g.FileSources {
+				if _, file, ok := strings.Cut(f, "="); ok {
+					f = file
 				}
+				named[f] = true
 			}
 		}
-		files, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, tr := range k.Transformers {
+			named[tr] = true
+		}
+		for _, c := range k.Components {
+			used[filepath.Clean(filepath.Join(dir, c))] = true
+		}
+		for _, r := range k.Resources {
+			if strings.HasPrefix(r, "..") {
+				used[filepath.Clean(filepath.Join(dir, r))] = true
+			}
+		}
+		files, _ := os.ReadDir(dir)
 		for _, f := range files {
-			base := filepath.Base(f)
-			if base == "kustomization.yaml" || slices.Contains(secretExamples, base) {
-				if listed[base] {
+			base := f.Name()
+			if f.IsDir() || base == "kustomization.yaml" {
+				continue
+			}
+			if base == secretExample {
+				if named[base] {
 					t.Errorf("%s/kustomization.yaml applies %s, which holds placeholder credentials", dir, base)
+				}
+				for _, m := range readManifests(t, filepath.Join(dir, base)) {
+					if !strings.Contains(string(m.raw), "namespace: "+ns[0].name+"\n") {
+						t.Errorf("%s: not in namespace %s: it is applied by hand, not by kustomize", m, ns[0].name)
+					}
 				}
 				continue
 			}
-			if !listed[base] {
-				t.Errorf("%s/%s is not in %s/kustomization.yaml: kubectl apply -k would skip it", dir, base, dir)
+			if !named[base] {
+				t.Errorf("%s/%s is not used by %s/kustomization.yaml", dir, base, dir)
 			}
 		}
-		if k.Namespace != d.namespace.Name {
-			t.Errorf("%s/kustomization.yaml: namespace %q, want %q (namespace.yaml)", dir, k.Namespace, d.namespace.Name)
-		}
-		if dir == "kubernetes" {
-			image := d.deployment.Spec.Template.Spec.Containers[0].Image
-			if len(k.Images) != 1 || k.Images[0].Name != image {
-				t.Errorf("kubernetes/kustomization.yaml images %+v: want one entry named %q (the Deployment's image)", k.Images, image)
+		if strings.HasPrefix(dir, filepath.Join("kubernetes", "overlays")) {
+			if k.Namespace != ns[0].name {
+				t.Errorf("%s/kustomization.yaml: namespace %q, want %q (%s)", dir, k.Namespace, ns[0].name, namespaceFile)
+			}
+			if len(k.Images) != 1 || k.Images[0].Name != "bqsink" {
+				t.Errorf("%s/kustomization.yaml images %+v: want one entry named bqsink (the base Deployment's image)", dir, k.Images)
 			}
 		}
 	}
-	for _, s := range d.secrets {
-		if s.Namespace != d.namespace.Name {
-			t.Errorf("Secret %s: namespace %q, want %q: it is applied by hand, not by kustomize", s.Name, s.Namespace, d.namespace.Name)
+	for _, dir := range kustomizationDirs(t) {
+		if strings.HasPrefix(dir, filepath.Join("kubernetes", "components")) && !used[dir] && dir != networkPolicyComponent {
+			t.Errorf("component %s is used by no kustomization", dir)
 		}
 	}
+	forEachSetup(t, func(t *testing.T, s setup) {
+		for _, m := range s.d.all {
+			if m.kind == "Namespace" && m.file != namespaceFile {
+				t.Errorf("%s: a Namespace in a kustomization: kubectl delete -k would delete it with the Secrets in it", m)
+			}
+		}
+	})
 }
 
-const configMapHeader = `# Generated from deploy/config.example.yaml: edit that file, then run
-#   go test -run TestConfigMap -update    (in deploy/)
-# which rewrites this file and the Deployment's bqsink/config-sha256.
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: bqsink-config
-  labels:
-    app.kubernetes.io/name: bqsink
-data:
-  config.yaml: |
-`
-
-var checksumLine = regexp.MustCompile(`(?m)^(\s*bqsink/config-sha256: )\S*$`)
-
-// TestConfigMapMatchesExample checks that the ConfigMap carries exactly
-// config.example.yaml (the file the README's docker run mounts) and that
-// the pod template's checksum annotation is that file's sha256, so that a
-// config change rolls the pods. With -update it rewrites both.
-func TestConfigMapMatchesExample(t *testing.T) {
+// TestConfigMapGenerated checks that each overlay's ConfigMap is generated
+// from its config.yaml with a content hash in its name (so a config change
+// rolls the pods), that the Deployment mounts that very name, and that the
+// SCRAM overlay's config is config.example.yaml (the README's docker run
+// mounts it).
+func TestConfigMapGenerated(t *testing.T) {
+	forEachSetup(t, func(t *testing.T, s setup) {
+		cm := s.d.configMap
+		if cm.Name == configMapName || !strings.HasPrefix(cm.Name, configMapName+"-") {
+			t.Errorf("ConfigMap %s: want %s-<content hash> (a configMapGenerator without disableNameSuffixHash)", cm.Name, configMapName)
+		}
+		if len(cm.Data) != 1 || len(cm.BinaryData) != 0 {
+			t.Errorf("ConfigMap %s: want only config.yaml", cm.Name)
+		}
+		file, err := os.ReadFile(filepath.Join(s.d.overlay, "config.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cm.Data["config.yaml"] != string(file) {
+			t.Errorf("ConfigMap %s's config.yaml differs from %s/config.yaml", cm.Name, s.d.overlay)
+		}
+		mounted := false
+		for _, v := range s.d.deployment.Spec.Template.Spec.Volumes {
+			if v.ConfigMap != nil {
+				if v.ConfigMap.Name != cm.Name {
+					t.Errorf("volume %s mounts ConfigMap %s; the generated one is %s", v.Name, v.ConfigMap.Name, cm.Name)
+				}
+				mounted = true
+			}
+		}
+		if !mounted {
+			t.Error("the Deployment mounts no ConfigMap")
+		}
+	})
 	example, err := os.ReadFile("config.example.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(example)
-	want := hex.EncodeToString(sum[:])
-	if *update {
-		var b strings.Builder
-		b.WriteString(configMapHeader)
-		for line := range strings.Lines(string(example)) {
-			if strings.TrimSpace(line) == "" {
-				b.WriteString("\n")
-				continue
-			}
-			b.WriteString("    " + line)
-		}
-		if err := os.WriteFile("kubernetes/configmap.yaml", []byte(b.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		dep, err := os.ReadFile("kubernetes/deployment.yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !checksumLine.Match(dep) {
-			t.Fatal("kubernetes/deployment.yaml has no bqsink/config-sha256 annotation to update")
-		}
-		dep = checksumLine.ReplaceAll(dep, []byte("${1}"+want))
-		if err := os.WriteFile("kubernetes/deployment.yaml", dep, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	scram, err := os.ReadFile("kubernetes/overlays/scram-private-ca/config.yaml")
+	if err != nil {
+		t.Fatal(err)
 	}
-	d := load(t)
-	if got := d.configMap.Data["config.yaml"]; got != string(example) {
-		t.Errorf("ConfigMap %s's config.yaml differs from config.example.yaml; run go test -run TestConfigMap -update", d.configMap.Name)
-	}
-	if len(d.configMap.Data) != 1 || len(d.configMap.BinaryData) != 0 {
-		t.Errorf("ConfigMap %s: want only config.yaml", d.configMap.Name)
-	}
-	if got := d.deployment.Spec.Template.Annotations["bqsink/config-sha256"]; got != want {
-		t.Errorf("Deployment's bqsink/config-sha256 is %q, want %q (sha256 of config.example.yaml); run go test -run TestConfigMap -update", got, want)
+	if !bytes.Equal(example, scram) {
+		t.Error("config.example.yaml differs from kubernetes/overlays/scram-private-ca/config.yaml: keep them the same (cp one to the other)")
 	}
 }

@@ -246,7 +246,7 @@ func dashboardQueries(t *testing.T) []query {
 // durations, labels, annotation templates, expressions).
 func ruleQueries(t *testing.T) []query {
 	t.Helper()
-	d := load(t)
+	d := monitoringFiles(t)
 	b, err := yaml.Marshal(map[string]any{"groups": d.rule.Spec.Groups})
 	if err != nil {
 		t.Fatal(err)
