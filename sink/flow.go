@@ -59,19 +59,46 @@ func fetchSizes(capBytes int64) (fetchMax, partitionMax int32) {
 
 // flow holds the memory budget (memory.max_buffered_bytes). franz-go keeps
 // one fetch response (concurrentFetches) between polls: a reserve is kept
-// for it, decompressed. The rest is split evenly: each partition admits
-// records up to three quarters of its part (its share), leaving room for
-// rows that turn out larger than estimated, and leaves the rest of a poll
-// in Kafka to be fetched again once it has room. So the sum stays under
-// the cap, and a partition that cannot progress holds its share and no
-// more: a stalled table takes no memory from healthy ones.
+// for it, decompressed. Partitions admit records from three quarters of the
+// rest (the pool), leaving room for rows that turn out larger than
+// estimated; a partition leaves the rest of a poll in Kafka, to be fetched
+// again once it has room.
+//
+// The pool is handed to the partitions that have records, not split evenly
+// over all assigned ones. Half of it is guaranteed: each partition may
+// always hold pool/(2×partitions), whatever the others hold. The other half
+// is elastic: a busy partition (one holding records, or with records
+// waiting in Kafka) aims for its guaranteed part plus an even part of the
+// elastic half among the busy ones, so one busy partition among a hundred
+// idle ones holds half the pool, and a hundred busy ones hold an even share
+// each. A partition takes elastic memory only while what all partitions
+// hold beyond their guaranteed parts stays within the elastic half. So the
+// sum stays under the pool, a partition becoming busy always has its
+// guaranteed part at once, and one that cannot progress (a stalled table)
+// keeps what it holds but never more than the elastic half and its
+// guaranteed parts: the healthy ones still move. As partitions go idle the
+// busy ones' aim grows; as more become busy it shrinks, and those holding
+// more than their new aim take nothing until BigQuery acknowledged enough.
 // Goroutine-safe.
 type flow struct {
 	cap   int64
-	avail int64 // cap minus franz-go's reserve: what partitions share
+	avail int64 // cap minus franz-go's reserve
 	used  atomic.Int64
 	peak  atomic.Int64
-	parts atomic.Int64  // partitions assigned
+	parts atomic.Int64 // partitions assigned
+	// busy is how many partitions hold records or have records waiting
+	// in Kafka, as the poll loop last counted them.
+	busy atomic.Int64
+	// inside is what the partitions hold within their guaranteed parts:
+	// the sum over partitions of min(held, guaranteed()), as each last
+	// accounted it (worker.account).
+	inside atomic.Int64
+	// rawSeen and chargedSeen are the bytes of records admitted as they
+	// came from Kafka and as charged: their ratio sizes fetches.
+	rawSeen, chargedSeen atomic.Int64
+	// asked is what fetches ask of a partition since the poll loop last
+	// changed it (0: fetchSizes' default); the poll loop's own.
+	asked int32
 	freed chan struct{} // capacity 1: "used went down"
 }
 
@@ -115,8 +142,72 @@ func (f *flow) mayPoll() bool {
 	return u == 0 || u < f.avail
 }
 
-// share is how much one partition admits before it leaves records in
-// Kafka and pauses its fetching.
-func (f *flow) share() int64 {
-	return f.avail * 3 / (4 * max(f.parts.Load(), 1))
+// pool is what the partitions hold between them, at most.
+func (f *flow) pool() int64 { return f.avail * 3 / 4 }
+
+// guaranteedShare is the part of the pool that is each partition's
+// whatever the others hold: half of it split evenly among the partitions
+// assigned.
+func (f *flow) guaranteedShare() int64 {
+	return f.pool() / (2 * max(f.parts.Load(), 1))
+}
+
+// elastic is the part of the pool beyond the guaranteed parts: what busy
+// partitions share.
+func (f *flow) elastic() int64 {
+	return f.pool() - max(f.parts.Load(), 1)*f.guaranteedShare()
+}
+
+// aim is what a busy partition holds at most: its guaranteed part and an
+// even part of the elastic half among the busy partitions. With every
+// partition busy it is the pool split evenly; with one, about half the
+// pool.
+func (f *flow) aim() int64 {
+	busy := min(max(f.busy.Load(), 1), max(f.parts.Load(), 1))
+	return f.guaranteedShare() + f.elastic()/busy
+}
+
+// limit is how much a partition that holds held, inside of it within its
+// guaranteed part, may hold now: its aim, unless the other partitions hold
+// so much beyond their guaranteed parts that less of the elastic half is
+// left; never less than its guaranteed part.
+func (f *flow) limit(held, inside int64) int64 {
+	g := f.guaranteedShare()
+	beyondOthers := (f.used.Load() - held) - (f.inside.Load() - inside)
+	room := max(f.elastic()-beyondOthers, 0)
+	return max(min(f.aim(), g+room), g)
+}
+
+// sawRecords notes the sizes of admitted records, raw (as in Kafka,
+// uncompressed) and charged.
+func (f *flow) sawRecords(raw, charged int64) {
+	if f.chargedSeen.Add(charged) > 1<<40 {
+		// Keep the ratio current and the sums far from overflowing.
+		f.rawSeen.Store(f.rawSeen.Load() / 2)
+		f.chargedSeen.Store(f.chargedSeen.Load() / 2)
+	}
+	f.rawSeen.Add(raw)
+}
+
+// minPartitionFetch is the least that a fetch asks of one partition. Kafka
+// returns a partition's first batch whole whatever the limit, so a smaller
+// one would only add fetches.
+const minPartitionFetch = 16 << 10
+
+// partitionFetch is how much one fetch should ask of one partition, in
+// bytes as they come from Kafka: a quarter of a busy partition's aim, as
+// raw bytes, so that the records fetched are admitted rather than fetched,
+// decompressed and dropped again and again. A partition has room for about
+// half its aim when its fetching resumes (see worker.release); a quarter
+// leaves room for compression, which puts more records in a byte on the
+// wire. Before any record was admitted, and at most, it is what fetchSizes
+// says.
+func (f *flow) partitionFetch() int32 {
+	_, most := fetchSizes(f.cap)
+	raw, charged := f.rawSeen.Load(), f.chargedSeen.Load()
+	if raw <= 0 || charged <= 0 {
+		return most
+	}
+	want := int64(float64(f.aim()/4) * float64(raw) / float64(charged))
+	return int32(min(max(want, minPartitionFetch), int64(most)))
 }

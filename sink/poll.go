@@ -61,15 +61,22 @@ func (s *Sink) poll(ctx context.Context) {
 			failing[tp] = true
 			s.health.fail(stageFetch, target, err, false)
 		})
+		// Memory goes to the partitions that have records: count them,
+		// with those that have some in this poll, before any admits.
+		owned := s.ownedWorkers()
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if w := owned[topicPartition{p.Topic, p.Partition}]; w != nil {
+				w.sawEnd(p.HighWatermark)
+				w.offered = len(p.Records) > 0
+			}
+		})
+		s.countBusy(owned)
 		var leftover map[string]map[int32]kgo.EpochOffset
 		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			tp := topicPartition{p.Topic, p.Partition}
 			s.mu.Lock()
 			w := s.workers[tp]
 			s.mu.Unlock()
-			if w != nil {
-				w.sawEnd(p.HighWatermark)
-			}
 			if len(p.Records) == 0 {
 				return
 			}
@@ -112,7 +119,35 @@ func (s *Sink) poll(ctx context.Context) {
 			// Before AllowRebalance: no revoke can run meanwhile.
 			s.cl.SetOffsets(leftover)
 		}
+		s.sizeFetches()
 		s.lastPoll.Store(time.Now().UnixNano())
 		s.cl.AllowRebalance()
+	}
+}
+
+// countBusy counts the partitions that hold records, have some waiting in
+// Kafka, or have some in the poll at hand (offered), for flow.aim.
+func (s *Sink) countBusy(owned workerSet) {
+	var n int64
+	for _, w := range owned {
+		if w.offered || w.busy() {
+			n++
+		}
+		w.offered = false
+	}
+	s.flow.busy.Store(n)
+}
+
+// sizeFetches asks of each partition, in the next fetches, about what a
+// busy partition has room for (flow.partitionFetch), so that a small share
+// of memory does not fetch records only to leave most of them in Kafka and
+// fetch them again. The limit is only changed when it moves by more than
+// an eighth.
+func (s *Sink) sizeFetches() {
+	want := s.flow.partitionFetch()
+	if cur := s.flow.asked; cur == 0 || want < cur-cur/8 || want > cur+cur/8 {
+		fetchMax, _ := fetchSizes(s.flow.cap)
+		s.cl.UpdateFetchMaxBytes(fetchMax, want)
+		s.flow.asked = want
 	}
 }

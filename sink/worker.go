@@ -52,6 +52,17 @@ type worker struct {
 	// held is what the partition holds: records pushed and not yet
 	// acknowledged, and their rows. Zero means idle.
 	held atomic.Int64
+	// inside is the part of held that is within the partition's
+	// guaranteed memory, as last accounted (see account); acct orders
+	// those accountings.
+	inside atomic.Int64
+	acct   sync.Mutex
+	// limit is how much the partition could hold at its last admission
+	// (flow.limit): batches close at a quarter of it.
+	limit atomic.Int64
+	// offered is set by the poll loop for a partition with records in the
+	// poll at hand, so that it counts as busy before it admits them.
+	offered bool
 	// progress is when the last flight was acknowledged, or when the
 	// partition stopped being idle: stall detection counts from it.
 	progress atomic.Int64
@@ -76,6 +87,10 @@ type worker struct {
 
 	decoded chan []item  // decode stage → write stage
 	results chan *flight // flight goroutines → write stage
+
+	// adjusted is the change to held that the decode stage owes from rows
+	// decoded and not yet handed over (see handOver).
+	adjusted int64
 
 	// Owned by the write stage.
 	batch   batch
@@ -118,10 +133,9 @@ type workerDeps struct {
 	mark func(eo kgo.EpochOffset, meta string)
 	// fatal reports a record that failed under errors.policy fail.
 	fatal func(*rejection)
-	// charge and release account memory sink-wide; share is how much one
-	// partition may hold before its fetching pauses.
-	charge, release func(int64)
-	share           func() int64
+	// flow accounts memory sink-wide and says how much the partition may
+	// hold before its fetching pauses.
+	flow *flow
 
 	health  *health
 	rejects *rejectLog
@@ -180,36 +194,42 @@ func newWorker(tp topicPartition, table string, cfg workerConfig, deps workerDep
 }
 
 // admit hands the worker as many of recs, a poll's records of its
-// partition in offset order, as fit in its share of memory, at least one
-// when it holds nothing, and returns how many it took. It never blocks the
-// poll loop. Once the partition holds its share its fetching pauses, so a
-// slow table holds back only its own partitions; the records it did not
-// take stay in Kafka, to be fetched again. data counts the records taken
-// that are not transaction markers.
+// partition in offset order, as fit in the memory it may hold (flow.limit),
+// at least one when it holds nothing, and returns how many it took. It never
+// blocks the poll loop. Once the partition holds its limit its fetching
+// pauses, so a slow table holds back only its own partitions; the records
+// it did not take stay in Kafka, to be fetched again. data counts the
+// records taken that are not transaction markers.
 func (w *worker) admit(recs []*kgo.Record) (n, data int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	share, held := w.deps.share(), w.held.Load()
-	var bytes int64
+	held := w.held.Load()
+	limit := w.deps.flow.limit(held, w.inside.Load())
+	w.limit.Store(limit)
+	var bytes, raw int64
 	for _, r := range recs {
-		c := recordSize(r) + w.estimatedRow(r)
-		if held+bytes+c > share && !(held == 0 && n == 0) {
+		size := recordSize(r)
+		c := size + w.estimatedRow(r)
+		if held+bytes+c > limit && !(held == 0 && n == 0) {
 			break
 		}
 		bytes += c
+		raw += size - recordOverhead + rawRecordOverhead
 		n++
 		if !r.Attrs.IsControl() {
 			data++
 		}
 	}
 	if n > 0 {
-		w.deps.charge(bytes)
+		w.deps.flow.charge(bytes)
+		w.deps.flow.sawRecords(raw, bytes)
 		w.first.CompareAndSwap(-1, recs[0].Offset)
 		if w.held.Add(bytes) == bytes {
 			// Idle until now: the stall clock starts with these records.
 			w.progress.Store(time.Now().UnixNano())
 			w.unacked.Store(recs[0].Offset)
 		}
+		w.account()
 		w.next.Store(recs[n-1].Offset + 1)
 		w.queue = append(w.queue, recs[:n]...)
 		select {
@@ -217,11 +237,48 @@ func (w *worker) admit(recs []*kgo.Record) (n, data int) {
 		default:
 		}
 	}
-	if !w.paused.Load() && (n < len(recs) || w.held.Load() >= share) {
+	if !w.paused.Load() && (n < len(recs) || w.held.Load() >= limit) {
 		w.paused.Store(true)
 		w.deps.pause()
 	}
 	return n, data
+}
+
+// rawRecordOverhead approximates what a record takes in a Kafka batch
+// beyond its key, value and headers (lengths, offset and time deltas).
+const rawRecordOverhead = 16
+
+// account brings the flow's sum of what partitions hold within their
+// guaranteed parts up to date with what this one holds.
+func (w *worker) account() {
+	w.acct.Lock()
+	defer w.acct.Unlock()
+	in := min(w.held.Load(), w.deps.flow.guaranteedShare())
+	if old := w.inside.Swap(in); old != in {
+		w.deps.flow.inside.Add(in - old)
+	}
+}
+
+// busy reports whether the partition holds records or, as far as the poll
+// loop has seen, has records waiting in Kafka.
+func (w *worker) busy() bool {
+	if w.held.Load() > 0 {
+		return true
+	}
+	next := w.next.Load()
+	return next >= 0 && w.hwm.Load() > next
+}
+
+// batchCharge is the charge at which a batch closes whatever its rows: a
+// quarter of what the partition could hold at its last admission. Memory
+// stops admitting records before a larger batch could fill, and waiting
+// for max_wait then would idle the partition.
+func (w *worker) batchCharge() int64 {
+	l := w.limit.Load()
+	if l <= 0 {
+		l = w.deps.flow.limit(w.held.Load(), w.inside.Load())
+	}
+	return l / shareBatches
 }
 
 // sawEnd records the partition's high watermark from a fetch or a lag
@@ -240,24 +297,28 @@ func (w *worker) adjust(delta int64) {
 	switch {
 	case delta > 0:
 		w.held.Add(delta)
-		w.deps.charge(delta)
+		w.deps.flow.charge(delta)
+		w.account()
 	case delta < 0:
 		w.release(-delta)
 	}
 }
 
 // release gives back accounted bytes and resumes fetching once the
-// partition holds less than half its share.
+// partition holds less than half of what it may hold now.
 func (w *worker) release(n int64) {
 	if n == 0 {
 		return
 	}
 	w.held.Add(-n)
-	w.deps.release(n)
+	w.deps.flow.release(n)
+	w.account()
 	w.mu.Lock()
-	if w.paused.Load() && w.held.Load() < w.deps.share()/2 {
-		w.paused.Store(false)
-		w.deps.resume()
+	if w.paused.Load() {
+		if held := w.held.Load(); held < w.deps.flow.limit(held, w.inside.Load())/2 {
+			w.paused.Store(false)
+			w.deps.resume()
+		}
 	}
 	w.mu.Unlock()
 }
@@ -342,7 +403,7 @@ func (w *worker) decodeLoop() {
 			if sz := it.row.Size(); sz > 0 {
 				row = int64(sz + rowOverhead)
 			}
-			w.adjust(row - w.estimatedRow(r))
+			w.adjusted += row - w.estimatedRow(r)
 			it.charge = recordSize(r) + row
 			out = append(out, it)
 			if it.rej != nil && w.cfg.policy == PolicyFail {
@@ -408,8 +469,15 @@ func (w *worker) decodeOne(r *kgo.Record, out *[]item) (item, bool) {
 }
 
 // handOver sends decoded items to the write stage, which takes them even
-// while stopping; false when the worker is cancelled.
+// while stopping; false when the worker is cancelled. The estimates of
+// their rows give way to their sizes first, once per hand-over rather than
+// once per row, and always before the items can be acknowledged and
+// released.
 func (w *worker) handOver(items []item) bool {
+	if d := w.adjusted; d != 0 {
+		w.adjusted = 0
+		w.adjust(d)
+	}
 	if len(items) == 0 {
 		return true
 	}
@@ -493,10 +561,7 @@ func (w *worker) add(it item) {
 	}
 	b.last = it.rec
 	b.charge += it.charge
-	// A batch also closes at a quarter of the partition's memory share:
-	// the share stops admitting records before a larger batch could fill,
-	// and waiting for max_wait then would idle the partition.
-	full := len(b.rows) >= w.cfg.maxRecords || b.bytes >= w.cfg.maxBytes || b.charge >= w.deps.share()/shareBatches
+	full := len(b.rows) >= w.cfg.maxRecords || b.bytes >= w.cfg.maxBytes || b.charge >= w.batchCharge()
 	if full || it.rej != nil && w.cfg.policy == PolicyFail {
 		w.flush()
 	}
@@ -544,8 +609,8 @@ type keyedRow struct {
 	seq bq.Sequence
 }
 
-// shareBatches is how many batches a partition's memory share holds, so
-// that a small share still keeps several flights moving.
+// shareBatches is how many batches the memory a partition may hold
+// holds, so that little memory still keeps several flights moving.
 const shareBatches = 4
 
 // flush sends the open batch as a flight. A batch without rows (only

@@ -130,9 +130,7 @@ func newHarnessWith(t *testing.T, deps func(*workerDeps), opts ...harnessOpt) *h
 		resume:  func() { h.mu.Lock(); h.resumed++; h.mu.Unlock() },
 		mark:    func(eo kgo.EpochOffset, _ string) { h.mu.Lock(); h.marks = append(h.marks, eo.Offset); h.mu.Unlock() },
 		fatal:   func(rj *rejection) { h.mu.Lock(); h.fatals = append(h.fatals, rj); h.mu.Unlock() },
-		charge:  h.budget.charge,
-		release: h.budget.release,
-		share:   h.budget.share,
+		flow:    h.budget,
 		health:  newHealth(log, h.m, &h.stats.retries),
 		rejects: newRejectLog(log),
 		metrics: h.m,
@@ -474,7 +472,7 @@ func TestWorkerCancelAbandons(t *testing.T) {
 // acknowledged enough.
 func TestWorkerAdmitsUpToItsShare(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 1000; c.maxWait = 10 * time.Millisecond })
-	share := h.budget.share()
+	share := h.budget.limit(0, 0)
 	one := recordSize(&kgo.Record{Value: []byte("v")}) + h.w.estimatedRow(&kgo.Record{Value: []byte("v")})
 	offered := share/one + 100
 	took, _ := h.w.admit(records(0, offered, "v"))
@@ -519,7 +517,7 @@ func TestWorkerAdmitsUpToItsShare(t *testing.T) {
 // partition holds nothing, alone, so that it moves.
 func TestWorkerAdmitsOneLargeRecordWhenIdle(t *testing.T) {
 	h := newHarness(t)
-	big := &kgo.Record{Topic: "t", Offset: 0, Value: make([]byte, h.budget.share()+1)}
+	big := &kgo.Record{Topic: "t", Offset: 0, Value: make([]byte, h.budget.limit(0, 0)+1)}
 	if n, _ := h.w.admit([]*kgo.Record{big, records(1, 2, "v")[0]}); n != 1 {
 		t.Fatalf("admitted %d, want the large record alone", n)
 	}
@@ -558,7 +556,7 @@ func TestStalledOnlyWhileHoldingRecords(t *testing.T) {
 // not throughput.
 func TestWorkerClosesBatchesAtAQuarterOfItsShare(t *testing.T) {
 	h := newHarness(t, func(c *workerConfig) { c.maxRecords = 1 << 30; c.maxWait = time.Hour; c.maxInflight = 8 })
-	share := h.budget.share()
+	share := h.budget.limit(0, 0)
 	one := recordSize(&kgo.Record{Value: []byte("v")}) + h.w.estimatedRow(&kgo.Record{Value: []byte("v")})
 	took, _ := h.w.admit(records(0, share/one+100, "v"))
 	var c *appendCall
