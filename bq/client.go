@@ -11,6 +11,13 @@
 // and writes them with Append, whose Result says per row whether it was
 // written, rejected for good, or must be retried.
 //
+// Appends to the default streams of different tables share Storage Write
+// connections: a pool per region and kind of table (plain rows; changes)
+// of at most Config.MaxConnections, grown only while its connections are
+// saturated, so a process writing hundreds of tables holds a handful of
+// connections. Explicit streams (CreateStream, OpenStream) have one each,
+// as BigQuery multiplexes default streams only.
+//
 // A table with a primary key (TableOptions.PrimaryKey) mirrors its source
 // through BigQuery's change data capture: its rows are changes, UPSERT or
 // DELETE of the row with their key, ordered by an optional Sequence, which

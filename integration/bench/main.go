@@ -9,6 +9,7 @@
 //	go run ./integration/bench -rate 20000 -duration 30s -set metadata_column=   # steady without the metadata column (no freshness)
 //	go run ./integration/bench -bq-latency 200ms       # backpressure: BigQuery answers each append 200 ms late
 //	go run ./integration/bench -bq-rate 100000         # backpressure: BigQuery takes at most 100,000 rows/s
+//	go run ./integration/bench -bq-conn-rate 50000     # BigQuery takes at most 50,000 rows/s per connection: the pool grows
 //	go run ./integration/bench -short                  # CI: 20,000 records, fails unless all landed exactly once
 //	go run ./integration/bench -rev HEAD               # the daemon as committed, not the working tree
 //	go run ./integration/bench -mode upsert            # the table in upsert mode (change data capture)
@@ -51,7 +52,9 @@
 // requests wait concurrently), -bq-rate N makes it acknowledge at most N
 // rows per second over all connections (SetRowRate: each request waits
 // for its share of one timeline, rows/N seconds, before it is counted and
-// answered). The report's header names them. The floor writes nothing to
+// answered), -bq-conn-rate N at most N rows per second on each connection
+// (SetConnectionRate: a timeline per connection, so more connections take
+// more, as BigQuery's do). The report's header names them. The floor writes nothing to
 // BigQuery, so neither slows it.
 //
 // Table mode (-mode, either run mode): append (the default) routes the
@@ -129,6 +132,7 @@ type options struct {
 	bqLatency  time.Duration // bqfake's added latency per append
 	bqRate     int           // bqfake's cap on rows acknowledged per second; 0: none
 	tables     int           // many tables: this many topics, a table each; 0: one
+	bqConnRate int           // bqfake's cap on rows acknowledged per second per connection; 0: none
 }
 
 func main() {
@@ -155,6 +159,7 @@ func main() {
 	flag.Uint64Var(&o.seed, "seed", 42, "seed of the generated records")
 	flag.BoolVar(&o.noFloor, "no-floor", false, "skip the floor (either mode)")
 	flag.DurationVar(&o.bqLatency, "bq-latency", 0, "backpressure: BigQuery (bqfake) answers every append this long after it arrived (SetAppendLatency; either mode)")
+	flag.IntVar(&o.bqConnRate, "bq-conn-rate", 0, "backpressure: BigQuery (bqfake) acknowledges at most this many rows per second on each Storage Write connection (SetConnectionRate; more connections take more; 0: no cap)")
 	flag.IntVar(&o.bqRate, "bq-rate", 0, "backpressure: BigQuery (bqfake) acknowledges at most this many rows per second over all connections (SetRowRate; either mode; 0: no cap)")
 	flag.Var(&o.set, "set", "key=value: set a daemon config key (dotted, e.g. batch.max_wait=500ms; the value is YAML); repeatable")
 	flag.StringVar(&o.mode, "mode", sink.ModeAppend, "the table's mode: append (a row per record) or upsert (change data capture keyed by the record key; implies -keyed)")
@@ -226,6 +231,8 @@ func run(ctx context.Context, o options) (err error) {
 		return fmt.Errorf("-bq-latency %v: want a positive duration or 0", o.bqLatency)
 	case o.bqRate < 0:
 		return fmt.Errorf("-bq-rate %d: want a positive number or 0", o.bqRate)
+	case o.bqConnRate < 0:
+		return fmt.Errorf("-bq-conn-rate %d: want a positive number or 0", o.bqConnRate)
 	case o.tables < 0 || o.tables > 1000:
 		return fmt.Errorf("-tables %d: want 0 to 1000", o.tables)
 	case o.tables > 0 && (o.keyed || o.mode != sink.ModeAppend):
@@ -284,6 +291,7 @@ func run(ctx context.Context, o options) (err error) {
 	st.BigQuery.SetBench(bopts)
 	st.BigQuery.SetAppendLatency(o.bqLatency)
 	st.BigQuery.SetRowRate(o.bqRate)
+	st.BigQuery.SetConnectionRate(o.bqConnRate)
 
 	h.st = st
 	if o.rate > 0 {
@@ -340,8 +348,8 @@ func (h *harness) addFloor(rep *report, f result) {
 	if h.o.keyed {
 		rep.Notes = append(rep.Notes, "floor: reads and decodes the values alone, whatever the table mode (the keys are not decoded)")
 	}
-	if h.o.bqLatency > 0 || h.o.bqRate > 0 {
-		rep.Notes = append(rep.Notes, "floor: writes nothing to BigQuery, so -bq-latency and -bq-rate do not slow it")
+	if h.o.bqLatency > 0 || h.o.bqRate > 0 || h.o.bqConnRate > 0 {
+		rep.Notes = append(rep.Notes, "floor: writes nothing to BigQuery, so -bq-latency, -bq-rate and -bq-conn-rate do not slow it")
 	}
 	if f.CPUUsPerRecord > 0 {
 		rep.Ratio = rep.Bqsink.CPUUsPerRecord / f.CPUUsPerRecord
@@ -431,7 +439,7 @@ func (h *harness) steady(ctx context.Context) error {
 func (h *harness) report(mode string, records int, d daemonOutcome) report {
 	_, peak := h.st.BigQuery.Connections()
 	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Topics: len(h.topics()), Connections: peak, Commit: h.commit, Records: records,
-		TableMode: h.o.mode, Bqsink: d.result, BQLatencyMs: ms(h.o.bqLatency), BQRowRate: h.o.bqRate}
+		TableMode: h.o.mode, Bqsink: d.result, BQLatencyMs: ms(h.o.bqLatency), BQRowRate: h.o.bqRate, BQConnRate: h.o.bqConnRate}
 	if h.o.keyed {
 		rep.Keys = fmt.Sprintf("Avro in the wire format, subject %s-key: %s", h.fx.topic, strings.Join(h.fx.keyFields(), ", "))
 	}

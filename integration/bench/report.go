@@ -90,6 +90,7 @@ type report struct {
 	// -bq-rate (0: none).
 	BQLatencyMs float64 `json:"bq_latency_ms"`
 	BQRowRate   int     `json:"bq_row_rate"`
+	BQConnRate  int     `json:"bq_connection_row_rate"` // -bq-conn-rate
 	// MetadataColumn is, in steady mode, the daemon's metadata_column
 	// ("": off).
 	MetadataColumn string `json:"metadata_column,omitempty"`
@@ -120,13 +121,16 @@ func (r report) print(w io.Writer, asJSON bool) error {
 	}
 	fmt.Fprintf(w, "table mode %s; record keys: %s\n", r.TableMode, keys)
 	bp := "none (appends answered at once, no row cap)"
-	if r.BQLatencyMs > 0 || r.BQRowRate > 0 {
+	if r.BQLatencyMs > 0 || r.BQRowRate > 0 || r.BQConnRate > 0 {
 		var parts []string
 		if r.BQLatencyMs > 0 {
 			parts = append(parts, fmt.Sprintf("each append answered %v after it arrived (-bq-latency)", time.Duration(r.BQLatencyMs*float64(time.Millisecond))))
 		}
 		if r.BQRowRate > 0 {
 			parts = append(parts, fmt.Sprintf("at most %d rows/s acknowledged (-bq-rate)", r.BQRowRate))
+		}
+		if r.BQConnRate > 0 {
+			parts = append(parts, fmt.Sprintf("at most %d rows/s per connection (-bq-conn-rate)", r.BQConnRate))
 		}
 		bp = strings.Join(parts, ", ")
 	}

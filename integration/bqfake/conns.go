@@ -1,6 +1,8 @@
 package bqfake
 
 import (
+	"time"
+
 	"google.golang.org/grpc/codes"
 )
 
@@ -43,6 +45,36 @@ func (s *Server) FailTable(project, dataset, table string, code codes.Code) {
 		s.faults.tableCodes = make(map[string]codes.Code)
 	}
 	s.faults.tableCodes[name] = code
+}
+
+// SetConnectionRate caps each AppendRows connection at n rows acknowledged
+// per second, as BigQuery bounds a connection's throughput (Google says at
+// least 1 MB/s each, more depending on load): a connection's requests are
+// processed in order, and each waits for its share of the connection's own
+// timeline (rows/n seconds) before it is processed. Unlike SetRowRate,
+// more connections take more rows. n <= 0 (the default) removes the cap.
+func (s *Server) SetConnectionRate(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults.connRowRate = max(n, 0)
+}
+
+// connRateWait reserves rows on a connection's timeline next (SetConnectionRate)
+// and returns how long their request must wait: 0 without a cap.
+func (s *Server) connRateWait(next *time.Time, rows int) time.Duration {
+	s.mu.Lock()
+	rate := s.faults.connRowRate
+	s.mu.Unlock()
+	if rate <= 0 {
+		return 0
+	}
+	now := time.Now()
+	start := now
+	if next.After(now) {
+		start = *next
+	}
+	*next = start.Add(time.Duration(rows) * time.Second / time.Duration(rate))
+	return next.Sub(now)
 }
 
 func (s *Server) connOpened() {

@@ -117,6 +117,7 @@ type faults struct {
 	forgetSchema  bool                      // ForgetSchemaChanges
 	readsStalled  chan struct{}             // StallReads: closed when reads resume; nil: reading
 	tableCodes    map[string]codes.Code     // FailTable, by default stream name
+	connRowRate   int                       // SetConnectionRate: rows per second per connection; 0: no cap
 }
 
 type datasetKey struct{ project, dataset string }

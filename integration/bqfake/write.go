@@ -403,6 +403,7 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 	}()
 
 	conn := &appendConn{streams: make(map[string]*connStream)}
+	var connNext time.Time // SetConnectionRate's timeline of this connection
 	for {
 		var r received
 		select {
@@ -433,6 +434,9 @@ func (w *writeService) AppendRows(stream storagepb.BigQueryWrite_AppendRowsServe
 			return status.FromContextError(ctx.Err()).Err()
 		}
 		if !sleepCtx(ctx, s.rowRateWait(len(r.req.GetProtoRows().GetRows().GetSerializedRows()))) {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		if !sleepCtx(ctx, s.connRateWait(&connNext, len(r.req.GetProtoRows().GetRows().GetSerializedRows()))) {
 			return status.FromContextError(ctx.Err()).Err()
 		}
 		resp, err := w.handleAppend(conn, r.req)
