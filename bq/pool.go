@@ -5,14 +5,21 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// loadedRequests is how many unanswered requests make a shared connection
-// saturated: the pool opens another (up to MaxConnections) rather than
-// queue more behind them. A connection streams requests without waiting
-// for answers, so a few in flight is normal; many means BigQuery answers
-// it more slowly than bqsink sends.
-const loadedRequests = 8
+// A shared connection is saturated when it has loadedRequests unanswered
+// requests, or a send held by flow control for blockedSend: the pool then
+// opens another (up to MaxConnections) rather than queue more behind it. A
+// connection streams requests without waiting for answers, so a few in
+// flight is normal; many, or a send the server does not read, means
+// BigQuery takes it more slowly than bqsink sends. Senders merely taking
+// turns at the send slot (a burst of tables flushing at once) is not
+// saturation: a send takes microseconds.
+const (
+	loadedRequests = 8
+	blockedSend    = 10 * time.Millisecond
+)
 
 // conn is one Storage Write connection (an AppendRows call at a time, its
 // stream, reopened when it ends): either shared by the default streams of
@@ -65,9 +72,11 @@ func (cn *conn) load() int {
 	return n
 }
 
-// saturated reports whether another sender would wait behind others.
+// saturated reports whether the connection takes requests more slowly
+// than they come.
 func (cn *conn) saturated() bool {
-	return cn.queued.Load() > 0 || cn.load() >= loadedRequests
+	st := cn.cur.Load()
+	return st != nil && (st.unanswered() >= loadedRequests || st.blocked(blockedSend))
 }
 
 // live returns the connection's stream, opening one if there is none or

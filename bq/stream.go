@@ -62,9 +62,10 @@ type stream struct {
 // caller's context (ctx, nil for a send), as nobody else uses the stream
 // yet.
 type op struct {
-	what string // "open" or "send"
-	due  time.Time
-	ctx  context.Context
+	what  string // "open" or "send"
+	since time.Time
+	due   time.Time
+	ctx   context.Context
 }
 
 // sendOp is one rpc.Send under way in its own goroutine.
@@ -131,6 +132,14 @@ func (st *stream) unanswered() int {
 	return len(st.pending)
 }
 
+// blocked reports whether a send has been under way for longer than d:
+// gRPC's flow control holds it, as the server reads no faster.
+func (st *stream) blocked(d time.Duration) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.op != nil && st.op.what == "send" && time.Since(st.op.since) > d
+}
+
 // ended returns why the stream ended, or nil while it is usable.
 func (st *stream) ended() error {
 	st.mu.Lock()
@@ -168,7 +177,7 @@ func (st *stream) send(ctx context.Context, req *request, msg *storagepb.AppendR
 	now := time.Now()
 	req.sentAt = now
 	st.pending = append(st.pending, req)
-	o := &op{what: "send", due: now.Add(st.c.cfg.timeout())}
+	o := &op{what: "send", since: now, due: now.Add(st.c.cfg.timeout())}
 	st.op = o
 	st.mu.Unlock()
 	st.poke()

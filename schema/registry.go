@@ -62,7 +62,9 @@ type Registry struct {
 	roots      string // who signs the certificates we trust
 	clientCert string // what the registry gets from us in a TLS handshake
 
-	mu       sync.Mutex
+	// mu is read-locked on the hot path (cached: every record asks for
+	// its writer schema), so partitions decoding at once do not queue.
+	mu       sync.RWMutex
 	schemas  map[int]cached
 	pending  map[int]built // compiled, history not yet checked
 	refs     map[refKey]refText
@@ -214,8 +216,8 @@ func (r *Registry) Schema(ctx context.Context, id int) (*Schema, error) {
 }
 
 func (r *Registry) cached(id int) (cached, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	c, ok := r.schemas[id]
 	return c, ok
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"flag"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -174,24 +175,18 @@ func TestConfigFilesListEveryDeclaredKey(t *testing.T) {
 		}
 		return doc
 	}
-	var configMap struct {
-		Data map[string]string `yaml:"data"`
-	}
-	raw, err := os.ReadFile("../../deploy/kubernetes/configmap.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.Unmarshal(raw, &configMap); err != nil {
-		t.Fatal(err)
-	}
-	var inConfigMap map[string]any
-	if err := yaml.Unmarshal([]byte(configMap.Data["config.yaml"]), &inConfigMap); err != nil {
-		t.Fatalf("the ConfigMap's config.yaml: %v", err)
-	}
 	files := map[string]map[string]any{
-		"config.yaml":                      read("../../config.yaml"),
-		"deploy/config.example.yaml":       read("../../deploy/config.example.yaml"),
-		"deploy/kubernetes/configmap.yaml": inConfigMap,
+		"config.yaml":                read("../../config.yaml"),
+		"deploy/config.example.yaml": read("../../deploy/config.example.yaml"),
+	}
+	// Each Kubernetes overlay's config, which its configMapGenerator turns
+	// into the ConfigMap.
+	overlays, err := filepath.Glob("../../deploy/kubernetes/overlays/*/config.yaml")
+	if err != nil || len(overlays) == 0 {
+		t.Fatalf("no overlay config.yaml under deploy/kubernetes/overlays (%v)", err)
+	}
+	for _, path := range overlays {
+		files[strings.TrimPrefix(path, "../../")] = read(path)
 	}
 	for name, doc := range files {
 		for _, path := range yamlLeaves(doc, "") {
