@@ -20,6 +20,9 @@ func TestCallerGivingUpMidSendLeavesTheStreamAlone(t *testing.T) {
 	s := newFake(t)
 	const timeout = 30 * time.Second
 	c := newTestClient(t, s, func(c *Config) {
+		// One connection: the pool would move the next append to a new one
+		// while a send is blocked, and this is about the one stream.
+		c.MaxConnections = 1
 		c.Timeout, c.AppendTimeout = timeout, timeout
 		c.MaxRequestBytes = 1 << 20 // one blob per request
 	})
@@ -150,6 +153,9 @@ func TestAbandonedSendStillBoundedByTimeout(t *testing.T) {
 	const sendTimeout = 2 * time.Second
 	s := newFake(t)
 	c := newTestClient(t, s, func(c *Config) {
+		// One connection: the pool would move the next append to a new one
+		// while a send is blocked, and this is about the one stream.
+		c.MaxConnections = 1
 		c.Timeout, c.AppendTimeout = sendTimeout, time.Minute
 		c.MaxRequestBytes = 1 << 20
 	})
