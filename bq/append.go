@@ -358,15 +358,15 @@ func (w *writer) send(ctx context.Context, r *Result, b *batch) (sent bool, err 
 	if st.lastEnc == nil {
 		msg.TraceId = traceID
 	}
-	// The first request names the stream and the schema; so does one that
-	// changes the schema, as BigQuery requires on the default stream, or
-	// the table. A shared connection names the stream on every request, as
-	// Google's client does when it multiplexes.
+	// Every request names its stream, as Google's client does when it
+	// multiplexes: BigQuery takes it on any connection, and goccy's
+	// emulator (v0.6.6) appends a request without one to whichever stream
+	// its map yields first, another table's included. The schema goes with
+	// the first request, and with one that changes it (as BigQuery requires
+	// on the default stream) or switches the connection to another table.
+	msg.WriteStream = w.name
 	if st.resendSchema.Swap(false) || st.lastEnc != b.enc || st.lastW != w {
-		msg.WriteStream = w.name
 		data.WriterSchema = &storagepb.ProtoSchema{ProtoDescriptor: b.enc.dp}
-	} else if cn.pool != nil {
-		msg.WriteStream = w.name
 	}
 	if b.offset >= 0 {
 		msg.Offset = wrapperspb.Int64(b.offset)

@@ -291,4 +291,9 @@ func TestEmulatorEndpointGetsAConnectionPerTable(t *testing.T) {
 	if n := s.WriterSchemas(); n != 2 {
 		t.Errorf("%d requests carried a writer schema, want one per connection", n)
 	}
+	// goccy's emulator appends a request that names no stream to any
+	// stream it knows, another table's included.
+	if n := s.RequestsWithoutStream(); n != 0 {
+		t.Errorf("%d requests named no write stream, want every one to name its table's", n)
+	}
 }

@@ -29,6 +29,12 @@ func (s *Server) ResetConnectionPeak() {
 // connection to a table, or changes a table's schema on it.
 func (s *Server) WriterSchemas() int64 { return s.writerSchemas.Load() }
 
+// RequestsWithoutStream returns how many AppendRows requests left
+// write_stream empty, relying on the connection's earlier requests. BigQuery
+// takes them; goccy's bigquery-emulator v0.6.6 appends them to whichever
+// stream it knows comes first, another table's included.
+func (s *Server) RequestsWithoutStream() int64 { return s.unnamed.Load() }
+
 // FailTable makes every append to the table's default stream fail with
 // code, as FailAppends does (codes that end the connection end it), until
 // called again with codes.OK. Appends to other tables on the same

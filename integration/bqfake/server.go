@@ -94,6 +94,7 @@ type Server struct {
 
 	connsOpen, connsPeak int          // AppendRows connections (Connections); guarded by mu
 	writerSchemas        atomic.Int64 // requests carrying a writer_schema
+	unnamed              atomic.Int64 // requests without write_stream
 }
 
 type faults struct {

@@ -582,6 +582,9 @@ func (w *writeService) handleAppend(conn *appendConn, req *storagepb.AppendRowsR
 	if req.GetProtoRows().GetWriterSchema() != nil {
 		s.writerSchemas.Add(1)
 	}
+	if req.GetWriteStream() == "" {
+		s.unnamed.Add(1)
+	}
 
 	resp, err := w.processAppend(conn, req, fault, bench, reject)
 	if !lose {
