@@ -825,3 +825,53 @@ table_defaults:
 		t.Errorf("-check printed\n%s\nwant\n%s", stderr.String(), want)
 	}
 }
+
+// Many tables, few connections (issue 17): the real binary subscribes to
+// 30 topics by a regular expression and writes each to the table of its
+// name; every record lands in its own table, and BigQuery never sees more
+// Storage Write connections than bigquery.max_connections, which the
+// daemon's bqsink_storage_write_connections reports.
+func TestTablesManyShareFewConnections(t *testing.T) {
+	t.Parallel()
+	const group, tables, perTopic, pool = "tables-many", 30, 20, 2
+	var topics []string
+	for i := range tables {
+		topics = append(topics, fmt.Sprintf("many_%02d", i))
+	}
+	te := newTablesEnv(t, 1, topics...)
+	produced := map[string][]stack.StockUpdate{}
+	for i, topic := range topics {
+		produced[topic] = v2Updates(perTopic, uint64(100+i))
+		te.produceTo(topic, produced[topic])
+	}
+	cfg := itest.NewDaemonConfig(te.Env, group).
+		Set("kafka.topics", []string{"^many_[0-9]+$"}).
+		Set("bigquery.max_connections", pool)
+	d := itest.StartDaemon(t, cfg)
+	te.waitCommittedAll(group, topics...)
+	for _, topic := range topics {
+		rows := te.St.BigQuery.Rows(stack.Project, stack.Dataset, topic)
+		if len(rows) != perTopic {
+			t.Fatalf("table %s holds %d rows, want its topic's %d", topic, len(rows), perTopic)
+		}
+		want := map[string]bool{}
+		for _, u := range produced[topic] {
+			want[u.EAN] = true
+		}
+		for _, r := range rows {
+			if !want[fmt.Sprint(r["ean"])] {
+				t.Fatalf("table %s holds a row of another topic: %v", topic, r)
+			}
+		}
+	}
+	if _, peak := te.St.BigQuery.Connections(); peak > pool || peak < 1 {
+		t.Errorf("BigQuery saw %d Storage Write connections at once for %d tables, want 1 to max_connections %d", peak, tables, pool)
+	}
+	if n := d.Metric("bqsink_storage_write_connections"); n < 1 || n > pool {
+		t.Errorf("bqsink_storage_write_connections = %v, want 1 to %d", n, pool)
+	}
+	d.Terminate()
+	if st := d.Wait(30 * time.Second); st.Code != 0 {
+		t.Errorf("exit %+v after SIGTERM, want 0", st)
+	}
+}
