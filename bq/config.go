@@ -166,6 +166,7 @@ func (c Config) WithDefaults() Config {
 	if c.Delivery == "" {
 		c.Delivery = DeliveryAtLeastOnce
 	}
+	c.MaxConnections = c.maxConnections() // 0 stays 0 against a GRPCEndpoint: a connection per table
 	return c
 }
 

@@ -226,6 +226,7 @@ func (c Config) WithDefaults() Config {
 	if c.Errors.DLQTopic == "" {
 		c.Errors.DLQTopic = c.Kafka.GroupID + ".dlq"
 	}
+	c.BigQuery.MaxConnections = c.BigQuery.WithDefaults().MaxConnections
 	return c
 }
 
