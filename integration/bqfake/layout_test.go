@@ -562,8 +562,17 @@ func TestExpiredPartitionRows(t *testing.T) {
 
 	t.Run("a shorter expiration expires existing partitions at once", func(t *testing.T) {
 		tbl := c.Dataset(dsID).Table("t0")
+		// Yesterday's partition ended at midnight UTC: an expiration shorter
+		// than the time since expires it (an hour, unless it is not yet one
+		// in the morning).
+		sinceMidnight := time.Since(time.Now().UTC().Truncate(24 * time.Hour))
+		if sinceMidnight < 2*time.Second {
+			time.Sleep(2 * time.Second)
+			sinceMidnight += 2 * time.Second
+		}
+		expiration := min(time.Hour, sinceMidnight/2)
 		if _, err := tbl.Update(t.Context(), bigquery.TableMetadataToUpdate{
-			TimePartitioning: &bigquery.TimePartitioning{Type: bigquery.DayPartitioningType, Field: "ts", Expiration: time.Hour},
+			TimePartitioning: &bigquery.TimePartitioning{Type: bigquery.DayPartitioningType, Field: "ts", Expiration: expiration},
 		}, ""); err != nil {
 			t.Fatal(err)
 		}
