@@ -19,6 +19,14 @@ type Config struct {
 	// Confluent Cloud takes an API key and secret here.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// PasswordFile holds the basic auth password instead of Password (a
+	// Kubernetes Secret mounted as a volume); one trailing line ending is
+	// not part of it. NewRegistry reads it, and fails if it is missing or
+	// empty; it is read again whenever it changes (another file,
+	// modification time or size), so a password rotated in the file is
+	// sent from the next request on. Once read, a file gone or emptied
+	// keeps the last password in use, with a warning.
+	PasswordFile string `yaml:"password_file"`
 	// BearerTokenFile is a file holding a token sent as "Authorization:
 	// Bearer <token>" with every request, instead of basic auth. The file
 	// is read again whenever it changes (modification time or size), so a
@@ -54,14 +62,20 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("url: must not have a query or fragment"))
 		}
 	}
-	if c.Username != "" && c.Password == "" {
-		errs = append(errs, errors.New("password: required when username is set"))
+	switch {
+	case c.Username != "" && c.Password == "" && c.PasswordFile == "":
+		errs = append(errs, errors.New("password: required when username is set (or password_file)"))
+	case c.Password != "" && c.PasswordFile != "":
+		errs = append(errs, errors.New("password_file: set together with password: set one of them"))
 	}
 	if c.Password != "" && c.Username == "" {
 		errs = append(errs, errors.New("username: required when password is set"))
 	}
+	if c.PasswordFile != "" && c.Username == "" {
+		errs = append(errs, errors.New("username: required when password_file is set"))
+	}
 	if c.BearerTokenFile != "" {
-		if c.Username != "" || c.Password != "" {
+		if c.Username != "" || c.Password != "" || c.PasswordFile != "" {
 			errs = append(errs, errors.New("bearer_token_file: set together with username/password; use one of them"))
 		} else if u, err := url.Parse(c.URL); err == nil && u.User != nil {
 			errs = append(errs, errors.New("bearer_token_file: set together with user info in url; use one of them"))

@@ -45,6 +45,16 @@ func TestConfigValidate(t *testing.T) {
 			name: "bearer token and user info", cfg: Config{URL: "https://u:p@r", BearerTokenFile: "t"},
 			want: []string{"bearer_token_file: set together with user info in url"},
 		},
+		{name: "basic auth with a password file", cfg: Config{URL: "https://r", Username: "u", PasswordFile: "/var/run/secrets/password"}},
+		{
+			name: "password and password file", cfg: Config{URL: "https://r", Username: "u", Password: "p", PasswordFile: "f"},
+			want: []string{"password_file: set together with password: set one of them"},
+		},
+		{name: "password file alone", cfg: Config{URL: "http://r", PasswordFile: "f"}, want: []string{"username: required when password_file is set"}},
+		{
+			name: "bearer token and password file", cfg: Config{URL: "https://r", Username: "u", PasswordFile: "f", BearerTokenFile: "t"},
+			want: []string{"bearer_token_file: set together with username/password"},
+		},
 		{
 			name: "every bad key is reported",
 			cfg:  Config{Username: "u", Timeout: -time.Second},

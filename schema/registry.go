@@ -99,9 +99,10 @@ type refText struct {
 
 // NewRegistry validates cfg and returns a Registry. It does no network I/O:
 // the first Schema or Check call is the first request. It reads the files
-// of schema_registry.tls and schema_registry.bearer_token_file; one that
-// cannot be read, or holds no certificate or token, is an error naming the
-// key and the file. A nil logger means zap.NewNop().
+// of schema_registry.tls, schema_registry.bearer_token_file and
+// schema_registry.password_file; one that cannot be read, or holds no
+// certificate, token or password, is an error naming the key and the file.
+// A nil logger means zap.NewNop().
 func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("schema registry config: %w", err)
@@ -131,6 +132,15 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 		}
 		rt = bearerTransport{base: rt, token: bearer}
 	}
+	var passFile *tokenfile.Password
+	if cfg.PasswordFile != "" {
+		// Read now, so that a missing or empty file fails the start.
+		passFile = &tokenfile.Password{Path: cfg.PasswordFile, Key: "schema_registry.password_file", Log: logger}
+		if _, err := passFile.Value(); err != nil {
+			return nil, fmt.Errorf("schema_registry.password_file: %w", err)
+		}
+		rt = basicTransport{base: rt, username: cfg.Username, password: passFile}
+	}
 	hc := &http.Client{Timeout: cfg.timeout(), Transport: statusTransport{base: rt}}
 	client := srclient.NewSchemaRegistryClient(base, srclient.WithClient(hc), srclient.WithSemaphoreWeight(maxRequests))
 	// We parse with hamba/avro ourselves; goavro codecs would be built and thrown away.
@@ -139,7 +149,7 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	// hide requests from the fetch-once accounting.
 	client.CachingEnabled(false)
 	auth := func(*http.Request) {}
-	if cfg.Username != "" {
+	if cfg.Username != "" && passFile == nil {
 		client.SetCredentials(cfg.Username, cfg.Password)
 		user, pass := cfg.Username, cfg.Password
 		auth = func(req *http.Request) { req.SetBasicAuth(user, pass) }
@@ -148,6 +158,8 @@ func NewRegistry(cfg Config, logger *zap.Logger) (*Registry, error) {
 	switch {
 	case bearer != nil:
 		authKey = "schema_registry.bearer_token_file"
+	case passFile != nil:
+		authKey = "schema_registry.username/password_file"
 	case cfg.Username == "" && u.User != nil:
 		authKey = "schema_registry.url user info"
 	}

@@ -18,7 +18,9 @@ import (
 
 	"github.com/twmb/franz-go/pkg/sr"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // Subjects and IDs the fake registry is seeded with (see
@@ -438,6 +440,77 @@ func TestRegistryContextCancel(t *testing.T) {
 	assertColumns(t, s.Columns(), stockV1Columns())
 	if n := f.count(g.path); n != 1 {
 		t.Errorf("%d requests, want 1", n)
+	}
+}
+
+// With schema_registry.password_file, the basic auth password is the
+// file's, read again when it changes: once the registry and the file both
+// hold a new one, the next request (Check or a schema fetch) sends it.
+// Gone later, the file's last password is still sent, with a warning that
+// names the key and the file; no log line holds a password.
+func TestRegistryBasicAuthPasswordFile(t *testing.T) {
+	f := newFakeRegistry(t)
+	f.seedShared(t)
+	var valid, seen atomic.Value
+	valid.Store("password-1")
+	f.Intercept(func(w http.ResponseWriter, r *http.Request) bool {
+		user, pass, _ := r.BasicAuth()
+		seen.Store(pass)
+		if user == "user" && pass == valid.Load().(string) {
+			return false
+		}
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error_code":401,"message":"Unauthorized"}`))
+		return true
+	})
+	path := filepath.Join(t.TempDir(), "password")
+	writeFile(t, path, []byte("password-1\n"))
+	core, logs := observer.New(zap.InfoLevel)
+	r, err := NewRegistry(Config{URL: f.URL(), Username: "user", PasswordFile: path}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := r.Check(ctx); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if _, err := r.Schema(ctx, stockV1ID); err != nil {
+		t.Fatalf("Schema: %v", err)
+	}
+
+	// Rotated in the registry only: refused, naming the keys to fix.
+	valid.Store("password-2")
+	err = r.Check(ctx)
+	const want = "schema_registry.username/password_file: the registry refused the credentials (HTTP 401)"
+	if !errors.Is(err, ErrUnauthorized) || err.Error() != want {
+		t.Errorf("Check with the old password = %v, want %q", err, want)
+	}
+	// And in the file: the next requests send the new one.
+	writeFile(t, path, []byte("password-2\n"))
+	if err := r.Check(ctx); err != nil {
+		t.Fatalf("Check after the rotation: %v (sent %q)", err, seen.Load())
+	}
+	if _, err := r.Schema(ctx, stockV2ID); err != nil {
+		t.Fatalf("Schema after the rotation: %v (sent %q)", err, seen.Load())
+	}
+
+	// Gone: the last password read is still sent.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := r.Check(ctx); err != nil || seen.Load() != "password-2" {
+			t.Fatalf("Check without the file: %v (sent %q)", err, seen.Load())
+		}
+	}
+	warned := logs.FilterLevelExact(zap.WarnLevel).All()
+	if len(warned) != 1 || warned[0].ContextMap()["key"] != "schema_registry.password_file" || warned[0].ContextMap()["file"] != path {
+		t.Errorf("warnings %v: want one, naming the key and the file", warned)
+	}
+	for _, e := range logs.All() {
+		if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, "password-") {
+			t.Errorf("a log line holds a password: %s", line)
+		}
 	}
 }
 

@@ -140,6 +140,8 @@ func TestNewRegistryTLSFiles(t *testing.T) {
 	writeFile(t, garbage, []byte("not a certificate\n"))
 	empty := filepath.Join(dir, "empty-token")
 	writeFile(t, empty, []byte(" \n"))
+	emptyPassword := filepath.Join(dir, "empty-password")
+	writeFile(t, emptyPassword, []byte("\n"))
 	for _, tt := range []struct {
 		name string
 		cfg  Config
@@ -151,6 +153,8 @@ func TestNewRegistryTLSFiles(t *testing.T) {
 		{"key not the certificate's", Config{TLS: TLSConfig{CertFile: cert, KeyFile: garbage}}, []string{"schema_registry.tls.cert_file, key_file: ", garbage}},
 		{"token file missing", Config{BearerTokenFile: missing}, []string{"schema_registry.bearer_token_file: ", missing, "no such file"}},
 		{"token file empty", Config{BearerTokenFile: empty}, []string{"schema_registry.bearer_token_file: ", empty, "is empty"}},
+		{"password file missing", Config{Username: "u", PasswordFile: missing}, []string{"schema_registry.password_file: ", missing, "no such file"}},
+		{"password file empty", Config{Username: "u", PasswordFile: emptyPassword}, []string{"schema_registry.password_file: ", emptyPassword, "is empty"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.URL = "https://registry.test"

@@ -52,7 +52,7 @@ func (s *Sink) consumerOpts(log *zap.Logger) []kgo.Opt {
 	if k.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(k.InstanceID))
 	}
-	return append(opts, k.securityOpts()...)
+	return append(opts, k.securityOpts(s.kafkaPass)...)
 }
 
 // adminOpts configure the client for admin requests (the startup checks,
@@ -74,7 +74,7 @@ func (s *Sink) adminOpts(log *zap.Logger) []kgo.Opt {
 		// Every failure of this client is returned to the sink, which
 		// reports it once: franz-go's own copy stays below error.
 		kgo.WithLogger(warnCap{kzap.New(log, kzap.Level(kafkaLogLevels[k.LogLevel]))}),
-	}, k.securityOpts()...)
+	}, k.securityOpts(s.kafkaPass)...)
 }
 
 // kafkaLogLevels are the values of kafka.log_level.

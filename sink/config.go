@@ -144,13 +144,22 @@ const (
 // KafkaSASLConfig authenticates to the brokers with SASL. Zero means none.
 type KafkaSASLConfig struct {
 	// Mechanism is SASLPlain, SASLScramSHA256, SASLScramSHA512 (each with
-	// Username and Password), SASLOAuthBearer (with TokenFile) or
-	// SASLAWSMSKIAM (credentials from the default AWS chain: environment,
-	// shared files and AWS_PROFILE, web identity, container or instance
-	// role; the region from the broker's host name, else AWS_REGION).
+	// Username, and Password or PasswordFile), SASLOAuthBearer (with
+	// TokenFile) or SASLAWSMSKIAM (credentials from the default AWS chain:
+	// environment, shared files and AWS_PROFILE, web identity, container
+	// or instance role; the region from the broker's host name, else
+	// AWS_REGION).
 	Mechanism string `yaml:"mechanism"`
 	Username  string `yaml:"username"`
 	Password  string `yaml:"password"`
+	// PasswordFile holds the password instead of Password (a Kubernetes
+	// Secret mounted as a volume); one trailing line ending is not part of
+	// it. New reads it, and fails if it is missing or empty; it is read
+	// again whenever it changes (another file, modification time or
+	// size), so a password rotated in the file is used by the next
+	// connection or re-authentication. Once read, a file gone or emptied
+	// keeps the last password in use, with a warning.
+	PasswordFile string `yaml:"password_file"`
 	// TokenFile holds the OAuth bearer token of oauthbearer. It is read
 	// for every authentication, again whenever it changes (modification
 	// time or size), so a token rotated in place is used by the next
@@ -395,7 +404,7 @@ func (s KafkaSASLConfig) problems(tls bool) []error {
 		for _, k := range []struct {
 			key   string
 			isSet bool
-		}{{"username", s.Username != ""}, {"password", s.Password != ""}, {"token_file", s.TokenFile != ""}} {
+		}{{"username", s.Username != ""}, {"password", s.Password != ""}, {"password_file", s.PasswordFile != ""}, {"token_file", s.TokenFile != ""}} {
 			if k.isSet {
 				bad("mechanism", "required when kafka.sasl.%s is set", k.key)
 			}
@@ -405,8 +414,11 @@ func (s KafkaSASLConfig) problems(tls bool) []error {
 		if s.Username == "" {
 			bad("username", "required with mechanism %s", m)
 		}
-		if s.Password == "" {
-			bad("password", "required with mechanism %s", m)
+		switch {
+		case s.Password == "" && s.PasswordFile == "":
+			bad("password", "required with mechanism %s (or kafka.sasl.password_file)", m)
+		case s.Password != "" && s.PasswordFile != "":
+			bad("password_file", "set together with kafka.sasl.password: set one of them")
 		}
 		if s.TokenFile != "" {
 			bad("token_file", "not used with mechanism %s (only oauthbearer)", m)
@@ -417,6 +429,9 @@ func (s KafkaSASLConfig) problems(tls bool) []error {
 		}
 		if s.Password != "" {
 			bad("password", "not used with mechanism %s", m)
+		}
+		if s.PasswordFile != "" {
+			bad("password_file", "not used with mechanism %s", m)
 		}
 		if m == SASLOAuthBearer && s.TokenFile == "" {
 			bad("token_file", "required with mechanism oauthbearer")

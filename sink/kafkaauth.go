@@ -25,6 +25,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"go.uber.org/zap"
 
 	"github.com/bqsink/bqsink/internal/tlsfiles"
 	"github.com/bqsink/bqsink/internal/tokenfile"
@@ -38,9 +39,10 @@ const dialTimeout = 10 * time.Second
 // as kafka.tls and kafka.sasl say: a dialer (for TLS, and to tell a broker
 // refusing SASL authentication from one that went away) and the SASL
 // mechanism. Each client gets its own; nothing is read before the first
-// connection.
-func (k KafkaConfig) securityOpts() []kgo.Opt {
-	mech := k.SASL.mechanism(k.RequestTimeout)
+// connection but the password file, which the clients share: pass is the
+// reader of kafka.sasl.password_file (nil when it is not set).
+func (k KafkaConfig) securityOpts(pass *tokenfile.Password) []kgo.Opt {
+	mech := k.SASL.mechanism(k.RequestTimeout, pass)
 	if !k.TLS.Enabled && mech == nil {
 		return nil
 	}
@@ -166,15 +168,36 @@ func (e *saslClosedError) Error() string {
 func (e *saslClosedError) Unwrap() error { return e.err }
 
 // mechanism is the SASL mechanism of kafka.sasl, or nil for none. timeout
-// bounds fetching AWS credentials.
-func (s KafkaSASLConfig) mechanism(timeout time.Duration) sasl.Mechanism {
+// bounds fetching AWS credentials. With kafka.sasl.password_file, pass
+// reads it: each authentication (a new connection, or re-authentication
+// on one) asks it for the password, so a password rotated in the file is
+// used from the next one on.
+func (s KafkaSASLConfig) mechanism(timeout time.Duration, pass *tokenfile.Password) sasl.Mechanism {
+	password := func() (string, error) { return s.Password, nil }
+	if pass != nil {
+		password = func() (string, error) {
+			p, err := pass.Value()
+			if err != nil {
+				return "", &kafkaSetupError{key: "kafka.sasl.password_file", err: err}
+			}
+			return p, nil
+		}
+	}
 	switch s.Mechanism {
 	case SASLPlain:
-		return plain.Auth{User: s.Username, Pass: s.Password}.AsMechanism()
-	case SASLScramSHA256:
-		return scram.Auth{User: s.Username, Pass: s.Password}.AsSha256Mechanism()
-	case SASLScramSHA512:
-		return scram.Auth{User: s.Username, Pass: s.Password}.AsSha512Mechanism()
+		return plain.Plain(func(context.Context) (plain.Auth, error) {
+			p, err := password()
+			return plain.Auth{User: s.Username, Pass: p}, err
+		})
+	case SASLScramSHA256, SASLScramSHA512:
+		auth := func(context.Context) (scram.Auth, error) {
+			p, err := password()
+			return scram.Auth{User: s.Username, Pass: p}, err
+		}
+		if s.Mechanism == SASLScramSHA256 {
+			return scram.Sha256(auth)
+		}
+		return scram.Sha512(auth)
 	case SASLOAuthBearer:
 		f := &tokenfile.File{Path: s.TokenFile}
 		return oauth.Oauth(func(context.Context) (oauth.Auth, error) {
@@ -189,6 +212,20 @@ func (s KafkaSASLConfig) mechanism(timeout time.Duration) sasl.Mechanism {
 		return kaws.ManagedStreamingIAM(c.auth)
 	}
 	return nil
+}
+
+// passwordFile returns the reader of kafka.sasl.password_file, having read
+// it once: a file missing or empty is an error naming the key and the
+// file. Nil when the key is not set. Its warnings go to log.
+func (s KafkaSASLConfig) passwordFile(log *zap.Logger) (*tokenfile.Password, error) {
+	if s.PasswordFile == "" {
+		return nil, nil
+	}
+	p := &tokenfile.Password{Path: s.PasswordFile, Key: "kafka.sasl.password_file", Log: log}
+	if _, err := p.Value(); err != nil {
+		return nil, &kafkaSetupError{key: "kafka.sasl.password_file", err: err}
+	}
+	return p, nil
 }
 
 // awsCredentials takes aws-msk-iam's credentials from the default AWS
@@ -286,6 +323,9 @@ func (k KafkaConfig) setupProblem(err error) *kafkaSetupError {
 func (s KafkaSASLConfig) refused(err error) *kafkaSetupError {
 	switch s.Mechanism {
 	case SASLPlain, SASLScramSHA256, SASLScramSHA512:
+		if s.PasswordFile != "" {
+			return &kafkaSetupError{key: "kafka.sasl.password_file", problem: fmt.Sprintf("the brokers refused %s authentication of kafka.sasl.username %q with the password in %s", s.Mechanism, s.Username, s.PasswordFile), err: err}
+		}
 		return &kafkaSetupError{key: "kafka.sasl.password", problem: fmt.Sprintf("the brokers refused %s authentication of kafka.sasl.username %q", s.Mechanism, s.Username), err: err}
 	case SASLOAuthBearer:
 		return &kafkaSetupError{key: "kafka.sasl.token_file", problem: fmt.Sprintf("the brokers refused the token in %s (expired, or not for them?)", s.TokenFile), err: err}

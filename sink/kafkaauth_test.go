@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/bqsink/bqsink/internal/testcert"
 )
@@ -63,6 +69,24 @@ func TestKafkaSecurityValidate(t *testing.T) {
 		{
 			name: "credentials without mechanism", sasl: KafkaSASLConfig{Username: "u", Password: "p", TokenFile: "/t"},
 			want: []string{"kafka.sasl.mechanism: required when kafka.sasl.password is set", "kafka.sasl.mechanism: required when kafka.sasl.token_file is set", "kafka.sasl.mechanism: required when kafka.sasl.username is set"},
+		},
+		{name: "scram with a password file", sasl: KafkaSASLConfig{Mechanism: "scram-sha-512", Username: "u", PasswordFile: "/p"}},
+		{name: "plain with a password file over TLS", tls: tls, sasl: KafkaSASLConfig{Mechanism: "plain", Username: "u", PasswordFile: "/p"}},
+		{
+			name: "password and password file", tls: tls, sasl: KafkaSASLConfig{Mechanism: "scram-sha-256", Username: "u", Password: "p", PasswordFile: "/p"},
+			want: []string{"kafka.sasl.password_file: set together with kafka.sasl.password: set one of them"},
+		},
+		{
+			name: "neither password nor password file", tls: tls, sasl: KafkaSASLConfig{Mechanism: "plain", Username: "u"},
+			want: []string{"kafka.sasl.password: required with mechanism plain (or kafka.sasl.password_file)"},
+		},
+		{
+			name: "password file with oauthbearer", tls: tls, sasl: KafkaSASLConfig{Mechanism: "oauthbearer", TokenFile: "/t", PasswordFile: "/p"},
+			want: []string{"kafka.sasl.password_file: not used with mechanism oauthbearer"},
+		},
+		{
+			name: "password file without mechanism", sasl: KafkaSASLConfig{Username: "u", PasswordFile: "/p"},
+			want: []string{"kafka.sasl.mechanism: required when kafka.sasl.password_file is set", "kafka.sasl.mechanism: required when kafka.sasl.username is set"},
 		},
 		{
 			name: "unknown mechanism", tls: tls, sasl: KafkaSASLConfig{Mechanism: "SCRAM-SHA-256", Username: "u", Password: "p"},
@@ -119,7 +143,11 @@ func writeTestFile(t *testing.T, path string, b []byte) {
 func connect(t *testing.T, k KafkaConfig, wait ...time.Duration) error {
 	t.Helper()
 	k.RequestTimeout = 5 * time.Second
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(k.Brokers...)}, k.securityOpts()...)...)
+	pass, err := k.SASL.passwordFile(zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(k.Brokers...)}, k.securityOpts(pass)...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,6 +293,7 @@ func TestKafkaSetupProblemOfBrokerAnswers(t *testing.T) {
 		want string
 	}{
 		{KafkaSASLConfig{Mechanism: "scram-sha-256", Username: "u"}, refused, `kafka.sasl.password: the brokers refused scram-sha-256 authentication of kafka.sasl.username "u": SASL_AUTHENTICATION_FAILED`},
+		{KafkaSASLConfig{Mechanism: "scram-sha-512", Username: "u", PasswordFile: "/run/password"}, refused, `kafka.sasl.password_file: the brokers refused scram-sha-512 authentication of kafka.sasl.username "u" with the password in /run/password: SASL_AUTHENTICATION_FAILED`},
 		{KafkaSASLConfig{Mechanism: "oauthbearer", TokenFile: "/run/token"}, refused, "kafka.sasl.token_file: the brokers refused the token in /run/token (expired, or not for them?): SASL_AUTHENTICATION_FAILED"},
 		{KafkaSASLConfig{Mechanism: "aws-msk-iam"}, refused, "kafka.sasl.mechanism: the brokers refused aws-msk-iam authentication with the credentials of the default AWS credential chain"},
 		{KafkaSASLConfig{Mechanism: "scram-sha-512"}, kerr.UnsupportedSaslMechanism, "kafka.sasl.mechanism: the brokers do not enable scram-sha-512: UNSUPPORTED_SASL_MECHANISM"},
@@ -317,7 +346,7 @@ func freeAddr(t *testing.T) string {
 func TestOAuthBearerTokenFileReadAgainWhenChanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "token")
 	writeTestFile(t, path, []byte("first-token\n"))
-	mech := KafkaSASLConfig{Mechanism: SASLOAuthBearer, TokenFile: path}.mechanism(time.Second)
+	mech := KafkaSASLConfig{Mechanism: SASLOAuthBearer, TokenFile: path}.mechanism(time.Second, nil)
 	first := func() string {
 		t.Helper()
 		_, msg, err := mech.Authenticate(t.Context(), "127.0.0.1:9092")
@@ -343,6 +372,156 @@ func TestOAuthBearerTokenFileReadAgainWhenChanged(t *testing.T) {
 	}
 }
 
+// With kafka.sasl.password_file, every authentication asks the file for the
+// password: rewritten, it is what the next one sends. Gone or emptied
+// later, the last password read is still sent, with a warning naming the
+// key and the file, never the password. A file missing or empty at the
+// start fails New, naming the key and the file.
+func TestPasswordFileReadAtEveryAuthentication(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "password")
+	writeTestFile(t, path, []byte("password-1\n"))
+	core, logs := observer.New(zap.InfoLevel)
+	sasl := KafkaSASLConfig{Mechanism: SASLPlain, Username: "bqsink", PasswordFile: path}
+	pass, err := sasl.passwordFile(zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mech := sasl.mechanism(time.Second, pass)
+	sent := func() string {
+		t.Helper()
+		_, msg, err := mech.Authenticate(t.Context(), "127.0.0.1:9092")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(msg)
+	}
+	if got := sent(); got != "\x00bqsink\x00password-1" {
+		t.Fatalf("PLAIN message %q, want the file's password without its newline", got)
+	}
+	writeTestFile(t, path, []byte("password-2-longer\n"))
+	if got := sent(); got != "\x00bqsink\x00password-2-longer" {
+		t.Fatalf("after the rotation, PLAIN message %q", got)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := sent(); got != "\x00bqsink\x00password-2-longer" {
+		t.Fatalf("without the file, PLAIN message %q: want the last password read", got)
+	}
+	warned := logs.FilterLevelExact(zap.WarnLevel).All()
+	if len(warned) != 1 || warned[0].ContextMap()["key"] != "kafka.sasl.password_file" || warned[0].ContextMap()["file"] != path {
+		t.Errorf("warnings %v: want one naming the key and the file", warned)
+	}
+	for _, e := range logs.All() {
+		if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, "password-") {
+			t.Errorf("a log line holds the password: %s", line)
+		}
+	}
+
+	// At the start, a file missing or empty fails New.
+	empty := filepath.Join(t.TempDir(), "empty")
+	writeTestFile(t, empty, []byte("\n"))
+	for file, want := range map[string]string{
+		path:  "kafka.sasl.password_file: stat " + path + ": no such file or directory",
+		empty: "kafka.sasl.password_file: " + empty + " is empty: it holds no password",
+	} {
+		c := validConfig()
+		c.Kafka.SASL = KafkaSASLConfig{Mechanism: SASLScramSHA256, Username: "bqsink", PasswordFile: file}
+		if _, err := New(c); err == nil || err.Error() != want {
+			t.Errorf("New with %s: %v, want %q", file, err, want)
+		}
+	}
+}
+
+// The password rotated on the brokers and in kafka.sasl.password_file:
+// SCRAM's next authentication, a re-authentication of the connection
+// (KIP-368: the broker's sessions last 2s here, and franz-go
+// re-authenticates a second before they end) or a new connection, uses the
+// new one. In between, when only the brokers have it, the
+// re-authentication with the old one is refused: the authentications the
+// test relies on do happen.
+func TestSCRAMPasswordFileRotated(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(),
+		kfake.Superuser("SCRAM-SHA-512", "admin", "admin-secret"),
+		kfake.User("SCRAM-SHA-256", "bqsink", "password-1"),
+		kfake.BrokerConfigs(map[string]string{"connections.max.reauth.ms": "2000"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	var auths atomic.Int32
+	c.ControlKey(int16(kmsg.SASLAuthenticate), func(kmsg.Request) (kmsg.Response, error, bool) {
+		auths.Add(1)
+		return nil, nil, false
+	})
+	admin, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.SASL(scram.Auth{User: "admin", Pass: "admin-secret"}.AsSha512Mechanism()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+
+	path := filepath.Join(t.TempDir(), "password")
+	writeTestFile(t, path, []byte("password-1\n"))
+	k := KafkaConfig{Brokers: c.ListenAddrs(), RequestTimeout: 5 * time.Second,
+		SASL: KafkaSASLConfig{Mechanism: SASLScramSHA256, Username: "bqsink", PasswordFile: path}}
+	pass, err := k.SASL.passwordFile(zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newClient := func() *kadm.Client {
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(k.Brokers...)}, k.securityOpts(pass)...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cl.Close)
+		return kadm.NewClient(cl)
+	}
+	// A request the client sends to the broker each time (it may answer
+	// a metadata request from its cache).
+	list := func(cl *kadm.Client, wait time.Duration) error {
+		ctx, cancel := context.WithTimeout(t.Context(), wait)
+		defer cancel()
+		_, err := cl.ListGroups(ctx)
+		return err
+	}
+	authenticated := func(what string, cl *kadm.Client) {
+		t.Helper()
+		before := auths.Load()
+		if err := list(cl, 10*time.Second); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if auths.Load() == before {
+			t.Fatalf("%s: no SASL authentication", what)
+		}
+	}
+	cl := newClient()
+	if err := list(cl, 10*time.Second); err != nil {
+		t.Fatalf("with the first password: %v", err)
+	}
+
+	// Rotated on the brokers only.
+	altered, err := kadm.NewClient(admin).AlterUserSCRAMs(t.Context(), nil, []kadm.UpsertSCRAM{
+		{User: "bqsink", Mechanism: kadm.ScramSha256, Iterations: 4096, Password: "password-2"},
+	})
+	if err == nil {
+		err = altered.Error()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the session must be re-authenticated
+	if err := list(cl, 2*time.Second); err == nil {
+		t.Fatal("the expired session re-authenticated with the old password")
+	}
+
+	// Rotated in the file too: the next authentications use it.
+	writeTestFile(t, path, []byte("password-2\n"))
+	authenticated("after the rotation", cl)
+	time.Sleep(1100 * time.Millisecond)
+	authenticated("re-authenticating after the rotation", cl)
+	authenticated("a new client", newClient())
+}
+
 // aws-msk-iam takes static credentials from the environment through the
 // default AWS chain and signs MSK's request with them. (kfake does not
 // speak AWS_MSK_IAM; the integration tests verify the signature end to
@@ -352,7 +531,7 @@ func TestAWSMSKIAMUsesTheDefaultChain(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
 	t.Setenv("AWS_SESSION_TOKEN", "session-token")
-	mech := KafkaSASLConfig{Mechanism: SASLAWSMSKIAM}.mechanism(5 * time.Second)
+	mech := KafkaSASLConfig{Mechanism: SASLAWSMSKIAM}.mechanism(5*time.Second, nil)
 	if mech.Name() != "AWS_MSK_IAM" {
 		t.Fatalf("mechanism %s", mech.Name())
 	}
@@ -376,7 +555,7 @@ func TestAWSMSKIAMUsesTheDefaultChain(t *testing.T) {
 // the key and the chain, as a problem only an operator can fix.
 func TestAWSMSKIAMWithoutCredentials(t *testing.T) {
 	isolateAWS(t)
-	mech := KafkaSASLConfig{Mechanism: SASLAWSMSKIAM}.mechanism(5 * time.Second)
+	mech := KafkaSASLConfig{Mechanism: SASLAWSMSKIAM}.mechanism(5*time.Second, nil)
 	_, _, err := mech.Authenticate(t.Context(), "b-1.orders.abc123.c2.kafka.eu-west-1.amazonaws.com:9098")
 	if err == nil || !strings.HasPrefix(err.Error(), "kafka.sasl.mechanism: aws-msk-iam: no credentials from the default AWS credential chain") || !permanent(err) {
 		t.Errorf("Authenticate = %v", err)

@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/bqsink/bqsink/bq"
+	"github.com/bqsink/bqsink/internal/tokenfile"
 	"github.com/bqsink/bqsink/schema"
 )
 
@@ -47,6 +48,9 @@ type Sink struct {
 	stats   stats
 	reg     *schema.Registry
 	kopts   []kgo.Opt
+	// kafkaPass reads kafka.sasl.password_file for both Kafka clients;
+	// nil when it is not set.
+	kafkaPass *tokenfile.Password
 
 	// Set by Run before anything uses them.
 	wh    *bq.Client
@@ -133,8 +137,11 @@ func WithKafkaOpts(opts ...kgo.Opt) Option {
 func WithVersion(v string) Option { return func(o *options) { o.version = v } }
 
 // New validates cfg and prepares the sink, its registry client and its
-// metrics. It does no I/O: an endpoint that cannot be reached is reported
-// by Run.
+// metrics. It does no network I/O: an endpoint that cannot be reached is
+// reported by Run. It reads the password files (kafka.sasl.password_file,
+// schema_registry.password_file) and the registry's TLS and token files:
+// one that cannot be read, or holds nothing, is an error naming its key
+// and the file.
 func New(cfg Config, opts ...Option) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config:\n%w", err)
@@ -151,17 +158,22 @@ func New(cfg Config, opts ...Option) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
+	kafkaPass, err := cfg.Kafka.SASL.passwordFile(o.log.Named("kafka"))
+	if err != nil {
+		return nil, err
+	}
 	m := newMetrics()
 	s := &Sink{
-		cfg:     cfg,
-		log:     o.log.Named("sink"),
-		version: o.version,
-		metrics: m,
-		rejects: newRejectLog(o.log.Named("sink")),
-		flow:    newFlow(cfg.Memory.MaxBufferedBytes),
-		reg:     reg,
-		workers: map[topicPartition]*worker{},
-		commits: commits{marks: map[string]map[int32]kgo.EpochOffset{}, marked: make(chan struct{}, 1)},
+		cfg:       cfg,
+		log:       o.log.Named("sink"),
+		version:   o.version,
+		metrics:   m,
+		rejects:   newRejectLog(o.log.Named("sink")),
+		flow:      newFlow(cfg.Memory.MaxBufferedBytes),
+		reg:       reg,
+		kafkaPass: kafkaPass,
+		workers:   map[topicPartition]*worker{},
+		commits:   commits{marks: map[string]map[int32]kgo.EpochOffset{}, marked: make(chan struct{}, 1)},
 	}
 	s.health = newHealth(s.log, m, &s.stats.retries)
 	s.kopts = s.consumerOpts(o.log.Named("kafka"))

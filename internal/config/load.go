@@ -27,6 +27,7 @@ import (
 
 	"github.com/bqsink/bqsink/internal/keys"
 	"github.com/bqsink/bqsink/internal/tlsfiles"
+	"github.com/bqsink/bqsink/internal/tokenfile"
 	"github.com/bqsink/bqsink/sink"
 )
 
@@ -804,7 +805,7 @@ func (d *decoder) checkFiles(v reflect.Value, key string) {
 // reports what they hold that the daemon would refuse at start: a CA file
 // without a PEM certificate, a client certificate and key that do not
 // parse or do not belong together, a credentials file that is not one, an
-// empty token file.
+// empty token or password file.
 func (d *decoder) checkContents(cfg File) {
 	readable := func(key, path string) bool {
 		if path == "" || d.failedAt(key) {
@@ -859,6 +860,18 @@ func (d *decoder) checkContents(cfg File) {
 		}
 		if b, err := os.ReadFile(tf.path); err == nil && strings.TrimSpace(string(b)) == "" {
 			d.problems = append(d.problems, d.at(tf.key, problem{key: tf.key, msg: fmt.Sprintf("%q is empty: it holds no token", tf.path)}))
+		}
+	}
+	for _, pf := range []struct{ key, path string }{
+		{"kafka.sasl.password_file", cfg.Kafka.SASL.PasswordFile},
+		{"schema_registry.password_file", cfg.SchemaRegistry.PasswordFile},
+	} {
+		if !readable(pf.key, pf.path) {
+			continue
+		}
+		// As the daemon reads it: less one trailing line ending.
+		if b, err := os.ReadFile(pf.path); err == nil && tokenfile.PasswordOf(b) == "" {
+			d.problems = append(d.problems, d.at(pf.key, problem{key: pf.key, msg: fmt.Sprintf("%q is empty: it holds no password", pf.path)}))
 		}
 	}
 }

@@ -586,3 +586,79 @@ bigquery: {project: p, dataset: d}
 		t.Errorf("good files: %v", err)
 	}
 }
+
+// The password files: -check refuses a password set twice (password and
+// password_file), a file missing, and a file holding nothing but a line
+// ending, each named with its key and line; a file whose password is a
+// space is not empty.
+func TestCheckPasswordFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	empty, missing := write("empty", "\r\n"), filepath.Join(dir, "missing")
+	got := configProblems(t, fmt.Sprintf(`
+kafka:
+  brokers: [k:9092]
+  group_id: g
+  topics: [t]
+  sasl: {mechanism: scram-sha-512, username: u, password: p, password_file: %s}
+schema_registry:
+  url: https://sr
+  username: u
+  password_file: %s
+bigquery: {project: p, dataset: d}
+`, empty, missing))
+	want := []string{
+		"kafka.sasl.password_file: set together with kafka.sasl.password: set one of them (line 6)",
+		fmt.Sprintf("kafka.sasl.password_file: %q is empty: it holds no password (line 6)", empty),
+		fmt.Sprintf("schema_registry.password_file: %q does not exist (line 10)", missing),
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("problems:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+
+	got = configProblems(t, fmt.Sprintf(`
+kafka:
+  brokers: [k:9092]
+  group_id: g
+  topics: [t]
+  sasl: {mechanism: scram-sha-512, username: u, password_file: %s}
+schema_registry:
+  url: https://sr
+  password_file: %s
+bigquery: {project: p, dataset: d}
+`, write("good", "secret\n"), empty))
+	want = []string{
+		fmt.Sprintf("schema_registry.password_file: %q is empty: it holds no password (line 9)", empty),
+		"schema_registry.username: required when password_file is set",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("problems:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+
+	cfg, err := Load(writeConfig(t, fmt.Sprintf(`
+kafka:
+  brokers: [k:9092]
+  group_id: g
+  topics: [t]
+  sasl: {mechanism: scram-sha-512, username: u, password_file: %s}
+schema_registry:
+  url: https://sr
+  username: u
+  password_file: %s
+bigquery: {project: p, dataset: d}
+`, write("good", "secret\n"), write("space", " \n"))))
+	if err != nil {
+		t.Fatalf("good files: %v", err)
+	}
+	// The files' paths are no secret: the startup log shows them.
+	summary := fmt.Sprint(cfg.Summary())
+	if !strings.Contains(summary, filepath.Join(dir, "good")) || strings.Contains(summary, "secret") {
+		t.Errorf("summary %s: want the password file's path, not the password", summary)
+	}
+}

@@ -1,6 +1,7 @@
-// Package tokenfile reads a credential token kept in a file (a Kubernetes
-// projected volume, a sidecar's output) and reads it again whenever the
-// file changes, so that a token rotated in place is used without a restart.
+// Package tokenfile reads a credential kept in a file (a Kubernetes
+// projected volume or Secret volume, a sidecar's output), a token (File)
+// or a password (Password), and reads it again whenever the file changes,
+// so that a credential rotated in place is used without a restart.
 package tokenfile
 
 import (
