@@ -162,7 +162,9 @@ func (c configDoc) fileKeys() map[string]string {
 // TestProductionConfig checks what makes config.example.yaml a production
 // config: no endpoint overrides (they turn authentication off), credentials
 // from Application Default Credentials (workload identity), dynamic group
-// membership, secrets only through ${VAR}.
+// membership, passwords only in files mounted from Secrets
+// (password_file), which bqsink reads again when a Secret changes: a
+// password from ${VAR} is read once, and rotating it would need a restart.
 func TestProductionConfig(t *testing.T) {
 	forEachSetup(t, func(t *testing.T, s setup) {
 		cfg := s.cfg
@@ -184,8 +186,8 @@ func TestProductionConfig(t *testing.T) {
 			t.Error("kafka.tls.insecure_skip_verify and kafka.sasl.allow_plaintext must be false in production")
 		}
 		for _, key := range []string{"kafka.sasl.password", "schema_registry.password"} {
-			if v := cfg.string(t, key); v != "" && envRef(v) == "" {
-				t.Errorf("%s is written in the config; use ${VAR} set from a Secret", key)
+			if v, ok := cfg.lookup(key); ok && v != nil && v != "" {
+				t.Errorf("%s is %v; use %s_file, a Secret's key the Deployment mounts, so that a rotated password needs no restart", key, v, key)
 			}
 		}
 	})
@@ -203,7 +205,8 @@ func TestConfigPassesCheck(t *testing.T) {
 }
 
 // runCheck writes cfg with each file it names replaced by a generated one
-// in a temporary directory (a CA, a certificate, a key, a token), and runs
+// in a temporary directory (a CA, a certificate, a key, a token, a
+// password), and runs
 // bqsink -check on it with every variable it reads set to a placeholder.
 func runCheck(t *testing.T, cfg configDoc) (string, error) {
 	t.Helper()
@@ -259,8 +262,9 @@ func cloneTree(v any) any {
 	return v
 }
 
-// testFiles writes a self-signed CA certificate, its key and a token into
-// dir, and returns them by the config key that would name each.
+// testFiles writes a self-signed CA certificate, its key, a token and a
+// password into dir, and returns them by the config key that would name
+// each.
 func testFiles(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -300,6 +304,7 @@ func testFiles(t *testing.T, dir string) map[string]string {
 		"key_file":          write("key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
 		"token_file":        write("token", []byte("test-token\n")),
 		"bearer_token_file": write("bearer-token", []byte("test-token\n")),
+		"password_file":     write("password", []byte("test-password\n")),
 		"credentials_file":  write("credentials.json", []byte(`{"type":"service_account"}`)),
 	}
 }

@@ -401,7 +401,8 @@ func TestScaledObject(t *testing.T) {
 
 // TestTriggerAuthentication checks that KEDA authenticates as bqsink does.
 // With a user and password (plain, scram-*): the same Secret keys that the
-// Deployment puts in the environment the config reads. With aws-msk-iam:
+// Deployment puts in the environment the config reads (the user) and mounts
+// where kafka.sasl.password_file points (the password). With aws-msk-iam:
 // the workload's own AWS identity (IRSA: the role annotated on bqsink's
 // service account), and the region of the brokers' host names. And KEDA
 // trusts the CA bqsink trusts: the same Secret key the Deployment mounts at
@@ -431,15 +432,17 @@ func TestTriggerAuthentication(t *testing.T) {
 		env := d.secretEnv()
 		switch mechanism := strings.ToLower(cfg.string(t, "kafka.sasl.mechanism")); mechanism {
 		case "plain", "scram-sha-256", "scram-sha-512":
-			for param, cfgKey := range map[string]string{"username": "kafka.sasl.username", "password": "kafka.sasl.password"} {
-				v := envRef(cfg.string(t, cfgKey))
-				if v == "" {
-					t.Errorf("config %s should come from the environment (${VAR}), not be written in the ConfigMap", cfgKey)
-					continue
-				}
-				if params[param] != env[v] {
-					t.Errorf("KEDA's %s comes from %s, bqsink's %s (${%s}) from %s: they must be the same", param, params[param], cfgKey, v, env[v])
-				}
+			user := envRef(cfg.string(t, "kafka.sasl.username"))
+			if user == "" {
+				t.Error("config kafka.sasl.username should come from the environment (${VAR}), not be written in the ConfigMap")
+			} else if params["username"] != env[user] {
+				t.Errorf("KEDA's username comes from %s, bqsink's kafka.sasl.username (${%s}) from %s: they must be the same", params["username"], user, env[user])
+			}
+			file := cfg.string(t, "kafka.sasl.password_file")
+			if src, ok := d.mountedSecretFile(file); !ok {
+				t.Errorf("config kafka.sasl.password_file %q is not a Secret's key mounted by the Deployment", file)
+			} else if params["password"] != src {
+				t.Errorf("KEDA's password comes from %s, bqsink's kafka.sasl.password_file (%s) from %s: they must be the same", params["password"], file, src)
 			}
 			if ta.Spec.PodIdentity != nil {
 				t.Errorf("podIdentity %+v with SASL %s: KEDA authenticates with the user and password", ta.Spec.PodIdentity, mechanism)
