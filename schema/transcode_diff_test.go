@@ -679,11 +679,14 @@ func TestTranscodeMatchesReference(t *testing.T) {
 	if testing.Short() {
 		iters = 50
 	}
-	encodeErrors := 0
+	rows, encodeErrors := 0, 0
 	t.Cleanup(func() {
-		// About a quarter of the rows fail to encode at any iteration count.
-		if encodeErrors < iters*10/3 && !t.Failed() {
-			t.Errorf("only %d rows the tables could not take: the comparison of encode errors proves little", encodeErrors)
+		// About a sixth of the rows fail to encode (the stricter tables'),
+		// whatever the iteration count: 1231 of 7500 under -short, 7318 of
+		// 45000 without. Fewer than a tenth means the generator or the
+		// variants stopped making rows a table refuses.
+		if encodeErrors*10 < rows && !t.Failed() {
+			t.Errorf("only %d of %d rows the tables could not take: the comparison of encode errors proves little", encodeErrors, rows)
 		}
 	})
 	for si, sch := range loadSchemas(t) {
@@ -710,6 +713,7 @@ func TestTranscodeMatchesReference(t *testing.T) {
 				if counts[okBoth]+counts[encodeFailed] == 0 {
 					t.Errorf("%s: outcomes %v: the comparison proves little", v.name, counts)
 				}
+				rows += iters
 				encodeErrors += counts[encodeFailed]
 				t.Logf("%s: %d identical rows, %d decode errors, %d encode errors", v.name, counts[okBoth], counts[decodeFailed], counts[encodeFailed])
 			}
