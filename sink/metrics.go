@@ -229,8 +229,8 @@ func (c scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(bufferedPeakDesc, float64(s.flow.peak.Load()))
 	gauge(bufferedLimitDesc, float64(s.flow.cap))
 	connections := 0
-	if s.wh != nil { // nil until the sink starts
-		connections = s.wh.Connections()
+	if wh := s.whScraped.Load(); wh != nil { // nil until the sink starts
+		connections = wh.Connections()
 	}
 	gauge(connectionsDesc, float64(connections))
 	for _, st := range stages {

@@ -53,11 +53,14 @@ type Sink struct {
 	kafkaPass *tokenfile.Password
 
 	// Set by Run before anything uses them.
-	wh    *bq.Client
-	cl    *kgo.Client                // the consumer; group callbacks use the client they are given
-	clRef atomic.Pointer[kgo.Client] // cl, for readers outside Run's goroutine (metrics)
-	admin *kgo.Client                // admin requests and dead-letter writes
-	dlq   *deadLetters
+	wh *bq.Client
+	// whScraped is wh for the scrape, which runs concurrently with Run
+	// setting wh.
+	whScraped atomic.Pointer[bq.Client]
+	cl        *kgo.Client                // the consumer; group callbacks use the client they are given
+	clRef     atomic.Pointer[kgo.Client] // cl, for readers outside Run's goroutine (metrics)
+	admin     *kgo.Client                // admin requests and dead-letter writes
+	dlq       *deadLetters
 
 	runCtx  context.Context
 	stopRun context.CancelCauseFunc // ends the run early: a record failed under errors.policy fail
@@ -218,6 +221,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if s.wh, err = bq.NewClient(base, s.cfg.BigQuery, s.log.Named("bigquery")); err != nil {
 		return fmt.Errorf("bigquery: %w", err)
 	}
+	s.whScraped.Store(s.wh)
 	defer s.closeBounded("bigquery client", func() { _ = s.wh.Close() })
 	s.dlq = &deadLetters{topic: s.cfg.Errors.DLQTopic, table: s.tableName, version: s.version, timeout: s.cfg.Kafka.RequestTimeout}
 	if s.admin, err = kgo.NewClient(s.adminOpts(s.log.Named("kafka"))...); err != nil {
