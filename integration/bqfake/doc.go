@@ -323,6 +323,18 @@
 // at first and at most 16 MiB). StallReads(false) resumes reading.
 // AppendsReceived counts the requests read so far, so a test knows a
 // request is in the server's hands before it stalls reads.
+// SetConnectionRate(n) caps each connection at n rows acknowledged per
+// second on a timeline of its own, as BigQuery bounds a connection's
+// throughput: unlike SetRowRate, more connections take more rows.
+// FailTable(project, dataset, table, code) fails every append to one
+// table's default stream as FailAppends would (a transport code ends the
+// connection, the others are answered), until called with codes.OK, while
+// the other tables on the same connection are served.
+// Connections reports the AppendRows connections open and the most open
+// at once (what BigQuery's concurrent connections quota counts);
+// WriterSchemas the requests that carried a writer_schema;
+// RequestsWithoutStream those that named no write_stream (goccy's emulator
+// sends those to whichever stream it knows first).
 // SetRESTLatency(d) holds every REST response likewise (a client that gives
 // up first reads nothing). SetSchemaDelay(d) delays schema visibility on the
 // write path.
