@@ -238,19 +238,7 @@ func (s TableSettings) problems(key, metadataColumn string) []error {
 			bad("partitioning.expiration", "negative")
 		}
 	}
-	if len(s.Clustering) > 4 {
-		bad("clustering", "%d columns; BigQuery clusters on at most 4", len(s.Clustering))
-	}
-	seen := map[string]bool{}
-	for i, c := range s.Clustering {
-		switch {
-		case !columnName.MatchString(c):
-			bad(fmt.Sprintf("clustering[%d]", i), "%q is not a top-level column name (letters, digits, _)", c)
-		case seen[strings.ToLower(c)]:
-			bad(fmt.Sprintf("clustering[%d]", i), "%q is listed twice", c)
-		}
-		seen[strings.ToLower(c)] = true
-	}
+	columnList(bad, "clustering", s.Clustering, 4, "clusters")
 	if n := len([]rune(s.Description)); n > maxTableDescription {
 		bad("description", "%d characters; BigQuery takes at most %d", n, maxTableDescription)
 	}
@@ -270,6 +258,25 @@ func (s TableSettings) problems(key, metadataColumn string) []error {
 }
 
 // upserts reports whether any table may be in upsert mode.
+// columnList reports, through bad, a list of top-level columns under key
+// (clustering, primary_key) longer than most, or holding a name that is not
+// a column's or is listed twice (BigQuery's names are case-insensitive).
+func columnList(bad func(k, format string, a ...any), key string, cols []string, most int, verb string) {
+	if len(cols) > most {
+		bad(key, "%d columns; BigQuery %s on at most %d", len(cols), verb, most)
+	}
+	seen := map[string]bool{}
+	for i, c := range cols {
+		switch {
+		case !columnName.MatchString(c):
+			bad(fmt.Sprintf("%s[%d]", key, i), "%q is not a top-level column name (letters, digits, _)", c)
+		case seen[strings.ToLower(c)]:
+			bad(fmt.Sprintf("%s[%d]", key, i), "%q is listed twice", c)
+		}
+		seen[strings.ToLower(c)] = true
+	}
+}
+
 func (c Config) upserts() bool {
 	if c.TableDefaults.Mode == ModeUpsert {
 		return true
@@ -299,19 +306,7 @@ func (s TableSettings) changeProblems(key string) []error {
 	if len(s.PrimaryKey) > 0 && !upsert {
 		bad("primary_key", "only tables with mode: upsert have a primary key")
 	}
-	if len(s.PrimaryKey) > maxPrimaryKey {
-		bad("primary_key", "%d columns; BigQuery keys on at most %d", len(s.PrimaryKey), maxPrimaryKey)
-	}
-	seen := map[string]bool{}
-	for i, c := range s.PrimaryKey {
-		switch {
-		case !columnName.MatchString(c):
-			bad(fmt.Sprintf("primary_key[%d]", i), "%q is not a top-level column name (letters, digits, _)", c)
-		case seen[strings.ToLower(c)]:
-			bad(fmt.Sprintf("primary_key[%d]", i), "%q is listed twice", c)
-		}
-		seen[strings.ToLower(c)] = true
-	}
+	columnList(bad, "primary_key", s.PrimaryKey, maxPrimaryKey, "keys")
 	switch s.Envelope {
 	case "", EnvelopeNone:
 	case EnvelopeDebezium:
