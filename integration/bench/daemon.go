@@ -257,7 +257,7 @@ func (h *harness) runDaemon(ctx context.Context, group string, extra map[string]
 			landedAt = now
 		}
 		o, err := h.groupOffsets(ctx, group)
-		if err != nil || len(o.End) != h.o.partitions*len(h.topics()) {
+		if err != nil || len(o.End) != h.o.partitions*len(h.topicNames) {
 			continue
 		}
 		lastLag = o.Lag()

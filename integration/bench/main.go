@@ -279,7 +279,8 @@ func run(ctx context.Context, o options) (err error) {
 	}
 
 	h := &harness{o: o, fx: fx, bin: bin, tmp: tmp, root: root, commit: commit}
-	st, err := stack.Start(stack.Options{Partitions: int32(o.partitions), Topics: h.topics()})
+	h.topicNames, h.tableNames = names(o.tables, fx)
+	st, err := stack.Start(stack.Options{Partitions: int32(o.partitions), Topics: h.topicNames})
 	if err != nil {
 		return err
 	}
@@ -309,6 +310,9 @@ type harness struct {
 	tmp    string
 	root   string
 	commit string
+	// topicNames and tableNames are the topics records go to and their
+	// tables, in the same order (see names).
+	topicNames, tableNames []string
 }
 
 // backlog is the default mode: N records waiting, then bqsink, then the
@@ -319,11 +323,11 @@ func (h *harness) backlog(ctx context.Context) error {
 		return err
 	}
 	began := time.Now()
-	if err := produceBacklog(ctx, h.st, h.topics(), h.o.n, rec); err != nil {
+	if err := produceBacklog(ctx, h.st, h.topicNames, h.o.n, rec); err != nil {
 		return err
 	}
 	took := time.Since(began)
-	logf("produced %d %s records on %d partitions in %.2f s (%.0f records/s)", h.o.n, h.fx.name, h.o.partitions*len(h.topics()), took.Seconds(), float64(h.o.n)/took.Seconds())
+	logf("produced %d %s records on %d partitions in %.2f s (%.0f records/s)", h.o.n, h.fx.name, h.o.partitions*len(h.topicNames), took.Seconds(), float64(h.o.n)/took.Seconds())
 	rec = nil
 
 	d, err := h.runDaemon(ctx, "bqsink-bench", nil, func() int { return h.o.n }, nil)
@@ -380,7 +384,7 @@ func (h *harness) steady(ctx context.Context) error {
 		return func(ctx context.Context) (time.Time, error) {
 			logf("producing %d records/s for %v", h.o.rate, h.o.duration)
 			var err error
-			*produced, err = produceSteady(ctx, h.st, h.topics(), h.o.rate, h.o.duration, pool)
+			*produced, err = produceSteady(ctx, h.st, h.topicNames, h.o.rate, h.o.duration, pool)
 			return produced.first, err
 		}
 	}
@@ -438,7 +442,7 @@ func (h *harness) steady(ctx context.Context) error {
 // report starts a run's report: what ran, and the daemon's outcome.
 func (h *harness) report(mode string, records int, d daemonOutcome) report {
 	_, peak := h.st.BigQuery.Connections()
-	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Topics: len(h.topics()), Connections: peak, Commit: h.commit, Records: records,
+	rep := report{Mode: mode, Schema: h.fx.name, Partitions: h.o.partitions, Topics: len(h.topicNames), Connections: peak, Commit: h.commit, Records: records,
 		TableMode: h.o.mode, Bqsink: d.result, BQLatencyMs: ms(h.o.bqLatency), BQRowRate: h.o.bqRate, BQConnRate: h.o.bqConnRate}
 	if h.o.keyed {
 		rep.Keys = fmt.Sprintf("Avro in the wire format, subject %s-key: %s", h.fx.topic, strings.Join(h.fx.keyFields(), ", "))
@@ -513,41 +517,25 @@ func daemonCommit(ctx context.Context, root string) string {
 	return commit
 }
 
-// topics are the topics records go to: the fixture's, or with -tables
-// that many numbered after it.
-func (h *harness) topics() []string {
-	if h.o.tables == 0 {
-		return []string{h.fx.topic}
+// names are the topics records go to and their tables: the fixture's, or
+// with -tables that many topics numbered after it, each to the table of
+// its default name (sink.DefaultTable), as the daemon routes them.
+func names(tables int, fx fixture) (topics, tbls []string) {
+	if tables == 0 {
+		return []string{fx.topic}, []string{fx.table}
 	}
-	out := make([]string, h.o.tables)
-	for i := range out {
-		out[i] = fmt.Sprintf("%s-%03d", h.fx.topic, i)
+	for i := range tables {
+		t := fmt.Sprintf("%s-%03d", fx.topic, i)
+		topics = append(topics, t)
+		tbls = append(tbls, sink.DefaultTable(t))
 	}
-	return out
-}
-
-// tables are the tables the topics go to: the fixture's, or with -tables
-// the default name of each topic (see sink's TableFor).
-func (h *harness) tables() []string {
-	if h.o.tables == 0 {
-		return []string{h.fx.table}
-	}
-	var out []string
-	for _, t := range h.topics() {
-		out = append(out, strings.Map(func(r rune) rune {
-			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' {
-				return r
-			}
-			return '_'
-		}, t))
-	}
-	return out
+	return topics, tbls
 }
 
 // rowCount is how many rows the tables hold.
 func (h *harness) rowCount() int {
 	n := 0
-	for _, t := range h.tables() {
+	for _, t := range h.tableNames {
 		n += h.st.BigQuery.RowCount(stack.Project, stack.Dataset, t)
 	}
 	return n
@@ -556,7 +544,7 @@ func (h *harness) rowCount() int {
 // groupOffsets reads what group committed on every topic, and their ends,
 // as one Offsets whose partitions are numbered across the topics.
 func (h *harness) groupOffsets(ctx context.Context, group string) (stack.Offsets, error) {
-	topics := h.topics()
+	topics := h.topicNames
 	if len(topics) == 1 {
 		return h.st.GroupOffsets(ctx, group, topics[0])
 	}
