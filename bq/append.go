@@ -310,7 +310,11 @@ func (t *Table) split(rows []Row, r *Result) []*batch {
 			continue
 		}
 		if cur == nil || cur.enc != row.enc || cur.size+sz > limit {
-			cur = &batch{enc: row.enc, size: overhead, offset: -1}
+			// Sized for the rows left, or for as many of this row's size
+			// as fit a request: growing by appends would copy them over
+			// and over.
+			n := min(len(rows)-i, (limit-overhead)/max(sz, 1)+1)
+			cur = &batch{enc: row.enc, size: overhead, offset: -1, rows: make([][]byte, 0, n), idx: make([]int, 0, n)}
 			batches = append(batches, cur)
 		}
 		cur.rows = append(cur.rows, row.b)

@@ -95,6 +95,9 @@ type worker struct {
 	// Owned by the write stage.
 	batch   batch
 	pending []item // decoded, waiting for room among the flights
+	// handed is the hand-over pending is the rest of, whose array goes
+	// back to the decode stage (giveItems) once pending is taken.
+	handed  []item
 	flights []*flight
 	timer   *time.Timer // batch max_wait
 	failed  bool        // a record failed under errors.policy fail: take no more
@@ -378,6 +381,26 @@ func (w *worker) run() {
 	w.release(w.held.Load())
 }
 
+// itemBufs holds the arrays of hand-overs the write stage took, for the
+// decode stage to fill again: a hand-over a chunk would otherwise be
+// allocated, and then left for the garbage collector.
+var itemBufs sync.Pool
+
+// takeItems returns an empty slice of items with room for n.
+func takeItems(n int) []item {
+	if p, ok := itemBufs.Get().(*[]item); ok && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]item, 0, n)
+}
+
+// giveItems hands the array of s, whose items were all taken and
+// cleared, to takeItems.
+func giveItems(s []item) {
+	s = s[:0]
+	itemBufs.Put(&s)
+}
+
 // decodeChunk bounds the records decoded between two hand-overs to the
 // write stage; a batch smaller than that bounds it too, so that the decode
 // stage runs about a batch ahead of the write stage, not more.
@@ -390,7 +413,7 @@ func (w *worker) decodeLoop() {
 		if recs == nil {
 			return
 		}
-		out := make([]item, 0, len(recs))
+		out := takeItems(len(recs))
 		for _, r := range recs {
 			if w.stopCtx.Err() != nil {
 				break // stopping: hand over what is decoded, leave the rest
@@ -503,6 +526,10 @@ func (w *worker) writeLoop() {
 			w.pending = w.pending[1:]
 			w.add(it)
 		}
+		if len(w.pending) == 0 && w.handed != nil {
+			giveItems(w.handed)
+			w.handed = nil
+		}
 		if decoded == nil && len(w.flights) == 0 {
 			return
 		}
@@ -524,8 +551,9 @@ func (w *worker) writeLoop() {
 				w.flush()
 			case !w.failed:
 				// Nothing after a record that failed under errors.policy
-				// fail is written.
-				w.pending = append(w.pending, items...)
+				// fail is written. A hand-over is only taken once pending
+				// is empty, so it becomes pending as it is.
+				w.pending, w.handed = items, items
 			}
 		case <-w.timer.C:
 			w.flush()
@@ -622,7 +650,7 @@ func (w *worker) flush() {
 		return
 	}
 	f := &flight{batch: w.batch, sent: make(chan struct{}), finished: make(chan struct{})}
-	w.batch = batch{}
+	w.batch = emptyBatch()
 	prev := closedChan
 	if n := len(w.flights); n > 0 {
 		prev = w.flights[n-1].sent
@@ -639,6 +667,31 @@ func (w *worker) flush() {
 	w.inflight.Add(1)
 	w.fwg.Add(1)
 	go w.deliver(f, prev)
+}
+
+// batchBufs holds the slices (and upsert's key map) of settled flights
+// for the next batches to fill: a batch's would otherwise grow from
+// nothing, copied at every doubling, and then be left for the garbage
+// collector. Shared by the partitions, and emptied by the collector, so
+// an idle partition holds none.
+var batchBufs sync.Pool
+
+// emptyBatch returns a batch with the slices of a settled flight.
+func emptyBatch() batch {
+	if b, ok := batchBufs.Get().(*batch); ok {
+		return *b
+	}
+	return batch{}
+}
+
+// recycle hands the flight's slices to emptyBatch. Only a flight that is
+// done with them, delivered and settled, may be recycled.
+func (f *flight) recycle() {
+	clear(f.rows)
+	clear(f.rowRecs)
+	clear(f.byKey)
+	batchBufs.Put(&batch{rows: f.rows[:0], rowRecs: f.rowRecs[:0], byKey: f.byKey})
+	f.batch = batch{}
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -675,6 +728,7 @@ func (w *worker) settle() {
 			for _, r := range f.rowRecs {
 				fresh.Observe(now.Sub(r.Timestamp).Seconds())
 			}
+			f.recycle()
 		}
 	}
 }
