@@ -607,3 +607,59 @@ func TestWorkersRetryTogetherWhenTheirTargetRecovers(t *testing.T) {
 	}
 	a.waitMark(1)
 }
+
+// Settled flights hand their slices to the next batches of any partition
+// (batchBufs), and hand-overs their arrays back to the decode stage
+// (itemBufs): partitions running side by side, batch after batch, must
+// still send each record once, in order, with a row for each.
+func TestWorkerReusesBatchesWithoutMixingRecords(t *testing.T) {
+	const partitions, n = 4, 600
+	var wg sync.WaitGroup
+	for p := range partitions {
+		var mismatch atomic.Value
+		h := newHarnessWith(t, func(d *workerDeps) {
+			next := d.append
+			d.append = func(ctx context.Context, rows []bq.Row, recs []*kgo.Record) (appendResult, error) {
+				if len(rows) != len(recs) {
+					mismatch.Store(fmt.Sprintf("%d rows for %d records", len(rows), len(recs)))
+				}
+				return next(ctx, rows, recs)
+			}
+		}, func(c *workerConfig) { c.maxRecords = 7; c.maxInflight = 3; c.maxWait = 10 * time.Millisecond })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var got []int64
+			for len(got) < n {
+				select {
+				case c := <-h.calls:
+					got = append(got, c.offsets...)
+					c.complete(nil)
+				case <-time.After(5 * time.Second):
+					t.Errorf("partition %d: %d of %d records appended, then none for 5s", p, len(got), n)
+					return
+				}
+			}
+			for i, o := range got {
+				if o != int64(i) {
+					t.Errorf("partition %d: append %d carries offset %d, want %d (all: %v)", p, i, o, i, got)
+					return
+				}
+			}
+			if m := mismatch.Load(); m != nil {
+				t.Errorf("partition %d: an append had %s", p, m)
+			}
+		}()
+		go func() {
+			recs := records(0, n, "v")
+			for len(recs) > 0 {
+				k, _ := h.w.admit(recs)
+				recs = recs[k:]
+				if k == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
