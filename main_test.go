@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"go.uber.org/zap"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -501,5 +504,29 @@ func TestNoBuildOutputTracked(t *testing.T) {
 		if fi.Size() > 2<<20 {
 			t.Errorf("%s is tracked and %d MiB: build output? (.gitignore lists the binaries built at the root)", name, fi.Size()>>20)
 		}
+	}
+}
+
+// Without GOMEMLIMIT, bqsink sets Go's memory limit from the config, so
+// that the heap is collected before RSS passes the cap plus a fixed
+// overhead; with it, the operator's limit stands.
+func TestMemoryLimit(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	const buffered = 64 << 20
+
+	t.Setenv("GOMEMLIMIT", "")
+	os.Unsetenv("GOMEMLIMIT")
+	debug.SetMemoryLimit(math.MaxInt64)
+	setMemoryLimit(buffered, zap.NewNop())
+	if got, want := debug.SetMemoryLimit(-1), int64(buffered+64<<20); got != want {
+		t.Errorf("GOMEMLIMIT unset: Go's memory limit is %d, want memory.max_buffered_bytes + 64 MiB = %d", got, want)
+	}
+
+	t.Setenv("GOMEMLIMIT", "300MiB")
+	debug.SetMemoryLimit(300 << 20)
+	setMemoryLimit(buffered, zap.NewNop())
+	if got := debug.SetMemoryLimit(-1); got != 300<<20 {
+		t.Errorf("GOMEMLIMIT=300MiB: Go's memory limit is %d, want it left at %d", got, 300<<20)
 	}
 }
