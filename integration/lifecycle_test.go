@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -71,6 +72,31 @@ func TestShutdownCommitsAcknowledgedDespiteAStraggler(t *testing.T) {
 	}
 	if n := committedSum(t, e, "g-straggler"); n < 300 {
 		t.Errorf("BigQuery acknowledged 300 records, %d offsets committed at shutdown", n)
+	}
+}
+
+// An acknowledged batch's offsets are committed at once, not at the next
+// kafka.commit_interval: what a crash duplicates is only what was in
+// flight or acknowledged during the commit under way
+// (crash.TestCrashLoopLosesNothing counts it).
+func TestCommitFollowsEachAcknowledgement(t *testing.T) {
+	ctx := t.Context()
+	e := itest.NewEnv(t)
+	r := e.Start(ctx, "g-commit-at-once", func(c *sink.Config) {
+		c.Kafka.CommitInterval = time.Hour // a commit that waited for it would never come
+	})
+	for round, n := range []int{300, 200} {
+		e.Produce(ctx, stack.StockUpdates(n, uint64(20+round)))
+		want := float64(300 + 200*round)
+		itest.WaitFor(t, 30*time.Second, fmt.Sprintf("%.0f rows acknowledged", want), func() bool {
+			return sum(t, r.Metrics, "bqsink_rows_written_total") == want
+		})
+		itest.WaitFor(t, 5*time.Second, fmt.Sprintf("%.0f offsets committed, commit_interval 1h", want), func() bool {
+			return float64(committedSum(t, e, "g-commit-at-once")) == want
+		})
+	}
+	if err := r.Stop(); err != nil {
+		t.Fatalf("Run = %v", err)
 	}
 }
 
