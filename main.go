@@ -370,7 +370,7 @@ func startCPUProfile(log *zap.Logger) (stop func()) {
 
 // memoryOverhead is what the process needs beyond memory.max_buffered_bytes:
 // runtime, clients, connections, a batch being encoded.
-const memoryOverhead = 64 << 20
+const memoryOverhead = 56 << 20
 
 // setMemoryLimit makes the Go runtime collect garbage before the heap grows
 // past what the config allows, unless the GOMEMLIMIT environment variable
@@ -384,7 +384,7 @@ func setMemoryLimit(buffered int64, log *zap.Logger) {
 	}
 	limit := buffered + memoryOverhead
 	debug.SetMemoryLimit(limit)
-	log.Info("Go's memory limit set to memory.max_buffered_bytes + 64 MiB (GOMEMLIMIT is not set)",
+	log.Info("Go's memory limit set to memory.max_buffered_bytes + 56 MiB (GOMEMLIMIT is not set)",
 		zap.Int64("max_buffered_bytes", buffered), zap.Int64("go_memory_limit_bytes", limit))
 }
 

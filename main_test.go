@@ -519,8 +519,8 @@ func TestMemoryLimit(t *testing.T) {
 	os.Unsetenv("GOMEMLIMIT")
 	debug.SetMemoryLimit(math.MaxInt64)
 	setMemoryLimit(buffered, zap.NewNop())
-	if got, want := debug.SetMemoryLimit(-1), int64(buffered+64<<20); got != want {
-		t.Errorf("GOMEMLIMIT unset: Go's memory limit is %d, want memory.max_buffered_bytes + 64 MiB = %d", got, want)
+	if got, want := debug.SetMemoryLimit(-1), int64(buffered+56<<20); got != want {
+		t.Errorf("GOMEMLIMIT unset: Go's memory limit is %d, want memory.max_buffered_bytes + 56 MiB = %d", got, want)
 	}
 
 	t.Setenv("GOMEMLIMIT", "300MiB")

@@ -32,7 +32,7 @@ const (
 	recordCopies = 2
 	// goLimitOverhead is what bqsink adds to memory.max_buffered_bytes for
 	// Go's soft memory limit when GOMEMLIMIT is not set.
-	goLimitOverhead = 64 << 20
+	goLimitOverhead = 56 << 20
 	// uncounted is what a pod's RSS may exceed GOMEMLIMIT by at its peak:
 	// memory the Go runtime does not count (the binary's text, the page
 	// cache charged to the container) and the collector's lag at the limit
@@ -248,7 +248,7 @@ func TestMemory(t *testing.T) {
 				goLimit, n, buffered, measuredOverhead>>20, recordCopies, largest, need)
 		}
 		if floor := buffered + goLimitOverhead; n < floor {
-			t.Errorf("GOMEMLIMIT %s is below bqsink's own choice, memory.max_buffered_bytes + 64 MiB = %d: the collector would run constantly at the cap", goLimit, floor)
+			t.Errorf("GOMEMLIMIT %s is below bqsink's own choice, memory.max_buffered_bytes + 56 MiB = %d: the collector would run constantly at the cap", goLimit, floor)
 		}
 		if peak := n + uncounted; float64(peak) > peakShare*float64(limit.Value()) {
 			t.Errorf("memory limit %s: a catch-up peaks near GOMEMLIMIT %s + %d MiB = %d MiB, above %.0f%% of it; want a limit of at least %d MiB",

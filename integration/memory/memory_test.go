@@ -297,7 +297,7 @@ func TestShutdownAtTheMemoryCapHoldsThePartitionsUntilCommitted(t *testing.T) {
 // default memory.max_buffered_bytes (128 MiB) and production batch
 // settings, against a backlog of 1,000,000 stock updates waiting before it
 // starts, on 6 and on 100 partitions, with GOMEMLIMIT unset (bqsink then
-// sets Go's memory limit to max_buffered_bytes + 64 MiB) and set to off
+// sets Go's memory limit to max_buffered_bytes + 56 MiB) and set to off
 // (no limit: the heap may grow to twice what is live). Per catch-up it reports the daemon's peak RSS (peak-rss-MiB:
 // VmHWM once it caught up; max-sampled-rss-MiB: the highest VmRSS sampled
 // every 100ms), the most heap a GC marked live (max-live-heap-MiB, from
@@ -343,7 +343,7 @@ func BenchmarkBacklogMemory(b *testing.B) {
 			for _, limit := range []string{"", "off"} {
 				name := "gomemlimit=" + limit
 				if limit == "" {
-					name = "gomemlimit=bqsink" // unset: bqsink sets max_buffered_bytes + 64 MiB
+					name = "gomemlimit=bqsink" // unset: bqsink sets max_buffered_bytes + 56 MiB
 				}
 				b.Run(name, func(b *testing.B) {
 					var sum backlogRun
