@@ -466,53 +466,35 @@ func TestExactlyOnceZombie(t *testing.T) {
 	if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
 		return
 	}
-	// Freeze A with an append in flight, not between two: on a loaded
-	// machine the pause alone may land before A's records flow, and a
-	// zombie with nothing in flight writes nothing after the thaw.
-	itest.WaitUntil(t, 20*time.Second, func() string { return a.Name + " to have an append in flight" }, func() bool {
-		return a.Metric("bqsink_appends_inflight") > 0
-	})
-	owned := a.Metric("bqsink_partitions_assigned")
-	rowsBefore := a.Metric("bqsink_rows_written_total")
-	stopped := time.Now()
-	a.Signal(syscall.SIGSTOP)
-	t.Logf("froze %s (owning %v partitions, %.0f rows written) at %v", a.Name, owned, rowsBefore, since())
-
-	waitShared(t, []*itest.Daemon{b}, 60*time.Second)
-	t.Logf("%s owns every partition at %v, %v after the freeze", b.Name, since(), time.Since(stopped).Round(time.Millisecond))
-	itest.WaitUntil(t, 30*time.Second, func() string { return b.Name + " to write rows of the partitions it took" }, func() bool {
-		return len(b.LogsMatching(itest.AssignedSome)) >= 2 && b.Metric("bqsink_rows_written_total") > 0
-	})
-	if _, ok := pause(t, rng, 500*time.Millisecond, 1500*time.Millisecond); !ok {
-		return
-	}
-	logConflicts(t, e, "before the thaw")
-	aeBefore, _ := e.St.BigQuery.OffsetConflicts()
-	linesBefore := len(a.Logs())
-	if !s.Running() {
-		t.Fatal("the stream ended before the thaw: records must be flowing")
-	}
-	a.Signal(syscall.SIGCONT)
-	t.Logf("thawed %s at %v, %v after the freeze", a.Name, since(), time.Since(stopped).Round(time.Millisecond))
-
-	waitShared(t, []*itest.Daemon{a, b}, 60*time.Second)
-	t.Logf("%s rejoined; both share the partitions again at %v", a.Name, since())
-	aeAfter, _ := e.St.BigQuery.OffsetConflicts()
-	var aLost int
-	for _, l := range a.Logs()[linesBefore:] {
-		if strings.HasPrefix(l.Msg, "partitions lost") {
-			aLost++
+	// A thawed zombie races its own heartbeat: when the heartbeat wakes
+	// first, A learns at once that it lost its partitions and abandons
+	// what it had in flight, so it writes nothing and there were never two
+	// owners writing. That is correct, but it is not the case under test:
+	// freeze A again, up to three times, until it writes after a thaw.
+	for attempt := 1; ; attempt++ {
+		wrote, lost, ok := freezeAndThaw(t, a, b, e, s, rng, since)
+		if !ok {
+			return
 		}
-	}
-	t.Logf("after the thaw: %d more appends met ALREADY_EXISTS; %s logged %d partition losses; it has written %.0f rows (%.0f before the freeze)",
-		aeAfter-aeBefore, a.Name, aLost, a.Metric("bqsink_rows_written_total"), rowsBefore)
-	if aeAfter == aeBefore {
-		// B owned A's partitions for seconds and committed past what A had
-		// fetched: A's appends after the thaw meet rows B wrote.
-		t.Errorf("no append met ALREADY_EXISTS after the thaw: the zombie wrote nothing, so the test did not exercise two owners writing")
-	}
-	if aLost == 0 {
-		t.Errorf("%s never logged that it lost its partitions after the thaw", a.Name)
+		if wrote && lost {
+			break
+		}
+		if attempt == 3 || !lost {
+			if !wrote {
+				// B owned A's partitions for seconds and committed past
+				// what A had fetched: A's appends after the thaw meet
+				// rows B wrote.
+				t.Errorf("no append met ALREADY_EXISTS after %d thaws: the zombie wrote nothing, so the test did not exercise two owners writing", attempt)
+			}
+			if !lost {
+				t.Errorf("%s never logged that it lost its partitions after the thaw", a.Name)
+			}
+			break
+		}
+		t.Logf("thaw %d: %s learned it lost its partitions before it appended anything; freezing it again", attempt, a.Name)
+		if _, ok := pause(t, rng, 300*time.Millisecond, 1500*time.Millisecond); !ok {
+			return
+		}
 	}
 
 	f.finish(group)
@@ -1212,4 +1194,56 @@ func TestExactlyOnceOwnerDiesBeforeItsFirstCommit(t *testing.T) {
 	if len(warns) != 0 {
 		t.Errorf("fallbacks: %s", describeFallbacks(warns))
 	}
+}
+
+// freezeAndThaw freezes the zombie a (SIGSTOP) with an append in flight,
+// until b owns every partition and writes rows of a's, then thaws it
+// (SIGCONT) and waits until both share the partitions again. It reports
+// whether an append met ALREADY_EXISTS after the thaw (a wrote rows b
+// had written), and whether a logged that it lost its partitions; ok is
+// false when the test's time ran out.
+func freezeAndThaw(t *testing.T, a, b *itest.Daemon, e *itest.Env, s *itest.Stream, rng *rand.Rand, since func() time.Duration) (wrote, lost, ok bool) {
+	t.Helper()
+	// Freeze A with an append in flight, not between two: on a loaded
+	// machine the pause alone may land before A's records flow, and a
+	// zombie with nothing in flight writes nothing after the thaw.
+	itest.WaitUntil(t, 20*time.Second, func() string { return a.Name + " to have an append in flight" }, func() bool {
+		return a.Metric("bqsink_appends_inflight") > 0
+	})
+	owned := a.Metric("bqsink_partitions_assigned")
+	rowsBefore := a.Metric("bqsink_rows_written_total")
+	bAssigned, bRows := len(b.LogsMatching(itest.AssignedSome)), b.Metric("bqsink_rows_written_total")
+	stopped := time.Now()
+	a.Signal(syscall.SIGSTOP)
+	t.Logf("froze %s (owning %v partitions, %.0f rows written) at %v", a.Name, owned, rowsBefore, since())
+
+	waitShared(t, []*itest.Daemon{b}, 60*time.Second)
+	t.Logf("%s owns every partition at %v, %v after the freeze", b.Name, since(), time.Since(stopped).Round(time.Millisecond))
+	itest.WaitUntil(t, 30*time.Second, func() string { return b.Name + " to write rows of the partitions it took" }, func() bool {
+		return len(b.LogsMatching(itest.AssignedSome)) > bAssigned && b.Metric("bqsink_rows_written_total") > bRows
+	})
+	if _, ok := pause(t, rng, 500*time.Millisecond, 1500*time.Millisecond); !ok {
+		return false, false, false
+	}
+	logConflicts(t, e, "before the thaw")
+	aeBefore, _ := e.St.BigQuery.OffsetConflicts()
+	linesBefore := len(a.Logs())
+	if !s.Running() {
+		t.Fatal("the stream ended before the thaw: records must be flowing")
+	}
+	a.Signal(syscall.SIGCONT)
+	t.Logf("thawed %s at %v, %v after the freeze", a.Name, since(), time.Since(stopped).Round(time.Millisecond))
+
+	waitShared(t, []*itest.Daemon{a, b}, 60*time.Second)
+	t.Logf("%s rejoined; both share the partitions again at %v", a.Name, since())
+	aeAfter, _ := e.St.BigQuery.OffsetConflicts()
+	var aLost int
+	for _, l := range a.Logs()[linesBefore:] {
+		if strings.HasPrefix(l.Msg, "partitions lost") {
+			aLost++
+		}
+	}
+	t.Logf("after the thaw: %d more appends met ALREADY_EXISTS; %s logged %d partition losses; it has written %.0f rows (%.0f before the freeze)",
+		aeAfter-aeBefore, a.Name, aLost, a.Metric("bqsink_rows_written_total"), rowsBefore)
+	return aeAfter > aeBefore, aLost > 0, true
 }
