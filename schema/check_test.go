@@ -25,8 +25,9 @@ func TestRegistryCheck(t *testing.T) {
 		return srv.URL
 	}
 	withUser := func(url string) string { return strings.Replace(url, "http://", "http://bob:hunter2@", 1) }
+	// closed is closed once the table's servers are listening: closed
+	// first, its port went to one of them, and "unreachable" reached it.
 	closed := httptest.NewServer(http.NotFoundHandler())
-	closed.Close()
 	silent := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
 	t.Cleanup(silent.Close)
 
@@ -79,6 +80,7 @@ func TestRegistryCheck(t *testing.T) {
 			want: `schema_registry.url URL: no answer within 200ms: Get "` + silent.URL + `/config": …`,
 		},
 	}
+	closed.Close()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newTestRegistry(t, tt.cfg)
