@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -340,6 +341,16 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// firstMessage is the first message mech sends to authenticate.
+func firstMessage(t *testing.T, mech sasl.Mechanism) string {
+	t.Helper()
+	_, msg, err := mech.Authenticate(t.Context(), "127.0.0.1:9092")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(msg)
+}
+
 // oauthbearer reads its token at every authentication, again when the file
 // changed: a token rotated in place is what the next connection sends. A
 // file gone is an error naming the key and the file.
@@ -347,14 +358,7 @@ func TestOAuthBearerTokenFileReadAgainWhenChanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "token")
 	writeTestFile(t, path, []byte("first-token\n"))
 	mech := KafkaSASLConfig{Mechanism: SASLOAuthBearer, TokenFile: path}.mechanism(time.Second, nil)
-	first := func() string {
-		t.Helper()
-		_, msg, err := mech.Authenticate(t.Context(), "127.0.0.1:9092")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(msg)
-	}
+	first := func() string { return firstMessage(t, mech) }
 	if got := first(); !strings.Contains(got, "auth=Bearer first-token\x01") {
 		t.Fatalf("first message %q lacks the token", got)
 	}
@@ -387,14 +391,7 @@ func TestPasswordFileReadAtEveryAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	mech := sasl.mechanism(time.Second, pass)
-	sent := func() string {
-		t.Helper()
-		_, msg, err := mech.Authenticate(t.Context(), "127.0.0.1:9092")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(msg)
-	}
+	sent := func() string { return firstMessage(t, mech) }
 	if got := sent(); got != "\x00bqsink\x00password-1" {
 		t.Fatalf("PLAIN message %q, want the file's password without its newline", got)
 	}

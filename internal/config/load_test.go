@@ -20,7 +20,13 @@ import (
 
 func writeConfig(t *testing.T, body string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.yaml")
+	return writeFile(t, t.TempDir(), "config.yaml", body)
+}
+
+// writeFile writes body to dir/name and returns its path.
+func writeFile(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -534,13 +540,7 @@ tables:
 // with their key and line, not found only at the first connection.
 func TestCheckReadsWhatFilesHold(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, body string) string { return writeFile(t, dir, name, body) }
 	notPEM := write("ca.pem", "a certificate, surely\n")
 	empty := write("token", "\n")
 	notCreds := write("sa.json", `{"type": "api_key"}`)
@@ -593,13 +593,7 @@ bigquery: {project: p, dataset: d}
 // space is not empty.
 func TestCheckPasswordFiles(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, body string) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	write := func(name, body string) string { return writeFile(t, dir, name, body) }
 	empty, missing := write("empty", "\r\n"), filepath.Join(dir, "missing")
 	got := configProblems(t, fmt.Sprintf(`
 kafka:
